@@ -1,0 +1,87 @@
+//! Request-id helpers shared by the gateway core and the request-id plugin.
+
+/// A fresh request id in the UUID v4 text form, e.g. `0b8f3c2a-6d1e-4f7a-9c3b-2e5d8a1f4b6c`.
+///
+/// The bits come from fastrand's thread-local generator: ids must be unique, not unguessable, and a
+/// syscall or a lock per request would cost more than the id is worth.
+pub fn generate_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // RFC 9562: version 4 in the high nibble of byte 6, variant 0b10 in the top bits of byte 8.
+    let bits = (fastrand::u128(..) & !(0xf << 76) & !(0b11 << 62)) | (0x4 << 76) | (0b10 << 62);
+    let mut out = String::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        let nibble = (bits >> (124 - 4 * i)) & 0xf;
+        out.push(char::from(HEX[nibble as usize]));
+    }
+    out
+}
+
+/// Whether a client-supplied request id is safe to log and forward: 1 to 128 bytes of
+/// `[A-Za-z0-9._:-]`.
+pub fn is_sane_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_id_is_a_uuid_v4() {
+        let id = generate_request_id();
+        assert_eq!(id.len(), 36);
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(id
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(groups[2].starts_with('4'), "version nibble in {id}");
+        assert!(
+            matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "variant bits in {id}"
+        );
+    }
+
+    #[test]
+    fn generated_ids_differ() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| generate_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn generated_id_is_sane() {
+        assert!(is_sane_request_id(generate_request_id().as_bytes()));
+    }
+
+    #[test]
+    fn sane_request_id_accepts_the_allowed_alphabet() {
+        assert!(is_sane_request_id(b"a"));
+        assert!(is_sane_request_id(b"Abc-123_x.y:z"));
+        assert!(is_sane_request_id(&[b'x'; 128]));
+    }
+
+    #[test]
+    fn sane_request_id_rejects_empty_long_and_odd_bytes() {
+        assert!(!is_sane_request_id(b""));
+        assert!(!is_sane_request_id(&[b'x'; 129]));
+        for bad in [
+            &b"a b"[..],
+            b"a\r\nb",
+            b"a/b",
+            b"a\"b",
+            b"caf\xc3\xa9",
+            b"a\0",
+        ] {
+            assert!(!is_sane_request_id(bad), "{bad:?}");
+        }
+    }
+}

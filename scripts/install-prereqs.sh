@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages tollgate's build and tests need on a fresh Debian/Ubuntu machine.
+# pingora's boringssl-free build still needs cmake (for its zlib/brotli deps); the rate-limit tests
+# need a real redis-server. Safe to run repeatedly: it installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "prerequisites present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "installing: ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"

@@ -1,0 +1,23 @@
+//! Value types of the config file that carry their own parsing, so that a bad value is reported
+//! by serde with the exact position of the value.
+
+use serde::{Deserialize, Deserializer};
+
+/// A duration written as `"250ms"`, `"5s"`, `"1m 30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Duration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration `{s}`: {e} (write e.g. \"250ms\", \"5s\", \"1m\")"
+                ))
+            })
+    }
+}
+
+pub use tollgate_plugin_api::ByteSize;

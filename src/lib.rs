@@ -1,0 +1,17 @@
+//! tollgate: an API gateway and edge reverse proxy on pingora.
+//!
+//! A request flows listener → router → plugin chain → upstream → response phase → logging; see
+//! docs/architecture.md. This crate holds the gateway core; plugins live in their own crates
+//! under plugins/ and meet the core through `tollgate-plugin-api`.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod admin;
+pub mod config;
+pub mod logging;
+pub mod plugins;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,74 @@
+//! The `tollgate` command: run the gateway, or check a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate::config::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "An API gateway and edge reverse proxy")]
+struct Cli {
+    /// The config file.
+    #[arg(short, long, global = true, default_value = "gateway.toml")]
+    config: PathBuf,
+    /// Log line format (overrides `[log] format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<CliLogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config file and exit: 0 when valid, 1 with every error otherwise.
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let registry = tollgate::plugins::builtin_registry();
+    let config = match config::load(&cli.config, &registry) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!("{}: ok", cli.config.display());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            let format = match cli.log_format {
+                Some(CliLogFormat::Json) => LogFormat::Json,
+                Some(CliLogFormat::Text) => LogFormat::Text,
+                None => config.log.format,
+            };
+            tollgate::logging::init(format, &config.log.level);
+            tracing::info!(
+                config = %cli.config.display(),
+                routes = config.routes.len(),
+                upstreams = config.upstreams.len(),
+                listeners = ?config.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
+                "starting tollgate {}", env!("CARGO_PKG_VERSION")
+            );
+            match tollgate::server::build(config) {
+                Ok(server) => server.run_forever(),
+                Err(e) => {
+                    eprintln!("{}: {e}", cli.config.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Who the client is, and the `X-Forwarded-*` headers the upstream gets.
+//!
+//! `X-Forwarded-*` headers from a peer that is not a trusted proxy are lies until proven
+//! otherwise: they are replaced, never extended. From a trusted peer, the client is the rightmost
+//! address of `X-Forwarded-For` that is not itself a trusted proxy.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// Whether `ip` is inside one of the trusted networks.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// The client address: the peer itself, or from a trusted peer, the rightmost untrusted hop.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = canonical(peer?);
+    if !is_trusted(peer, trusted) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            // A garbled hop ends the chain we can believe.
+            break;
+        };
+        client = canonical(ip);
+        if !is_trusted(client, trusted) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// IPv4-mapped IPv6 addresses are compared and reported as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let ip = client_ip(Some("203.0.113.9".parse().unwrap()), &xff("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        assert_eq!(ip, Some("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn trusted_chain_yields_rightmost_untrusted_hop() {
+        let ip = client_ip(
+            Some("10.0.0.1".parse().unwrap()),
+            &xff("1.2.3.4, 198.51.100.7, 10.0.0.2"),
+            &nets(&["10.0.0.0/8"]),
+        );
+        assert_eq!(ip, Some("198.51.100.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn garbage_hop_stops_the_walk() {
+        let ip = client_ip(Some("10.0.0.1".parse().unwrap()), &xff("1.2.3.4, nonsense"), &nets(&["10.0.0.0/8"]));
+        assert_eq!(ip, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_v6_peer_is_reported_as_v4() {
+        let ip = client_ip(Some("::ffff:192.0.2.1".parse().unwrap()), &HeaderMap::new(), &[]);
+        assert_eq!(ip, Some("192.0.2.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,479 @@
+//! The one `ProxyHttp` implementation: a thin dispatcher from pingora's phases to the router,
+//! the plugin chain and the upstream layer. Features live in those layers, not here.
+
+mod context;
+mod forwarded;
+mod respond;
+mod rewrite;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, StatusCode};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tollgate_plugin_api::{generate_request_id, is_sane_request_id, Flow, PluginError, Scheme};
+
+pub use context::RequestState;
+
+use crate::router::normalize_path;
+use crate::snapshot::Snapshot;
+use crate::upstream::build_peer;
+
+/// The gateway's proxy logic. Holds only the pointer to the current snapshot.
+pub struct Gateway {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Gateway {
+    /// A gateway serving whatever snapshot `snapshot` points at, at each request's start.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        Self { snapshot }
+    }
+}
+
+/// Stops the request: `fail_to_proxy` answers with the error stored in the state.
+fn reject(st: &mut RequestState, err: PluginError) -> Box<Error> {
+    let status = err.status.as_u16();
+    st.error = Some(err);
+    Error::new(ErrorType::HTTPStatus(status))
+}
+
+/// Size of a request head as it arrived, for the header size limit.
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+impl Gateway {
+    /// Everything of the request phase before plugins: identity, limits, path, route.
+    fn prepare(&self, session: &mut Session, st: &mut RequestState) -> Result<(), PluginError> {
+        let snap = self.snapshot.load_full();
+        let server = &snap.config.server;
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        let req = session.req_header();
+        st.ctx.request_id = match req.headers.get("x-request-id") {
+            Some(v) if is_sane_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => generate_request_id(),
+        };
+        st.ctx.scheme = if tls { Scheme::Https } else { Scheme::Http };
+        st.ctx.peer_ip = peer_ip;
+        st.ctx.client_ip = forwarded::client_ip(peer_ip, &req.headers, &server.trusted_proxies);
+        st.snapshot = Some(snap.clone());
+
+        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > server.max_uri_bytes {
+            return Err(PluginError::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!("the request target is {uri_len} bytes; the limit is {}", server.max_uri_bytes),
+            ));
+        }
+        let head = header_bytes(req);
+        if head > server.max_request_header_bytes {
+            return Err(PluginError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!(
+                    "request headers are {head} bytes; the limit is {}",
+                    server.max_request_header_bytes
+                ),
+            ));
+        }
+        let raw_path = req.uri.path();
+        let path = normalize_path(raw_path).map_err(|e| {
+            PluginError::new(StatusCode::BAD_REQUEST, "bad_path", format!("invalid request path: {e}"))
+        })?;
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        st.ctx.host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        let Some(m) = snap
+            .config
+            .table
+            .match_request(&req.method, host, &path, &req.headers)
+        else {
+            return Err(PluginError::new(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                format!("no route matches {} {}", req.method, path),
+            ));
+        };
+        let route = snap.config.routes.get(m.id).ok_or_else(|| {
+            PluginError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "route table out of sync")
+        })?;
+        st.route = Some(m.id);
+        st.prefix_len = m.prefix_len;
+        st.ctx.route = route.name.clone();
+        st.ctx.upstream = route.upstream_name.clone();
+        st.ctx.params = m
+            .params
+            .into_iter()
+            .filter_map(|(i, v)| route.param_names.get(i).map(|n| (n.clone(), v)))
+            .collect();
+        if let std::borrow::Cow::Owned(normalised) = path {
+            // Later phases and the upstream see only the normalised path.
+            let uri = match req.uri.query() {
+                Some(q) => format!("{normalised}?{q}"),
+                None => normalised,
+            };
+            let uri = uri.parse::<http::Uri>().map_err(|_| {
+                PluginError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid request path")
+            })?;
+            session.req_header_mut().set_uri(uri);
+        }
+        Ok(())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestState;
+
+    fn new_ctx(&self) -> RequestState {
+        RequestState::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, st: &mut RequestState) -> Result<bool> {
+        if let Err(err) = self.prepare(session, st) {
+            respond::send_error(session, st, &err).await;
+            return Ok(true);
+        }
+        let Some(plugins) = st.plugins() else {
+            return Ok(false);
+        };
+        for entry in plugins.iter() {
+            match entry
+                .plugin
+                .on_request(session.req_header_mut(), &mut st.ctx)
+                .await
+            {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(resp)) => {
+                    respond::send(session, st, resp).await;
+                    return Ok(true);
+                }
+                Err(err) => {
+                    respond::send_error(session, st, &err).await;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        st: &mut RequestState,
+    ) -> Result<()> {
+        let Some(plugins) = st.plugins() else {
+            return Ok(());
+        };
+        for entry in plugins.iter() {
+            if let Err(err) = entry.plugin.on_request_body(body, end_of_stream, &mut st.ctx) {
+                return Err(reject(st, err));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        st: &mut RequestState,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(snap), Some(route_idx)) = (st.snapshot.clone(), st.route) else {
+            return Err(Error::new(ErrorType::InternalError));
+        };
+        let Some(route) = snap.config.routes.get(route_idx) else {
+            return Err(Error::new(ErrorType::InternalError));
+        };
+        let Some(cluster) = snap.clusters.get(route.upstream) else {
+            return Err(Error::new(ErrorType::InternalError));
+        };
+        let Some(idx) = cluster.select(&st.tried) else {
+            let err = PluginError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_target",
+                format!("upstream `{}` has no target available", cluster.name()),
+            );
+            return Err(reject(st, err));
+        };
+        st.tried.push(idx);
+        let Some(target) = cluster.target(idx) else {
+            return Err(Error::new(ErrorType::InternalError));
+        };
+        Ok(Box::new(build_peer(&cluster.config, target, route)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        st: &mut RequestState,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(snap), Some(route)) = (st.snapshot.as_ref(), st.route()) {
+            if let (Some(cluster), Some(&idx)) = (snap.clusters.get(route.upstream), st.tried.last()) {
+                cluster.report_connect_failure(idx);
+                // Nothing was sent yet, so another target is always safe to try.
+                if st.tried.len() < MAX_CONNECT_ATTEMPTS && st.tried.len() < cluster.len() {
+                    e.set_retry(true);
+                }
+            }
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        st: &mut RequestState,
+    ) -> Result<()> {
+        if let (Some(snap), Some(route)) = (st.snapshot.as_ref(), st.route()) {
+            if let (Some(cluster), Some(&idx)) = (snap.clusters.get(route.upstream), st.tried.last()) {
+                cluster.report_connect_success(idx);
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        st: &mut RequestState,
+    ) -> Result<()> {
+        let Some(snap) = st.snapshot.clone() else {
+            return Ok(());
+        };
+        let Some(route) = st.route() else {
+            return Ok(());
+        };
+        let upstream = snap.config.upstreams.get(route.upstream).cloned();
+        let path = up.uri.path();
+        let new_path = rewrite::upstream_path(&route.rewrite, path, st.prefix_len, &st.ctx.params);
+        if let std::borrow::Cow::Owned(p) = new_path {
+            let uri = match up.uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            match uri.parse::<http::Uri>() {
+                Ok(u) => up.set_uri(u),
+                Err(_) => {
+                    let err = PluginError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_path",
+                        "the rewritten path is not a valid URI",
+                    );
+                    return Err(reject(st, err));
+                }
+            }
+        }
+        // HTTP/1.1 upstreams need a Host; h2 clients send only :authority.
+        let authority = session
+            .req_header()
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(h) = upstream.as_ref().and_then(|u| u.host_header.clone()) {
+            let _ = up.insert_header(HOST, h);
+        } else if up.headers.get(HOST).is_none() {
+            if let Some(a) = authority {
+                let _ = up.insert_header(HOST, a);
+            }
+        }
+        self.forwarded_headers(session, up, st, &snap);
+        if let Ok(v) = HeaderValue::from_str(&st.ctx.request_id) {
+            let _ = up.insert_header("x-request-id", v);
+        }
+        let Some(plugins) = st.plugins() else {
+            return Ok(());
+        };
+        for entry in plugins.iter() {
+            if let Err(err) = entry.plugin.on_upstream_request(up, &mut st.ctx) {
+                return Err(reject(st, err));
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        st: &mut RequestState,
+    ) -> Result<()> {
+        if let Some(plugins) = st.plugins() {
+            for entry in plugins.iter() {
+                entry.plugin.on_response(resp, &mut st.ctx);
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        st: &mut RequestState,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(plugins) = st.plugins() {
+            for entry in plugins.iter() {
+                entry.plugin.on_response_body(body, end_of_stream, &mut st.ctx);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        st: &mut RequestState,
+    ) -> FailToProxy {
+        let upstream = st.ctx.upstream.clone();
+        let err = st.error.take().or_else(|| respond::classify(e, &upstream));
+        let mut code = 0;
+        if let Some(err) = err {
+            tracing::warn!(
+                request_id = %st.ctx.request_id,
+                route = %st.ctx.route,
+                upstream = %upstream,
+                status = err.status.as_u16(),
+                code = err.code,
+                error = %e,
+                "request failed"
+            );
+            code = err.status.as_u16();
+            if session.response_written().is_none() {
+                code = respond::send_error(session, st, &err).await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, st: &mut RequestState) {
+        let status = session
+            .response_written()
+            .map_or(st.gateway_status, |r| r.status.as_u16());
+        if let Some(plugins) = st.plugins() {
+            for entry in plugins.iter() {
+                entry.plugin.on_log(&st.ctx, status);
+            }
+        }
+        let req = session.req_header();
+        tracing::debug!(
+            request_id = %st.ctx.request_id,
+            method = %req.method,
+            path = %req.uri.path(),
+            route = %st.ctx.route,
+            upstream = %st.ctx.upstream,
+            status,
+            error = e.map(|e| e.to_string()),
+            duration_ms = st.started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _st: &RequestState, _error: &Error) -> bool {
+        // fail_to_proxy logs every failure once, with route and upstream names.
+        true
+    }
+}
+
+/// At most this many targets are tried for one request when connections fail.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+impl Gateway {
+    fn forwarded_headers(
+        &self,
+        session: &Session,
+        up: &mut RequestHeader,
+        st: &RequestState,
+        snap: &Snapshot,
+    ) {
+        let trusted = st
+            .ctx
+            .peer_ip
+            .is_some_and(|ip| forwarded::is_trusted(ip, &snap.config.server.trusted_proxies));
+        let req = session.req_header();
+        if let Some(peer) = st.ctx.peer_ip {
+            let peer = peer.to_string();
+            let xff = match (trusted, req.headers.get("x-forwarded-for")) {
+                (true, Some(prev)) => match prev.to_str() {
+                    Ok(prev) => format!("{prev}, {peer}"),
+                    Err(_) => peer,
+                },
+                _ => peer,
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                let _ = up.insert_header("x-forwarded-for", v);
+            }
+        }
+        let keep = |name: &str| trusted && req.headers.get(name).is_some();
+        if !keep("x-forwarded-proto") {
+            let _ = up.insert_header(
+                "x-forwarded-proto",
+                HeaderValue::from_static(st.ctx.scheme.as_str()),
+            );
+        }
+        if !keep("x-forwarded-host") {
+            let host = req
+                .headers
+                .get(HOST)
+                .cloned()
+                .or_else(|| {
+                    req.uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                });
+            match host {
+                Some(h) => {
+                    let _ = up.insert_header("x-forwarded-host", h);
+                }
+                None => {
+                    up.remove_header("x-forwarded-host");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Turning an upstream target into the pingora peer an attempt connects to.
+
+use std::sync::Arc;
+
+
+use pingora_core::protocols::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
+
+use crate::config::{Protocol, Route, TargetConfig, UpstreamConfig};
+
+/// The peer for one attempt at `target`, with the route's timeout overrides applied.
+pub fn build_peer(upstream: &UpstreamConfig, target: &TargetConfig, route: &Route) -> HttpPeer {
+    let tls = upstream.tls.as_ref();
+    let sni = tls
+        .and_then(|t| t.sni.clone())
+        .or_else(|| target.hostname.clone())
+        .unwrap_or_default();
+    let mut peer = HttpPeer::new(target.address, tls.is_some(), sni);
+    let o = &mut peer.options;
+    let t = &upstream.timeouts;
+    o.connection_timeout = Some(route.connect_timeout.unwrap_or(t.connect));
+    o.read_timeout = Some(route.read_timeout.unwrap_or(t.read));
+    o.write_timeout = Some(route.write_timeout.unwrap_or(t.write));
+    o.idle_timeout = Some(t.idle);
+    o.tcp_keepalive = None;
+    o.max_h2_streams = upstream.max_h2_streams;
+    o.alpn = match upstream.protocol {
+        Protocol::Http1 => ALPN::H1,
+        Protocol::H2c | Protocol::H2 => ALPN::H2,
+    };
+    if let Some(tls) = tls {
+        o.verify_cert = tls.verify;
+        o.verify_hostname = tls.verify;
+        if let Some(cas) = &tls.ca_certs {
+            // The DER was validated with x509-parser at config load, so parse_x509 cannot panic.
+            let certs: Vec<WrappedX509> = cas
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect();
+            o.ca = Some(Arc::from(certs));
+        }
+    }
+    peer
+}
