@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tollgate::config::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "An API gateway and edge reverse proxy")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An API gateway and edge reverse proxy"
+)]
 struct Cli {
     /// The config file.
     #[arg(short, long, global = true, default_value = "gateway.toml")]

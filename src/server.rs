@@ -80,7 +80,10 @@ pub fn build(config: GatewayConfig) -> Result<Server, String> {
     }
 
     if let Some(admin) = admin {
-        let mut service = Service::new("tollgate-admin".to_string(), AdminApp::new(snapshot.clone()));
+        let mut service = Service::new(
+            "tollgate-admin".to_string(),
+            AdminApp::new(snapshot.clone()),
+        );
         service.add_tcp(&admin.address.to_string());
         server.add_service(service);
     }

@@ -4,8 +4,8 @@
 
 mod error;
 mod file;
-mod tls;
 pub mod model;
+mod tls;
 mod values;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,9 +18,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use serde::Deserialize;
+use tollgate_plugin_api::{BuildContext, PluginRegistry};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
-use tollgate_plugin_api::{BuildContext, PluginRegistry};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
@@ -118,7 +118,11 @@ impl Validator<'_, '_> {
             table: Arc::new(table?),
             global_plugins: {
                 let mut g = globals;
-                g.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+                g.sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then_with(|| a.name.cmp(&b.name))
+                });
                 g.into()
             },
         })
@@ -140,8 +144,11 @@ impl Validator<'_, '_> {
                 Err(m) => self.c.at(p.span(), m),
             }
         }
-        let max_request_header_bytes =
-            self.positive_size(s.max_request_header_bytes.as_ref(), 32 * 1024, "max_request_header_bytes");
+        let max_request_header_bytes = self.positive_size(
+            s.max_request_header_bytes.as_ref(),
+            32 * 1024,
+            "max_request_header_bytes",
+        );
         let max_uri_bytes = self.positive_size(s.max_uri_bytes.as_ref(), 8 * 1024, "max_uri_bytes");
         ServerSettings {
             threads,
@@ -166,7 +173,8 @@ impl Validator<'_, '_> {
             Some(v) => {
                 let n = v.get_ref().as_u64();
                 if n == 0 {
-                    self.c.at(v.span(), format!("`{key}` must be greater than 0"));
+                    self.c
+                        .at(v.span(), format!("`{key}` must be greater than 0"));
                 }
                 usize::try_from(n).unwrap_or(usize::MAX)
             }
@@ -194,7 +202,10 @@ impl Validator<'_, '_> {
             if let Some(prev) = seen.insert(address, i) {
                 self.c.at(
                     l.address.span(),
-                    format!("listener address {address} is already used by listener #{}", prev + 1),
+                    format!(
+                        "listener address {address} is already used by listener #{}",
+                        prev + 1
+                    ),
                 );
             }
             let tls = match &l.tls {
@@ -226,7 +237,10 @@ impl Validator<'_, '_> {
                 None => None,
             };
             out.push(Listener {
-                name: l.name.clone().unwrap_or_else(|| format!("listener-{}", i + 1)),
+                name: l
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("listener-{}", i + 1)),
                 address,
                 h2c: l.h2c.unwrap_or(tls.is_none()),
                 tls,
@@ -316,7 +330,10 @@ impl Validator<'_, '_> {
             };
             let host_header = u.host_header.as_ref().and_then(|h| {
                 HeaderValue::from_str(h.get_ref())
-                    .map_err(|_| self.c.at(h.span(), "`host_header` is not a valid header value"))
+                    .map_err(|_| {
+                        self.c
+                            .at(h.span(), "`host_header` is not a valid header value")
+                    })
                     .ok()
             });
             let max_h2_streams = match &u.max_h2_streams {
@@ -357,7 +374,9 @@ impl Validator<'_, '_> {
         if !(1..=MAX_WEIGHT).contains(&weight) {
             self.c.at(
                 t.span(),
-                format!("target `{address}`: weight must be between 1 and {MAX_WEIGHT}, got {weight}"),
+                format!(
+                    "target `{address}`: weight must be between 1 and {MAX_WEIGHT}, got {weight}"
+                ),
             );
             return None;
         }
@@ -497,7 +516,10 @@ impl Validator<'_, '_> {
                             _ => {
                                 self.c.at(
                                     m.span(),
-                                    format!("route `{route_name}`: invalid method `{}`", m.get_ref()),
+                                    format!(
+                                        "route `{route_name}`: invalid method `{}`",
+                                        m.get_ref()
+                                    ),
                                 );
                                 None
                             }
@@ -505,7 +527,9 @@ impl Validator<'_, '_> {
                     })
                     .collect::<Vec<_>>()
             });
-            if methods.as_ref().is_some_and(|m| m.is_empty()) && r.methods.as_ref().is_some_and(|m| m.is_empty()) {
+            if methods.as_ref().is_some_and(|m| m.is_empty())
+                && r.methods.as_ref().is_some_and(|m| m.is_empty())
+            {
                 self.c.at(
                     route_span.clone(),
                     format!("route `{route_name}`: `methods` must not be empty (leave it out to allow any method)"),
@@ -516,7 +540,10 @@ impl Validator<'_, '_> {
                 let Ok(header) = HeaderName::from_bytes(hname.get_ref().as_bytes()) else {
                     self.c.at(
                         hname.span(),
-                        format!("route `{route_name}`: invalid header name `{}`", hname.get_ref()),
+                        format!(
+                            "route `{route_name}`: invalid header name `{}`",
+                            hname.get_ref()
+                        ),
                     );
                     continue;
                 };
@@ -526,7 +553,9 @@ impl Validator<'_, '_> {
                     HeaderCondition::Present(false) => {
                         self.c.at(
                             cond.span(),
-                            format!("route `{route_name}`: header condition must be a string or `true`"),
+                            format!(
+                                "route `{route_name}`: header condition must be a string or `true`"
+                            ),
                         );
                         continue;
                     }
@@ -621,7 +650,10 @@ impl Validator<'_, '_> {
                 return None;
             }
             Err(e) => {
-                self.c.at(p.span(), format!("route `{route}`: {kind} path `{value}`: {e}"));
+                self.c.at(
+                    p.span(),
+                    format!("route `{route}`: {kind} path `{value}`: {e}"),
+                );
                 return None;
             }
         }
@@ -630,7 +662,10 @@ impl Validator<'_, '_> {
             "prefix" => PathMatch::Prefix(value.clone()),
             _ => {
                 if let Err(m) = router::template_param_names(value) {
-                    self.c.at(p.span(), format!("route `{route}`: template `{value}`: {m}"));
+                    self.c.at(
+                        p.span(),
+                        format!("route `{route}`: template `{value}`: {m}"),
+                    );
                     return None;
                 }
                 PathMatch::Template(value.clone())
@@ -711,7 +746,10 @@ impl Validator<'_, '_> {
                 match parse_rewrite(value, params) {
                     Ok(parts) => Rewrite::Template(parts),
                     Err(m) => {
-                        self.c.at(rw.span(), format!("route `{route}`: rewrite `{value}`: {m}"));
+                        self.c.at(
+                            rw.span(),
+                            format!("route `{route}`: rewrite `{value}`: {m}"),
+                        );
                         Rewrite::None
                     }
                 }
@@ -753,7 +791,11 @@ impl Validator<'_, '_> {
             .into_iter()
             .chain(own)
             .collect();
-        chain.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+        chain.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        });
         chain
     }
 
@@ -830,4 +872,3 @@ fn parse_rewrite(value: &str, params: &[Arc<str>]) -> Result<Vec<RewritePart>, S
     }
     Ok(parts)
 }
-

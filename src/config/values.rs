@@ -10,13 +10,11 @@ pub struct Duration(pub std::time::Duration);
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Duration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration `{s}`: {e} (write e.g. \"250ms\", \"5s\", \"1m\")"
-                ))
-            })
+        humantime::parse_duration(&s).map(Duration).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{s}`: {e} (write e.g. \"250ms\", \"5s\", \"1m\")"
+            ))
+        })
     }
 }
 

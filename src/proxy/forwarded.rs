@@ -65,7 +65,11 @@ mod tests {
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_claims() {
-        let ip = client_ip(Some("203.0.113.9".parse().unwrap()), &xff("1.2.3.4"), &nets(&["10.0.0.0/8"]));
+        let ip = client_ip(
+            Some("203.0.113.9".parse().unwrap()),
+            &xff("1.2.3.4"),
+            &nets(&["10.0.0.0/8"]),
+        );
         assert_eq!(ip, Some("203.0.113.9".parse().unwrap()));
     }
 
@@ -81,13 +85,21 @@ mod tests {
 
     #[test]
     fn garbage_hop_stops_the_walk() {
-        let ip = client_ip(Some("10.0.0.1".parse().unwrap()), &xff("1.2.3.4, nonsense"), &nets(&["10.0.0.0/8"]));
+        let ip = client_ip(
+            Some("10.0.0.1".parse().unwrap()),
+            &xff("1.2.3.4, nonsense"),
+            &nets(&["10.0.0.0/8"]),
+        );
         assert_eq!(ip, Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]
     fn mapped_v6_peer_is_reported_as_v4() {
-        let ip = client_ip(Some("::ffff:192.0.2.1".parse().unwrap()), &HeaderMap::new(), &[]);
+        let ip = client_ip(
+            Some("::ffff:192.0.2.1".parse().unwrap()),
+            &HeaderMap::new(),
+            &[],
+        );
         assert_eq!(ip, Some("192.0.2.1".parse().unwrap()));
     }
 }

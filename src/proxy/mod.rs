@@ -61,9 +61,7 @@ impl Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         st.ctx.request_id = match req.headers.get("x-request-id") {
             Some(v) if is_sane_request_id(v.as_bytes()) => {
@@ -81,7 +79,10 @@ impl Gateway {
             return Err(PluginError::new(
                 StatusCode::URI_TOO_LONG,
                 "uri_too_long",
-                format!("the request target is {uri_len} bytes; the limit is {}", server.max_uri_bytes),
+                format!(
+                    "the request target is {uri_len} bytes; the limit is {}",
+                    server.max_uri_bytes
+                ),
             ));
         }
         let head = header_bytes(req);
@@ -97,7 +98,11 @@ impl Gateway {
         }
         let raw_path = req.uri.path();
         let path = normalize_path(raw_path).map_err(|e| {
-            PluginError::new(StatusCode::BAD_REQUEST, "bad_path", format!("invalid request path: {e}"))
+            PluginError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                format!("invalid request path: {e}"),
+            )
         })?;
         let host = req
             .headers
@@ -117,7 +122,11 @@ impl Gateway {
             ));
         };
         let route = snap.config.routes.get(m.id).ok_or_else(|| {
-            PluginError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "route table out of sync")
+            PluginError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "route table out of sync",
+            )
         })?;
         st.route = Some(m.id);
         st.prefix_len = m.prefix_len;
@@ -199,7 +208,10 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         for entry in plugins.iter() {
-            if let Err(err) = entry.plugin.on_request_body(body, end_of_stream, &mut st.ctx) {
+            if let Err(err) = entry
+                .plugin
+                .on_request_body(body, end_of_stream, &mut st.ctx)
+            {
                 return Err(reject(st, err));
             }
         }
@@ -243,7 +255,9 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(snap), Some(route)) = (st.snapshot.as_ref(), st.route()) {
-            if let (Some(cluster), Some(&idx)) = (snap.clusters.get(route.upstream), st.tried.last()) {
+            if let (Some(cluster), Some(&idx)) =
+                (snap.clusters.get(route.upstream), st.tried.last())
+            {
                 cluster.report_connect_failure(idx);
                 // Nothing was sent yet, so another target is always safe to try.
                 if st.tried.len() < MAX_CONNECT_ATTEMPTS && st.tried.len() < cluster.len() {
@@ -265,7 +279,9 @@ impl ProxyHttp for Gateway {
         st: &mut RequestState,
     ) -> Result<()> {
         if let (Some(snap), Some(route)) = (st.snapshot.as_ref(), st.route()) {
-            if let (Some(cluster), Some(&idx)) = (snap.clusters.get(route.upstream), st.tried.last()) {
+            if let (Some(cluster), Some(&idx)) =
+                (snap.clusters.get(route.upstream), st.tried.last())
+            {
                 cluster.report_connect_success(idx);
             }
         }
@@ -355,7 +371,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<std::time::Duration>> {
         if let Some(plugins) = st.plugins() {
             for entry in plugins.iter() {
-                entry.plugin.on_response_body(body, end_of_stream, &mut st.ctx);
+                entry
+                    .plugin
+                    .on_response_body(body, end_of_stream, &mut st.ctx);
             }
         }
         Ok(None)
@@ -457,15 +475,11 @@ impl Gateway {
             );
         }
         if !keep("x-forwarded-host") {
-            let host = req
-                .headers
-                .get(HOST)
-                .cloned()
-                .or_else(|| {
-                    req.uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                });
+            let host = req.headers.get(HOST).cloned().or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
             match host {
                 Some(h) => {
                     let _ = up.insert_header("x-forwarded-host", h);

@@ -15,10 +15,7 @@ use super::context::RequestState;
 pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
     let body = err.body(&st.ctx.request_id).to_json();
     let mut headers = err.headers.clone();
-    headers.push((
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    ));
+    headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
     let resp = Response {
         status: err.status,
         headers,
@@ -46,10 +43,19 @@ pub async fn send(session: &mut Session, st: &mut RequestState, resp: Response) 
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     let end = resp.body.is_empty() || head_only;
-    if session.write_response_header(Box::new(header), end).await.is_err() {
+    if session
+        .write_response_header(Box::new(header), end)
+        .await
+        .is_err()
+    {
         return 0;
     }
-    if !end && session.write_response_body(Some(resp.body), true).await.is_err() {
+    if !end
+        && session
+            .write_response_body(Some(resp.body), true)
+            .await
+            .is_err()
+    {
         return 0;
     }
     st.gateway_status = status;
@@ -73,7 +79,11 @@ pub fn classify(e: &Error, upstream: &str) -> Option<PluginError> {
     let (status, code, message) = match etype {
         HTTPStatus(code) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
-            (status, "upstream_error", format!("upstream `{upstream}` failed"))
+            (
+                status,
+                "upstream_error",
+                format!("upstream `{upstream}` failed"),
+            )
         }
         ConnectTimedout | TLSHandshakeTimedout => (
             StatusCode::GATEWAY_TIMEOUT,

@@ -21,7 +21,8 @@ pub fn upstream_path<'a>(
             if out.ends_with('/') && rest.starts_with('/') {
                 out.pop();
             }
-            if !out.is_empty() && !out.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') {
+            if !out.is_empty() && !out.ends_with('/') && !rest.is_empty() && !rest.starts_with('/')
+            {
                 out.push('/');
             }
             out.push_str(rest);
@@ -81,7 +82,13 @@ mod tests {
             RewritePart::Literal("/of/".into()),
             RewritePart::Param(0),
         ]);
-        let params = vec![(Arc::from("user"), "7".to_string()), (Arc::from("post"), "42".to_string())];
-        assert_eq!(upstream_path(&rw, "/u/7/p/42", 0, &params), "/internal/42/of/7");
+        let params = vec![
+            (Arc::from("user"), "7".to_string()),
+            (Arc::from("post"), "42".to_string()),
+        ];
+        assert_eq!(
+            upstream_path(&rw, "/u/7/p/42", 0, &params),
+            "/internal/42/of/7"
+        );
     }
 }

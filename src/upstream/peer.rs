@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
