@@ -138,12 +138,17 @@ impl Gateway {
             .filter_map(|(i, v)| route.param_names.get(i).map(|n| (n.clone(), v)))
             .collect();
         if let std::borrow::Cow::Owned(normalised) = path {
-            // Later phases and the upstream see only the normalised path.
-            let uri = match req.uri.query() {
+            // Later phases and the upstream see only the normalised path. Scheme and authority
+            // stay: an h2 request carries its host only in `:authority`.
+            let pq = match req.uri.query() {
                 Some(q) => format!("{normalised}?{q}"),
                 None => normalised,
             };
-            let uri = uri.parse::<http::Uri>().map_err(|_| {
+            let mut parts = req.uri.clone().into_parts();
+            parts.path_and_query = Some(pq.parse().map_err(|_| {
+                PluginError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid request path")
+            })?);
+            let uri = http::Uri::from_parts(parts).map_err(|_| {
                 PluginError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid request path")
             })?;
             session.req_header_mut().set_uri(uri);
@@ -304,7 +309,9 @@ impl ProxyHttp for Gateway {
         let path = up.uri.path();
         let new_path = rewrite::upstream_path(&route.rewrite, path, st.prefix_len, &st.ctx.params);
         if let std::borrow::Cow::Owned(p) = new_path {
+            // A template rewrite may carry its own query; the client's query joins it.
             let uri = match up.uri.query() {
+                Some(q) if p.contains('?') => format!("{p}&{q}"),
                 Some(q) => format!("{p}?{q}"),
                 None => p,
             };

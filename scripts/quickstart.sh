@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a running gateway: installs prerequisites, builds, starts the
+# sample services that gateway.toml routes to, and runs tollgate in the foreground (Ctrl-C stops
+# everything).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-prereqs.sh
+cargo build --release -p tollgate -p sample-http
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT INT TERM
+
+./target/release/sample-http 127.0.0.1:3001 users & pids+=($!)
+./target/release/sample-http 127.0.0.1:3002 orders & pids+=($!)
+
+echo "tollgate: proxy on http://127.0.0.1:8080, admin on http://127.0.0.1:9901"
+./target/release/tollgate -c gateway.toml

@@ -1,0 +1,276 @@
+//! Test harness: the real `tollgate` binary on ephemeral ports, and real hyper upstreams.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// A port that was free a moment ago (the kernel does not hand it out again right away).
+pub fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// An address nothing listens on: bound once, then closed.
+pub fn closed_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A running gateway process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts tollgate with `body` plus a generated h1+h2c listener and admin listener.
+    pub async fn start(body: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, body).await
+    }
+
+    /// Like `start`, with the config written into `dir` (for tests that put cert files there).
+    pub async fn start_in(dir: tempfile::TempDir, body: &str) -> Gateway {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = format!(
+            "[[listeners]]\nname = \"test\"\naddress = \"{addr}\"\nh2c = true\n\n\
+             [admin]\naddress = \"{admin}\"\n\n[log]\nlevel = \"debug\"\n\n{body}\n"
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &config).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tollgate");
+        let mut gw = Gateway {
+            child,
+            addr,
+            admin,
+            dir,
+            stderr_path,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = client();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tollgate exited with {status}:\n{}", self.logs());
+            }
+            let admin_ok = client
+                .get(format!("http://{}/healthz", self.admin))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if admin_ok && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("tollgate did not become ready:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the gateway logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// `http://ADDR{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+
+/// A real HTTP/1.1 + h2c server on an ephemeral port, counting connections and requests.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Serves `handler` for every request.
+    pub async fn start<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                let reqs = reqs.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    /// An upstream answering every request with a JSON description of it (see `describe`).
+    pub async fn echo(name: &'static str) -> Upstream {
+        Upstream::start(move |req| async move { describe(name, req).await }).await
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A JSON response describing the request: upstream name, method, path, query, version,
+/// headers (lower-case names; repeated values joined by ", ") and body length.
+pub async fn describe(name: &str, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &parts.headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let entry = headers
+            .entry(k.as_str().to_string())
+            .or_insert_with(|| serde_json::Value::String(String::new()));
+        if let serde_json::Value::String(s) = entry {
+            if !s.is_empty() {
+                s.push_str(", ");
+            }
+            s.push_str(&v);
+        }
+    }
+    let json = serde_json::json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body_len,
+    });
+    json_response(200, &json)
+}
+
+pub fn json_response(status: u16, json: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(json.to_string()))
+        .expect("response")
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A plain HTTP/1.1 client (no proxy from the environment).
+pub fn client() -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2c_client() -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Asserts the gateway's JSON error shape and returns the body.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let body: serde_json::Value = resp.json().await.expect("json error body");
+    assert_eq!(body["error"]["status"], status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(body["error"]["request_id"].as_str().is_some(), "{body}");
+    body
+}
