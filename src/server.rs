@@ -34,7 +34,14 @@ pub fn build(config: GatewayConfig) -> Result<Server, String> {
         threads: config.server.threads,
         upstream_keepalive_pool_size: config.server.keepalive_pool_size,
         grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        // pingora counts whole seconds; round up so "500ms" doesn't become "no waiting".
+        graceful_shutdown_timeout_seconds: Some(
+            config
+                .server
+                .graceful_shutdown_timeout
+                .as_millis()
+                .div_ceil(1000) as u64,
+        ),
         ..ServerConf::default()
     };
     // Retries are decided by the proxy (fail_to_connect); this is only pingora's hard ceiling.

@@ -99,7 +99,10 @@ async fn request_id_is_generated_kept_or_replaced() {
     let long = "x".repeat(500);
     let (h, v) = get_json(c.get(gw.url("/")).header("x-request-id", long.as_str())).await;
     assert_ne!(h["x-request-id"], long.as_str());
-    assert_eq!(v["headers"]["x-request-id"], h["x-request-id"].to_str().expect("ascii"));
+    assert_eq!(
+        v["headers"]["x-request-id"],
+        h["x-request-id"].to_str().expect("ascii")
+    );
     let (h, _) = get_json(c.get(gw.url("/")).header("x-request-id", "a b;c")).await;
     assert_ne!(h["x-request-id"], "a b;c");
 }
@@ -195,7 +198,11 @@ async fn large_download_streams_to_the_client() {
                     if i == MB / chunk.len() {
                         seen.notified().await;
                     }
-                    if tx.send(Ok(hyper::body::Frame::data(chunk.clone()))).await.is_err() {
+                    if tx
+                        .send(Ok(hyper::body::Frame::data(chunk.clone())))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -209,7 +216,11 @@ async fn large_download_streams_to_the_client() {
     })
     .await;
     let gw = Gateway::start(&one_route(up.addr, "", "")).await;
-    let resp = client().get(gw.url("/download")).send().await.expect("request");
+    let resp = client()
+        .get(gw.url("/download"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let mut total = 0usize;
@@ -237,14 +248,16 @@ fn tokio_stream<T: Send + 'static>(
 }
 
 #[tokio::test]
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
 async fn websocket_upgrade_is_proxied_with_route_plugins() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accept");
         let mut tagged = String::new();
-        let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                        resp| {
+        let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
             tagged = req
                 .headers()
                 .get("x-plugin-tag")
@@ -256,9 +269,11 @@ async fn websocket_upgrade_is_proxied_with_route_plugins() {
         let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback)
             .await
             .expect("handshake");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("tag={tagged}")))
-            .await
-            .expect("send tag");
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "tag={tagged}"
+        )))
+        .await
+        .expect("send tag");
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -330,7 +345,11 @@ async fn upstream_connections_are_reused() {
 async fn h2c_client_reaches_http1_upstream() {
     let up = Upstream::echo("svc").await;
     let gw = Gateway::start(&one_route(up.addr, "", "")).await;
-    let resp = h2c_client().get(gw.url("/h2?q=1")).send().await.expect("request");
+    let resp = h2c_client()
+        .get(gw.url("/h2?q=1"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["version"], "HTTP/1.1");
@@ -366,7 +385,8 @@ async fn tls_listener_serves_h2_by_alpn() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).expect("write cert");
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).expect("write key");
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem())
+        .expect("write key");
     let tls_port = common::free_port();
     let cfg = format!(
         r#"

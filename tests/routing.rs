@@ -77,7 +77,10 @@ async fn precedence_is_by_specificity_not_file_order() {
     let c = client();
     assert_eq!(who(&gw, c.get(gw.url("/api/users/me"))).await, "exact");
     assert_eq!(who(&gw, c.get(gw.url("/api/users/42"))).await, "template");
-    assert_eq!(who(&gw, c.get(gw.url("/api/users/42/orders"))).await, "long");
+    assert_eq!(
+        who(&gw, c.get(gw.url("/api/users/42/orders"))).await,
+        "long"
+    );
     assert_eq!(who(&gw, c.get(gw.url("/api/users"))).await, "long");
     assert_eq!(who(&gw, c.get(gw.url("/api/orders"))).await, "short");
     // Prefixes match on segment boundaries only.
@@ -165,7 +168,10 @@ upstream = "svc"
             )
         }
     };
-    assert_eq!(get("/strip/a/b?x=1").await, ("/a/b".into(), Some("x=1".into())));
+    assert_eq!(
+        get("/strip/a/b?x=1").await,
+        ("/a/b".into(), Some("x=1".into()))
+    );
     assert_eq!(get("/strip").await, ("/".into(), None));
     assert_eq!(get("/old/thing").await, ("/new/v2/thing".into(), None));
     assert_eq!(get("/old").await, ("/new/v2".into(), None));
@@ -202,10 +208,18 @@ upstream = "public"
         expect_error(resp, 404, "route_not_found").await;
     }
     // Above the root is refused outright.
-    let resp = c.get(gw.url("/../etc/passwd")).send().await.expect("request");
+    let resp = c
+        .get(gw.url("/../etc/passwd"))
+        .send()
+        .await
+        .expect("request");
     // reqwest normalises `..` itself; send the raw path over a socket instead.
     let _ = resp;
-    let raw = raw_request(gw.addr, "GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let raw = raw_request(
+        gw.addr,
+        "GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(raw.contains("\"bad_path\""), "{raw}");
     let raw = raw_request(gw.addr, "GET /public/%zz HTTP/1.1\r\nHost: x\r\n\r\n").await;

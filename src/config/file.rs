@@ -47,7 +47,7 @@ pub struct ServerSection {
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     pub format: Option<LogFormat>,
-    pub level: Option<String>,
+    pub level: Option<Spanned<String>>,
 }
 
 /// Log line format.
@@ -103,11 +103,35 @@ pub struct UpstreamSection {
 }
 
 /// A target: `"host:port"` or `{ address = "host:port", weight = 2 }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum TargetEntry {
     Address(String),
     Weighted(WeightedTarget),
+}
+
+// By hand rather than `#[serde(untagged)]`: untagged enums swallow the inner error, and a typo
+// such as `wieght` must be reported by name.
+impl<'de> Deserialize<'de> for TargetEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TargetEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a target: \"host:port\" or { address = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TargetEntry, E> {
+                Ok(TargetEntry::Address(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TargetEntry, A::Error> {
+                WeightedTarget::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TargetEntry::Weighted)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The table form of a target.
@@ -144,7 +168,7 @@ pub struct RouteSection {
     pub prefix: Option<Spanned<String>>,
     pub template: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
-    pub methods: Option<Vec<Spanned<String>>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub headers: BTreeMap<Spanned<String>, Spanned<HeaderCondition>>,
     pub upstream: Spanned<String>,
@@ -159,7 +183,7 @@ pub struct RouteSection {
     /// Route plugins. Only its presence is checked here; the registry reads the table again with
     /// spans so plugin errors point into it.
     #[allow(dead_code)]
-    pub plugins: Option<IgnoredAny>,
+    pub plugins: Option<BTreeMap<String, IgnoredAny>>,
 }
 
 /// A header condition: an exact value, or `true` for "present with any value".

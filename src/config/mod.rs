@@ -60,6 +60,11 @@ pub fn load_str(
             return Err(c.finish().err().unwrap_or(ConfigErrors(Vec::new())));
         }
     };
+    // serde stops at the first error, so each section is read on its own first: a file with
+    // mistakes in several places gets all of them reported at once.
+    if !section_errors(root.get_ref(), &mut c) {
+        return Err(c.finish().err().unwrap_or(ConfigErrors(Vec::new())));
+    }
     let parsed = FileConfig::deserialize(toml::de::Deserializer::from(root.clone()));
     let file = match parsed {
         Ok(f) => f,
@@ -83,6 +88,66 @@ pub fn load_str(
     built.ok_or_else(|| ConfigErrors(Vec::new()))
 }
 
+/// Deserializes every top-level section (and every entry of the listener, upstream and route
+/// collections) separately, recording each failure. Returns whether all of them were well formed.
+fn section_errors(root: &DeTable<'_>, c: &mut Collector<'_>) -> bool {
+    use serde::de::DeserializeOwned;
+    use toml::de::ValueDeserializer;
+
+    fn one<T: DeserializeOwned>(value: &Spanned<DeValue<'_>>, c: &mut Collector<'_>) -> bool {
+        match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(_) => true,
+            Err(e) => {
+                let span = e.span().unwrap_or_else(|| value.span());
+                c.at(span, e.message().trim_end().to_string());
+                false
+            }
+        }
+    }
+    fn each<T: DeserializeOwned>(value: &Spanned<DeValue<'_>>, c: &mut Collector<'_>) -> bool {
+        let mut ok = true;
+        match value.get_ref() {
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    ok &= one::<T>(item, c);
+                }
+            }
+            DeValue::Table(entries) => {
+                for (_, item) in entries.iter() {
+                    ok &= one::<T>(item, c);
+                }
+            }
+            _ => ok = one::<Vec<T>>(value, c),
+        }
+        ok
+    }
+
+    let mut ok = true;
+    for (key, value) in root.iter() {
+        ok &= match key.get_ref().as_ref() {
+            "server" => one::<file::ServerSection>(value, c),
+            "log" => one::<file::LogSection>(value, c),
+            "admin" => one::<file::AdminSection>(value, c),
+            "listeners" => each::<file::ListenerSection>(value, c),
+            "upstreams" => each::<file::UpstreamSection>(value, c),
+            "routes" => each::<file::RouteSection>(value, c),
+            // Plugin tables are read by the registry, with their own errors.
+            "plugins" => true,
+            other => {
+                c.at(
+                    key.span(),
+                    format!(
+                        "unknown field `{other}`, expected one of `server`, `log`, `listeners`, \
+                         `admin`, `upstreams`, `routes`, `plugins`"
+                    ),
+                );
+                false
+            }
+        };
+    }
+    ok
+}
+
 struct Validator<'a, 'c> {
     c: &'a mut Collector<'c>,
     base_dir: &'a Path,
@@ -98,10 +163,38 @@ impl Validator<'_, '_> {
         let server = self.server(&file.server);
         let log = LogSettings {
             format: file.log.format.unwrap_or_default(),
-            level: file.log.level.clone().unwrap_or_else(|| "info".to_string()),
+            level: self.log_level(file.log.level.as_ref()),
         };
         let listeners = self.listeners(&file.listeners);
+        if file.listeners.is_empty() {
+            self.c.at(
+                0..0,
+                "no `[[listeners]]`: add at least one, e.g. `[[listeners]]` with `address = \"0.0.0.0:8080\"`",
+            );
+        }
         let admin = self.admin(file.admin.as_ref());
+        if let (Some(admin), Some(section)) = (&admin, file.admin.as_ref()) {
+            if let Some(l) = listeners.iter().find(|l| l.address == admin.address) {
+                let span = section.address.as_ref().map_or(0..0, |a| a.span());
+                self.c.at(
+                    span,
+                    format!(
+                        "admin address {} is already used by listener `{}`",
+                        admin.address, l.name
+                    ),
+                );
+            }
+        } else if let Some(admin) = &admin {
+            if let Some(l) = listeners.iter().find(|l| l.address == admin.address) {
+                self.c.at(
+                    0..0,
+                    format!(
+                        "listener `{}` uses {}, the default admin address; move it or set `[admin] address`",
+                        l.name, admin.address
+                    ),
+                );
+            }
+        }
         let (upstreams, upstream_index) = self.upstreams(&file.upstreams);
         let globals = self.global_plugins(&file.plugins);
         let routes = self.routes(&file.routes, &upstreams, &upstream_index, &globals);
@@ -269,6 +362,22 @@ impl Validator<'_, '_> {
         } else {
             self.base_dir.join(path)
         }
+    }
+
+    fn log_level(&mut self, level: Option<&Spanned<String>>) -> String {
+        let Some(level) = level else {
+            return "info".to_string();
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+            self.c.at(
+                level.span(),
+                format!(
+                    "invalid log level `{}`: {e} (use e.g. \"info\" or \"info,tollgate=debug\")",
+                    level.get_ref()
+                ),
+            );
+        }
+        level.get_ref().clone()
     }
 
     fn admin(&mut self, a: Option<&file::AdminSection>) -> Option<AdminSettings> {
@@ -507,13 +616,23 @@ impl Validator<'_, '_> {
             };
             let path = self.route_path(route_name, r, route_span.clone());
             let host = r.host.as_ref().and_then(|h| self.host(route_name, h));
+            let mut methods_ok = true;
             let methods = r.methods.as_ref().map(|ms| {
-                ms.iter()
+                if ms.get_ref().is_empty() {
+                    methods_ok = false;
+                    self.c.at(
+                        ms.span(),
+                        format!("route `{route_name}`: `methods` must not be empty (leave it out to allow any method)"),
+                    );
+                }
+                ms.get_ref()
+                    .iter()
                     .filter_map(|m| {
                         let upper = m.get_ref().to_ascii_uppercase();
                         match Method::from_bytes(upper.as_bytes()) {
                             Ok(method) if !upper.is_empty() => Some(method),
                             _ => {
+                                methods_ok = false;
                                 self.c.at(
                                     m.span(),
                                     format!(
@@ -527,14 +646,6 @@ impl Validator<'_, '_> {
                     })
                     .collect::<Vec<_>>()
             });
-            if methods.as_ref().is_some_and(|m| m.is_empty())
-                && r.methods.as_ref().is_some_and(|m| m.is_empty())
-            {
-                self.c.at(
-                    route_span.clone(),
-                    format!("route `{route_name}`: `methods` must not be empty (leave it out to allow any method)"),
-                );
-            }
             let mut headers = Vec::new();
             for (hname, cond) in &r.headers {
                 let Ok(header) = HeaderName::from_bytes(hname.get_ref().as_bytes()) else {
@@ -573,7 +684,7 @@ impl Validator<'_, '_> {
             };
             let rewrite = self.rewrite(route_name, r, path.as_ref(), &param_names);
             let plugins = self.route_plugins(route_name, r, route_tables, globals);
-            let (Some(path), Some(upstream)) = (path, upstream) else {
+            let (Some(path), Some(upstream), true) = (path, upstream, methods_ok) else {
                 continue;
             };
             out.push((
@@ -662,10 +773,7 @@ impl Validator<'_, '_> {
             "prefix" => PathMatch::Prefix(value.clone()),
             _ => {
                 if let Err(m) = router::template_param_names(value) {
-                    self.c.at(
-                        p.span(),
-                        format!("route `{route}`: template `{value}`: {m}"),
-                    );
+                    self.c.at(p.span(), format!("route `{route}`: {m}"));
                     return None;
                 }
                 PathMatch::Template(value.clone())

@@ -394,6 +394,10 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let upstream = st.ctx.upstream.clone();
         let err = st.error.take().or_else(|| respond::classify(e, &upstream));
+        // pingora closes the client connection after a failed proxy attempt whatever we return
+        // here, so say so in the response: a client told `Connection: close` won't race us by
+        // sending its next request on a connection about to close.
+        session.set_keepalive(None);
         let mut code = 0;
         if let Some(err) = err {
             tracing::warn!(
@@ -462,13 +466,21 @@ impl Gateway {
             .is_some_and(|ip| forwarded::is_trusted(ip, &snap.config.server.trusted_proxies));
         let req = session.req_header();
         if let Some(peer) = st.ctx.peer_ip {
-            let peer = peer.to_string();
-            let xff = match (trusted, req.headers.get("x-forwarded-for")) {
-                (true, Some(prev)) => match prev.to_str() {
-                    Ok(prev) => format!("{prev}, {peer}"),
-                    Err(_) => peer,
-                },
-                _ => peer,
+            let peer = peer.to_canonical().to_string();
+            // A trusted proxy's chain may arrive split over several header lines.
+            let prev: Vec<&str> = if trusted {
+                req.headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let xff = if prev.is_empty() {
+                peer
+            } else {
+                format!("{}, {peer}", prev.join(", "))
             };
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 let _ = up.insert_header("x-forwarded-for", v);

@@ -14,7 +14,9 @@ pub fn build_peer(upstream: &UpstreamConfig, target: &TargetConfig, route: &Rout
     let sni = tls
         .and_then(|t| t.sni.clone())
         .or_else(|| target.hostname.clone())
-        .unwrap_or_default();
+        // An empty SNI makes pingora skip certificate verification; an IP target is verified
+        // against the IP SANs of its certificate instead.
+        .unwrap_or_else(|| target.address.ip().to_string());
     let mut peer = HttpPeer::new(target.address, tls.is_some(), sni);
     let o = &mut peer.options;
     let t = &upstream.timeouts;

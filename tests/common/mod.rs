@@ -118,8 +118,9 @@ impl Drop for Gateway {
 }
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-type Handler =
-    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
 
 /// A real HTTP/1.1 + h2c server on an ephemeral port, counting connections and requests.
 pub struct Upstream {
@@ -137,7 +138,9 @@ impl Upstream {
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -194,7 +197,11 @@ impl Drop for Upstream {
 /// headers (lower-case names; repeated values joined by ", ") and body length.
 pub async fn describe(name: &str, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let mut headers = serde_json::Map::new();
     for (k, v) in &parts.headers {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -270,7 +277,12 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> s
     let body: serde_json::Value = resp.json().await.expect("json error body");
     assert_eq!(body["error"]["status"], status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(body["error"]["request_id"].as_str().is_some(), "{body}");
     body
 }
