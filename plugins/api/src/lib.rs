@@ -6,9 +6,12 @@
 //!
 //! 1. [`Plugin::on_request`] — after routing, before an upstream target is chosen. May change the
 //!    request, stop it with an error, or answer it itself.
-//! 2. [`Plugin::on_request_body`] — for every piece of the request body as it streams through.
-//! 3. [`Plugin::on_upstream_request`] — on the request about to be sent upstream (after the path
+//! 2. [`Plugin::on_upstream_request`] — on the request about to be sent upstream (after the path
 //!    rewrite and the forwarded headers), once per attempt.
+//! 3. [`Plugin::on_request_body`] — for every piece of the request body as it streams through,
+//!    after the upstream has the request head (bodies are never buffered whole). An error here
+//!    stops the stream; a check that must run before the upstream sees anything belongs in
+//!    `on_request` (e.g. a declared `Content-Length`).
 //! 4. [`Plugin::on_response`] — on the response headers, for every response: from the upstream, or
 //!    made by the gateway (errors, answers of plugins).
 //! 5. [`Plugin::on_response_body`] — for every piece of the response body.
@@ -80,7 +83,7 @@ impl Response {
 /// Every method has a default that does nothing, so a plugin implements only its phases.
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
-    /// The name the plugin is registered under (for logs and `/routes/explain`).
+    /// The name the plugin is registered under (for logs).
     fn name(&self) -> &'static str;
 
     /// Request phase: runs after the route is matched, before an upstream target is chosen.
