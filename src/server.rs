@@ -8,6 +8,8 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_proxy::ProxyServiceBuilder;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -52,7 +54,9 @@ pub fn build(config: GatewayConfig) -> Result<Server, String> {
 
     let listeners = config.listeners.clone();
     let admin = config.admin.clone();
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(config, 1)));
+    let first = Snapshot::new(config, 1);
+    prime(&first)?;
+    let snapshot = Arc::new(ArcSwap::from_pointee(first));
 
     // pingora's h2c switch is per service, so listeners are grouped by it; TLS listeners don't
     // care and join the first group.
@@ -86,6 +90,13 @@ pub fn build(config: GatewayConfig) -> Result<Server, String> {
         server.add_service(service);
     }
 
+    server.add_service(background_service(
+        "upstream tasks",
+        UpstreamTasks {
+            snapshot: snapshot.clone(),
+        },
+    ));
+
     if let Some(admin) = admin {
         let mut service = Service::new(
             "tollgate-admin".to_string(),
@@ -95,4 +106,30 @@ pub fn build(config: GatewayConfig) -> Result<Server, String> {
         server.add_service(service);
     }
     Ok(server)
+}
+
+/// Discovers and checks the first snapshot's targets before any listener opens, so the first
+/// request already sees healthy targets (a temporary runtime: pingora's start later).
+fn prime(snapshot: &Snapshot) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(snapshot.prime());
+    Ok(())
+}
+
+/// Runs health checks and discovery for the live snapshot on a runtime of their own, so slow
+/// checks never take a proxy worker's time.
+struct UpstreamTasks {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for UpstreamTasks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.snapshot.load().start_tasks();
+        let _ = shutdown.changed().await;
+        self.snapshot.load().stop_tasks();
+    }
 }

@@ -1,8 +1,12 @@
 //! One config version as the proxy runs it: the validated config plus the runtime state built
 //! from it (upstream clusters). Immutable once built; swapped whole behind an `ArcSwap`.
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use crate::config::GatewayConfig;
-use crate::upstream::Cluster;
+use crate::upstream::{tasks, Cluster};
 
 /// Everything a request needs, from one config version.
 pub struct Snapshot {
@@ -11,17 +15,51 @@ pub struct Snapshot {
     /// The validated config.
     pub config: GatewayConfig,
     /// Runtime state of each upstream, same index as `config.upstreams`.
-    pub clusters: Vec<Cluster>,
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Stops the snapshot's background tasks (health checks, discovery) when set or dropped.
+    stop: watch::Sender<bool>,
 }
 
 impl Snapshot {
-    /// Builds the runtime state for a validated config.
+    /// Builds the runtime state for a validated config. Nothing runs until `start_tasks`.
     pub fn new(config: GatewayConfig, generation: u64) -> Self {
-        let clusters = config.upstreams.iter().cloned().map(Cluster::new).collect();
+        let clusters = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(|u| Arc::new(Cluster::new(u)))
+            .collect();
+        let (stop, _) = watch::channel(false);
         Self {
             generation,
             config,
             clusters,
+            stop,
         }
+    }
+
+    /// One round of discovery and health checks for every cluster, so the snapshot knows its
+    /// targets and their health before it takes traffic.
+    pub async fn prime(&self) {
+        let rounds = self.clusters.iter().map(|c| tasks::prime(c));
+        futures_util::future::join_all(rounds).await;
+    }
+
+    /// Starts the background tasks of every cluster on the current tokio runtime.
+    pub fn start_tasks(&self) {
+        for c in &self.clusters {
+            tasks::spawn(c.clone(), self.stop.subscribe());
+        }
+    }
+
+    /// Stops the background tasks (the snapshot is being replaced).
+    pub fn stop_tasks(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.stop_tasks();
     }
 }

@@ -72,13 +72,13 @@ async fn failed_target_is_skipped_and_the_request_retried_on_another() {
 async fn no_available_target_is_503() {
     let gw = Gateway::start(&route_to(
         &format!("\"{}\"", closed_addr()),
-        "connect_failure_cooldown = \"60s\"",
+        "panic_mode = false\noutlier_detection = { consecutive_failures = 1, base_ejection_time = \"60s\" }",
     ))
     .await;
     let c = client();
     let resp = c.get(gw.url("/api/x")).send().await.expect("request");
     expect_error(resp, 502, "upstream_unreachable").await;
-    // The only target is cooling down: nothing left to try.
+    // The only target is ejected and panic mode is off: nothing left to try.
     let resp = c.get(gw.url("/api/x")).send().await.expect("request");
     expect_error(resp, 503, "no_healthy_target").await;
 }

@@ -1,5 +1,5 @@
 //! The admin listener: operational endpoints, on loopback by default. `/healthz` answers as soon
-//! as the process serves; more endpoints join with the observability work.
+//! as the process serves; `/upstreams` shows every target's health, ejection and load.
 
 use std::sync::Arc;
 
@@ -43,6 +43,15 @@ impl ServeHttp for AdminApp {
                 json(
                     StatusCode::OK,
                     serde_json::json!({"status": "ok", "generation": snap.generation}),
+                )
+            }
+            "/upstreams" => {
+                let snap = self.snapshot.load();
+                let upstreams: Vec<serde_json::Value> =
+                    snap.clusters.iter().map(|c| c.view()).collect();
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"generation": snap.generation, "upstreams": upstreams}),
                 )
             }
             _ => json(

@@ -90,7 +90,9 @@ pub struct AdminSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    pub targets: Spanned<Vec<Spanned<TargetEntry>>>,
+    pub targets: Option<Spanned<Vec<Spanned<TargetEntry>>>>,
+    pub discovery: Option<Spanned<DiscoverySection>>,
+    pub dns_refresh: Option<Spanned<Duration>>,
     pub protocol: Option<Protocol>,
     pub tls: Option<Spanned<UpstreamTls>>,
     pub host_header: Option<Spanned<String>>,
@@ -98,8 +100,160 @@ pub struct UpstreamSection {
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
-    pub connect_failure_cooldown: Option<Duration>,
     pub max_h2_streams: Option<Spanned<usize>>,
+    pub balance: Option<Balance>,
+    pub hash_on: Option<Spanned<String>>,
+    pub panic_mode: Option<bool>,
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+    pub outlier_detection: Option<Spanned<OutlierSection>>,
+    pub retry: Option<Spanned<RetrySection>>,
+    pub circuit_breaker: Option<Spanned<CircuitBreakerSection>>,
+}
+
+/// `balance = "..."`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    Random,
+    LeastRequest,
+    RingHash,
+}
+
+/// `discovery = { type = "dns" | "dns_srv" | "consul", ... }`. One flat table rather than a tagged
+/// enum: serde's internally tagged enums lose the spans that errors point with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySection {
+    #[serde(rename = "type")]
+    pub kind: DiscoveryKind,
+    pub name: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub nameservers: Option<Vec<Spanned<String>>>,
+    pub interval: Option<Spanned<Duration>>,
+    pub address: Option<Spanned<String>>,
+    pub service: Option<Spanned<String>>,
+    pub datacenter: Option<String>,
+    pub tag: Option<String>,
+    pub token: Option<String>,
+    pub wait: Option<Spanned<Duration>>,
+}
+
+/// Discovery mechanisms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryKind {
+    Dns,
+    DnsSrv,
+    Consul,
+}
+
+/// `[upstreams.NAME.health_check]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(rename = "type")]
+    pub kind: Option<HealthCheckKind>,
+    pub path: Option<Spanned<String>>,
+    pub method: Option<Spanned<String>>,
+    pub host: Option<String>,
+    pub expected_statuses: Option<Vec<Spanned<StatusRange>>>,
+    pub service: Option<String>,
+    pub interval: Option<Spanned<Duration>>,
+    pub timeout: Option<Spanned<Duration>>,
+    pub jitter: Option<Spanned<Duration>>,
+    pub healthy_threshold: Option<Spanned<u32>>,
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+}
+
+/// Active check types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
+    Grpc,
+}
+
+/// `[upstreams.NAME.outlier_detection]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    pub enabled: Option<bool>,
+    pub consecutive_failures: Option<Spanned<u32>>,
+    pub base_ejection_time: Option<Spanned<Duration>>,
+    pub max_ejection_time: Option<Spanned<Duration>>,
+    pub max_ejection_percent: Option<Spanned<u32>>,
+    pub failure_statuses: Option<Vec<Spanned<StatusRange>>>,
+}
+
+/// `[upstreams.NAME.retry]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<Spanned<String>>>,
+    pub statuses: Option<Vec<Spanned<StatusRange>>>,
+    pub per_try_timeout: Option<Spanned<Duration>>,
+    pub backoff_base: Option<Spanned<Duration>>,
+    pub backoff_max: Option<Spanned<Duration>>,
+    pub budget_ratio: Option<Spanned<f64>>,
+    pub budget_min_retries: Option<u32>,
+}
+
+/// `[upstreams.NAME.circuit_breaker]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSection {
+    pub max_in_flight: Option<Spanned<u32>>,
+    pub max_pending: Option<Spanned<u32>>,
+}
+
+/// A status or an inclusive range of statuses: `503`, `"503"` or `"500-599"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange(pub u16, pub u16);
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status such as 503 or a range such as \"500-599\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                let s = status(v)
+                    .ok_or_else(|| E::custom(format!("status {v} is not between 100 and 599")))?;
+                Ok(StatusRange(s, s))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                let bad = || {
+                    E::custom(format!("invalid status range `{v}`: write e.g. \"200-299\" or \"503\" (100 to 599)"))
+                };
+                let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+                let lo = lo
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(status)
+                    .ok_or_else(bad)?;
+                let hi = hi
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(status)
+                    .ok_or_else(bad)?;
+                if lo > hi {
+                    return Err(bad());
+                }
+                Ok(StatusRange(lo, hi))
+            }
+        }
+        fn status(v: i64) -> Option<u16> {
+            u16::try_from(v).ok().filter(|s| (100..=599).contains(s))
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A target: `"host:port"` or `{ address = "host:port", weight = 2 }`.
@@ -180,6 +334,7 @@ pub struct RouteSection {
     pub write_timeout: Option<Duration>,
     #[serde(default)]
     pub disable_plugins: Vec<Spanned<String>>,
+    pub retry_non_idempotent: Option<bool>,
     /// Route plugins. Only its presence is checked here; the registry reads the table again with
     /// spans so plugin errors point into it.
     #[allow(dead_code)]

@@ -9,7 +9,7 @@ mod tls;
 mod values;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -157,6 +157,9 @@ struct Validator<'a, 'c> {
 
 /// Upper bound of a target weight; keeps the round-robin schedule small.
 const MAX_WEIGHT: i64 = 1000;
+
+/// Shortest interval of health checks and discovery refreshes.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Validator<'_, '_> {
     fn validate(mut self, file: FileConfig, path: &Path) -> Option<GatewayConfig> {
@@ -406,20 +409,39 @@ impl Validator<'_, '_> {
     ) -> (Vec<Arc<UpstreamConfig>>, HashMap<String, usize>) {
         let mut out = Vec::new();
         let mut index = HashMap::new();
-        for (name, u) in ups {
-            let u = u.get_ref();
+        for (name, section) in ups {
+            let u = section.get_ref();
+            let uname = name.get_ref();
             let mut targets = Vec::new();
-            if u.targets.get_ref().is_empty() {
-                self.c.at(
-                    u.targets.span(),
-                    format!("upstream `{}` has no targets", name.get_ref()),
-                );
+            match (&u.targets, &u.discovery) {
+                (None, None) => self.c.at(
+                    section.span(),
+                    format!("upstream `{uname}` needs `targets` or `discovery`"),
+                ),
+                (Some(t), _) if t.get_ref().is_empty() => self.c.at(
+                    t.span(),
+                    format!("upstream `{uname}` has no targets"),
+                ),
+                (Some(t), Some(d)) => self.c.at(
+                    d.span(),
+                    format!(
+                        "upstream `{uname}`: use either `targets` or `discovery`, not both (targets at byte {})",
+                        t.span().start
+                    ),
+                ),
+                _ => {}
             }
-            for t in u.targets.get_ref() {
+            for t in u.targets.iter().flat_map(|t| t.get_ref()) {
                 if let Some(target) = self.target(t) {
                     targets.push(target);
                 }
             }
+            let discovery = u.discovery.as_ref().and_then(|d| self.discovery(uname, d));
+            let dns_refresh = self.min_duration(
+                u.dns_refresh.as_ref(),
+                Duration::from_secs(30),
+                "dns_refresh",
+            );
             let protocol = u.protocol.unwrap_or(Protocol::Http1);
             let tls = match (&u.tls, protocol) {
                 (Some(t), Protocol::H2c) => {
@@ -453,10 +475,36 @@ impl Validator<'_, '_> {
                 Some(n) => *n.get_ref(),
                 None => 100,
             };
-            index.insert(name.get_ref().clone(), out.len());
+            let algorithm = match u.balance.unwrap_or(file::Balance::RoundRobin) {
+                file::Balance::RoundRobin => Algorithm::RoundRobin,
+                file::Balance::Random => Algorithm::Random,
+                file::Balance::LeastRequest => Algorithm::LeastRequest,
+                file::Balance::RingHash => Algorithm::RingHash,
+            };
+            let hash_on = match (&u.hash_on, algorithm) {
+                (Some(h), Algorithm::RingHash) => self.hash_on(h),
+                (Some(h), _) => {
+                    self.c.at(
+                        h.span(),
+                        "`hash_on` only applies to `balance = \"ring_hash\"`",
+                    );
+                    HashOn::ClientIp
+                }
+                (None, _) => HashOn::ClientIp,
+            };
+            let health_check = u
+                .health_check
+                .as_ref()
+                .and_then(|h| self.health_check(h, protocol));
+            let outlier = self.outlier(u.outlier_detection.as_ref());
+            let retry = self.retry(u.retry.as_ref());
+            let circuit_breaker = self.circuit_breaker(u.circuit_breaker.as_ref());
+            index.insert(uname.clone(), out.len());
             out.push(Arc::new(UpstreamConfig {
-                name: Arc::from(name.get_ref().as_str()),
+                name: Arc::from(uname.as_str()),
                 targets,
+                discovery,
+                dns_refresh,
                 protocol,
                 tls,
                 host_header,
@@ -466,13 +514,409 @@ impl Validator<'_, '_> {
                     write: u.write_timeout.map_or(Duration::from_secs(60), |d| d.0),
                     idle: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
                 },
-                connect_failure_cooldown: u
-                    .connect_failure_cooldown
-                    .map_or(Duration::from_secs(2), |d| d.0),
                 max_h2_streams,
+                balance: BalanceConfig { algorithm, hash_on },
+                panic_mode: u.panic_mode.unwrap_or(true),
+                health_check,
+                outlier,
+                retry,
+                circuit_breaker,
             }));
         }
         (out, index)
+    }
+
+    /// A duration that must be at least 100 ms (intervals); `default` when absent.
+    fn min_duration(
+        &mut self,
+        d: Option<&Spanned<crate::config::values::Duration>>,
+        default: Duration,
+        key: &str,
+    ) -> Duration {
+        match d {
+            Some(d) if d.get_ref().0 < MIN_INTERVAL => {
+                self.c.at(
+                    d.span(),
+                    format!("`{key}` must be at least 100ms (checking more often only adds load)"),
+                );
+                default
+            }
+            Some(d) => d.get_ref().0,
+            None => default,
+        }
+    }
+
+    fn positive(&mut self, v: Option<&Spanned<u32>>, default: u32, key: &str) -> u32 {
+        match v {
+            Some(n) if *n.get_ref() == 0 => {
+                self.c.at(n.span(), format!("`{key}` must be at least 1"));
+                default
+            }
+            Some(n) => *n.get_ref(),
+            None => default,
+        }
+    }
+
+    fn hash_on(&mut self, h: &Spanned<String>) -> HashOn {
+        let v = h.get_ref();
+        let parsed = match v.split_once(':') {
+            Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
+                .ok()
+                .map(HashOn::Header),
+            Some(("cookie", name)) if !name.trim().is_empty() => {
+                Some(HashOn::Cookie(name.trim().to_string()))
+            }
+            None if v == "client_ip" => Some(HashOn::ClientIp),
+            None if v == "path" => Some(HashOn::Path),
+            _ => None,
+        };
+        parsed.unwrap_or_else(|| {
+            self.c.at(
+                h.span(),
+                format!("invalid `hash_on` `{v}`: use \"header:NAME\", \"cookie:NAME\", \"client_ip\" or \"path\""),
+            );
+            HashOn::ClientIp
+        })
+    }
+
+    fn discovery(
+        &mut self,
+        upstream: &str,
+        d: &Spanned<file::DiscoverySection>,
+    ) -> Option<DiscoveryConfig> {
+        use crate::upstream::discovery::{ConsulQuery, Nameservers};
+        let s = d.get_ref();
+        let interval = self.min_duration(s.interval.as_ref(), Duration::from_secs(10), "interval");
+        let missing = |c: &mut Collector<'_>, key: &str| {
+            c.at(
+                d.span(),
+                format!(
+                    "upstream `{upstream}`: {:?} discovery needs `{key}`",
+                    s.kind
+                ),
+            );
+        };
+        let nameservers = |v: &mut Self| -> Option<Nameservers> {
+            match &s.nameservers {
+                None => Some(Nameservers::System),
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for ns in list {
+                        let text = ns.get_ref();
+                        let parsed = text
+                            .parse::<SocketAddr>()
+                            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+                        match parsed {
+                            Ok(a) => out.push(a),
+                            Err(_) => v.c.at(
+                                ns.span(),
+                                format!("invalid name server `{text}`: expected IP or IP:PORT"),
+                            ),
+                        }
+                    }
+                    (out.len() == list.len()).then_some(Nameservers::Explicit(out))
+                }
+            }
+        };
+        let source = match s.kind {
+            file::DiscoveryKind::Dns => {
+                let (Some(name), Some(port)) = (&s.name, &s.port) else {
+                    missing(self.c, "name` and `port");
+                    return None;
+                };
+                DiscoverySource::Dns {
+                    name: name.get_ref().clone(),
+                    port: *port.get_ref(),
+                    nameservers: nameservers(self)?,
+                }
+            }
+            file::DiscoveryKind::DnsSrv => {
+                let Some(name) = &s.name else {
+                    missing(self.c, "name");
+                    return None;
+                };
+                DiscoverySource::DnsSrv {
+                    name: name.get_ref().clone(),
+                    nameservers: nameservers(self)?,
+                }
+            }
+            file::DiscoveryKind::Consul => {
+                let Some(service) = &s.service else {
+                    missing(self.c, "service");
+                    return None;
+                };
+                let address = s
+                    .address
+                    .as_ref()
+                    .map_or("http://127.0.0.1:8500", |a| a.get_ref().as_str());
+                let base = match address.parse::<http::Uri>() {
+                    Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
+                    _ => {
+                        let span = s.address.as_ref().map_or(d.span(), |a| a.span());
+                        self.c.at(
+                            span,
+                            format!(
+                                "invalid Consul address `{address}`: expected http://HOST:PORT"
+                            ),
+                        );
+                        return None;
+                    }
+                };
+                let wait = s
+                    .wait
+                    .as_ref()
+                    .map_or(Duration::from_secs(30), |w| w.get_ref().0);
+                DiscoverySource::Consul {
+                    query: ConsulQuery {
+                        base,
+                        service: service.get_ref().clone(),
+                        datacenter: s.datacenter.clone(),
+                        tag: s.tag.clone(),
+                        token: s.token.clone(),
+                    },
+                    wait,
+                }
+            }
+        };
+        Some(DiscoveryConfig { source, interval })
+    }
+
+    fn health_check(
+        &mut self,
+        h: &Spanned<file::HealthCheckSection>,
+        protocol: Protocol,
+    ) -> Option<HealthCheckConfig> {
+        use crate::upstream::probe::ProbeKind;
+        let s = h.get_ref();
+        let kind = s.kind.unwrap_or(file::HealthCheckKind::Http);
+        let probe = match kind {
+            file::HealthCheckKind::Http => {
+                let path = s.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+                if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+                    let span = s.path.as_ref().map_or(h.span(), |p| p.span());
+                    self.c.at(
+                        span,
+                        format!("health check path `{path}` must be a path starting with `/`"),
+                    );
+                }
+                let method = match &s.method {
+                    None => Method::GET,
+                    Some(m) => {
+                        match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => m,
+                            Err(_) => {
+                                self.c
+                                    .at(m.span(), format!("invalid method `{}`", m.get_ref()));
+                                Method::GET
+                            }
+                        }
+                    }
+                };
+                let expected = s
+                    .expected_statuses
+                    .as_ref()
+                    .map(|v| v.iter().map(|r| (r.get_ref().0, r.get_ref().1)).collect())
+                    .unwrap_or_else(|| vec![(200, 299)]);
+                ProbeKind::Http {
+                    path: path.to_string(),
+                    method,
+                    host: s.host.clone(),
+                    expected,
+                    h2c: protocol == Protocol::H2c,
+                }
+            }
+            file::HealthCheckKind::Tcp => ProbeKind::Tcp,
+            file::HealthCheckKind::Grpc => {
+                if protocol == Protocol::Http1 {
+                    self.c.at(
+                        h.span(),
+                        "a `grpc` health check needs `protocol = \"h2c\"` (gRPC runs over HTTP/2)",
+                    );
+                }
+                ProbeKind::Grpc {
+                    service: s.service.clone().unwrap_or_default(),
+                    authority: s.host.clone(),
+                }
+            }
+        };
+        let interval = self.min_duration(s.interval.as_ref(), Duration::from_secs(10), "interval");
+        let timeout = s
+            .timeout
+            .as_ref()
+            .map_or(Duration::from_secs(2), |t| t.get_ref().0);
+        if let Some(t) = &s.timeout {
+            if t.get_ref().0.is_zero() || t.get_ref().0 > interval {
+                self.c.at(
+                    t.span(),
+                    "health check `timeout` must be above 0 and at most the `interval`",
+                );
+            }
+        }
+        let jitter = s.jitter.as_ref().map_or(Duration::ZERO, |j| j.get_ref().0);
+        Some(HealthCheckConfig {
+            probe,
+            interval,
+            timeout,
+            jitter,
+            healthy_threshold: self.positive(s.healthy_threshold.as_ref(), 2, "healthy_threshold"),
+            unhealthy_threshold: self.positive(
+                s.unhealthy_threshold.as_ref(),
+                3,
+                "unhealthy_threshold",
+            ),
+        })
+    }
+
+    fn outlier(&mut self, o: Option<&Spanned<file::OutlierSection>>) -> Option<OutlierConfig> {
+        let default = OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            failure_statuses: vec![(500, 599)],
+        };
+        let Some(o) = o else {
+            return Some(default);
+        };
+        let s = o.get_ref();
+        if s.enabled == Some(false) {
+            return None;
+        }
+        let base = s
+            .base_ejection_time
+            .as_ref()
+            .map_or(default.base_ejection_time, |d| d.get_ref().0);
+        let max = s
+            .max_ejection_time
+            .as_ref()
+            .map_or(default.max_ejection_time.max(base), |d| d.get_ref().0);
+        if let Some(m) = &s.max_ejection_time {
+            if m.get_ref().0 < base {
+                self.c.at(
+                    m.span(),
+                    "`max_ejection_time` must not be below `base_ejection_time`",
+                );
+            }
+        }
+        let percent = match &s.max_ejection_percent {
+            Some(p) if *p.get_ref() > 100 => {
+                self.c
+                    .at(p.span(), "`max_ejection_percent` must be between 0 and 100");
+                50
+            }
+            Some(p) => *p.get_ref(),
+            None => default.max_ejection_percent,
+        };
+        Some(OutlierConfig {
+            consecutive_failures: self.positive(
+                s.consecutive_failures.as_ref(),
+                default.consecutive_failures,
+                "consecutive_failures",
+            ),
+            base_ejection_time: base,
+            max_ejection_time: max,
+            max_ejection_percent: percent,
+            failure_statuses: s
+                .failure_statuses
+                .as_ref()
+                .map(|v| v.iter().map(|r| (r.get_ref().0, r.get_ref().1)).collect())
+                .unwrap_or(default.failure_statuses),
+        })
+    }
+
+    fn retry(&mut self, r: Option<&Spanned<file::RetrySection>>) -> RetryConfig {
+        let mut out = RetryConfig {
+            attempts: 2,
+            on_connect_failure: true,
+            on_reset: true,
+            on_timeout: false,
+            statuses: Vec::new(),
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            budget_ratio: 0.2,
+            budget_min_retries: 3,
+        };
+        let Some(r) = r else {
+            return out;
+        };
+        let s = r.get_ref();
+        if let Some(a) = s.attempts {
+            out.attempts = a.min(10);
+        }
+        if let Some(on) = &s.on {
+            out.on_connect_failure = false;
+            out.on_reset = false;
+            out.on_timeout = false;
+            for cond in on {
+                match cond.get_ref().as_str() {
+                    "connect_failure" => out.on_connect_failure = true,
+                    "reset" => out.on_reset = true,
+                    "timeout" => out.on_timeout = true,
+                    other => self.c.at(
+                        cond.span(),
+                        format!("unknown retry condition `{other}`: use \"connect_failure\", \"reset\" or \"timeout\" (statuses go in `statuses`)"),
+                    ),
+                }
+            }
+        }
+        if let Some(st) = &s.statuses {
+            out.statuses = st.iter().map(|r| (r.get_ref().0, r.get_ref().1)).collect();
+        }
+        if let Some(t) = &s.per_try_timeout {
+            if t.get_ref().0.is_zero() {
+                self.c.at(t.span(), "`per_try_timeout` must be above 0");
+            }
+            out.per_try_timeout = Some(t.get_ref().0);
+        }
+        if let Some(b) = &s.backoff_base {
+            out.backoff_base = b.get_ref().0;
+        }
+        if let Some(b) = &s.backoff_max {
+            out.backoff_max = b.get_ref().0;
+            if out.backoff_max < out.backoff_base {
+                self.c
+                    .at(b.span(), "`backoff_max` must not be below `backoff_base`");
+            }
+        }
+        if let Some(ratio) = &s.budget_ratio {
+            let v = *ratio.get_ref();
+            if !(0.0..=1.0).contains(&v) {
+                self.c
+                    .at(ratio.span(), "`budget_ratio` must be between 0.0 and 1.0");
+            } else {
+                out.budget_ratio = v;
+            }
+        }
+        if let Some(m) = s.budget_min_retries {
+            out.budget_min_retries = m;
+        }
+        out
+    }
+
+    fn circuit_breaker(
+        &mut self,
+        c: Option<&Spanned<file::CircuitBreakerSection>>,
+    ) -> CircuitBreakerConfig {
+        let Some(c) = c else {
+            return CircuitBreakerConfig::default();
+        };
+        let s = c.get_ref();
+        let mut limit = |v: &Option<Spanned<u32>>, key: &str| {
+            v.as_ref().map(|n| {
+                if *n.get_ref() == 0 {
+                    self.c.at(
+                        n.span(),
+                        format!("`{key}` must be at least 1 (leave it out for no limit)"),
+                    );
+                }
+                *n.get_ref() as usize
+            })
+        };
+        CircuitBreakerConfig {
+            max_in_flight: limit(&s.max_in_flight, "max_in_flight"),
+            max_pending: limit(&s.max_pending, "max_pending"),
+        }
     }
 
     fn target(&mut self, t: &Spanned<TargetEntry>) -> Option<TargetConfig> {
@@ -492,7 +936,7 @@ impl Validator<'_, '_> {
         if let Ok(sa) = address.parse::<SocketAddr>() {
             return Some(TargetConfig {
                 label: address.to_string(),
-                address: sa,
+                address: Some(sa),
                 hostname: None,
                 weight: weight as u32,
             });
@@ -504,28 +948,38 @@ impl Validator<'_, '_> {
             );
             return None;
         };
-        if port.parse::<u16>().is_err() || host.is_empty() {
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 && !host.is_empty() => p,
+            _ => {
+                self.c.at(
+                    t.span(),
+                    format!("target `{address}` must be HOST:PORT with a port from 1 to 65535"),
+                );
+                return None;
+            }
+        };
+        let valid_name = host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !valid_name {
             self.c.at(
                 t.span(),
-                format!("target `{address}` must be HOST:PORT with a port from 1 to 65535"),
+                format!("target `{address}`: `{host}` is neither an IP address nor a host name"),
             );
             return None;
         }
-        match address.to_socket_addrs().map(|mut it| it.next()) {
-            Ok(Some(sa)) => Some(TargetConfig {
-                label: address.to_string(),
-                address: sa,
-                hostname: Some(host.to_string()),
-                weight: weight as u32,
-            }),
-            Ok(None) | Err(_) => {
-                self.c.at(
-                    t.span(),
-                    format!("target `{address}`: cannot resolve host `{host}`"),
-                );
-                None
-            }
-        }
+        // Names are resolved at runtime (and again every `dns_refresh`), so a name that doesn't
+        // resolve yet is reported in the log and retried rather than refusing the whole config.
+        Some(TargetConfig {
+            label: address.to_string(),
+            address: None,
+            hostname: Some((host.to_string(), port)),
+            weight: weight as u32,
+        })
     }
 
     fn upstream_tls(&mut self, t: &file::UpstreamTls) -> UpstreamTls {
@@ -705,6 +1159,7 @@ impl Validator<'_, '_> {
                     connect_timeout: r.connect_timeout.map(|d| d.0),
                     read_timeout: r.read_timeout.map(|d| d.0),
                     write_timeout: r.write_timeout.map(|d| d.0),
+                    retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
                     plugins: plugins.into(),
                 },
             ));

@@ -101,8 +101,12 @@ pub struct AdminSettings {
 pub struct UpstreamConfig {
     /// Its name in gateway.toml.
     pub name: Arc<str>,
-    /// Where requests go.
+    /// Targets written in the file (IP targets are used as is, host names are re-resolved).
     pub targets: Vec<TargetConfig>,
+    /// Where targets come from instead of (or beside) `targets`.
+    pub discovery: Option<DiscoveryConfig>,
+    /// How often host names in `targets` are resolved again.
+    pub dns_refresh: Duration,
     /// Wire protocol.
     pub protocol: Protocol,
     /// TLS towards the targets, when on.
@@ -111,23 +115,171 @@ pub struct UpstreamConfig {
     pub host_header: Option<HeaderValue>,
     /// Timeouts of every attempt.
     pub timeouts: Timeouts,
-    /// How long a target that refused a connection is skipped.
-    pub connect_failure_cooldown: Duration,
     /// Concurrent h2 streams per connection.
     pub max_h2_streams: usize,
+    /// Load-balancing algorithm and its key.
+    pub balance: BalanceConfig,
+    /// When no target is healthy, spread load over all of them rather than fail every request.
+    pub panic_mode: bool,
+    /// Active health checking, when configured.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive health (outlier ejection), when enabled.
+    pub outlier: Option<OutlierConfig>,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Admission limits.
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
-/// One target of an upstream.
+/// One target of an upstream as written in the file.
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
     /// As written in the file (`host:port`).
     pub label: String,
-    /// The resolved address.
-    pub address: SocketAddr,
-    /// The host part when it is a name (default SNI).
-    pub hostname: Option<String>,
+    /// The address, when the target is an IP literal.
+    pub address: Option<SocketAddr>,
+    /// The host name and port, when the target is a name (resolved at runtime; also default SNI).
+    pub hostname: Option<(String, u16)>,
     /// Relative share of requests.
     pub weight: u32,
+}
+
+/// Load-balancing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceConfig {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// The key `ring_hash` hashes.
+    pub hash_on: HashOn,
+}
+
+/// Load-balancing algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two choices by requests in flight per unit of weight.
+    LeastRequest,
+    /// Consistent hashing on a ring (sticky sessions).
+    RingHash,
+}
+
+/// What `ring_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The value of a request header.
+    Header(http::HeaderName),
+    /// The value of a cookie.
+    Cookie(String),
+    /// The client address (after trusted proxies).
+    ClientIp,
+    /// The normalised request path.
+    Path,
+}
+
+/// Target discovery.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// The mechanism.
+    pub source: DiscoverySource,
+    /// Time between refreshes (for Consul: between failed blocking queries).
+    pub interval: Duration,
+}
+
+/// Discovery mechanisms.
+#[derive(Debug, Clone)]
+pub enum DiscoverySource {
+    /// A/AAAA records of a name, all on one port.
+    Dns {
+        /// Name to resolve.
+        name: String,
+        /// Port of every address.
+        port: u16,
+        /// Name servers to ask.
+        nameservers: crate::upstream::discovery::Nameservers,
+    },
+    /// SRV records (ports and weights from the records).
+    DnsSrv {
+        /// SRV name, e.g. `_http._tcp.users.service.consul`.
+        name: String,
+        /// Name servers to ask.
+        nameservers: crate::upstream::discovery::Nameservers,
+    },
+    /// Consul's health API, passing instances only, by blocking queries.
+    Consul {
+        /// The query.
+        query: crate::upstream::discovery::ConsulQuery,
+        /// Longest wait of one blocking query.
+        wait: Duration,
+    },
+}
+
+/// Active health checking of every target.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// What one check does.
+    pub probe: crate::upstream::probe::ProbeKind,
+    /// Time between checks of one target.
+    pub interval: Duration,
+    /// Longest a check may take.
+    pub timeout: Duration,
+    /// Up to this much random delay is added to each interval.
+    pub jitter: Duration,
+    /// Consecutive passes that make an unhealthy target healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy target unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive health: eject targets that keep failing real requests.
+#[derive(Debug, Clone)]
+pub struct OutlierConfig {
+    /// Consecutive failures (connect errors, resets, timeouts, failure statuses) that eject.
+    pub consecutive_failures: u32,
+    /// Ejection time is this × the number of times the target was ejected...
+    pub base_ejection_time: Duration,
+    /// ...capped at this.
+    pub max_ejection_time: Duration,
+    /// At most this share of targets is ejected at once (at least one may always be).
+    pub max_ejection_percent: u32,
+    /// Response statuses that count as failures.
+    pub failure_statuses: Vec<(u16, u16)>,
+}
+
+/// When and how requests are retried.
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Retries after the first try (0: never retry).
+    pub attempts: u32,
+    /// Retry when connecting failed (always safe: nothing was sent).
+    pub on_connect_failure: bool,
+    /// Retry when the upstream closed or reset the connection before answering.
+    pub on_reset: bool,
+    /// Retry when the upstream did not answer within the (per-try) timeout.
+    pub on_timeout: bool,
+    /// Response statuses that are retried.
+    pub statuses: Vec<(u16, u16)>,
+    /// Read timeout of each try (defaults to the upstream's read timeout).
+    pub per_try_timeout: Option<Duration>,
+    /// First backoff; doubles with each retry, with full jitter.
+    pub backoff_base: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+    /// Retries in flight may be at most this share of requests in flight...
+    pub budget_ratio: f64,
+    /// ...but this many are always allowed.
+    pub budget_min_retries: u32,
+}
+
+/// Admission limits of an upstream; over them the gateway answers 503 at once.
+#[derive(Debug, Clone, Default)]
+pub struct CircuitBreakerConfig {
+    /// Requests in flight to the upstream.
+    pub max_in_flight: Option<usize>,
+    /// Requests waiting for a connection to a target.
+    pub max_pending: Option<usize>,
 }
 
 /// TLS towards an upstream.
@@ -173,6 +325,8 @@ pub struct Route {
     pub read_timeout: Option<Duration>,
     /// Per-route write timeout override.
     pub write_timeout: Option<Duration>,
+    /// Retry non-idempotent methods too (the route says its upstream tolerates it).
+    pub retry_non_idempotent: bool,
     /// Plugins of the route (global ones merged in), in execution order.
     pub plugins: Arc<[PluginEntry]>,
 }

@@ -1,5 +1,6 @@
 //! Per-request state of the proxy dispatcher.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -7,6 +8,7 @@ use tollgate_plugin_api::{PluginError, RequestContext, Scheme};
 
 use crate::config::{PluginEntry, Route};
 use crate::snapshot::Snapshot;
+use crate::upstream::{Cluster, CounterGuard, Target, TargetLoad};
 
 /// State carried through the phases of one request.
 pub struct RequestState {
@@ -18,8 +20,26 @@ pub struct RequestState {
     pub ctx: RequestContext,
     /// Bytes of the path the route's prefix matched.
     pub prefix_len: usize,
-    /// Targets already tried, in order.
-    pub tried: Vec<usize>,
+    /// The route's upstream, once a target is being chosen.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Addresses already tried, in order.
+    pub tried: Vec<SocketAddr>,
+    /// The target of the current attempt.
+    pub target: Option<Arc<Target>>,
+    /// Counts this request on the current target (least request).
+    pub target_load: Option<TargetLoad>,
+    /// Counts this request in flight on the upstream (circuit breaker, retry budget).
+    pub in_flight: Option<CounterGuard>,
+    /// Counts this attempt as waiting for a connection.
+    pub pending: Option<CounterGuard>,
+    /// Counts this request as a retry in flight (retry budget).
+    pub retrying: Option<CounterGuard>,
+    /// Retries made so far.
+    pub retries: u32,
+    /// The current attempt was ended by the gateway for a retryable status.
+    pub status_retry: bool,
+    /// What the client gets if no further attempt can be made.
+    pub last_failure: Option<PluginError>,
     /// An error decided by the gateway, answered by `fail_to_proxy`.
     pub error: Option<PluginError>,
     /// Status sent to the client by the gateway itself (0 if none).
@@ -41,7 +61,16 @@ impl RequestState {
             route: None,
             ctx: RequestContext::new(String::new(), Scheme::Http, unrouted(), unrouted()),
             prefix_len: 0,
+            cluster: None,
             tried: Vec::new(),
+            target: None,
+            target_load: None,
+            in_flight: None,
+            pending: None,
+            retrying: None,
+            retries: 0,
+            status_retry: false,
+            last_failure: None,
             error: None,
             gateway_status: 0,
             started: Instant::now(),

@@ -14,16 +14,19 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, StatusCode};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tollgate_plugin_api::{generate_request_id, is_sane_request_id, Flow, PluginError, Scheme};
 
 pub use context::RequestState;
 
+use crate::config::{Algorithm, HashOn};
 use crate::router::normalize_path;
 use crate::snapshot::Snapshot;
-use crate::upstream::build_peer;
+use crate::upstream::{
+    backoff, budget_allows, build_peer, hash64, Cluster, CounterGuard, FailureKind, TargetLoad,
+};
 
 /// The gateway's proxy logic. Holds only the pointer to the current snapshot.
 pub struct Gateway {
@@ -225,7 +228,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         st: &mut RequestState,
     ) -> Result<Box<HttpPeer>> {
         let (Some(snap), Some(route_idx)) = (st.snapshot.clone(), st.route) else {
@@ -234,40 +237,76 @@ impl ProxyHttp for Gateway {
         let Some(route) = snap.config.routes.get(route_idx) else {
             return Err(Error::new(ErrorType::InternalError));
         };
-        let Some(cluster) = snap.clusters.get(route.upstream) else {
+        let Some(cluster) = snap.clusters.get(route.upstream).cloned() else {
             return Err(Error::new(ErrorType::InternalError));
         };
-        let Some(idx) = cluster.select(&st.tried) else {
-            let err = PluginError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_healthy_target",
-                format!("upstream `{}` has no target available", cluster.name()),
+        st.cluster = Some(cluster.clone());
+        let limits = &cluster.config.circuit_breaker;
+        if st.in_flight.is_none() {
+            let Some(guard) =
+                CounterGuard::acquire(&cluster.counters, |c| &c.in_flight, limits.max_in_flight)
+            else {
+                let err = overloaded(&cluster, "requests in flight", limits.max_in_flight);
+                return Err(reject(st, err));
+            };
+            st.in_flight = Some(guard);
+        }
+        if !st.tried.is_empty() {
+            st.retries += 1;
+            if st.retrying.is_none() {
+                st.retrying = CounterGuard::acquire(&cluster.counters, |c| &c.retries, None);
+            }
+            let wait = backoff(&cluster.config.retry, st.retries);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let key = match cluster.config.balance.algorithm {
+            Algorithm::RingHash => hash_key(&cluster.config.balance.hash_on, session, st),
+            _ => None,
+        };
+        let Some(target) = cluster.select(key, &st.tried) else {
+            let err = st.last_failure.take().unwrap_or_else(|| {
+                PluginError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_healthy_target",
+                    format!("upstream `{}` has no target available", cluster.name()),
+                )
+            });
+            return Err(reject(st, err));
+        };
+        let Some(pending) =
+            CounterGuard::acquire(&cluster.counters, |c| &c.pending, limits.max_pending)
+        else {
+            let err = overloaded(
+                &cluster,
+                "requests waiting for a connection",
+                limits.max_pending,
             );
             return Err(reject(st, err));
         };
-        st.tried.push(idx);
-        let Some(target) = cluster.target(idx) else {
-            return Err(Error::new(ErrorType::InternalError));
-        };
-        Ok(Box::new(build_peer(&cluster.config, target, route)))
+        st.pending = Some(pending);
+        st.tried.push(target.address);
+        st.target_load = Some(TargetLoad::new(target.clone()));
+        let peer = build_peer(&cluster.config, &target, route);
+        st.target = Some(target);
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         st: &mut RequestState,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(snap), Some(route)) = (st.snapshot.as_ref(), st.route()) {
-            if let (Some(cluster), Some(&idx)) =
-                (snap.clusters.get(route.upstream), st.tried.last())
-            {
-                cluster.report_connect_failure(idx);
-                // Nothing was sent yet, so another target is always safe to try.
-                if st.tried.len() < MAX_CONNECT_ATTEMPTS && st.tried.len() < cluster.len() {
-                    e.set_retry(true);
-                }
+        st.pending = None;
+        if let (Some(cluster), Some(target)) = (st.cluster.clone(), st.target.clone()) {
+            cluster.report_failure(&target, &format!("connect failed: {e}"));
+            st.last_failure = respond::classify(&e, &st.ctx.upstream);
+            // Nothing was sent yet, so another target is always safe to try.
+            if self.may_retry(session, st, FailureKind::Connect) {
+                e.set_retry(true);
             }
         }
         e
@@ -283,12 +322,84 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora_core::protocols::Digest>,
         st: &mut RequestState,
     ) -> Result<()> {
-        if let (Some(snap), Some(route)) = (st.snapshot.as_ref(), st.route()) {
-            if let (Some(cluster), Some(&idx)) =
-                (snap.clusters.get(route.upstream), st.tried.last())
-            {
-                cluster.report_connect_success(idx);
+        st.pending = None;
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        st: &mut RequestState,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut st.status_retry) {
+            // upstream_response_filter already decided this status is retried.
+            e.set_retry(true);
+            return e;
+        }
+        let kind = FailureKind::of_proxy_error(&e);
+        let upstream_side = *e.esource() == ErrorSource::Upstream;
+        if let (Some(cluster), Some(target), Some(kind), true) =
+            (st.cluster.clone(), st.target.clone(), kind, upstream_side)
+        {
+            // A reused pooled connection that turns out closed says nothing about the target.
+            if !(client_reused && kind == FailureKind::Reset) {
+                cluster.report_failure(&target, &kind.describe());
             }
+            st.last_failure = respond::classify(&e, &st.ctx.upstream);
+            if self.may_retry(session, st, kind) {
+                e.set_retry(true);
+                return e;
+            }
+        }
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if replayable {
+            // pingora's own rule: a request that failed on a reused connection may be resent.
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        st: &mut RequestState,
+    ) -> Result<()> {
+        let (Some(cluster), Some(target)) = (st.cluster.clone(), st.target.clone()) else {
+            return Ok(());
+        };
+        let status = resp.status.as_u16();
+        let failed = cluster.config.outlier.as_ref().is_some_and(|o| {
+            o.failure_statuses
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+        });
+        if failed {
+            cluster.report_failure(&target, &format!("status {status}"));
+        } else {
+            cluster.report_success(&target);
+        }
+        if self.may_retry(session, st, FailureKind::Status(status)) {
+            st.status_retry = true;
+            st.last_failure = Some(PluginError::new(
+                resp.status,
+                "upstream_error",
+                format!(
+                    "upstream `{}` answered {status} and no other target could be tried",
+                    cluster.name()
+                ),
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "retrying on another target",
+            ));
         }
         Ok(())
     }
@@ -449,10 +560,36 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// At most this many targets are tried for one request when connections fail.
-const MAX_CONNECT_ATTEMPTS: usize = 3;
-
 impl Gateway {
+    /// Whether a failed attempt is tried again on another target: the policy retries the
+    /// cause, attempts are left, the method may be replayed, another target exists and the
+    /// budget has room.
+    fn may_retry(&self, session: &Session, st: &RequestState, kind: FailureKind) -> bool {
+        let (Some(cluster), Some(route)) = (st.cluster.as_ref(), st.route()) else {
+            return false;
+        };
+        let policy = &cluster.config.retry;
+        if st.retries >= policy.attempts || !kind.retried_by(policy) {
+            return false;
+        }
+        if kind != FailureKind::Connect {
+            let idempotent = session.req_header().method.is_idempotent();
+            if (!idempotent && !route.retry_non_idempotent)
+                || session.as_ref().retry_buffer_truncated()
+            {
+                return false;
+            }
+        }
+        if cluster.len() <= st.tried.len() {
+            return false;
+        }
+        if !budget_allows(policy, &cluster.counters) {
+            tracing::warn!(upstream = %cluster.name(), "retry budget exhausted; not retrying");
+            return false;
+        }
+        true
+    }
+
     fn forwarded_headers(
         &self,
         session: &Session,
@@ -508,5 +645,37 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// The 503 of a circuit breaker.
+fn overloaded(cluster: &Cluster, what: &str, limit: Option<usize>) -> PluginError {
+    PluginError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_overloaded",
+        format!(
+            "upstream `{}` is at its limit of {} {what}",
+            cluster.name(),
+            limit.unwrap_or(0)
+        ),
+    )
+}
+
+/// The ring-hash key of a request; `None` (a random pick) when the request lacks it.
+fn hash_key(on: &HashOn, session: &Session, st: &RequestState) -> Option<u64> {
+    let req = session.req_header();
+    match on {
+        HashOn::Header(name) => req.headers.get(name).map(|v| hash64(v.as_bytes())),
+        HashOn::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash64(v)),
+        HashOn::ClientIp => st.ctx.client_ip.map(hash64),
+        HashOn::Path => Some(hash64(req.uri.path())),
     }
 }

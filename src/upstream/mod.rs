@@ -1,56 +1,104 @@
-//! Upstream clusters: the runtime state of each configured upstream (its targets, which of them
-//! may take traffic) and the choice of a target for each attempt.
+//! Upstream clusters: the runtime state of each configured upstream (its current targets, their
+//! health, admission counters) and the choice of a target for each attempt.
 //!
-//! Balancing is smooth weighted round robin over a schedule computed once per snapshot, so a pick
-//! is one atomic increment. A target that refused a connection is skipped for the upstream's
-//! `connect_failure_cooldown`; when every target is cooling down the request gets a fast 503.
+//! Small parts, composed here: `balance` picks, `health` judges one target, `probe` runs one
+//! active check, `discovery` finds targets, `tasks` runs checks and discovery in the background,
+//! `retry` decides whether a failed attempt is tried again, `peer` turns a target into a pingora
+//! peer.
 
+mod balance;
+pub mod discovery;
+mod health;
 mod peer;
+pub mod probe;
+mod retry;
+pub mod tasks;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::config::{TargetConfig, UpstreamConfig};
+use arc_swap::ArcSwap;
 
+use crate::config::{Algorithm, UpstreamConfig};
+
+pub use balance::hash64;
+pub use discovery::Endpoint;
+pub use health::{now_ms, HealthView, TargetHealth};
 pub use peer::build_peer;
+pub use retry::{backoff, budget_allows, FailureKind};
+
+/// One target as requests see it.
+#[derive(Debug)]
+pub struct Target {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// The host name it was found under (default TLS SNI), if any.
+    pub hostname: Option<String>,
+    /// Relative share of requests.
+    pub weight: u32,
+    /// Shared health record.
+    pub health: Arc<TargetHealth>,
+}
+
+/// The targets of a cluster at one moment, with their picking structures.
+#[derive(Debug, Default)]
+pub struct TargetSet {
+    /// The targets.
+    pub targets: Vec<Arc<Target>>,
+    picker: balance::Picker,
+}
+
+/// Admission counters of a cluster.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests in flight to this upstream.
+    pub in_flight: AtomicUsize,
+    /// Attempts waiting for a connection.
+    pub pending: AtomicUsize,
+    /// Retries in flight.
+    pub retries: AtomicUsize,
+}
 
 /// Runtime state of one upstream, shared by all worker threads of a snapshot.
 #[derive(Debug)]
 pub struct Cluster {
     /// The validated config.
     pub config: Arc<UpstreamConfig>,
-    targets: Vec<TargetState>,
-    schedule: Vec<usize>,
+    set: ArcSwap<TargetSet>,
+    /// Health records by address, kept when targets leave so a returning target keeps its
+    /// history. Only touched when the target set changes.
+    records: Mutex<HashMap<SocketAddr, Arc<TargetHealth>>>,
     cursor: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct TargetState {
-    config: TargetConfig,
-    /// Milliseconds on the process clock until which the target is skipped.
-    down_until_ms: AtomicU64,
+    /// Admission counters.
+    pub counters: Arc<Counters>,
 }
 
 impl Cluster {
-    /// Builds the runtime state of an upstream.
+    /// Builds the runtime state of an upstream, with the targets written as IP addresses.
+    /// Host names and discovery fill in the rest from the background tasks.
     pub fn new(config: Arc<UpstreamConfig>) -> Self {
-        let weights: Vec<u32> = config.targets.iter().map(|t| t.weight).collect();
-        let schedule = smooth_wrr_schedule(&weights);
-        let targets = config
+        let cluster = Self {
+            config: config.clone(),
+            set: ArcSwap::from_pointee(TargetSet::default()),
+            records: Mutex::new(HashMap::new()),
+            cursor: AtomicUsize::new(0),
+            counters: Arc::new(Counters::default()),
+        };
+        let endpoints: Vec<Endpoint> = config
             .targets
             .iter()
-            .map(|t| TargetState {
-                config: t.clone(),
-                down_until_ms: AtomicU64::new(0),
+            .filter_map(|t| {
+                t.address.map(|address| Endpoint {
+                    address,
+                    weight: t.weight,
+                    hostname: None,
+                })
             })
             .collect();
-        Self {
-            config,
-            targets,
-            schedule,
-            cursor: AtomicUsize::new(0),
-        }
+        cluster.set_endpoints(endpoints);
+        cluster
     }
 
     /// The upstream's name.
@@ -58,94 +106,226 @@ impl Cluster {
         &self.config.name
     }
 
-    /// The config of target `idx`.
-    pub fn target(&self, idx: usize) -> Option<&TargetConfig> {
-        self.targets.get(idx).map(|t| &t.config)
+    /// The current targets.
+    pub fn targets(&self) -> arc_swap::Guard<Arc<TargetSet>> {
+        self.set.load()
     }
 
-    /// Picks the next target that may take traffic, skipping `tried` ones; `None` when none can.
-    pub fn select(&self, tried: &[usize]) -> Option<usize> {
-        if self.schedule.is_empty() {
+    /// Replaces the target set. Targets keep their health record by address; new ones start
+    /// unchecked when active checks are configured.
+    pub fn set_endpoints(&self, mut endpoints: Vec<Endpoint>) {
+        endpoints.sort();
+        endpoints.dedup_by(|a, b| a.address == b.address);
+        let checked = self.config.health_check.is_some();
+        let Ok(mut records) = self.records.lock() else {
+            return;
+        };
+        let targets: Vec<Arc<Target>> = endpoints
+            .into_iter()
+            .map(|e| {
+                let health = records
+                    .entry(e.address)
+                    .or_insert_with(|| Arc::new(TargetHealth::new(checked)))
+                    .clone();
+                Arc::new(Target {
+                    address: e.address,
+                    hostname: e.hostname,
+                    weight: e.weight.max(1),
+                    health,
+                })
+            })
+            .collect();
+        let weights: Vec<(SocketAddr, u32)> =
+            targets.iter().map(|t| (t.address, t.weight)).collect();
+        let picker = balance::Picker::new(self.config.balance.algorithm, &weights);
+        self.set.store(Arc::new(TargetSet { targets, picker }));
+    }
+
+    /// Whether the current set equals `endpoints` (same addresses, weights, names).
+    pub fn has_endpoints(&self, endpoints: &[Endpoint]) -> bool {
+        let set = self.set.load();
+        let mut want: Vec<&Endpoint> = endpoints.iter().collect();
+        want.sort();
+        want.dedup_by(|a, b| a.address == b.address);
+        set.targets.len() == want.len()
+            && set.targets.iter().zip(want).all(|(t, e)| {
+                t.address == e.address && t.weight == e.weight.max(1) && t.hostname == e.hostname
+            })
+    }
+
+    /// Picks a target for an attempt, skipping `tried` addresses. `key` is the request's hash
+    /// for ring hashing. In panic mode, when no target at all is available, every untried
+    /// target is a candidate.
+    pub fn select(&self, key: Option<u64>, tried: &[SocketAddr]) -> Option<Arc<Target>> {
+        let set = self.set.load();
+        let targets = &set.targets;
+        if targets.is_empty() {
             return None;
         }
         let now = now_ms();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        // One pass over the schedule visits every target at least once.
-        for step in 0..self.schedule.len() {
-            let idx = self.schedule[(start + step) % self.schedule.len()];
-            if tried.contains(&idx) {
-                continue;
-            }
-            if self.targets[idx].down_until_ms.load(Ordering::Relaxed) <= now {
-                return Some(idx);
-            }
+        let algorithm = self.config.balance.algorithm;
+        let load = |i: usize| targets[i].health.in_flight.load(Ordering::Relaxed);
+        let untried = |i: usize| !tried.contains(&targets[i].address);
+        let ok = |i: usize| untried(i) && targets[i].health.is_available(now);
+        if let Some(i) = set.picker.pick(algorithm, &self.cursor, key, &ok, &load) {
+            return targets.get(i).cloned();
+        }
+        let none_available = !targets.iter().any(|t| t.health.is_available(now));
+        if self.config.panic_mode && none_available {
+            tracing::warn!(upstream = %self.name(), "no healthy target: panic mode, trying all");
+            let i = set
+                .picker
+                .pick(algorithm, &self.cursor, key, &untried, &load)?;
+            return targets.get(i).cloned();
         }
         None
     }
 
-    /// Takes target `idx` out of rotation for the cooldown after it refused a connection.
-    pub fn report_connect_failure(&self, idx: usize) {
-        if let Some(t) = self.targets.get(idx) {
-            let until = now_ms() + self.config.connect_failure_cooldown.as_millis() as u64;
-            t.down_until_ms.store(until, Ordering::Relaxed);
-        }
+    /// Records a successful attempt on `target`.
+    pub fn report_success(&self, target: &Target) {
+        target.health.record_success();
     }
 
-    /// Puts target `idx` back in rotation after a successful connection.
-    pub fn report_connect_success(&self, idx: usize) {
-        if let Some(t) = self.targets.get(idx) {
-            if t.down_until_ms.load(Ordering::Relaxed) != 0 {
-                t.down_until_ms.store(0, Ordering::Relaxed);
-            }
+    /// Records a failed attempt on `target`, ejecting it when outlier detection says so and the
+    /// ejection limit allows.
+    pub fn report_failure(&self, target: &Target, reason: &str) {
+        let outlier = self.config.outlier.as_ref();
+        if !target.health.record_failure(reason, outlier) {
+            return;
         }
+        let Some(outlier) = outlier else {
+            return;
+        };
+        let set = self.set.load();
+        let now = now_ms();
+        let ejected = set
+            .targets
+            .iter()
+            .filter(|t| t.health.is_ejected(now))
+            .count();
+        let limit = (set.targets.len() * outlier.max_ejection_percent as usize / 100).max(1);
+        if ejected >= limit {
+            tracing::warn!(
+                upstream = %self.name(),
+                target = %target.address,
+                ejected,
+                "not ejecting: max_ejection_percent reached"
+            );
+            return;
+        }
+        let length = target.health.eject(outlier);
+        tracing::warn!(
+            upstream = %self.name(),
+            target = %target.address,
+            reason,
+            ejected_for_ms = length.as_millis() as u64,
+            "target ejected"
+        );
     }
 
-    /// Number of targets.
+    /// Number of current targets.
     pub fn len(&self) -> usize {
-        self.targets.len()
+        self.set.load().targets.len()
     }
 
-    /// Whether the upstream has no targets.
+    /// Whether the upstream has no targets right now.
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+        self.len() == 0
+    }
+
+    /// The admin view of the cluster.
+    pub fn view(&self) -> serde_json::Value {
+        let set = self.set.load();
+        let targets: Vec<serde_json::Value> = set
+            .targets
+            .iter()
+            .map(|t| {
+                let h = t.health.view();
+                let now = now_ms();
+                serde_json::json!({
+                    "address": t.address.to_string(),
+                    "hostname": t.hostname,
+                    "weight": t.weight,
+                    "available": t.health.is_available(now),
+                    "healthy": h.healthy,
+                    "checked": h.checked,
+                    "ejected_for_ms": h.ejected_for_ms,
+                    "times_ejected": h.times_ejected,
+                    "in_flight": h.in_flight,
+                    "consecutive_failures": h.consecutive_failures,
+                    "total_failures": h.total_failures,
+                    "last_problem": h.last_problem,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name(),
+            "algorithm": algorithm_name(self.config.balance.algorithm),
+            "panic_mode": self.config.panic_mode,
+            "in_flight": self.counters.in_flight.load(Ordering::Relaxed),
+            "pending": self.counters.pending.load(Ordering::Relaxed),
+            "retries_in_flight": self.counters.retries.load(Ordering::Relaxed),
+            "targets": targets,
+        })
     }
 }
 
-/// Milliseconds since the first call; monotonic.
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    // +1 so that a target never marked (0) always counts as up.
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+fn algorithm_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::RoundRobin => "round_robin",
+        Algorithm::Random => "random",
+        Algorithm::LeastRequest => "least_request",
+        Algorithm::RingHash => "ring_hash",
+    }
 }
 
-/// The order nginx's smooth weighted round robin visits targets in, over one full period
-/// (sum of weights picks): heavy targets are interleaved with light ones, not sent in bursts.
-fn smooth_wrr_schedule(weights: &[u32]) -> Vec<usize> {
-    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, w) in weights.iter().enumerate() {
-            current[i] += i64::from(*w);
-            if current[i] > current[best] {
-                best = i;
-            }
+/// Holds one unit of a counter and gives it back on drop, so every exit path of a request
+/// (errors, client gone, panics in a plugin) releases what it took.
+#[derive(Debug)]
+pub struct CounterGuard {
+    counter: Arc<Counters>,
+    which: fn(&Counters) -> &AtomicUsize,
+}
+
+impl CounterGuard {
+    /// Takes one unit of the counter `which` selects; `None` when that would exceed `limit`.
+    pub fn acquire(
+        counter: &Arc<Counters>,
+        which: fn(&Counters) -> &AtomicUsize,
+        limit: Option<usize>,
+    ) -> Option<Self> {
+        let now = which(counter).fetch_add(1, Ordering::AcqRel) + 1;
+        if limit.is_some_and(|l| now > l) {
+            which(counter).fetch_sub(1, Ordering::AcqRel);
+            return None;
         }
-        current[best] -= total;
-        out.push(best);
+        Some(Self {
+            counter: counter.clone(),
+            which,
+        })
     }
-    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Drop for CounterGuard {
+    fn drop(&mut self) {
+        (self.which)(&self.counter).fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
-    #[test]
-    fn smooth_schedule_interleaves_by_weight() {
-        assert_eq!(smooth_wrr_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(smooth_wrr_schedule(&[1, 1]), vec![0, 1]);
-        assert!(smooth_wrr_schedule(&[]).is_empty());
+/// Counts a request in flight on one target (least request reads it).
+#[derive(Debug)]
+pub struct TargetLoad(Arc<Target>);
+
+impl TargetLoad {
+    /// Counts one request on `target` until dropped.
+    pub fn new(target: Arc<Target>) -> Self {
+        target.health.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(target)
+    }
+}
+
+impl Drop for TargetLoad {
+    fn drop(&mut self) {
+        self.0.health.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -6,10 +6,11 @@ use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
 
-use crate::config::{Protocol, Route, TargetConfig, UpstreamConfig};
+use super::Target;
+use crate::config::{Protocol, Route, UpstreamConfig};
 
 /// The peer for one attempt at `target`, with the route's timeout overrides applied.
-pub fn build_peer(upstream: &UpstreamConfig, target: &TargetConfig, route: &Route) -> HttpPeer {
+pub fn build_peer(upstream: &UpstreamConfig, target: &Target, route: &Route) -> HttpPeer {
     let tls = upstream.tls.as_ref();
     let sni = tls
         .and_then(|t| t.sni.clone())
@@ -21,7 +22,9 @@ pub fn build_peer(upstream: &UpstreamConfig, target: &TargetConfig, route: &Rout
     let o = &mut peer.options;
     let t = &upstream.timeouts;
     o.connection_timeout = Some(route.connect_timeout.unwrap_or(t.connect));
-    o.read_timeout = Some(route.read_timeout.unwrap_or(t.read));
+    let read = route.read_timeout.unwrap_or(t.read);
+    // A per-try timeout bounds each attempt so a retry still fits the client's patience.
+    o.read_timeout = Some(upstream.retry.per_try_timeout.map_or(read, |p| p.min(read)));
     o.write_timeout = Some(route.write_timeout.unwrap_or(t.write));
     o.idle_timeout = Some(t.idle);
     o.tcp_keepalive = None;
