@@ -583,7 +583,8 @@ impl Gateway {
         if cluster.len() <= st.tried.len() {
             return false;
         }
-        if !budget_allows(policy, &cluster.counters) {
+        // A request already retrying holds its slot in the budget; only a first retry asks.
+        if st.retrying.is_none() && !budget_allows(policy, &cluster.counters) {
             tracing::warn!(upstream = %cluster.name(), "retry budget exhausted; not retrying");
             return false;
         }

@@ -14,9 +14,9 @@ use crate::config::Algorithm;
 
 /// Virtual nodes per unit of weight on the hash ring; enough for an even spread at small
 /// target counts, few enough that a 100-target ring stays small.
-const VNODES_PER_WEIGHT: u32 = 64;
+const VNODES_PER_WEIGHT: u32 = 512;
 /// Ceiling on ring size whatever the weights.
-const MAX_RING: usize = 64 * 1024;
+const MAX_RING: usize = 128 * 1024;
 
 /// The precomputed picking structures of one target set.
 #[derive(Debug, Default)]

@@ -463,11 +463,10 @@ fn health_uri(q: &ConsulQuery, blocking: Option<(u64, Duration)>) -> Result<http
 
 /// Consul's duration syntax: whole seconds as `Ns`, anything finer in milliseconds.
 fn format_wait(wait: Duration) -> String {
-    let ms = wait.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
+    if wait.subsec_millis() == 0 {
+        format!("{}s", wait.as_secs())
     } else {
-        format!("{ms}ms")
+        format!("{}ms", wait.as_millis())
     }
 }
 

@@ -17,6 +17,9 @@ use super::probe::probe;
 use super::Cluster;
 use crate::config::{DiscoverySource, HealthCheckConfig};
 
+/// Shortest time between two Consul queries.
+const CONSUL_MIN_SPACING: Duration = Duration::from_millis(100);
+
 /// How long one DNS question may take.
 const DNS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -212,12 +215,14 @@ async fn discovery_loop(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) 
     );
     let mut failing = false;
     loop {
-        // Consul's blocking query does the waiting itself; only errors pause the loop.
-        if !is_consul || failing {
-            if sleep_or_stop(interval, &mut stop).await {
-                return;
-            }
-        } else if *stop.borrow() {
+        // Consul's blocking query does the waiting itself; only errors pause the loop, and a
+        // floor between queries keeps an index reset (immediate answers) from spinning.
+        let pause = if !is_consul || failing {
+            interval
+        } else {
+            CONSUL_MIN_SPACING
+        };
+        if sleep_or_stop(pause, &mut stop).await {
             return;
         }
         match state.refresh(&cluster, Some(&mut stop)).await {
