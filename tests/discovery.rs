@@ -862,3 +862,147 @@ async fn unknown_service_and_unreachable_agent_are_errors() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(err.contains("request failed"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the gateway: an upstream whose targets come from DNS or Consul follows changes.
+// ---------------------------------------------------------------------------------------------
+
+#[path = "common/mod.rs"]
+mod common;
+
+/// Two upstreams on the same port, one on 127.0.0.1 and one on 127.0.0.2 (DNS A discovery puts
+/// every address on one port).
+async fn twin_upstreams() -> (common::Upstream, common::Upstream, u16) {
+    for _ in 0..20 {
+        let port = common::free_port();
+        let Ok(probe) = std::net::TcpListener::bind(("127.0.0.2", port)) else {
+            continue;
+        };
+        drop(probe);
+        let a = common::Upstream::start_on(([127, 0, 0, 1], port).into(), |req| async move {
+            common::describe("one", req).await
+        })
+        .await;
+        let b = common::Upstream::start_on(([127, 0, 0, 2], port).into(), |req| async move {
+            common::describe("two", req).await
+        })
+        .await;
+        return (a, b, port);
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+async fn answered_by(gw: &common::Gateway) -> String {
+    let v: serde_json::Value = common::client()
+        .get(gw.url("/who"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["upstream"].as_str().unwrap_or_default().to_string()
+}
+
+async fn until_answered_by(gw: &common::Gateway, want: &str) {
+    for _ in 0..200 {
+        if answered_by(gw).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway never switched to `{want}`");
+}
+
+#[tokio::test]
+async fn gateway_follows_dns_a_record_changes() {
+    let dns = DnsServer::start().await;
+    let (_one, _two, port) = twin_upstreams().await;
+    dns.replace(
+        "users.svc.test.",
+        RecordType::A,
+        a_records("users.svc.test.", &[[127, 0, 0, 1]]),
+    )
+    .await;
+    dns.replace("users.svc.test.", RecordType::AAAA, Vec::new())
+        .await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[upstreams.svc]
+discovery = {{ type = "dns", name = "users.svc.test", port = {port}, nameservers = ["{}"], interval = "100ms" }}
+
+[routes.all]
+prefix = "/"
+upstream = "svc"
+"#,
+        dns.addr
+    ))
+    .await;
+    // Discovered before the first request.
+    assert_eq!(answered_by(&gw).await, "one");
+    dns.replace(
+        "users.svc.test.",
+        RecordType::A,
+        a_records("users.svc.test.", &[[127, 0, 0, 2]]),
+    )
+    .await;
+    until_answered_by(&gw, "two").await;
+}
+
+#[tokio::test]
+async fn gateway_follows_consul_catalog_changes() {
+    let (_one, _two, port) = twin_upstreams().await;
+    let consul = FakeConsul::start(ConsulState::healthy(
+        3,
+        json!([instance("10.9.9.9", "127.0.0.1", port, None)]),
+    ))
+    .await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[upstreams.svc]
+discovery = {{ type = "consul", address = "http://{}", service = "users", wait = "5s" }}
+
+[routes.all]
+prefix = "/"
+upstream = "svc"
+"#,
+        consul.addr
+    ))
+    .await;
+    assert_eq!(answered_by(&gw).await, "one");
+    // A catalog change wakes the gateway's blocking query.
+    consul.set(ConsulState::healthy(
+        4,
+        json!([instance("10.9.9.9", "127.0.0.2", port, None)]),
+    ));
+    until_answered_by(&gw, "two").await;
+}
+
+#[tokio::test]
+async fn unresolvable_host_name_at_startup_is_reported_and_retried() {
+    let dns = DnsServer::start().await;
+    let (_one, _two, port) = twin_upstreams().await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[upstreams.svc]
+discovery = {{ type = "dns", name = "later.svc.test", port = {port}, nameservers = ["{}"], interval = "100ms" }}
+panic_mode = false
+
+[routes.all]
+prefix = "/"
+upstream = "svc"
+"#,
+        dns.addr
+    ))
+    .await;
+    let resp = common::client().get(gw.url("/who")).send().await.unwrap();
+    common::expect_error(resp, 503, "no_healthy_target").await;
+    assert!(gw.logs().contains("later.svc.test"), "{}", gw.logs());
+    dns.replace(
+        "later.svc.test.",
+        RecordType::A,
+        a_records("later.svc.test.", &[[127, 0, 0, 2]]),
+    )
+    .await;
+    until_answered_by(&gw, "two").await;
+}

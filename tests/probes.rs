@@ -38,6 +38,7 @@ async fn run(kind: &ProbeKind, target: SocketAddr, timeout: Duration) -> Result<
     .expect("probe must finish within its own timeout")
 }
 
+/// A GET probe of `path` over HTTP/1.1, expecting 2xx.
 fn http(path: &str) -> ProbeKind {
     ProbeKind::Http {
         path: path.to_string(),
@@ -48,22 +49,14 @@ fn http(path: &str) -> ProbeKind {
     }
 }
 
+/// The same over h2c.
 fn h2c(path: &str) -> ProbeKind {
-    match http(path) {
-        ProbeKind::Http {
-            path,
-            method,
-            host,
-            expected,
-            ..
-        } => ProbeKind::Http {
-            path,
-            method,
-            host,
-            expected,
-            h2c: true,
-        },
-        _ => unreachable!(),
+    ProbeKind::Http {
+        path: path.to_string(),
+        method: Method::GET,
+        host: None,
+        expected: vec![(200, 299)],
+        h2c: true,
     }
 }
 
@@ -489,10 +482,11 @@ struct GrpcSeen {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// How a scripted server answers every request.
+type Responder = fn() -> Response<Body>;
+
 /// An h2c server that records each request and answers with `respond()`.
-async fn scripted_grpc_server(
-    respond: fn() -> Response<Body>,
-) -> (SocketAddr, Arc<Mutex<Vec<GrpcSeen>>>) {
+async fn scripted_grpc_server(respond: Responder) -> (SocketAddr, Arc<Mutex<Vec<GrpcSeen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -603,7 +597,7 @@ async fn grpc_trailers_only_error_is_read_from_the_headers() {
 #[tokio::test]
 async fn malformed_grpc_answers_are_unhealthy() {
     // Each answer is a separate server because the responder is a plain fn.
-    let cases: [(fn() -> Response<Body>, &str); 6] = [
+    let cases: [(Responder, &str); 6] = [
         // Frame header cut short.
         (
             || grpc_response(&[0, 0, 0], "0"),
