@@ -204,6 +204,7 @@ async fn ring_hash_is_sticky_and_remaps_only_a_removed_targets_keys() {
 }
 
 #[tokio::test]
+#[allow(clippy::async_yields_async)] // spawn_flappy hands back the accept loop's JoinHandle
 async fn killed_target_costs_clients_nothing_and_is_ejected_then_readmitted() {
     let stable = Upstream::echo("stable").await;
     // A target we can stop and start again on the same port.

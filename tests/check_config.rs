@@ -981,3 +981,208 @@ plugins = "cors"
     assert_eq!(out.0, 1);
     assert_reported(&out.1, 8, Some(11), "invalid type");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Load balancing, health checks, retries, discovery
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_balancing_algorithm_is_reported_at_the_value() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+balance = "fastest"
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(&out.1, 3, Some(11), "unknown variant `fastest`");
+}
+
+#[test]
+fn empty_targets_list_is_reported() {
+    let out = check(
+        r#"[upstreams.a]
+targets = []
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(&out.1, 2, Some(11), "has no targets");
+}
+
+#[test]
+fn upstream_without_targets_or_discovery_is_reported() {
+    let out = check(
+        r#"[upstreams.a]
+protocol = "http1"
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(&out.1, 1, None, "needs `targets` or `discovery`");
+}
+
+#[test]
+fn zero_and_negative_weights_are_reported() {
+    let out = check(
+        r#"[upstreams.a]
+targets = [{ address = "127.0.0.1:1", weight = 0 }, { address = "127.0.0.1:2", weight = -3 }]
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert!(out.1.contains("got 0"), "{}", out.1);
+    assert!(out.1.contains("got -3"), "{}", out.1);
+}
+
+#[test]
+fn zero_health_threshold_is_reported_at_the_value() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+[upstreams.a.health_check]
+healthy_threshold = 0
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(
+        &out.1,
+        4,
+        Some(21),
+        "`healthy_threshold` must be at least 1",
+    );
+}
+
+#[test]
+fn health_check_interval_below_100ms_is_reported() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+[upstreams.a.health_check]
+interval = "20ms"
+timeout = "10ms"
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(&out.1, 4, Some(12), "must be at least 100ms");
+}
+
+#[test]
+fn unknown_health_check_type_is_reported() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+[upstreams.a.health_check]
+type = "icmp"
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(&out.1, 4, Some(8), "unknown variant `icmp`");
+}
+
+#[test]
+fn bad_expected_status_range_is_reported() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+[upstreams.a.health_check]
+expected_statuses = ["200-299", "299-200"]
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(&out.1, 4, Some(33), "invalid status range `299-200`");
+}
+
+#[test]
+fn unknown_retry_condition_is_reported() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+[upstreams.a.retry]
+on = ["reset", "gateway_error"]
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(
+        &out.1,
+        4,
+        Some(16),
+        "unknown retry condition `gateway_error`",
+    );
+}
+
+#[test]
+fn hash_on_without_ring_hash_and_bad_hash_key_are_reported() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+hash_on = "path"
+[upstreams.b]
+targets = ["127.0.0.1:1"]
+balance = "ring_hash"
+hash_on = "moon_phase"
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(
+        &out.1,
+        3,
+        Some(11),
+        "only applies to `balance = \"ring_hash\"`",
+    );
+    assert_reported(&out.1, 7, Some(11), "invalid `hash_on` `moon_phase`");
+}
+
+#[test]
+fn discovery_missing_keys_and_targets_with_discovery_are_reported() {
+    let out = check(
+        r#"[upstreams.a]
+discovery = { type = "dns", name = "users.internal" }
+[upstreams.b]
+targets = ["127.0.0.1:1"]
+discovery = { type = "consul", service = "b", address = "consul:8500" }
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(
+        &out.1,
+        2,
+        Some(13),
+        "`dns` discovery needs `name` and `port`",
+    );
+    assert_reported(&out.1, 5, Some(13), "not both");
+    assert_reported(&out.1, 5, Some(57), "invalid Consul address `consul:8500`");
+}
+
+#[test]
+fn circuit_breaker_and_outlier_limits_are_validated() {
+    let out = check(
+        r#"[upstreams.a]
+targets = ["127.0.0.1:1"]
+circuit_breaker = { max_in_flight = 0 }
+outlier_detection = { max_ejection_percent = 150, consecutive_failures = 0 }
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(&out.1, 3, Some(37), "`max_in_flight` must be at least 1");
+    assert_reported(
+        &out.1,
+        4,
+        Some(46),
+        "`max_ejection_percent` must be between 0 and 100",
+    );
+    assert_reported(
+        &out.1,
+        4,
+        Some(74),
+        "`consecutive_failures` must be at least 1",
+    );
+}
+
+#[test]
+fn unresolvable_host_name_target_is_not_a_config_error() {
+    // It is reported in the log at startup and resolved again in the background.
+    let out = check(
+        r#"[upstreams.a]
+targets = ["no-such-host.invalid:8080"]
+"#,
+    );
+    assert_eq!(out.0, 0, "{}", out.1);
+}

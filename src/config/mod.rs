@@ -418,16 +418,12 @@ impl Validator<'_, '_> {
                     section.span(),
                     format!("upstream `{uname}` needs `targets` or `discovery`"),
                 ),
-                (Some(t), _) if t.get_ref().is_empty() => self.c.at(
-                    t.span(),
-                    format!("upstream `{uname}` has no targets"),
-                ),
-                (Some(t), Some(d)) => self.c.at(
+                (Some(t), _) if t.get_ref().is_empty() => self
+                    .c
+                    .at(t.span(), format!("upstream `{uname}` has no targets")),
+                (Some(_), Some(d)) => self.c.at(
                     d.span(),
-                    format!(
-                        "upstream `{uname}`: use either `targets` or `discovery`, not both (targets at byte {})",
-                        t.span().start
-                    ),
+                    format!("upstream `{uname}`: use either `targets` or `discovery`, not both"),
                 ),
                 _ => {}
             }
@@ -591,8 +587,12 @@ impl Validator<'_, '_> {
             c.at(
                 d.span(),
                 format!(
-                    "upstream `{upstream}`: {:?} discovery needs `{key}`",
-                    s.kind
+                    "upstream `{upstream}`: `{}` discovery needs `{key}`",
+                    match s.kind {
+                        file::DiscoveryKind::Dns => "dns",
+                        file::DiscoveryKind::DnsSrv => "dns_srv",
+                        file::DiscoveryKind::Consul => "consul",
+                    }
                 ),
             );
         };

@@ -100,6 +100,7 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
         })
 }
 
+/// One HTTP request; healthy when the status is expected and the body (up to the limit) arrives.
 async fn http_check(
     target: SocketAddr,
     path: &str,
@@ -123,6 +124,7 @@ async fn http_check(
     .await
 }
 
+/// One `grpc.health.v1.Health/Check` call over h2c; healthy only when the answer is SERVING.
 async fn grpc_check(
     target: SocketAddr,
     service: &str,
