@@ -15,5 +15,13 @@ trap cleanup EXIT INT TERM
 ./target/release/sample-http 127.0.0.1:3001 users & pids+=($!)
 ./target/release/sample-http 127.0.0.1:3002 orders & pids+=($!)
 
+# Wait until both answer, so the gateway's first health checks find them up.
+for port in 3001 3002; do
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+done
+
 echo "tollgate: proxy on http://127.0.0.1:8080, admin on http://127.0.0.1:9901"
 ./target/release/tollgate -c gateway.toml
