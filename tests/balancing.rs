@@ -531,3 +531,86 @@ async fn circuit_breaker_answers_503_over_max_in_flight() {
     r2.notify_one();
     assert_eq!(third.await.expect("join").expect("req"), 200);
 }
+
+#[tokio::test]
+async fn active_grpc_checks_follow_the_health_service() {
+    use tonic_health::ServingStatus;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("shop.v1.Orders", ServingStatus::Serving)
+        .await;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming)
+            .await
+    });
+    let gw = Gateway::start(&upstream_cfg(
+        &format!("\"{addr}\""),
+        r#"protocol = "h2c"
+[upstreams.svc.health_check]
+type = "grpc"
+service = "shop.v1.Orders"
+interval = "100ms"
+timeout = "100ms"
+healthy_threshold = 1
+unhealthy_threshold = 2
+"#,
+    ))
+    .await;
+    assert_eq!(target_view(&gw, addr).await["healthy"], true);
+    reporter
+        .set_service_status("shop.v1.Orders", ServingStatus::NotServing)
+        .await;
+    eventually("NOT_SERVING marks the target unhealthy", || async {
+        let t = target_view(&gw, addr).await;
+        t["healthy"] == false
+            && t["last_problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("NOT_SERVING"))
+    })
+    .await;
+    reporter
+        .set_service_status("shop.v1.Orders", ServingStatus::Serving)
+        .await;
+    eventually("SERVING makes it healthy again", || async {
+        target_view(&gw, addr).await["healthy"] == true
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn per_try_timeout_moves_a_slow_attempt_to_another_target() {
+    let slow = Upstream::start(|req| async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        common::describe("slow", req).await
+    })
+    .await;
+    let fast = Upstream::echo("fast").await;
+    let gw = Gateway::start(&upstream_cfg(
+        &format!("\"{}\", \"{}\"", slow.addr, fast.addr),
+        "[upstreams.svc.retry]\non = [\"timeout\"]\nper_try_timeout = \"200ms\"\nbackoff_base = \"1ms\"\n",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..4 {
+        let v: serde_json::Value = c
+            .get(gw.url("/t"))
+            .send()
+            .await
+            .expect("req")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["upstream"], "fast");
+    }
+    assert!(
+        slow.requests() >= 1,
+        "some first tries went to the slow target"
+    );
+}
