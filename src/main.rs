@@ -39,6 +39,9 @@ enum CliLogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (listeners, upstream checks, plugins that
+    // fetch over HTTPS); installing fails only if one is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = tollgate::plugins::builtin_registry();
     let config = match config::load(&cli.config, &registry) {
         Ok(c) => c,

@@ -10,6 +10,9 @@ pub fn builtin_registry() -> PluginRegistry {
         .register::<tollgate_headers::HeadersPlugin>()
         .register::<tollgate_cors::CorsPlugin>()
         .register::<tollgate_ip_restriction::IpRestrictionPlugin>()
-        .register::<tollgate_body_limit::BodyLimitPlugin>();
+        .register::<tollgate_body_limit::BodyLimitPlugin>()
+        .register::<tollgate_jwt_auth::JwtAuthPlugin>()
+        .register::<tollgate_key_auth::KeyAuthPlugin>()
+        .register::<tollgate_rate_limit::RateLimitPlugin>();
     r
 }

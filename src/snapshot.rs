@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, PluginEntry};
 use crate::upstream::{tasks, Cluster};
 
 /// Everything a request needs, from one config version.
@@ -42,14 +42,46 @@ impl Snapshot {
     /// targets and their health before it takes traffic.
     pub async fn prime(&self) {
         let rounds = self.clusters.iter().map(|c| tasks::prime(c));
-        futures_util::future::join_all(rounds).await;
+        let plugins = self.plugins();
+        let prepares = plugins.iter().map(|p| async move {
+            if let Err(e) = p.plugin.prepare().await {
+                tracing::error!(plugin = %p.name, error = %e, "plugin not ready; it keeps trying in the background");
+            }
+        });
+        futures_util::future::join(
+            futures_util::future::join_all(rounds),
+            futures_util::future::join_all(prepares),
+        )
+        .await;
     }
 
-    /// Starts the background tasks of every cluster on the current tokio runtime.
+    /// Starts the background tasks of every cluster and plugin on the current tokio runtime.
     pub fn start_tasks(&self) {
         for c in &self.clusters {
             tasks::spawn(c.clone(), self.stop.subscribe());
         }
+        for p in self.plugins() {
+            let stop = self.stop.subscribe();
+            tokio::spawn(async move { p.plugin.background(stop).await });
+        }
+    }
+
+    /// Every plugin instance of the snapshot once (a global plugin appears in every route's
+    /// chain but is one instance).
+    fn plugins(&self) -> Vec<PluginEntry> {
+        let mut out: Vec<PluginEntry> = Vec::new();
+        let chains = self
+            .config
+            .routes
+            .iter()
+            .flat_map(|r| r.plugins.iter())
+            .chain(self.config.global_plugins.iter());
+        for entry in chains {
+            if !out.iter().any(|e| Arc::ptr_eq(&e.plugin, &entry.plugin)) {
+                out.push(entry.clone());
+            }
+        }
+        out
     }
 
     /// Stops the background tasks (the snapshot is being replaced).

@@ -4,6 +4,8 @@
 //! once per config snapshot by its [`PluginFactory`] from a typed config, and called at the phases
 //! of a request it cares about, in this order:
 //!
+//! 0. [`Plugin::prepare`] once before the plugin's config serves, and [`Plugin::background`]
+//!    for as long as it does (lifecycle, not per request).
 //! 1. [`Plugin::on_request`] — after routing, before an upstream target is chosen. May change the
 //!    request, stop it with an error, or answer it itself.
 //! 2. [`Plugin::on_upstream_request`] — on the request about to be sent upstream (after the path
@@ -85,6 +87,19 @@ impl Response {
 pub trait Plugin: Send + Sync + 'static {
     /// The name the plugin is registered under (for logs).
     fn name(&self) -> &'static str;
+
+    /// Lifecycle: called once per config snapshot before it takes traffic, on a runtime that
+    /// ends after the call (so spawn nothing here). For work that must be done before the first
+    /// request, e.g. fetching a JWKS. An error is logged and the snapshot goes live anyway: the
+    /// plugin must answer requests sensibly (e.g. 401/503) until `background` repairs it.
+    async fn prepare(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Lifecycle: long-running work of the plugin (refreshing keys, flushing counters), run on
+    /// the gateway's background runtime while the plugin's snapshot is live. Return when `stop`
+    /// turns `true` (or its sender is dropped).
+    async fn background(&self, _stop: tokio::sync::watch::Receiver<bool>) {}
 
     /// Request phase: runs after the route is matched, before an upstream target is chosen.
     ///
