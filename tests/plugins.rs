@@ -273,3 +273,56 @@ async fn plugins_run_on_h2_requests() {
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["headers"]["x-via-h2"], "1");
 }
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[tokio::test]
+async fn key_auth_names_the_consumer_and_refuses_bad_keys() {
+    let up = Upstream::echo("svc").await;
+    let gw = Gateway::start(&cfg(
+        up.addr,
+        &format!(
+            "[routes.api.plugins.key-auth]\nquery = \"api_key\"\nconsumers = [{{ name = \"alice\", key_sha256 = \"{}\" }}]\n",
+            sha256_hex("alice-key")
+        ),
+    ))
+    .await;
+    let c = client();
+    let (_, v) = {
+        let resp = c
+            .get(gw.url("/api/x"))
+            .header("x-api-key", "alice-key")
+            .header("x-consumer", "mallory")
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(resp.status(), 200);
+        ((), resp.json::<serde_json::Value>().await.expect("json"))
+    };
+    assert_eq!(v["headers"]["x-consumer"], "alice");
+    assert!(
+        v["headers"].get("x-api-key").is_none(),
+        "the key is not forwarded"
+    );
+    let resp = c
+        .get(gw.url("/api/x?api_key=alice-key&q=1"))
+        .send()
+        .await
+        .expect("req");
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["query"], "q=1");
+    let resp = c.get(gw.url("/api/x")).send().await.expect("req");
+    assert_eq!(resp.headers()["www-authenticate"], "ApiKey");
+    expect_error(resp, 401, "missing_api_key").await;
+    let resp = c
+        .get(gw.url("/api/x"))
+        .header("x-api-key", "guess")
+        .send()
+        .await
+        .expect("req");
+    expect_error(resp, 401, "invalid_api_key").await;
+    assert_eq!(up.requests(), 2);
+}
