@@ -13,5 +13,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod reload;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;

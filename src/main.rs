@@ -16,6 +16,10 @@ struct Cli {
     /// The config file.
     #[arg(short, long, global = true, default_value = "gateway.toml")]
     config: PathBuf,
+    /// Take over the listening sockets of a running tollgate (zero-downtime upgrade; see
+    /// docs/operations/upgrade.md).
+    #[arg(long, global = true)]
+    upgrade: bool,
     /// Log line format (overrides `[log] format`).
     #[arg(long, global = true, value_enum)]
     log_format: Option<CliLogFormat>,
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
                 listeners = ?config.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
                 "starting tollgate {}", env!("CARGO_PKG_VERSION")
             );
-            match tollgate::server::build(config) {
+            match tollgate::server::build(config, cli.config.clone(), registry, cli.upgrade) {
                 Ok(server) => server.run_forever(),
                 Err(e) => {
                     eprintln!("{}: {e}", cli.config.display());

@@ -18,6 +18,7 @@ use rustls::sign::CertifiedKey;
 use crate::admin::AdminApp;
 use crate::config::{GatewayConfig, Listener};
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
 /// Hands out the one certificate of a listener (loaded and checked at config time).
@@ -31,32 +32,48 @@ impl ResolvesServerCert for FixedCert {
 }
 
 /// Builds the pingora server for a config. Listeners are bound when it runs.
-pub fn build(config: GatewayConfig) -> Result<Server, String> {
+pub fn build(
+    config: GatewayConfig,
+    path: std::path::PathBuf,
+    registry: tollgate_plugin_api::PluginRegistry,
+    upgrade: bool,
+) -> Result<Server, String> {
     let mut conf = ServerConf {
         threads: config.server.threads,
         upstream_keepalive_pool_size: config.server.keepalive_pool_size,
-        grace_period_seconds: Some(0),
-        // pingora counts whole seconds; round up so "500ms" doesn't become "no waiting".
-        graceful_shutdown_timeout_seconds: Some(
+        // pingora keeps serving in-flight requests for the grace period (listeners closed),
+        // then drops what is left; `Background` ends the process early once nothing is in
+        // flight, so an idle gateway exits at once.
+        grace_period_seconds: Some(
             config
                 .server
                 .graceful_shutdown_timeout
                 .as_millis()
                 .div_ceil(1000) as u64,
         ),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    // Retries are decided by the proxy (fail_to_connect); this is only pingora's hard ceiling.
-    conf.max_retries = 8;
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    // Retries are decided by the proxy (retry policy); this is only pingora's hard ceiling.
+    conf.max_retries = 16;
+    conf.upgrade_sock = config.server.upgrade_sock.display().to_string();
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
 
     let listeners = config.listeners.clone();
     let admin = config.admin.clone();
+    crate::telemetry::access_log::configure(config.access_log.sink.as_ref())?;
+    let watch_config = config.server.watch_config;
+    let tracing_settings = config.tracing.clone();
     let first = Snapshot::new(config, 1);
     prime(&first)?;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
+    let reloader = Arc::new(Reloader::new(path, registry, snapshot.clone()));
 
     // pingora's h2c switch is per service, so listeners are grouped by it; TLS listeners don't
     // care and join the first group.
@@ -92,15 +109,18 @@ pub fn build(config: GatewayConfig) -> Result<Server, String> {
 
     server.add_service(background_service(
         "upstream tasks",
-        UpstreamTasks {
+        Background {
             snapshot: snapshot.clone(),
+            reloader: reloader.clone(),
+            watch_config,
+            tracing: tracing_settings,
         },
     ));
 
     if let Some(admin) = admin {
         let mut service = Service::new(
             "tollgate-admin".to_string(),
-            AdminApp::new(snapshot.clone()),
+            AdminApp::new(snapshot.clone(), reloader.clone()),
         );
         service.add_tcp(&admin.address.to_string());
         server.add_service(service);
@@ -119,17 +139,72 @@ fn prime(snapshot: &Snapshot) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs health checks and discovery for the live snapshot on a runtime of their own, so slow
-/// checks never take a proxy worker's time.
-struct UpstreamTasks {
+/// The gateway's own background work, on a runtime of its own so it never takes a proxy
+/// worker's time: the live snapshot's health checks, discovery and plugin tasks, reload triggers
+/// (SIGHUP, file watch) and the trace exporter.
+struct Background {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    reloader: Arc<Reloader>,
+    watch_config: bool,
+    tracing: crate::telemetry::trace::TracingSettings,
 }
 
 #[async_trait::async_trait]
-impl BackgroundService for UpstreamTasks {
+impl BackgroundService for Background {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Err(e) = crate::telemetry::trace::init(&self.tracing) {
+            tracing::error!(error = %e, "tracing disabled");
+        }
         self.snapshot.load().start_tasks();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if self.watch_config {
+            tokio::spawn(self.reloader.clone().watch_file(stop_rx.clone()));
+        }
+        tokio::spawn(sighup_reloads(self.reloader.clone(), stop_rx));
+        // Services start together; by the time this runs the listeners are bound.
+        self.reloader.set_ready();
         let _ = shutdown.changed().await;
+        let graceful = *shutdown.borrow();
+        let _ = stop_tx.send(true);
         self.snapshot.load().stop_tasks();
+        if graceful {
+            drain().await;
+        }
+        crate::telemetry::trace::shutdown();
+        if graceful {
+            tracing::info!("drained; exiting");
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Reloads the config on every SIGHUP.
+async fn sighup_reloads(reloader: Arc<Reloader>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /reload instead");
+        return;
+    };
+    loop {
+        tokio::select! {
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                let _ = reloader.reload("SIGHUP").await;
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Waits until no request is in flight (seen twice in a row, so a connection accepted just before
+/// the listeners closed gets to register its request). pingora's grace period bounds the wait.
+async fn drain() {
+    let in_flight = || crate::telemetry::metrics::metrics().map_or(0, |m| m.in_flight.get());
+    let mut idle_checks = 0;
+    while idle_checks < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        idle_checks = if in_flight() == 0 { idle_checks + 1 } else { 0 };
     }
 }

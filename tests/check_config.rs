@@ -620,12 +620,12 @@ targets = ["127.0.0.1:3000"]
 prefix = "/"
 upstream = "u"
 
-[routes.a.plugins.rate-limit]
+[routes.a.plugins.rate-limiter]
 rps = 10
 "#,
         8,
         19,
-        "unknown plugin `rate-limit` (known plugins: body-limit, cors, headers, ip-restriction, request-id)",
+        "unknown plugin `rate-limiter` (known plugins: body-limit, cors, headers, ip-restriction, jwt-auth, key-auth, rate-limit, request-id)",
     );
 }
 

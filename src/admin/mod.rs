@@ -1,51 +1,273 @@
-//! The admin listener: operational endpoints, on loopback by default. `/healthz` answers as soon
-//! as the process serves; `/upstreams` shows every target's health, ejection and load.
+//! The admin listener: operational endpoints, on loopback by default, optionally behind a bearer
+//! token (`[admin] token_env`; `/healthz` and `/readyz` stay open for probes).
+//!
+//! `/healthz` live · `/readyz` ready (listeners bound, a snapshot live; reload status) ·
+//! `/metrics` Prometheus · `/upstreams` targets and their health · `/config` the effective
+//! config, secrets redacted · `/routes/explain?method=&host=&path=` which route, plugins and
+//! upstream a request would get · `POST /reload` reload the config file.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::reload::Reloader;
+use crate::router::normalize_path;
 use crate::snapshot::Snapshot;
 
 /// The admin HTTP app.
 pub struct AdminApp {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminApp {
     /// An admin app reporting on the current snapshot.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self { snapshot }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, reloader: Arc<Reloader>) -> Self {
+        Self { snapshot, reloader }
     }
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
-    let body = body.to_string().into_bytes();
+    respond(status, "application/json", body.to_string().into_bytes())
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, content_type)
         .header(http::header::CONTENT_LENGTH, body.len())
         .body(body)
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+fn error(status: StatusCode, code: &str, message: String) -> Response<Vec<u8>> {
+    json(
+        status,
+        serde_json::json!({"error": {"status": status.as_u16(), "code": code, "message": message}}),
+    )
+}
+
+/// Decodes one query parameter (percent escapes and `+`).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let q = query?;
+    q.split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| {
+            let v = v.replace('+', " ");
+            percent_encoding::percent_decode_str(&v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// Keys whose values are never shown by `/config`.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "password",
+        "key_sha256",
+        "private",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                if is_secret_key(k) && !k.ends_with("_env") && !k.ends_with("_file") {
+                    *v = toml::Value::String("<redacted>".into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(redact),
+        toml::Value::String(s) if s.contains("://") && s.contains('@') => {
+            // URLs with credentials (redis://user:pass@host) keep only their host part.
+            if let Some((scheme, rest)) = s.split_once("://") {
+                if let Some((_, host)) = rest.rsplit_once('@') {
+                    *s = format!("{scheme}://<redacted>@{host}");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl AdminApp {
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let snap = self.snapshot.load();
+        let Some(token) = snap.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+            return true;
+        };
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare without an early exit so the time taken does not reveal a matching prefix.
+        presented.len() == token.len()
+            && presented
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let snap = self.snapshot.load();
+        let method = query_param(query, "method").unwrap_or_else(|| "GET".into());
+        let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_method",
+                format!("invalid method `{method}`"),
+            );
+        };
+        let host = query_param(query, "host");
+        let Some(raw_path) = query_param(query, "path") else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing_path",
+                "give the request as ?method=GET&host=example.com&path=/a/b".into(),
+            );
+        };
+        let path = match normalize_path(&raw_path) {
+            Ok(p) => p.into_owned(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_path",
+                    format!("invalid path: {e}"),
+                )
+            }
+        };
+        let headers = HeaderMap::new();
+        let found = snap
+            .config
+            .table
+            .match_request(&method, host.as_deref(), &path, &headers);
+        let Some(m) = found else {
+            return json(
+                StatusCode::OK,
+                serde_json::json!({"matched": false, "normalized_path": path,
+                    "plugins": snap.config.global_plugins.iter().map(|p| p.name.to_string()).collect::<Vec<_>>()}),
+            );
+        };
+        let Some(route) = snap.config.routes.get(m.id) else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "route table out of sync".into(),
+            );
+        };
+        let params: Vec<(std::sync::Arc<str>, String)> = m
+            .params
+            .iter()
+            .filter_map(|(i, v)| route.param_names.get(*i).map(|n| (n.clone(), v.clone())))
+            .collect();
+        let upstream_path =
+            crate::proxy::upstream_path(&route.rewrite, &path, m.prefix_len, &params);
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "matched": true,
+                "route": &*route.name,
+                "normalized_path": path,
+                "upstream": &*route.upstream_name,
+                "upstream_path": upstream_path,
+                "params": params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
+                "plugins": route.plugins.iter().map(|p| serde_json::json!({
+                    "name": &*p.name, "priority": p.priority, "global": p.global
+                })).collect::<Vec<_>>(),
+                "note": "header matchers are not evaluated here (no headers are given)",
+            }),
+        )
+    }
+
+    fn config_view(&self) -> Response<Vec<u8>> {
+        let snap = self.snapshot.load();
+        let mut value: toml::Value = match toml::from_str(&snap.config.source_text) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    format!("cannot show the config: {e}"),
+                )
+            }
+        };
+        redact(&mut value);
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "generation": snap.generation,
+                "file": self.reloader.path().display().to_string(),
+                "config": value,
+            }),
+        )
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
-        match path.as_str() {
-            "/healthz" => {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let method = req.method.clone();
+        if !matches!(path.as_str(), "/healthz" | "/readyz") && !self.authorized(&req.headers) {
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the admin API needs `Authorization: Bearer <token>`".into(),
+            );
+            if let Ok(v) = http::HeaderValue::from_str("Bearer realm=\"tollgate-admin\"") {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+            return resp;
+        }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => {
                 let snap = self.snapshot.load();
                 json(
                     StatusCode::OK,
                     serde_json::json!({"status": "ok", "generation": snap.generation}),
                 )
             }
-            "/upstreams" => {
+            ("GET", "/readyz") => {
+                let status = self.reloader.status();
+                let ready = self.reloader.is_ready();
+                json(
+                    if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    },
+                    serde_json::json!({
+                        "ready": ready,
+                        "generation": status.generation,
+                        "last_reload_error": status.last_error,
+                        "pending_restart": status.pending_restart,
+                    }),
+                )
+            }
+            ("GET", "/metrics") => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::telemetry::metrics::render(&self.snapshot.load()).into_bytes(),
+            ),
+            ("GET", "/upstreams") => {
                 let snap = self.snapshot.load();
                 let upstreams: Vec<serde_json::Value> =
                     snap.clusters.iter().map(|c| c.view()).collect();
@@ -54,10 +276,34 @@ impl ServeHttp for AdminApp {
                     serde_json::json!({"generation": snap.generation, "upstreams": upstreams}),
                 )
             }
-            _ => json(
+            ("GET", "/config") => self.config_view(),
+            ("GET", "/routes/explain") => self.explain(query.as_deref()),
+            ("POST", "/reload") => match self.reloader.reload("admin API").await {
+                Ok(generation) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"reloaded": true, "generation": generation,
+                        "pending_restart": self.reloader.status().pending_restart}),
+                ),
+                Err(errors) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"error": {"status": 422, "code": "invalid_config",
+                        "message": "the config was not reloaded; the previous one keeps serving",
+                        "details": errors.lines().collect::<Vec<_>>()}}),
+                ),
+            },
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/config" | "/routes/explain"
+                | "/reload",
+            ) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ),
+            _ => error(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": {"status": 404, "code": "not_found",
-                    "message": format!("no admin endpoint at {path}")}}),
+                "not_found",
+                format!("no admin endpoint at {path}"),
             ),
         }
     }

@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<Spanned<String>, Spanned<UpstreamSection>>,
     #[serde(default)]
     pub routes: BTreeMap<Spanned<String>, Spanned<RouteSection>>,
+    pub access_log: Option<Spanned<AccessLogSection>>,
+    pub tracing: Option<Spanned<crate::telemetry::trace::TracingSection>>,
     /// Global plugins; their tables are read again with spans by the plugin registry.
     #[serde(default)]
     pub plugins: BTreeMap<Spanned<String>, IgnoredAny>,
@@ -40,6 +42,17 @@ pub struct ServerSection {
     pub max_uri_bytes: Option<Spanned<ByteSize>>,
     pub keepalive_pool_size: Option<usize>,
     pub graceful_shutdown_timeout: Option<Duration>,
+    pub watch_config: Option<bool>,
+    pub upgrade_sock: Option<String>,
+}
+
+/// `[access_log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    pub enabled: Option<bool>,
+    pub path: Option<Spanned<String>>,
+    pub fields: Option<Vec<Spanned<String>>>,
 }
 
 /// `[log]`
@@ -84,6 +97,7 @@ pub struct ListenerTls {
 pub struct AdminSection {
     pub address: Option<Spanned<String>>,
     pub enabled: Option<bool>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 /// `[upstreams.NAME]`

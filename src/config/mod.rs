@@ -83,7 +83,7 @@ pub fn load_str(
         registry,
         root: root.get_ref(),
     }
-    .validate(file, path);
+    .validate(file, path, src);
     c.finish()?;
     built.ok_or_else(|| ConfigErrors(Vec::new()))
 }
@@ -132,13 +132,15 @@ fn section_errors(root: &DeTable<'_>, c: &mut Collector<'_>) -> bool {
             "upstreams" => each::<file::UpstreamSection>(value, c),
             "routes" => each::<file::RouteSection>(value, c),
             // Plugin tables are read by the registry, with their own errors.
+            "access_log" => one::<file::AccessLogSection>(value, c),
+            "tracing" => one::<crate::telemetry::trace::TracingSection>(value, c),
             "plugins" => true,
             other => {
                 c.at(
                     key.span(),
                     format!(
                         "unknown field `{other}`, expected one of `server`, `log`, `listeners`, \
-                         `admin`, `upstreams`, `routes`, `plugins`"
+                         `admin`, `upstreams`, `routes`, `plugins`, `access_log`, `tracing`"
                     ),
                 );
                 false
@@ -162,7 +164,25 @@ const MAX_WEIGHT: i64 = 1000;
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Validator<'_, '_> {
-    fn validate(mut self, file: FileConfig, path: &Path) -> Option<GatewayConfig> {
+    fn validate(mut self, file: FileConfig, path: &Path, src: &str) -> Option<GatewayConfig> {
+        let access_log = self.access_log(file.access_log.as_ref());
+        let tracing = match &file.tracing {
+            Some(t) => match t.get_ref().validate() {
+                Ok(settings) => settings,
+                Err(m) => {
+                    self.c.at(t.span(), format!("tracing: {m}"));
+                    crate::telemetry::trace::TracingSettings::default()
+                }
+            },
+            None => match crate::telemetry::trace::TracingSection::default().validate() {
+                Ok(settings) => settings,
+                Err(m) => {
+                    self.c
+                        .at(0..0, format!("tracing (from OTEL_* variables): {m}"));
+                    crate::telemetry::trace::TracingSettings::default()
+                }
+            },
+        };
         let server = self.server(&file.server);
         let log = LogSettings {
             format: file.log.format.unwrap_or_default(),
@@ -221,7 +241,41 @@ impl Validator<'_, '_> {
                 });
                 g.into()
             },
+            access_log,
+            tracing,
+            source_text: Arc::from(src),
         })
+    }
+
+    fn access_log(
+        &mut self,
+        a: Option<&Spanned<file::AccessLogSection>>,
+    ) -> crate::telemetry::access_log::AccessLogSettings {
+        use crate::telemetry::access_log::{AccessLogSettings, Sink, FIELDS};
+        let s = a.map(|a| a.get_ref());
+        let enabled = s.and_then(|s| s.enabled).unwrap_or(true);
+        let sink = match s.and_then(|s| s.path.as_ref()) {
+            _ if !enabled => None,
+            None => Some(Sink::Stdout),
+            Some(p) if p.get_ref() == "-" => Some(Sink::Stdout),
+            Some(p) => Some(Sink::File(self.base_dir.join(p.get_ref()))),
+        };
+        let mut fields = Vec::new();
+        for f in s.and_then(|s| s.fields.as_ref()).into_iter().flatten() {
+            if FIELDS.contains(&f.get_ref().as_str()) {
+                fields.push(f.get_ref().clone());
+            } else {
+                self.c.at(
+                    f.span(),
+                    format!(
+                        "unknown access log field `{}`; known fields: {}",
+                        f.get_ref(),
+                        FIELDS.join(", ")
+                    ),
+                );
+            }
+        }
+        AccessLogSettings { sink, fields }
     }
 
     fn server(&mut self, s: &file::ServerSection) -> ServerSettings {
@@ -255,6 +309,12 @@ impl Validator<'_, '_> {
             graceful_shutdown_timeout: s
                 .graceful_shutdown_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
+            watch_config: s.watch_config.unwrap_or(false),
+            upgrade_sock: PathBuf::from(
+                s.upgrade_sock
+                    .clone()
+                    .unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".into()),
+            ),
         }
     }
 
@@ -400,7 +460,26 @@ impl Validator<'_, '_> {
             },
             None => DEFAULT_ADMIN_ADDRESS.parse().ok()?,
         };
-        Some(AdminSettings { address: addr })
+        let token = match a.and_then(|a| a.token_env.as_ref()) {
+            None => None,
+            Some(var) => match std::env::var(var.get_ref()) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                _ => {
+                    self.c.at(
+                        var.span(),
+                        format!(
+                            "admin token variable `{}` is not set (or empty)",
+                            var.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        Some(AdminSettings {
+            address: addr,
+            token,
+        })
     }
 
     fn upstreams(
@@ -1141,6 +1220,11 @@ impl Validator<'_, '_> {
             let (Some(path), Some(upstream), true) = (path, upstream, methods_ok) else {
                 continue;
             };
+            let pattern: Arc<str> = Arc::from(match &path {
+                PathMatch::Exact(p) | PathMatch::Template(p) => p.clone(),
+                PathMatch::Prefix(p) if p.ends_with('/') => format!("{p}*"),
+                PathMatch::Prefix(p) => format!("{p}/*"),
+            });
             out.push((
                 RouteSpec {
                     id,
@@ -1155,6 +1239,7 @@ impl Validator<'_, '_> {
                     upstream,
                     upstream_name: upstreams[upstream].name.clone(),
                     param_names,
+                    pattern,
                     rewrite,
                     connect_timeout: r.connect_timeout.map(|d| d.0),
                     read_timeout: r.read_timeout.map(|d| d.0),

@@ -35,6 +35,12 @@ pub struct GatewayConfig {
     pub table: Arc<RouteTable>,
     /// Global plugins in execution order (also merged into every route's chain).
     pub global_plugins: Arc<[PluginEntry]>,
+    /// Access log.
+    pub access_log: crate::telemetry::access_log::AccessLogSettings,
+    /// Tracing.
+    pub tracing: crate::telemetry::trace::TracingSettings,
+    /// The file's text, for the admin `/config` view (shown with secrets redacted).
+    pub source_text: Arc<str>,
 }
 
 /// `[server]`, with defaults applied.
@@ -52,6 +58,10 @@ pub struct ServerSettings {
     pub keepalive_pool_size: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub graceful_shutdown_timeout: Duration,
+    /// Reload when the config file changes.
+    pub watch_config: bool,
+    /// Socket for handing listeners to a new binary on upgrade.
+    pub upgrade_sock: PathBuf,
 }
 
 /// `[log]`, with defaults applied.
@@ -94,6 +104,8 @@ pub struct ListenerTls {
 pub struct AdminSettings {
     /// Socket address to bind (loopback by default).
     pub address: SocketAddr,
+    /// Bearer token required by every admin endpoint but `/healthz` and `/readyz`, if set.
+    pub token: Option<String>,
 }
 
 /// A named upstream service.
@@ -317,6 +329,9 @@ pub struct Route {
     pub upstream_name: Arc<str>,
     /// Template parameter names, in order, when the route is a template.
     pub param_names: Vec<Arc<str>>,
+    /// The path pattern for telemetry (`http.route`): the exact path, the template, or the
+    /// prefix followed by `/*`.
+    pub pattern: Arc<str>,
     /// How the path is changed before it goes upstream.
     pub rewrite: Rewrite,
     /// Per-route timeout overrides.

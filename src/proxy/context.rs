@@ -8,7 +8,29 @@ use tollgate_plugin_api::{PluginError, RequestContext, Scheme};
 
 use crate::config::{PluginEntry, Route};
 use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::metrics;
+use crate::telemetry::trace::{AttemptSpan, RequestSpan};
 use crate::upstream::{Cluster, CounterGuard, Target, TargetLoad};
+
+/// Holds one unit of the in-flight gauge for the life of a request, whatever path it ends on.
+struct InFlightMetric;
+
+impl InFlightMetric {
+    fn new() -> Self {
+        if let Some(m) = metrics() {
+            m.in_flight.inc();
+        }
+        Self
+    }
+}
+
+impl Drop for InFlightMetric {
+    fn drop(&mut self) {
+        if let Some(m) = metrics() {
+            m.in_flight.dec();
+        }
+    }
+}
 
 /// State carried through the phases of one request.
 pub struct RequestState {
@@ -40,6 +62,18 @@ pub struct RequestState {
     pub status_retry: bool,
     /// What the client gets if no further attempt can be made.
     pub last_failure: Option<PluginError>,
+    /// Code of the error the gateway answered with, if it did (metrics, access log).
+    pub gateway_code: Option<&'static str>,
+    /// The request's server span, when traced.
+    pub span: Option<RequestSpan>,
+    /// The current upstream attempt's client span.
+    pub attempt_span: Option<AttemptSpan>,
+    /// When the current upstream attempt started.
+    pub attempt_started: Option<Instant>,
+    /// Time spent in upstream attempts so far.
+    pub upstream_time: std::time::Duration,
+    /// Counts the request in `tollgate_requests_in_flight` while it lives.
+    _in_flight: InFlightMetric,
     /// An error decided by the gateway, answered by `fail_to_proxy`.
     pub error: Option<PluginError>,
     /// Status sent to the client by the gateway itself (0 if none).
@@ -71,6 +105,12 @@ impl RequestState {
             retries: 0,
             status_retry: false,
             last_failure: None,
+            gateway_code: None,
+            span: None,
+            attempt_span: None,
+            attempt_started: None,
+            upstream_time: std::time::Duration::ZERO,
+            _in_flight: InFlightMetric::new(),
             error: None,
             gateway_status: 0,
             started: Instant::now(),

@@ -6,6 +6,8 @@ mod forwarded;
 mod respond;
 mod rewrite;
 
+pub use rewrite::upstream_path;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -24,6 +26,8 @@ pub use context::RequestState;
 use crate::config::{Algorithm, HashOn};
 use crate::router::normalize_path;
 use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::metrics;
+use crate::telemetry::trace::RequestSpan;
 use crate::upstream::{
     backoff, budget_allows, build_peer, hash64, Cluster, CounterGuard, FailureKind, TargetLoad,
 };
@@ -76,6 +80,17 @@ impl Gateway {
         st.ctx.peer_ip = peer_ip;
         st.ctx.client_ip = forwarded::client_ip(peer_ip, &req.headers, &server.trusted_proxies);
         st.snapshot = Some(snap.clone());
+        let version = match req.version {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        let server_address = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        st.span = RequestSpan::start(req, st.ctx.client_ip, server_address, version);
 
         let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > server.max_uri_bytes {
@@ -132,6 +147,9 @@ impl Gateway {
             )
         })?;
         st.route = Some(m.id);
+        if let Some(span) = st.span.as_mut() {
+            span.set_route(&route.pattern, &route.name, &route.upstream_name);
+        }
         st.prefix_len = m.prefix_len;
         st.ctx.route = route.name.clone();
         st.ctx.upstream = route.upstream_name.clone();
@@ -253,6 +271,9 @@ impl ProxyHttp for Gateway {
         }
         if !st.tried.is_empty() {
             st.retries += 1;
+            if let Some(m) = metrics() {
+                m.retries.with_label_values(&[cluster.name()]).inc();
+            }
             if st.retrying.is_none() {
                 st.retrying = CounterGuard::acquire(&cluster.counters, |c| &c.retries, None);
             }
@@ -289,6 +310,10 @@ impl ProxyHttp for Gateway {
         st.tried.push(target.address);
         st.target_load = Some(TargetLoad::new(target.clone()));
         let peer = build_peer(&cluster.config, &target, route);
+        st.attempt_started = Some(std::time::Instant::now());
+        if let Some(span) = st.span.as_ref() {
+            st.attempt_span = Some(span.start_attempt(&target.address.to_string(), st.retries + 1));
+        }
         st.target = Some(target);
         Ok(Box::new(peer))
     }
@@ -301,6 +326,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         st.pending = None;
+        end_attempt(st, "connect_error", None, Some("connect_error"));
         if let (Some(cluster), Some(target)) = (st.cluster.clone(), st.target.clone()) {
             cluster.report_failure(&target, &format!("connect failed: {e}"));
             st.last_failure = respond::classify(&e, &st.ctx.upstream);
@@ -335,6 +361,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        end_attempt(st, "error", None, Some("upstream_error"));
         if std::mem::take(&mut st.status_retry) {
             // upstream_response_filter already decided this status is retried.
             e.set_retry(true);
@@ -376,6 +403,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let status = resp.status.as_u16();
+        end_attempt(st, "response", Some(status), None);
         let failed = cluster.config.outlier.as_ref().is_some_and(|o| {
             o.failure_statuses
                 .iter()
@@ -454,6 +482,9 @@ impl ProxyHttp for Gateway {
         self.forwarded_headers(session, up, st, &snap);
         if let Ok(v) = HeaderValue::from_str(&st.ctx.request_id) {
             let _ = up.insert_header("x-request-id", v);
+        }
+        if let Some(a) = st.attempt_span.as_ref() {
+            a.inject(up);
         }
         let Some(plugins) = st.plugins() else {
             return Ok(());
@@ -540,6 +571,50 @@ impl ProxyHttp for Gateway {
                 entry.plugin.on_log(&st.ctx, status);
             }
         }
+        end_attempt(st, "error", None, e.map(|_| "upstream_error"));
+        let elapsed = st.started.elapsed();
+        let route_label: &str = if st.ctx.route.is_empty() {
+            "(none)"
+        } else {
+            &st.ctx.route
+        };
+        if let Some(m) = metrics() {
+            let method = crate::telemetry::metrics::method_label(&session.req_header().method);
+            m.requests
+                .with_label_values(&[
+                    route_label,
+                    method,
+                    crate::telemetry::metrics::status_class(status),
+                ])
+                .inc();
+            m.request_duration
+                .with_label_values(&[route_label])
+                .observe(elapsed.as_secs_f64());
+            match (status, st.gateway_code) {
+                (429, Some(code)) if code.contains("rate_limit") => {
+                    m.rate_limited.with_label_values(&[route_label]).inc();
+                }
+                (401 | 403, Some(code)) => {
+                    m.auth_failures
+                        .with_label_values(&[route_label, code])
+                        .inc();
+                }
+                _ => {}
+            }
+        }
+        let error_type = match (e, st.gateway_code) {
+            (_, Some(code)) if status >= 500 => Some(code),
+            (Some(_), _) => Some("proxy_error"),
+            _ if status >= 500 => Some("upstream_5xx"),
+            _ => None,
+        };
+        let trace_id = st.span.as_ref().and_then(|s| s.trace_id());
+        if let Some(span) = st.span.take() {
+            span.finish(status, error_type);
+        }
+        if crate::telemetry::access_log::enabled() {
+            self.access_log(session, st, status, elapsed, trace_id, e);
+        }
         let req = session.req_header();
         tracing::debug!(
             request_id = %st.ctx.request_id,
@@ -560,7 +635,85 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Closes the current upstream attempt: its duration metric and client span.
+fn end_attempt(st: &mut RequestState, outcome: &str, status: Option<u16>, error: Option<&str>) {
+    if let Some(started) = st.attempt_started.take() {
+        let took = started.elapsed();
+        st.upstream_time += took;
+        if let Some(m) = metrics() {
+            m.attempt_duration
+                .with_label_values(&[&*st.ctx.upstream, outcome])
+                .observe(took.as_secs_f64());
+        }
+    }
+    if let Some(span) = st.attempt_span.take() {
+        span.finish(status, error);
+    }
+}
+
 impl Gateway {
+    /// One access log line for a finished request.
+    fn access_log(
+        &self,
+        session: &Session,
+        st: &RequestState,
+        status: u16,
+        elapsed: std::time::Duration,
+        trace_id: Option<String>,
+        e: Option<&Error>,
+    ) {
+        use serde_json::Value;
+        let fields = st
+            .snapshot
+            .as_ref()
+            .map(|s| s.config.access_log.fields.clone())
+            .unwrap_or_default();
+        let req = session.req_header();
+        let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
+        let values: Vec<(&'static str, Value)> = vec![
+            (
+                "time",
+                Value::String(
+                    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                ),
+            ),
+            ("request_id", Value::String(st.ctx.request_id.clone())),
+            ("trace_id", opt(trace_id)),
+            ("client_ip", opt(st.ctx.client_ip.map(|ip| ip.to_string()))),
+            ("method", Value::String(req.method.to_string())),
+            ("host", opt(st.ctx.host.clone())),
+            ("path", Value::String(req.uri.path().to_string())),
+            ("query", opt(req.uri.query().map(str::to_string))),
+            ("protocol", Value::String(format!("{:?}", req.version))),
+            ("route", Value::String(st.ctx.route.to_string())),
+            ("upstream", Value::String(st.ctx.upstream.to_string())),
+            (
+                "target",
+                opt(st.target.as_ref().map(|t| t.address.to_string())),
+            ),
+            ("status", Value::from(status)),
+            ("bytes_sent", Value::from(session.body_bytes_sent() as u64)),
+            (
+                "bytes_received",
+                Value::from(session.body_bytes_read() as u64),
+            ),
+            ("duration_ms", Value::from(elapsed.as_secs_f64() * 1000.0)),
+            (
+                "upstream_ms",
+                Value::from(st.upstream_time.as_secs_f64() * 1000.0),
+            ),
+            ("attempts", Value::from(st.tried.len())),
+            (
+                "error",
+                opt(st
+                    .gateway_code
+                    .map(str::to_string)
+                    .or_else(|| e.map(|e| e.etype().as_str().to_string()))),
+            ),
+        ];
+        crate::telemetry::access_log::write(crate::telemetry::access_log::line(&fields, &values));
+    }
+
     /// Whether a failed attempt is tried again on another target: the policy retries the
     /// cause, attempts are left, the method may be replayed, another target exists and the
     /// budget has room.

@@ -13,6 +13,7 @@ use super::context::RequestState;
 
 /// Sends `err` as the JSON error shape. Returns the status sent.
 pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
+    st.gateway_code = Some(err.code);
     let body = err.body(&st.ctx.request_id).to_json();
     let mut headers = err.headers.clone();
     headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));

@@ -38,6 +38,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     stderr_path: PathBuf,
+    header: String,
+    path: PathBuf,
 }
 
 impl Gateway {
@@ -49,32 +51,81 @@ impl Gateway {
 
     /// Like `start`, with the config written into `dir` (for tests that put cert files there).
     pub async fn start_in(dir: tempfile::TempDir, body: &str) -> Gateway {
+        Self::start_opts(dir, body, "", &[]).await
+    }
+
+    /// The most general start: extra `[admin]` lines and environment variables.
+    pub async fn start_opts(
+        dir: tempfile::TempDir,
+        body: &str,
+        admin_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = format!(
+        let header = format!(
             "[[listeners]]\nname = \"test\"\naddress = \"{addr}\"\nh2c = true\n\n\
-             [admin]\naddress = \"{admin}\"\n\n[log]\nlevel = \"debug\"\n\n{body}\n"
+             [admin]\naddress = \"{admin}\"\n{admin_extra}\n\n[log]\nlevel = \"debug\"\n\n"
         );
         let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, &config).expect("write config");
+        std::fs::write(&path, format!("{header}{body}\n")).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("-c")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn tollgate");
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tollgate");
         let mut gw = Gateway {
             child,
             addr,
             admin,
             dir,
             stderr_path,
+            header,
+            path,
         };
         gw.wait_ready().await;
         gw
+    }
+
+    /// Replaces the config file's body (the generated listener and admin stay).
+    pub fn write_config(&self, body: &str) {
+        let tmp = self.path.with_extension("toml.tmp");
+        std::fs::write(&tmp, format!("{}{body}\n", self.header)).expect("write config");
+        // Rename, so a reload never reads a half-written file.
+        std::fs::rename(&tmp, &self.path).expect("replace config");
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`...) to the gateway.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit (up to `timeout`), returning whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     async fn wait_ready(&mut self) {

@@ -1,0 +1,152 @@
+//! The access log: one JSON line per request, written by a thread of its own so a slow disk or
+//! pipe never stalls a request. Lines are queued in a bounded channel; when it is full, lines are
+//! dropped and counted rather than blocking the proxy.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// Standard output.
+    Stdout,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// Where lines go; `None` turns the log off.
+    pub sink: Option<Sink>,
+    /// Fields written, in order; empty means all.
+    pub fields: Vec<String>,
+}
+
+/// Every field a line can have.
+pub const FIELDS: &[&str] = &[
+    "time",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "method",
+    "host",
+    "path",
+    "query",
+    "protocol",
+    "route",
+    "upstream",
+    "target",
+    "status",
+    "bytes_sent",
+    "bytes_received",
+    "duration_ms",
+    "upstream_ms",
+    "attempts",
+    "error",
+];
+
+const QUEUE: usize = 64 * 1024;
+
+struct Writer {
+    tx: SyncSender<String>,
+    sink: Sink,
+}
+
+/// Read on every request without a lock; replaced on (re)configuration.
+static WRITER: ArcSwapOption<Writer> = ArcSwapOption::const_empty();
+/// Serialises reconfiguration.
+static CONFIGURE: Mutex<()> = Mutex::new(());
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped because the writer could not keep up.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Starts (or retargets, on reload) the writer thread for `sink`.
+pub fn configure(sink: Option<&Sink>) -> Result<(), String> {
+    let _serial = CONFIGURE
+        .lock()
+        .map_err(|_| "access log lock poisoned".to_string())?;
+    let Some(sink) = sink.cloned() else {
+        WRITER.store(None);
+        return Ok(());
+    };
+    if WRITER.load().as_ref().is_some_and(|w| w.sink == sink) {
+        return Ok(());
+    }
+    let out: Box<dyn Write + Send> = match &sink {
+        Sink::Stdout => Box::new(std::io::stdout()),
+        Sink::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
+        ),
+    };
+    let (tx, rx) = sync_channel(QUEUE);
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || write_loop(rx, out))
+        .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+    // Dropping the old sender ends the old thread once it has written what it holds.
+    WRITER.store(Some(Arc::new(Writer { tx, sink })));
+    Ok(())
+}
+
+fn write_loop(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(b"\n");
+        // Batch whatever else is queued, then flush so lines show up promptly.
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.write_all(b"\n");
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Whether lines are being written (so the proxy can skip building them).
+pub fn enabled() -> bool {
+    WRITER.load().is_some()
+}
+
+/// Queues one line; never blocks.
+pub fn write(line: String) {
+    let guard = WRITER.load();
+    let Some(w) = guard.as_ref() else {
+        return;
+    };
+    match w.tx.try_send(line) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Builds a line from `(field, value)` pairs, keeping the configured fields in order.
+pub fn line(fields: &[String], values: &[(&'static str, serde_json::Value)]) -> String {
+    let mut map = serde_json::Map::new();
+    if fields.is_empty() {
+        for (k, v) in values {
+            map.insert((*k).to_string(), v.clone());
+        }
+    } else {
+        for f in fields {
+            if let Some((_, v)) = values.iter().find(|(k, _)| k == f) {
+                map.insert(f.clone(), v.clone());
+            }
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}

@@ -1,0 +1,194 @@
+//! Prometheus metrics: one process-wide registry, updated from the proxy phases and rendered in
+//! the text format on the admin listener's `/metrics`. Per-target health is read from the live
+//! snapshot at scrape time rather than mirrored on every change.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::snapshot::Snapshot;
+use crate::upstream::now_ms;
+
+/// Every metric family of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status class (`2xx`...).
+    pub requests: IntCounterVec,
+    /// Request duration, from the request head to the end of the logging phase.
+    pub request_duration: HistogramVec,
+    /// Upstream attempt duration, by upstream and outcome (`response`, `connect_error`, `error`).
+    pub attempt_duration: HistogramVec,
+    /// Requests being served.
+    pub in_flight: IntGauge,
+    /// Outlier ejections by upstream.
+    pub ejections: IntCounterVec,
+    /// Retries by upstream.
+    pub retries: IntCounterVec,
+    /// Requests refused by rate limits, by route.
+    pub rate_limited: IntCounterVec,
+    /// Authentication / authorization failures by route and reason (the error code).
+    pub auth_failures: IntCounterVec,
+    /// Config reloads by result (`ok`, `failed`).
+    pub reloads: IntCounterVec,
+    /// Generation of the live config.
+    pub generation: IntGauge,
+    /// Target health (1 available, 0 not), refreshed at scrape.
+    target_healthy: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let counter =
+        |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+    let histogram =
+        |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+    let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+        let g = IntGauge::new(name, help)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let target_healthy = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_target_healthy",
+            "Whether an upstream target may take traffic (1) or not (0)",
+        ),
+        &["upstream", "target"],
+    )?;
+    registry.register(Box::new(target_healthy.clone()))?;
+    Ok(Metrics {
+        requests: counter(
+            "tollgate_requests_total",
+            "Requests served, by route, method and status class",
+            &["route", "method", "status_class"],
+        )?,
+        request_duration: histogram(
+            "tollgate_request_duration_seconds",
+            "Time from the request head to the end of the response",
+            &["route"],
+        )?,
+        attempt_duration: histogram(
+            "tollgate_upstream_attempt_duration_seconds",
+            "Time of one upstream attempt, until the response head or the failure",
+            &["upstream", "outcome"],
+        )?,
+        in_flight: gauge("tollgate_requests_in_flight", "Requests being served")?,
+        ejections: counter(
+            "tollgate_target_ejections_total",
+            "Targets ejected by outlier detection",
+            &["upstream"],
+        )?,
+        retries: counter(
+            "tollgate_retries_total",
+            "Retried upstream attempts",
+            &["upstream"],
+        )?,
+        rate_limited: counter(
+            "tollgate_rate_limited_total",
+            "Requests refused by a rate limit",
+            &["route"],
+        )?,
+        auth_failures: counter(
+            "tollgate_auth_failures_total",
+            "Requests refused by authentication or authorization, by reason",
+            &["route", "reason"],
+        )?,
+        reloads: counter(
+            "tollgate_config_reloads_total",
+            "Config reloads, by result",
+            &["result"],
+        )?,
+        generation: gauge(
+            "tollgate_config_generation",
+            "Generation of the live config",
+        )?,
+        target_healthy,
+        registry,
+    })
+}
+
+/// The process's metrics. Registration cannot fail for these fixed, distinct names; if it ever
+/// did, the gateway would run without metrics rather than not run.
+pub fn metrics() -> Option<&'static Metrics> {
+    static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
+    METRICS
+        .get_or_init(|| match build() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics unavailable");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// `2xx`, `4xx`... for a status; `none` when nothing was sent.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// A method label with bounded cardinality.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The text exposition of every metric, with target health read from `snapshot`.
+pub fn render(snapshot: &Snapshot) -> String {
+    let Some(m) = metrics() else {
+        return String::new();
+    };
+    m.target_healthy.reset();
+    let now = now_ms();
+    for c in &snapshot.clusters {
+        for t in c.targets().targets.iter() {
+            m.target_healthy
+                .with_label_values(&[c.name(), &t.address.to_string()])
+                .set(i64::from(t.health.is_available(now)));
+        }
+    }
+    m.generation
+        .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    if TextEncoder::new()
+        .encode(&m.registry.gather(), &mut out)
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}

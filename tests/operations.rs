@@ -1,0 +1,460 @@
+//! Operating the gateway: hot reload (admin API, SIGHUP, file watch) under load, the admin API,
+//! Prometheus metrics, the access log, graceful shutdown.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{client, expect_error, Gateway, Upstream};
+
+fn routes(a: std::net::SocketAddr, b: std::net::SocketAddr, with_b: bool) -> String {
+    let mut cfg = format!(
+        r#"
+[upstreams.a]
+targets = ["{a}"]
+
+[upstreams.b]
+targets = ["{b}"]
+
+[routes.a]
+prefix = "/a"
+upstream = "a"
+"#
+    );
+    if with_b {
+        cfg.push_str("\n[routes.b]\nprefix = \"/b\"\nupstream = \"b\"\n");
+    }
+    cfg
+}
+
+async fn admin_get(gw: &Gateway, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("http://{}{path}", gw.admin))
+        .send()
+        .await
+        .expect("admin request")
+}
+
+async fn reload(gw: &Gateway) -> reqwest::Response {
+    client()
+        .post(format!("http://{}/reload", gw.admin))
+        .send()
+        .await
+        .expect("reload request")
+}
+
+#[tokio::test]
+async fn reload_applies_a_new_config_and_a_broken_one_changes_nothing() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let gw = Gateway::start(&routes(a.addr, b.addr, false)).await;
+    let c = client();
+    assert_eq!(c.get(gw.url("/b")).send().await.expect("req").status(), 404);
+
+    gw.write_config(&routes(a.addr, b.addr, true));
+    let resp = reload(&gw).await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["generation"], 2);
+    assert_eq!(c.get(gw.url("/b")).send().await.expect("req").status(), 200);
+
+    // A broken config: rejected with file:line:col, the old one keeps serving.
+    gw.write_config(&format!(
+        "{}\n[routes.c]\nprefix = \"/c\"\nupstream = \"missing\"\n",
+        routes(a.addr, b.addr, true)
+    ));
+    let resp = reload(&gw).await;
+    assert_eq!(resp.status(), 422);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    let details = v["error"]["details"].to_string();
+    assert!(details.contains("gateway.toml:"), "{details}");
+    assert!(
+        details.contains("upstream `missing` is not defined"),
+        "{details}"
+    );
+    assert_eq!(c.get(gw.url("/a")).send().await.expect("req").status(), 200);
+    assert_eq!(c.get(gw.url("/b")).send().await.expect("req").status(), 200);
+    let ready: serde_json::Value = admin_get(&gw, "/readyz").await.json().await.expect("json");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["generation"], 2);
+    assert!(ready["last_reload_error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("missing"));
+    let metrics = admin_get(&gw, "/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains("tollgate_config_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_config_generation 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let gw = Gateway::start(&routes(a.addr, b.addr, false)).await;
+    gw.write_config(&routes(a.addr, b.addr, true));
+    gw.signal("HUP");
+    let c = client();
+    for _ in 0..200 {
+        if c.get(gw.url("/b")).send().await.expect("req").status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("SIGHUP did not reload:\n{}", gw.logs());
+}
+
+#[tokio::test]
+async fn watched_config_file_reloads_on_change() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let gw = Gateway::start(&format!(
+        "[server]\nwatch_config = true\n{}",
+        routes(a.addr, b.addr, false)
+    ))
+    .await;
+    // mtime granularity: make sure the change is visible as a change.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    gw.write_config(&format!(
+        "[server]\nwatch_config = true\n{}",
+        routes(a.addr, b.addr, true)
+    ));
+    let c = client();
+    for _ in 0..200 {
+        if c.get(gw.url("/b")).send().await.expect("req").status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the file change did not reload:\n{}", gw.logs());
+}
+
+#[tokio::test]
+async fn reloading_every_200ms_under_load_loses_no_request() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let gw = Arc::new(Gateway::start(&routes(a.addr, b.addr, true)).await);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let (gw, failures, done) = (gw.clone(), failures.clone(), done.clone());
+        clients.spawn(async move {
+            let c = client();
+            for i in 0..625 {
+                let path = if (i + w) % 2 == 0 { "/a/x" } else { "/b/y" };
+                match c.get(gw.url(path)).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                    }
+                    Ok(r) => {
+                        eprintln!("{path}: {}", r.status());
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("{path}: {e}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let mut reloads = 0;
+    while done.load(Ordering::SeqCst) < 5000 {
+        reloads += 1;
+        if reloads == 5 {
+            // A broken config mid-load: refused, old routes keep serving.
+            gw.write_config("[routes.broken]\nprefix = \"/\"\nupstream = \"nope\"\n");
+            assert_eq!(reload(&gw).await.status(), 422);
+        } else {
+            // Alternate weights so each reload really builds a different snapshot.
+            let mut cfg = routes(a.addr, b.addr, true);
+            if reloads % 2 == 0 {
+                cfg = cfg.replace("[upstreams.a]\n", "[upstreams.a]\nbalance = \"random\"\n");
+            }
+            gw.write_config(&cfg);
+            assert_eq!(reload(&gw).await.status(), 200);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if reloads > 600 {
+            break;
+        }
+    }
+    while clients.join_next().await.is_some() {}
+    assert_eq!(done.load(Ordering::SeqCst), 5000);
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(reloads >= 3, "only {reloads} reloads happened");
+}
+
+#[tokio::test]
+async fn metrics_expose_every_family() {
+    let up = Upstream::echo("a").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.a]
+targets = ["{}"]
+
+[routes.a]
+prefix = "/a"
+upstream = "a"
+
+[routes.a.plugins.ip-restriction]
+deny = ["10.0.0.0/8"]
+"#,
+        up.addr
+    ))
+    .await;
+    let c = client();
+    assert_eq!(
+        c.get(gw.url("/a/1")).send().await.expect("req").status(),
+        200
+    );
+    assert_eq!(
+        c.get(gw.url("/nothing"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        404
+    );
+    let resp = admin_get(&gw, "/metrics").await;
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain")));
+    let text = resp.text().await.expect("text");
+    for family in [
+        "tollgate_requests_total",
+        "tollgate_request_duration_seconds",
+        "tollgate_upstream_attempt_duration_seconds",
+        "tollgate_requests_in_flight",
+        "tollgate_target_healthy",
+        "tollgate_config_generation",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("tollgate_requests_total{method=\"GET\",route=\"a\",status_class=\"2xx\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tollgate_requests_total{method=\"GET\",route=\"(none)\",status_class=\"4xx\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "tollgate_target_healthy{{target=\"{}\",upstream=\"a\"}} 1",
+            up.addr
+        )),
+        "{text}"
+    );
+    // Every sample line is NAME{labels} VALUE with a numeric value.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
+    }
+    // promtool, when installed, checks the exposition format too.
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(text.as_bytes()).expect("write");
+        }
+        let out = child.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_explains_routes_and_shows_config_without_secrets() {
+    let up = Upstream::echo("users").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.users]
+targets = ["{}"]
+
+[routes.user]
+template = "/api/users/{{id}}"
+rewrite = "/users/{{id}}"
+upstream = "users"
+
+[routes.user.plugins.key-auth]
+consumers = [{{ name = "ops", key_sha256 = "{}" }}]
+"#,
+        up.addr,
+        "a".repeat(64)
+    ))
+    .await;
+    let v: serde_json::Value = admin_get(&gw, "/routes/explain?method=GET&path=/api/users/%37")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["matched"], true, "{v}");
+    assert_eq!(v["route"], "user");
+    assert_eq!(v["upstream"], "users");
+    assert_eq!(v["upstream_path"], "/users/7");
+    assert_eq!(v["params"]["id"], "7");
+    assert!(v["plugins"].to_string().contains("key-auth"), "{v}");
+    let v: serde_json::Value = admin_get(&gw, "/routes/explain?path=/nope")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["matched"], false);
+    let resp = admin_get(&gw, "/routes/explain").await;
+    assert_eq!(resp.status(), 400);
+
+    let text = admin_get(&gw, "/config").await.text().await.expect("text");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!text.contains(&"a".repeat(64)), "a key hash leaked: {text}");
+    assert!(text.contains("/api/users/{id}"), "{text}");
+}
+
+#[tokio::test]
+async fn admin_token_guards_everything_but_health_probes() {
+    let up = Upstream::echo("a").await;
+    let gw = Gateway::start_opts(
+        tempfile::tempdir().expect("dir"),
+        &format!(
+            "[upstreams.a]\ntargets = [\"{}\"]\n[routes.a]\nprefix = \"/\"\nupstream = \"a\"\n",
+            up.addr
+        ),
+        "token_env = \"TG_TEST_ADMIN_TOKEN\"",
+        &[("TG_TEST_ADMIN_TOKEN", "s3cret-token")],
+    )
+    .await;
+    assert_eq!(admin_get(&gw, "/healthz").await.status(), 200);
+    assert_eq!(admin_get(&gw, "/readyz").await.status(), 200);
+    let resp = admin_get(&gw, "/upstreams").await;
+    assert_eq!(resp.status(), 401);
+    let resp = client()
+        .get(format!("http://{}/upstreams", gw.admin))
+        .header("authorization", "Bearer wrong")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 401);
+    let resp = client()
+        .get(format!("http://{}/upstreams", gw.admin))
+        .header("authorization", "Bearer s3cret-token")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn access_log_writes_one_json_line_per_request() {
+    let up = Upstream::echo("a").await;
+    let gw = Gateway::start(&format!(
+        "[access_log]\npath = \"access.log\"\n[upstreams.a]\ntargets = [\"{}\"]\n[routes.a]\nprefix = \"/a\"\nupstream = \"a\"\n",
+        up.addr
+    ))
+    .await;
+    let c = client();
+    c.get(gw.url("/a/x?q=1"))
+        .header("x-request-id", "log-test-1")
+        .send()
+        .await
+        .expect("req");
+    let resp = c.get(gw.url("/missing")).send().await.expect("req");
+    expect_error(resp, 404, "route_not_found").await;
+    let file = gw.dir.path().join("access.log");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("json line");
+    assert_eq!(first["request_id"], "log-test-1");
+    assert_eq!(first["route"], "a");
+    assert_eq!(first["upstream"], "a");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["path"], "/a/x");
+    assert_eq!(first["target"], up.addr.to_string());
+    assert!(first["duration_ms"].as_f64().is_some());
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("json line");
+    assert_eq!(second["status"], 404);
+    assert_eq!(second["error"], "route_not_found");
+}
+
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let up = Upstream::start(move |req| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            common::describe("slow", req).await
+        }
+    })
+    .await;
+    let mut gw = Gateway::start(&format!(
+        "[server]\ngraceful_shutdown_timeout = \"10s\"\n[upstreams.a]\ntargets = [\"{}\"]\n[routes.a]\nprefix = \"/\"\nupstream = \"a\"\n",
+        up.addr
+    ))
+    .await;
+    let mut inflight = Vec::new();
+    for _ in 0..5 {
+        let url = gw.url("/slow");
+        inflight.push(tokio::spawn(async move {
+            client().get(url).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    for _ in 0..200 {
+        if started.load(Ordering::SeqCst) == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(started.load(Ordering::SeqCst), 5);
+    gw.signal("TERM");
+    for h in inflight {
+        assert_eq!(h.await.expect("join").expect("request"), 200);
+    }
+    assert!(
+        gw.wait_exit(Duration::from_secs(30)),
+        "tollgate did not exit after SIGTERM"
+    );
+}
