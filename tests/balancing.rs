@@ -319,7 +319,7 @@ async fn active_http_checks_flip_state_at_thresholds() {
 type = "http"
 path = "/healthz"
 interval = "100ms"
-timeout = "100ms"
+timeout = "2s"
 healthy_threshold = 2
 unhealthy_threshold = 2
 "#,
@@ -349,7 +349,7 @@ async fn active_tcp_check_marks_a_closed_port_unhealthy_and_panic_mode_still_ser
     let dead = closed_addr();
     let gw = Gateway::start(&upstream_cfg(
         &format!("\"{}\", \"{dead}\"", up.addr),
-        "[upstreams.svc.health_check]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n",
+        "[upstreams.svc.health_check]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"2s\"\n",
     ))
     .await;
     let v = target_view(&gw, dead).await;
@@ -557,7 +557,7 @@ async fn active_grpc_checks_follow_the_health_service() {
 type = "grpc"
 service = "shop.v1.Orders"
 interval = "100ms"
-timeout = "100ms"
+timeout = "2s"
 healthy_threshold = 1
 unhealthy_threshold = 2
 "#,
@@ -594,7 +594,7 @@ async fn per_try_timeout_moves_a_slow_attempt_to_another_target() {
     let fast = Upstream::echo("fast").await;
     let gw = Gateway::start(&upstream_cfg(
         &format!("\"{}\", \"{}\"", slow.addr, fast.addr),
-        "[upstreams.svc.retry]\non = [\"timeout\"]\nper_try_timeout = \"200ms\"\nbackoff_base = \"1ms\"\n",
+        "[upstreams.svc.retry]\non = [\"timeout\"]\nper_try_timeout = \"1s\"\nbackoff_base = \"1ms\"\n",
     ))
     .await;
     let c = client();

@@ -824,11 +824,9 @@ impl Validator<'_, '_> {
             .as_ref()
             .map_or(Duration::from_secs(2), |t| t.get_ref().0);
         if let Some(t) = &s.timeout {
-            if t.get_ref().0.is_zero() || t.get_ref().0 > interval {
-                self.c.at(
-                    t.span(),
-                    "health check `timeout` must be above 0 and at most the `interval`",
-                );
+            // A timeout above the interval only delays the next round (rounds never overlap).
+            if t.get_ref().0.is_zero() {
+                self.c.at(t.span(), "health check `timeout` must be above 0");
             }
         }
         let jitter = s.jitter.as_ref().map_or(Duration::ZERO, |j| j.get_ref().0);
