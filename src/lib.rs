@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod grpc;
 pub mod logging;
 pub mod plugins;
 pub mod proxy;
