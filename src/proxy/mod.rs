@@ -309,7 +309,13 @@ impl ProxyHttp for Gateway {
         st.pending = Some(pending);
         st.tried.push(target.address);
         st.target_load = Some(TargetLoad::new(target.clone()));
-        let peer = build_peer(&cluster.config, &target, route);
+        let mut peer = build_peer(&cluster.config, &target, route);
+        // A gRPC client's deadline bounds the wait for the upstream (as a read timeout: pingora
+        // has no whole-call deadline; the client enforces the rest itself).
+        if let Some(deadline) = grpc_timeout(&session.req_header().headers) {
+            let read = peer.options.read_timeout.map_or(deadline, |r| r.min(deadline));
+            peer.options.read_timeout = Some(read);
+        }
         st.attempt_started = Some(std::time::Instant::now());
         if let Some(span) = st.span.as_ref() {
             st.attempt_span = Some(span.start_attempt(&target.address.to_string(), st.retries + 1));
@@ -831,5 +837,47 @@ fn hash_key(on: &HashOn, session: &Session, st: &RequestState) -> Option<u64> {
             .map(|(_, v)| hash64(v)),
         HashOn::ClientIp => st.ctx.client_ip.map(hash64),
         HashOn::Path => Some(hash64(req.uri.path())),
+    }
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_is_parsed_per_spec() {
+        let mut h = http::HeaderMap::new();
+        for (v, want) in [
+            ("100m", Some(std::time::Duration::from_millis(100))),
+            ("2S", Some(std::time::Duration::from_secs(2))),
+            ("1H", Some(std::time::Duration::from_secs(3600))),
+            ("123456789S", None),
+            ("10x", None),
+            ("m", None),
+            ("-1S", None),
+        ] {
+            h.insert("grpc-timeout", http::HeaderValue::from_static(v));
+            assert_eq!(grpc_timeout(&h), want, "{v}");
+        }
     }
 }

@@ -14,6 +14,9 @@ use super::context::RequestState;
 /// Sends `err` as the JSON error shape. Returns the status sent.
 pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
     st.gateway_code = Some(err.code);
+    if is_grpc(session) {
+        return send_grpc_error(session, st, err).await;
+    }
     let body = err.body(&st.ctx.request_id).to_json();
     let mut headers = err.headers.clone();
     headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
@@ -23,6 +26,70 @@ pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &Plug
         body: Bytes::from(body),
     };
     send(session, st, resp).await
+}
+
+/// Whether the client speaks gRPC (not gRPC-Web: that has its own framing of errors).
+fn is_grpc(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+"))
+}
+
+/// The gRPC status for an HTTP status the gateway decided on, after gRPC's own mapping of HTTP
+/// statuses, refined where the gateway knows better (a rate limit is RESOURCE_EXHAUSTED, a
+/// timeout DEADLINE_EXCEEDED).
+pub fn grpc_status_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 | 413 | 414 | 431 => 3,  // INVALID_ARGUMENT (413/431: the request was too big)
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED: no route for this method
+        429 => 8,                    // RESOURCE_EXHAUSTED
+        504 => 4,                    // DEADLINE_EXCEEDED
+        502 | 503 => 14,             // UNAVAILABLE
+        _ => 13,                     // INTERNAL
+    }
+}
+
+/// A trailers-only gRPC response: HTTP 200 with `grpc-status` and `grpc-message` in the headers,
+/// which is how a gRPC server reports a call that fails before any message.
+async fn send_grpc_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
+    let code = grpc_status_for(err.status);
+    let message = format!("{} ({})", err.message, err.code);
+    let mut headers = err.headers.clone();
+    headers.push((CONTENT_TYPE, HeaderValue::from_static("application/grpc")));
+    headers.push((
+        http::HeaderName::from_static("grpc-status"),
+        HeaderValue::from(code),
+    ));
+    if let Ok(v) = HeaderValue::from_str(&grpc_message(&message)) {
+        headers.push((http::HeaderName::from_static("grpc-message"), v));
+    }
+    let resp = Response {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::new(),
+    };
+    send(session, st, resp).await;
+    // The status the client sees is 200; metrics and logs keep the gateway's decision.
+    st.gateway_status = err.status.as_u16();
+    err.status.as_u16()
+}
+
+/// grpc-message is percent-encoded: every byte outside printable ASCII, and `%` itself.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Sends a response made by a plugin or the gateway. Returns the status sent (0 if the client

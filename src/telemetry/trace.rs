@@ -1,74 +1,319 @@
-//! PLACEHOLDER (a helper is writing the real module): OpenTelemetry tracing. The API below is the
-//! contract the proxy calls; this version records nothing.
+//! OpenTelemetry tracing: a server span per request, a client span per upstream attempt, W3C
+//! trace context in and out, OTLP export (gRPC or HTTP/protobuf) off the request path.
+//!
+//! The proxy calls, per request: [`RequestSpan::start`] when the request arrives,
+//! [`RequestSpan::set_route`] once it is routed, [`RequestSpan::start_attempt`] and
+//! [`AttemptSpan::inject`] for each upstream attempt, [`AttemptSpan::finish`] when that attempt
+//! has its response header or has failed, and [`RequestSpan::finish`] in the logging phase.
+//! Spans carry their parent explicitly (never the thread-local "current" context), because a
+//! request's phases run on whichever worker thread polls them.
+//!
+//! Files: `settings.rs` reads the `[tracing]` table and the `OTEL_*` variables,
+//! `pipeline.rs` runs the exporter; this file is what a request sees.
+
+mod pipeline;
+mod settings;
 
 use std::net::IpAddr;
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
+use opentelemetry_semantic_conventions::trace as semconv;
 use pingora_http::RequestHeader;
-use serde::Deserialize;
 
-/// `[tracing]` of gateway.toml as serde reads it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TracingSection {}
-
-/// Validated tracing settings.
-#[derive(Debug, Clone, Default)]
-pub struct TracingSettings {}
-
-impl TracingSection {
-    /// Validates the section (and the standard OTEL_* variables).
-    pub fn validate(&self) -> Result<TracingSettings, String> {
-        Ok(TracingSettings {})
-    }
-}
-
-/// Starts the exporter; call once, inside a tokio runtime that lives as long as the process.
-pub fn init(_settings: &TracingSettings) -> Result<(), String> {
-    Ok(())
-}
-
-/// Flushes and stops the exporter (on shutdown).
-pub fn shutdown() {}
+pub use pipeline::{force_flush, init, shutdown};
+pub use settings::{TracingSection, TracingSettings, SAMPLERS};
 
 /// The server span of one request.
-pub struct RequestSpan {}
+pub struct RequestSpan {
+    /// Holds the server span, so the attempts' client spans get it as their (local) parent.
+    cx: Context,
+    /// The tracer of the pipeline the request started on; a reload mid-request doesn't split
+    /// a request's spans over two pipelines.
+    tracer: SdkTracer,
+    /// `GET` … `PATCH`, or `HTTP` for a method outside the semantic conventions' list.
+    method: &'static str,
+}
 
 impl RequestSpan {
-    /// Starts the span for a request (extracting `traceparent`/`tracestate`); `None` when tracing
-    /// is off or the request is not sampled.
+    /// Starts the span for a request (extracting `traceparent`/`tracestate`); `None` when
+    /// tracing is off. A request that is not sampled still gets a (non-recording) span, so
+    /// its trace id and sampled flag still reach the upstream.
     pub fn start(
-        _req: &RequestHeader,
-        _client: Option<IpAddr>,
-        _server_address: Option<&str>,
-        _protocol_version: &str,
+        req: &RequestHeader,
+        client: Option<IpAddr>,
+        server_address: Option<&str>,
+        protocol_version: &str,
     ) -> Option<Self> {
-        None
+        let tracer = pipeline::tracer()?;
+        let parent = TraceContextPropagator::new()
+            .extract_with_context(&Context::new(), &HeaderExtractor(&req.headers));
+        let (method, method_attr) = method_label(&req.method);
+        let mut span = tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Server)
+            .start_with_context(&tracer, &parent);
+        // Attributes cost allocations; an unsampled request skips them (the samplers here
+        // don't look at attributes).
+        if span.is_recording() {
+            let mut attrs = Vec::with_capacity(8);
+            attrs.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method_attr));
+            if method_attr == OTHER_METHOD {
+                attrs.push(KeyValue::new(
+                    semconv::HTTP_REQUEST_METHOD_ORIGINAL,
+                    req.method.as_str().to_string(),
+                ));
+            }
+            // The query is left out on purpose: it often carries tokens and personal data.
+            attrs.push(KeyValue::new(semconv::URL_PATH, req.uri.path().to_string()));
+            if let Some(ip) = client {
+                attrs.push(KeyValue::new(semconv::CLIENT_ADDRESS, ip.to_string()));
+            }
+            if let Some(address) = server_address.filter(|a| !a.is_empty()) {
+                let (host, port) = split_host_port(address);
+                attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_string()));
+                if let Some(port) = port {
+                    attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+                }
+            }
+            if !protocol_version.is_empty() {
+                attrs.push(KeyValue::new(
+                    semconv::NETWORK_PROTOCOL_VERSION,
+                    protocol_version.to_string(),
+                ));
+            }
+            span.set_attributes(attrs);
+        }
+        Some(RequestSpan {
+            cx: parent.with_span(span),
+            tracer,
+            method,
+        })
     }
 
     /// Names the span `{method} {http_route}` and records the route and upstream.
-    pub fn set_route(&mut self, _http_route: &str, _route: &str, _upstream: &str) {}
-
-    /// Starts a client span for one upstream attempt (each retry its own).
-    pub fn start_attempt(&self, _peer: &str, _attempt: u32) -> AttemptSpan {
-        AttemptSpan {}
+    pub fn set_route(&mut self, http_route: &str, route: &str, upstream: &str) {
+        let span = self.cx.span();
+        if !span.is_recording() {
+            return;
+        }
+        span.update_name(format!("{} {http_route}", self.method));
+        span.set_attributes([
+            KeyValue::new(semconv::HTTP_ROUTE, http_route.to_string()),
+            KeyValue::new("tollgate.route", route.to_string()),
+            KeyValue::new("tollgate.upstream", upstream.to_string()),
+        ]);
     }
 
-    /// The trace id (32 hex digits), for the access log.
+    /// Starts a client span for one upstream attempt (each retry its own); `attempt` counts
+    /// from 1, and `peer` is the target's `host:port`.
+    pub fn start_attempt(&self, peer: &str, attempt: u32) -> AttemptSpan {
+        let mut span = self
+            .tracer
+            .span_builder(self.method)
+            .with_kind(SpanKind::Client)
+            .start_with_context(&self.tracer, &self.cx);
+        if span.is_recording() {
+            let (host, port) = split_host_port(peer);
+            let mut attrs = Vec::with_capacity(5);
+            attrs.push(KeyValue::new(
+                semconv::HTTP_REQUEST_METHOD,
+                method_attr_of(self.method),
+            ));
+            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_string()));
+            if let Some(port) = port {
+                attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            }
+            attrs.push(KeyValue::new("tollgate.attempt", i64::from(attempt)));
+            if attempt > 1 {
+                attrs.push(KeyValue::new(
+                    semconv::HTTP_REQUEST_RESEND_COUNT,
+                    i64::from(attempt - 1),
+                ));
+            }
+            span.set_attributes(attrs);
+        }
+        AttemptSpan { span }
+    }
+
+    /// The trace id (32 hex digits) for log correlation, also when the trace is not sampled.
     pub fn trace_id(&self) -> Option<String> {
-        None
+        let span = self.cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| sc.trace_id().to_string())
     }
 
-    /// Ends the span with the status sent to the client.
-    pub fn finish(self, _status: u16, _error_type: Option<&str>) {}
+    /// Ends the span with the status sent to the client (`0` if none was sent) and, for a
+    /// failure, a short low-cardinality reason (`"upstream_timeout"`); a 5xx without one is
+    /// recorded with the status code as its `error.type`.
+    pub fn finish(self, status: u16, error_type: Option<&str>) {
+        let span = self.cx.span();
+        if span.is_recording() {
+            if status != 0 {
+                span.set_attribute(KeyValue::new(
+                    semconv::HTTP_RESPONSE_STATUS_CODE,
+                    i64::from(status),
+                ));
+            }
+            // A server span's 4xx is the client's mistake, not an error of this span.
+            let error = error_type
+                .map(str::to_string)
+                .or_else(|| (status >= 500).then(|| status.to_string()));
+            if let Some(error) = error {
+                span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
+                span.set_status(Status::error(""));
+            }
+        }
+        span.end();
+    }
 }
 
 /// The client span of one upstream attempt.
-pub struct AttemptSpan {}
+pub struct AttemptSpan {
+    span: SdkSpan,
+}
 
 impl AttemptSpan {
-    /// Writes `traceparent` (and `tracestate`) of this attempt into the upstream request.
-    pub fn inject(&self, _req: &mut RequestHeader) {}
+    /// Writes `traceparent` (and `tracestate`) of this attempt into the upstream request,
+    /// replacing what the client sent. The span id is this attempt's, the sampled flag the
+    /// request's: an unsampled request passes `-00` on.
+    pub fn inject(&self, req: &mut RequestHeader) {
+        let cx = Context::new().with_remote_span_context(self.span.span_context().clone());
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(req));
+    }
 
     /// Ends the span with the upstream's status, or the error that ended the attempt.
-    pub fn finish(self, _status: Option<u16>, _error_type: Option<&str>) {}
+    pub fn finish(self, status: Option<u16>, error_type: Option<&str>) {
+        let mut span = self.span;
+        if span.is_recording() {
+            if let Some(status) = status {
+                span.set_attribute(KeyValue::new(
+                    semconv::HTTP_RESPONSE_STATUS_CODE,
+                    i64::from(status),
+                ));
+            }
+            // For a client span a 4xx is an error too: the call did not do what was asked.
+            let error = error_type.map(str::to_string).or_else(|| {
+                status
+                    .filter(|s| *s >= 400)
+                    .map(|s| s.to_string())
+            });
+            if let Some(error) = error {
+                span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
+                span.set_status(Status::error(""));
+            }
+        }
+        span.end();
+    }
+}
+
+/// `http.request.method` of a method outside the known list, which would otherwise let clients
+/// mint unbounded span names.
+const OTHER_METHOD: &str = "_OTHER";
+
+/// The span-name method and the `http.request.method` value of a request method.
+fn method_label(method: &http::Method) -> (&'static str, &'static str) {
+    const KNOWN: [&str; 10] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+    ];
+    match KNOWN.iter().find(|m| **m == method.as_str()) {
+        Some(m) => (m, m),
+        None => ("HTTP", OTHER_METHOD),
+    }
+}
+
+fn method_attr_of(name: &'static str) -> &'static str {
+    if name == "HTTP" {
+        OTHER_METHOD
+    } else {
+        name
+    }
+}
+
+/// Splits `host:port`, `[v6]:port`, `host` or a bare IPv6 address; the host comes back without
+/// brackets, as `server.address` wants it.
+fn split_host_port(s: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = s.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (s, None),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (s, None),
+        },
+        _ => (s, None),
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut RequestHeader);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // An empty tracestate means "none": the client's must not go on beside our traceparent.
+        if value.is_empty() {
+            self.0.remove_header(key);
+            return;
+        }
+        // Values are hex digits and a tracestate that already parsed as a header; the owned
+        // key keeps pingora's header-case bookkeeping simple.
+        let _ = self.0.insert_header(key.to_string(), value);
+    }
+}
+
+// The proxy keeps both in its per-request context, which pingora moves between threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<RequestSpan>();
+    assert_send_sync::<AttemptSpan>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_are_split_for_every_address_form() {
+        assert_eq!(split_host_port("api.example.com:8443"), ("api.example.com", Some(8443)));
+        assert_eq!(split_host_port("api.example.com"), ("api.example.com", None));
+        assert_eq!(split_host_port("10.0.0.7:8080"), ("10.0.0.7", Some(8080)));
+        assert_eq!(split_host_port("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_host_port("[::1]"), ("::1", None));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+        assert_eq!(split_host_port("host:notaport"), ("host:notaport", None));
+    }
+
+    #[test]
+    fn unknown_methods_are_folded_into_other() {
+        assert_eq!(method_label(&http::Method::GET), ("GET", "GET"));
+        let odd = http::Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_label(&odd), ("HTTP", "_OTHER"));
+        assert_eq!(method_attr_of("HTTP"), "_OTHER");
+    }
+
+    #[test]
+    fn with_tracing_off_no_span_is_started() {
+        // Nothing in this test binary initialises the pipeline.
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(RequestSpan::start(&req, None, None, "1.1").is_none());
+    }
 }

@@ -1,0 +1,2 @@
+// placeholder until the bench lands (keeps the workspace manifest valid)
+fn main() {}
