@@ -458,3 +458,4 @@ async fn sigterm_lets_requests_in_flight_finish() {
         "tollgate did not exit after SIGTERM"
     );
 }
+

@@ -78,7 +78,11 @@ fn stored(exports: &[Received]) -> Vec<Stored> {
                 })
                 .unwrap_or_default();
             for ss in &rs.scope_spans {
-                let scope = ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                let scope = ss
+                    .scope
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
                 for span in &ss.spans {
                     out.push(Stored {
                         span: span.clone(),
@@ -311,17 +315,42 @@ async fn grpc_export_has_server_and_attempt_spans_linked_to_the_callers_trace() 
         server.flags & (PARENT_IS_REMOTE_KNOWN | PARENT_IS_REMOTE),
         PARENT_IS_REMOTE_KNOWN | PARENT_IS_REMOTE
     );
-    assert_eq!(str_attr(server, "http.request.method").as_deref(), Some("GET"));
-    assert_eq!(str_attr(server, "url.path").as_deref(), Some("/api/users/42"));
-    assert_eq!(str_attr(server, "url.query"), None, "queries may hold secrets");
-    assert_eq!(str_attr(server, "http.route").as_deref(), Some("/api/users/{id}"));
+    assert_eq!(
+        str_attr(server, "http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(
+        str_attr(server, "url.path").as_deref(),
+        Some("/api/users/42")
+    );
+    assert_eq!(
+        str_attr(server, "url.query"),
+        None,
+        "queries may hold secrets"
+    );
+    assert_eq!(
+        str_attr(server, "http.route").as_deref(),
+        Some("/api/users/{id}")
+    );
     assert_eq!(int_attr(server, "http.response.status_code"), Some(200));
-    assert_eq!(str_attr(server, "client.address").as_deref(), Some("203.0.113.9"));
-    assert_eq!(str_attr(server, "server.address").as_deref(), Some("api.example.com"));
+    assert_eq!(
+        str_attr(server, "client.address").as_deref(),
+        Some("203.0.113.9")
+    );
+    assert_eq!(
+        str_attr(server, "server.address").as_deref(),
+        Some("api.example.com")
+    );
     assert_eq!(int_attr(server, "server.port"), Some(8443));
-    assert_eq!(str_attr(server, "network.protocol.version").as_deref(), Some("1.1"));
+    assert_eq!(
+        str_attr(server, "network.protocol.version").as_deref(),
+        Some("1.1")
+    );
     assert_eq!(str_attr(server, "tollgate.route").as_deref(), Some("users"));
-    assert_eq!(str_attr(server, "tollgate.upstream").as_deref(), Some("user-svc"));
+    assert_eq!(
+        str_attr(server, "tollgate.upstream").as_deref(),
+        Some("user-svc")
+    );
     assert_eq!(str_attr(server, "error.type"), None);
     assert_eq!(status_code(server), StatusCode::Unset);
 
@@ -334,13 +363,19 @@ async fn grpc_export_has_server_and_attempt_spans_linked_to_the_callers_trace() 
     for attempt in &attempts {
         assert_eq!(attempt.name, "GET");
         assert_eq!(hex(&attempt.trace_id), TRACE);
-        assert_eq!(attempt.parent_span_id, server.span_id, "child of the server span");
+        assert_eq!(
+            attempt.parent_span_id, server.span_id,
+            "child of the server span"
+        );
         assert_eq!(
             attempt.flags & (PARENT_IS_REMOTE_KNOWN | PARENT_IS_REMOTE),
             PARENT_IS_REMOTE_KNOWN,
             "a local parent"
         );
-        assert_eq!(str_attr(attempt, "http.request.method").as_deref(), Some("GET"));
+        assert_eq!(
+            str_attr(attempt, "http.request.method").as_deref(),
+            Some("GET")
+        );
         assert_eq!(int_attr(attempt, "server.port"), Some(8080));
     }
     let by_attempt = |n: i64| {
@@ -350,12 +385,21 @@ async fn grpc_export_has_server_and_attempt_spans_linked_to_the_callers_trace() 
             .unwrap()
     };
     let (failed, retried) = (by_attempt(1), by_attempt(2));
-    assert_eq!(str_attr(failed, "server.address").as_deref(), Some("10.0.0.7"));
-    assert_eq!(str_attr(failed, "error.type").as_deref(), Some("connect_refused"));
+    assert_eq!(
+        str_attr(failed, "server.address").as_deref(),
+        Some("10.0.0.7")
+    );
+    assert_eq!(
+        str_attr(failed, "error.type").as_deref(),
+        Some("connect_refused")
+    );
     assert_eq!(int_attr(failed, "http.response.status_code"), None);
     assert_eq!(status_code(failed), StatusCode::Error);
     assert_eq!(int_attr(failed, "http.request.resend_count"), None);
-    assert_eq!(str_attr(retried, "server.address").as_deref(), Some("10.0.0.8"));
+    assert_eq!(
+        str_attr(retried, "server.address").as_deref(),
+        Some("10.0.0.8")
+    );
     assert_eq!(int_attr(retried, "http.response.status_code"), Some(200));
     assert_eq!(int_attr(retried, "http.request.resend_count"), Some(1));
     assert_eq!(status_code(retried), StatusCode::Unset);
@@ -366,7 +410,10 @@ async fn grpc_export_has_server_and_attempt_spans_linked_to_the_callers_trace() 
             header(upstream, "traceparent").unwrap(),
             format!("00-{TRACE}-{}-01", hex(&attempt.span_id))
         );
-        assert_eq!(header(upstream, "tracestate").as_deref(), Some("vendor=abc"));
+        assert_eq!(
+            header(upstream, "tracestate").as_deref(),
+            Some("vendor=abc")
+        );
     }
     stop().await;
 }
@@ -422,15 +469,24 @@ async fn http_protobuf_export_posts_to_v1_traces_with_configured_headers() {
         .span;
     assert_eq!(server.name, "POST /orders");
     assert!(server.parent_span_id.is_empty(), "a root span");
-    assert_eq!(str_attr(server, "server.address").as_deref(), Some("2001:db8::1"));
+    assert_eq!(
+        str_attr(server, "server.address").as_deref(),
+        Some("2001:db8::1")
+    );
     assert_eq!(int_attr(server, "server.port"), Some(443));
-    assert_eq!(str_attr(server, "network.protocol.version").as_deref(), Some("2"));
+    assert_eq!(
+        str_attr(server, "network.protocol.version").as_deref(),
+        Some("2")
+    );
     // A 5xx without a reason is recorded with the status code as the error type.
     assert_eq!(str_attr(server, "error.type").as_deref(), Some("503"));
     assert_eq!(status_code(server), StatusCode::Error);
     assert_eq!(client.parent_span_id, server.span_id);
     assert_eq!(client.trace_id, server.trace_id);
-    assert_eq!(str_attr(client, "server.address").as_deref(), Some("2001:db8::2"));
+    assert_eq!(
+        str_attr(client, "server.address").as_deref(),
+        Some("2001:db8::2")
+    );
     assert_eq!(int_attr(client, "server.port"), Some(9000));
     assert_eq!(str_attr(client, "error.type").as_deref(), Some("503"));
     assert_eq!(
@@ -464,16 +520,24 @@ async fn unsampled_caller_exports_nothing_but_the_upstream_still_gets_flag_00() 
     let traceparent = header(&upstream, "traceparent").unwrap();
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "{traceparent}");
-    assert_eq!((parts[0], parts[1], parts[3]), ("00", TRACE, "00"), "{traceparent}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", TRACE, "00"),
+        "{traceparent}"
+    );
     assert_ne!(parts[2], PARENT, "the gateway's own span id");
-    assert_eq!(header(&upstream, "tracestate").as_deref(), Some("vendor=abc"));
+    assert_eq!(
+        header(&upstream, "tracestate").as_deref(),
+        Some("vendor=abc")
+    );
 
     // A sampled request afterwards proves the pipeline works and has flushed everything
     // before it: only that request may arrive.
     let other = "0af7651916cd43dd8448eb211c80319c";
     let req = incoming("GET", "/b", Some(&format!("00-{other}-{PARENT}-01")));
     let span = RequestSpan::start(&req, client_ip(), None, "1.1").unwrap();
-    span.start_attempt("10.0.0.7:8080", 1).finish(Some(200), None);
+    span.start_attempt("10.0.0.7:8080", 1)
+        .finish(Some(200), None);
     span.finish(200, None);
     flush().await;
 
@@ -503,7 +567,10 @@ async fn sampled_caller_is_kept_even_with_ratio_zero_and_new_traces_are_not() {
     attempt.finish(Some(200), None);
     span.finish(200, None);
     let traceparent = header(&upstream, "traceparent").unwrap();
-    assert!(traceparent.starts_with(&format!("00-{root_trace}-")), "{traceparent}");
+    assert!(
+        traceparent.starts_with(&format!("00-{root_trace}-")),
+        "{traceparent}"
+    );
     assert!(traceparent.ends_with("-00"), "{traceparent}");
 
     // The caller sampled: parent-based keeps it despite the ratio.
@@ -570,22 +637,25 @@ async fn dead_collector_never_holds_up_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_again_moves_exports_to_the_new_collector_and_off_switches_it_off() {
     let _turn = PIPELINE.lock().await;
-    let mut old = grpc_receiver().await;
-    let mut new = http_receiver().await;
+    let mut old = http_receiver().await;
+    let mut new = grpc_receiver().await;
     start_pipeline(&format!(
-        "enabled = true\nprotocol = \"grpc\"\nendpoint = \"{}\"",
+        "enabled = true\nprotocol = \"http/protobuf\"\nendpoint = \"{}\"",
         old.endpoint
     ));
     let before = RequestSpan::start(&incoming("GET", "/1", None), None, None, "1.1").unwrap();
     before.finish(200, None);
 
-    // As a reload would: new settings, from a thread that is not on any runtime. The replaced
-    // pipeline flushes what it holds to the old collector.
+    // As a reload would: new settings, from a thread that is not on any runtime (tonic's
+    // channel needs one at build time: the pipeline brings its own). The replaced pipeline
+    // flushes what it holds to the old collector.
     let table = format!(
-        "enabled = true\nprotocol = \"http/protobuf\"\nendpoint = \"{}\"",
+        "enabled = true\nprotocol = \"grpc\"\nendpoint = \"{}\"",
         new.endpoint
     );
-    std::thread::spawn(move || start_pipeline(&table)).join().unwrap();
+    std::thread::spawn(move || start_pipeline(&table))
+        .join()
+        .unwrap();
     let after = RequestSpan::start(&incoming("GET", "/2", None), None, None, "1.1").unwrap();
     after.finish(200, None);
     flush().await;

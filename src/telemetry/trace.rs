@@ -17,9 +17,7 @@ mod settings;
 use std::net::IpAddr;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
-};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
@@ -198,11 +196,9 @@ impl AttemptSpan {
                 ));
             }
             // For a client span a 4xx is an error too: the call did not do what was asked.
-            let error = error_type.map(str::to_string).or_else(|| {
-                status
-                    .filter(|s| *s >= 400)
-                    .map(|s| s.to_string())
-            });
+            let error = error_type
+                .map(str::to_string)
+                .or_else(|| status.filter(|s| *s >= 400).map(|s| s.to_string()));
             if let Some(error) = error {
                 span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error));
                 span.set_status(Status::error(""));
@@ -293,8 +289,14 @@ mod tests {
 
     #[test]
     fn host_and_port_are_split_for_every_address_form() {
-        assert_eq!(split_host_port("api.example.com:8443"), ("api.example.com", Some(8443)));
-        assert_eq!(split_host_port("api.example.com"), ("api.example.com", None));
+        assert_eq!(
+            split_host_port("api.example.com:8443"),
+            ("api.example.com", Some(8443))
+        );
+        assert_eq!(
+            split_host_port("api.example.com"),
+            ("api.example.com", None)
+        );
         assert_eq!(split_host_port("10.0.0.7:8080"), ("10.0.0.7", Some(8080)));
         assert_eq!(split_host_port("[::1]:8080"), ("::1", Some(8080)));
         assert_eq!(split_host_port("[::1]"), ("::1", None));

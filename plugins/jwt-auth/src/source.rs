@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn percent_decoding_never_panics() {
         assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("%+1"), "%+1");
+        assert_eq!(percent_decode("%+1"), "% 1");
         for odd in ["%", "%4", "%zz", "%%%", "\u{e9}%e9"] {
             let _ = percent_decode(odd);
         }

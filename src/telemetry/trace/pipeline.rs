@@ -42,7 +42,9 @@ struct Pipeline {
 }
 
 /// Starts the exporter, replacing (and flushing, in the background) the one running before;
-/// settings with tracing off stop it. Callable from any thread, inside a runtime or not.
+/// settings with tracing off stop it. On error the previous exporter keeps running. Returns
+/// without waiting for the network; callable from any thread, inside a runtime or not, and
+/// again on reload.
 pub fn init(settings: &TracingSettings) -> Result<(), String> {
     let next = match &settings.export {
         Some(export) => Some(Arc::new(Pipeline::start(export)?)),
@@ -150,7 +152,7 @@ impl Pipeline {
     }
 
     /// Flushes what is queued, then stops the runtime. Shutting the provider down explicitly
-    /// also matters for later: spans still open keep the provider alive, and an provider that
+    /// also matters for later: spans still open keep the provider alive, and a provider that
     /// was never shut down flushes from the `Drop` of the last one — on a request thread.
     fn stop(&self) {
         if let Err(e) = self.provider.shutdown_with_timeout(SHUTDOWN_WAIT) {

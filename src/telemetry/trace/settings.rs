@@ -232,7 +232,10 @@ impl TracingSection {
                     .filter(|ms| *ms > 0)
                     .map(Duration::from_millis)
                     .ok_or_else(|| {
-                        format!("{var}: `{}` is not a positive number of milliseconds", t.trim())
+                        format!(
+                            "{var}: `{}` is not a positive number of milliseconds",
+                            t.trim()
+                        )
                     })?,
                 None => DEFAULT_TIMEOUT,
             },
@@ -300,7 +303,9 @@ fn parse_protocol(p: &str) -> Result<Protocol, String> {
     match p.trim() {
         "grpc" => Ok(Protocol::Grpc),
         "http/protobuf" => Ok(Protocol::HttpProtobuf),
-        "http/json" => Err("`http/json` is not supported; use \"http/protobuf\" or \"grpc\"".into()),
+        "http/json" => {
+            Err("`http/json` is not supported; use \"http/protobuf\" or \"grpc\"".into())
+        }
         other => Err(format!(
             "unknown protocol `{other}`, expected \"grpc\" or \"http/protobuf\""
         )),
@@ -320,14 +325,20 @@ fn endpoint_url(raw: &str, protocol: Protocol, append_path: bool) -> Result<Stri
         .map_err(|e| format!("`{raw}` is not a URL ({e}); {hint}"))?;
     match uri.scheme() {
         Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => {}
-        Some(s) => return Err(format!("`{raw}`: scheme `{s}` is not http or https; {hint}")),
+        Some(s) => {
+            return Err(format!(
+                "`{raw}`: scheme `{s}` is not http or https; {hint}"
+            ))
+        }
         None => return Err(format!("`{raw}` has no scheme; {hint}")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("`{raw}` has no host; {hint}"));
     }
     if uri.query().is_some() {
-        return Err(format!("`{raw}`: a collector endpoint takes no query string"));
+        return Err(format!(
+            "`{raw}`: a collector endpoint takes no query string"
+        ));
     }
     if protocol == Protocol::HttpProtobuf && append_path {
         let base = raw.trim_end_matches('/');
@@ -458,7 +469,10 @@ mod tests {
             "#,
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://other:4318/v1/traces"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://other:4318/v1/traces",
+                ),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
                 ("OTEL_SERVICE_NAME", "from-env"),
                 ("OTEL_TRACES_SAMPLER", "always_off"),
@@ -506,7 +520,10 @@ mod tests {
             "enabled = true",
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:9999/custom"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://traces:9999/custom",
+                ),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                 ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "100"),
@@ -523,7 +540,10 @@ mod tests {
     fn empty_variables_count_as_unset() {
         let s = validate(
             "enabled = true",
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", ""), ("OTEL_SERVICE_NAME", " ")],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+                ("OTEL_SERVICE_NAME", " "),
+            ],
         )
         .unwrap();
         assert_eq!(s.endpoint, "http://localhost:4318/v1/traces");
@@ -545,7 +565,10 @@ mod tests {
             ("http://c:4318", "http://c:4318/v1/traces"),
             ("http://c:4318/", "http://c:4318/v1/traces"),
             ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
-            ("https://otlp.example.com/prefix", "https://otlp.example.com/prefix/v1/traces"),
+            (
+                "https://otlp.example.com/prefix",
+                "https://otlp.example.com/prefix/v1/traces",
+            ),
         ] {
             let s = validate(&format!("enabled = true\nendpoint = \"{written}\""), &[]).unwrap();
             assert_eq!(s.endpoint, expected, "{written}");
@@ -554,7 +577,13 @@ mod tests {
 
     #[test]
     fn bad_endpoint_url_is_rejected() {
-        for bad in ["not a url", "collector:4317", "ftp://c:21", "http://", "http://c/?a=b"] {
+        for bad in [
+            "not a url",
+            "collector:4317",
+            "ftp://c:21",
+            "http://",
+            "http://c/?a=b",
+        ] {
             let err = validate(&format!("enabled = true\nendpoint = \"{bad}\""), &[]).unwrap_err();
             assert!(err.starts_with("endpoint: "), "{bad}: {err}");
         }
@@ -584,7 +613,10 @@ mod tests {
     fn ratio_outside_zero_to_one_is_rejected() {
         for bad in ["-0.1", "1.5", "nan", "inf"] {
             let err = validate(&format!("enabled = true\nratio = {bad}"), &[]).unwrap_err();
-            assert!(err.starts_with("ratio: must be between 0 and 1"), "{bad}: {err}");
+            assert!(
+                err.starts_with("ratio: must be between 0 and 1"),
+                "{bad}: {err}"
+            );
         }
         let err = validate("enabled = true", &[("OTEL_TRACES_SAMPLER_ARG", "2")]).unwrap_err();
         assert!(err.starts_with("OTEL_TRACES_SAMPLER_ARG: "), "{err}");
@@ -601,7 +633,10 @@ mod tests {
     #[test]
     fn unknown_sampler_is_rejected_with_the_accepted_names() {
         let err = validate("enabled = true\nsampler = \"jaeger_remote\"", &[]).unwrap_err();
-        assert!(err.starts_with("sampler: unknown sampler `jaeger_remote`"), "{err}");
+        assert!(
+            err.starts_with("sampler: unknown sampler `jaeger_remote`"),
+            "{err}"
+        );
         assert!(err.contains("parentbased_traceidratio"), "{err}");
         let err = validate("enabled = true", &[("OTEL_TRACES_SAMPLER", "xray")]).unwrap_err();
         assert!(err.starts_with("OTEL_TRACES_SAMPLER: "), "{err}");
@@ -631,9 +666,11 @@ mod tests {
     #[test]
     fn bad_headers_are_rejected_without_echoing_the_value() {
         let err = validate("enabled = true\nheaders = { \"bad name\" = \"x\" }", &[]).unwrap_err();
-        assert!(err.contains("`bad name` is not a valid header name"), "{err}");
-        let err =
-            validate("enabled = true\nheaders = { key = \"sec\\nret\" }", &[]).unwrap_err();
+        assert!(
+            err.contains("`bad name` is not a valid header name"),
+            "{err}"
+        );
+        let err = validate("enabled = true\nheaders = { key = \"sec\\nret\" }", &[]).unwrap_err();
         assert!(err.contains("value of `key`"), "{err}");
         assert!(!err.contains("sec"), "{err}");
         let err = validate(
@@ -648,8 +685,11 @@ mod tests {
 
     #[test]
     fn debug_output_hides_header_values() {
-        let s = validate("enabled = true\nheaders = { authorization = \"Bearer s3cr3t\" }", &[])
-            .unwrap();
+        let s = validate(
+            "enabled = true\nheaders = { authorization = \"Bearer s3cr3t\" }",
+            &[],
+        )
+        .unwrap();
         let shown = format!("{s:?}");
         assert!(shown.contains("authorization"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");

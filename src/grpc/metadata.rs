@@ -1,0 +1,199 @@
+//! HTTP headers ↔ gRPC metadata: which request headers go upstream, which response metadata
+//! comes back as headers, and `grpc-timeout`.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::config::Options;
+
+/// Headers that belong to HTTP or to the gRPC protocol itself, never to an application.
+const RESERVED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "host",
+    "date",
+    "server",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "grpc-timeout",
+];
+
+fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name) || name.starts_with(':')
+}
+
+/// Copies the allowed request headers into the upstream request's metadata.
+pub fn forward_request(from: &HeaderMap, allow: &[HeaderName], to: &mut HeaderMap) {
+    for name in allow {
+        for value in from.get_all(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Copies every application header of a gRPC-Web request: the browser's custom headers are its
+/// metadata, and there is no JSON mapping to choose from.
+pub fn forward_web_request(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let n = name.as_str();
+        if is_reserved(n)
+            || matches!(
+                n,
+                "accept" | "accept-encoding" | "x-grpc-web" | "x-user-agent" | "origin"
+                    | "referer" | "cookie" | "proxy-authorization"
+            )
+            || n.starts_with("access-control-")
+            || n.starts_with("sec-")
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// Response metadata (from headers and trailers) as HTTP headers: reserved names dropped, the
+/// allowlist applied, the prefix put before each name.
+pub fn response_headers(
+    sources: &[&HeaderMap],
+    opts: &Options,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for map in sources {
+        for (name, value) in map.iter() {
+            let n = name.as_str();
+            if is_reserved(n) {
+                continue;
+            }
+            if let Some(allow) = &opts.response_headers {
+                if !allow.iter().any(|a| a == n) {
+                    continue;
+                }
+            }
+            let full = format!("{}{}", opts.response_header_prefix, n);
+            if let Ok(h) = HeaderName::from_bytes(full.as_bytes()) {
+                out.push((h, value.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Parses `grpc-timeout` (`1S`, `250m`, up to 8 digits and a unit of H M S m u n).
+pub fn parse_timeout(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a deadline as `grpc-timeout`, in the finest unit that fits in 8 digits.
+pub fn format_timeout(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let units: [(u128, &str); 4] = [
+        (d.as_millis(), "m"),
+        (d.as_secs() as u128, "S"),
+        (d.as_secs() as u128 / 60, "M"),
+        (d.as_secs() as u128 / 3600, "H"),
+    ];
+    if d.as_micros() <= MAX && d.as_millis() < 10 {
+        return format!("{}u", d.as_micros().max(1));
+    }
+    for (n, unit) in units {
+        if n <= MAX {
+            return format!("{n}{unit}");
+        }
+    }
+    format!("{MAX}H")
+}
+
+/// The deadline of a call: the client's `grpc-timeout` if any, capped by the route's timeout.
+pub fn deadline(headers: &HeaderMap, route: Option<Duration>) -> Option<Duration> {
+    let client = headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_timeout);
+    match (client, route) {
+        (Some(c), Some(r)) => Some(c.min(r)),
+        (c, r) => c.or(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn grpc_timeout_parses_every_unit_and_refuses_junk() {
+        assert_eq!(parse_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout("5n"), Some(Duration::from_nanos(5)));
+        assert_eq!(parse_timeout("123456789S"), None);
+        assert_eq!(parse_timeout("S"), None);
+        assert_eq!(parse_timeout("-1S"), None);
+        assert_eq!(parse_timeout("1x"), None);
+    }
+
+    #[test]
+    fn grpc_timeout_formats_within_eight_digits() {
+        assert_eq!(format_timeout(Duration::from_millis(1500)), "1500m");
+        assert_eq!(format_timeout(Duration::from_micros(5)), "5u");
+        assert_eq!(format_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(
+            parse_timeout(&format_timeout(Duration::from_secs(30))),
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn client_deadline_is_capped_by_the_route() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", HeaderValue::from_static("10S"));
+        assert_eq!(
+            deadline(&h, Some(Duration::from_secs(2))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(deadline(&h, None), Some(Duration::from_secs(10)));
+        assert_eq!(deadline(&HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn response_metadata_is_prefixed_and_reserved_names_dropped() {
+        let section: super::super::config::GrpcSection =
+            toml::from_str("reflection = true").unwrap();
+        let opts = section.validate(Path::new(".")).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert("grpc-status", HeaderValue::from_static("0"));
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        let out = response_headers(&[&h], &opts);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, "grpc-metadata-x-trace");
+    }
+}
