@@ -112,8 +112,17 @@ impl Reloader {
         // already sees healthy targets.
         next.prime().await;
         next.start_tasks();
+        let tracing_changed = next.config.tracing != self.snapshot.load().config.tracing;
+        let new_tracing = tracing_changed.then(|| next.config.tracing.clone());
         let old = self.snapshot.swap(Arc::new(next));
         old.stop_tasks();
+        if let Some(settings) = new_tracing {
+            // The exporter is swapped behind its own pointer; spans of requests in flight during
+            // the switch may go to either pipeline.
+            if let Err(e) = crate::telemetry::trace::init(&settings) {
+                tracing::error!(error = %e, "tracing settings not applied; the previous exporter keeps running");
+            }
+        }
         if let Some(m) = metrics() {
             m.reloads.with_label_values(&["ok"]).inc();
             m.generation

@@ -20,7 +20,9 @@ async fn grpc_upstream() -> (
     tonic_health::server::HealthReporter,
     Arc<AtomicUsize>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let conns = Arc::new(AtomicUsize::new(0));
     let counted = conns.clone();
@@ -98,7 +100,10 @@ async fn unary_calls_and_their_trailers_pass_through() {
     let reply = c.check(check("shop.v1.Orders")).await.expect("check");
     assert_eq!(reply.into_inner().status, PbStatus::Serving as i32);
     // An error status from the upstream arrives intact (status and message in the trailers).
-    let err = c.check(check("no.such.Service")).await.expect_err("not found");
+    let err = c
+        .check(check("no.such.Service"))
+        .await
+        .expect_err("not found");
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("service not registered"), "{err}");
 }
@@ -111,13 +116,21 @@ async fn many_concurrent_streams_share_one_upstream_connection() {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let mut c = c.clone();
-        set.spawn(async move { c.check(check("shop.v1.Orders")).await.map(|r| r.into_inner().status) });
+        set.spawn(async move {
+            c.check(check("shop.v1.Orders"))
+                .await
+                .map(|r| r.into_inner().status)
+        });
     }
     while let Some(r) = set.join_next().await {
         assert_eq!(r.expect("join").expect("call"), PbStatus::Serving as i32);
     }
     // pingora may open a connection per worker thread; never one per stream.
-    assert!(conns.load(Ordering::SeqCst) <= 4, "{} upstream connections", conns.load(Ordering::SeqCst));
+    assert!(
+        conns.load(Ordering::SeqCst) <= 4,
+        "{} upstream connections",
+        conns.load(Ordering::SeqCst)
+    );
 }
 
 #[tokio::test]
@@ -125,7 +138,11 @@ async fn server_streaming_messages_arrive_as_they_are_sent() {
     let (addr, reporter, _) = grpc_upstream().await;
     let gw = gateway(addr).await;
     let mut c = client(&gw, "grpc.internal").await;
-    let mut stream = c.watch(check("shop.v1.Orders")).await.expect("watch").into_inner();
+    let mut stream = c
+        .watch(check("shop.v1.Orders"))
+        .await
+        .expect("watch")
+        .into_inner();
     let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("first message must not wait for the stream's end")
@@ -149,7 +166,10 @@ async fn gateway_made_failures_are_grpc_statuses() {
     let gw = gateway(addr).await;
     // No route for this authority: UNIMPLEMENTED, in a trailers-only response.
     let mut c = client(&gw, "unknown.internal").await;
-    let err = c.check(check("shop.v1.Orders")).await.expect_err("no route");
+    let err = c
+        .check(check("shop.v1.Orders"))
+        .await
+        .expect_err("no route");
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
     assert!(err.message().contains("route_not_found"), "{err}");
     // Upstream down: UNAVAILABLE.

@@ -458,4 +458,3 @@ async fn sigterm_lets_requests_in_flight_finish() {
         "tollgate did not exit after SIGTERM"
     );
 }
-

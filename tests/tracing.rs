@@ -678,3 +678,132 @@ async fn init_again_moves_exports_to_the_new_collector_and_off_switches_it_off()
     assert!(RequestSpan::start(&req, None, None, "1.1").is_none());
     stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the real gateway
+// ---------------------------------------------------------------------------------------------
+
+#[path = "common/mod.rs"]
+mod common;
+
+/// Polls the receiver until `want` spans of `trace_id` arrived (or the hang catcher fires).
+async fn spans_of(rx: &mut Receiver, trace_id: &str, want: usize) -> Vec<Stored> {
+    let deadline = Instant::now() + NO_HANG;
+    let mut all = Vec::new();
+    loop {
+        let (spans, _) = rx.drain();
+        all.extend(spans);
+        let mine: Vec<Stored> = all
+            .iter()
+            .filter(|s| hex(&s.span.trace_id) == trace_id)
+            .cloned()
+            .collect();
+        if mine.len() >= want || Instant::now() > deadline {
+            return mine;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_exports_server_and_attempt_spans_and_propagates_the_trace() {
+    let mut rx = grpc_receiver().await;
+    let up = common::Upstream::echo("svc").await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[tracing]
+enabled = true
+protocol = "grpc"
+endpoint = "{}"
+scheduled_delay = "100ms"
+
+[upstreams.svc]
+targets = ["{}"]
+
+[routes.api]
+prefix = "/api"
+upstream = "svc"
+"#,
+        rx.endpoint, up.addr
+    ))
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let v: serde_json::Value = common::client()
+        .get(gw.url("/api/items?x=1"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upstream_tp = v["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        upstream_tp.starts_with(&format!("00-{trace_id}-")),
+        "{upstream_tp}"
+    );
+    assert!(upstream_tp.ends_with("-01"), "{upstream_tp}");
+    let spans = spans_of(&mut rx, trace_id, 2).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Server as i32)
+        .expect("server span");
+    let client = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Client as i32)
+        .expect("client span");
+    assert_eq!(server.span.name, "GET /api/*");
+    assert_eq!(hex(&server.span.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(
+        str_attr(&server.span, "http.route").as_deref(),
+        Some("/api/*")
+    );
+    assert_eq!(
+        str_attr(&server.span, "tollgate.route").as_deref(),
+        Some("api")
+    );
+    assert_eq!(
+        str_attr(&server.span, "tollgate.upstream").as_deref(),
+        Some("svc")
+    );
+    assert_eq!(
+        int_attr(&server.span, "http.response.status_code"),
+        Some(200)
+    );
+    assert_eq!(hex(&client.span.parent_span_id), hex(&server.span.span_id));
+    // The upstream saw the attempt span as its parent.
+    assert!(
+        upstream_tp.contains(&hex(&client.span.span_id)),
+        "{upstream_tp}"
+    );
+
+    // An unsampled caller: nothing exported, the flag passed on.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let v: serde_json::Value = common::client()
+        .get(gw.url("/api/items"))
+        .header("traceparent", format!("00-{unsampled}-b7ad6b7169203331-00"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tp = v["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        tp.starts_with(&format!("00-{unsampled}-")) && tp.ends_with("-00"),
+        "{tp}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (later, _) = rx.drain();
+    assert!(
+        later.iter().all(|s| hex(&s.span.trace_id) != unsampled),
+        "an unsampled trace was exported"
+    );
+}

@@ -313,7 +313,10 @@ impl ProxyHttp for Gateway {
         // A gRPC client's deadline bounds the wait for the upstream (as a read timeout: pingora
         // has no whole-call deadline; the client enforces the rest itself).
         if let Some(deadline) = grpc_timeout(&session.req_header().headers) {
-            let read = peer.options.read_timeout.map_or(deadline, |r| r.min(deadline));
+            let read = peer
+                .options
+                .read_timeout
+                .map_or(deadline, |r| r.min(deadline));
             peer.options.read_timeout = Some(read);
         }
         st.attempt_started = Some(std::time::Instant::now());

@@ -43,14 +43,14 @@ fn is_grpc(session: &Session) -> bool {
 /// timeout DEADLINE_EXCEEDED).
 pub fn grpc_status_for(status: StatusCode) -> u32 {
     match status.as_u16() {
-        400 | 413 | 414 | 431 => 3,  // INVALID_ARGUMENT (413/431: the request was too big)
-        401 => 16,                   // UNAUTHENTICATED
-        403 => 7,                    // PERMISSION_DENIED
-        404 => 12,                   // UNIMPLEMENTED: no route for this method
-        429 => 8,                    // RESOURCE_EXHAUSTED
-        504 => 4,                    // DEADLINE_EXCEEDED
-        502 | 503 => 14,             // UNAVAILABLE
-        _ => 13,                     // INTERNAL
+        400 | 413 | 414 | 431 => 3, // INVALID_ARGUMENT (413/431: the request was too big)
+        401 => 16,                  // UNAUTHENTICATED
+        403 => 7,                   // PERMISSION_DENIED
+        404 => 12,                  // UNIMPLEMENTED: no route for this method
+        429 => 8,                   // RESOURCE_EXHAUSTED
+        504 => 4,                   // DEADLINE_EXCEEDED
+        502 | 503 => 14,            // UNAVAILABLE
+        _ => 13,                    // INTERNAL
     }
 }
 

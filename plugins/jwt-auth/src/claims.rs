@@ -83,8 +83,14 @@ mod tests {
             "a.b": {"c": 2}
         }));
         assert_eq!(lookup(&c, "sub"), Some(&json!("u1")));
-        assert_eq!(lookup(&c, "realm_access.roles"), Some(&json!(["admin", "user"])));
-        assert_eq!(lookup(&c, "https://example.com/tenant"), Some(&json!("acme")));
+        assert_eq!(
+            lookup(&c, "realm_access.roles"),
+            Some(&json!(["admin", "user"]))
+        );
+        assert_eq!(
+            lookup(&c, "https://example.com/tenant"),
+            Some(&json!("acme"))
+        );
         assert_eq!(lookup(&c, "a.b.c"), Some(&json!(2)), "longest name wins");
         assert_eq!(lookup(&c, "a.x"), None);
         assert_eq!(lookup(&c, "sub.x"), None);
@@ -98,7 +104,10 @@ mod tests {
         assert_eq!(to_text(&json!(42)), Some("42".into()));
         assert_eq!(to_text(&json!(1.5)), Some("1.5".into()));
         assert_eq!(to_text(&json!(true)), Some("true".into()));
-        assert_eq!(to_text(&json!(["a", 1, false, null])), Some("a,1,false".into()));
+        assert_eq!(
+            to_text(&json!(["a", 1, false, null])),
+            Some("a,1,false".into())
+        );
         assert_eq!(to_text(&json!({"k": "v"})), Some("{\"k\":\"v\"}".into()));
         assert_eq!(to_text(&json!(null)), None);
     }

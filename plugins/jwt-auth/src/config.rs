@@ -230,7 +230,10 @@ mod tests {
 
     #[test]
     fn token_from_takes_one_source_or_a_list() {
-        let c = parse(&format!("{ONE_PROVIDER}token_from = {{ cookie = \"jwt\" }}")).unwrap();
+        let c = parse(&format!(
+            "{ONE_PROVIDER}token_from = {{ cookie = \"jwt\" }}"
+        ))
+        .unwrap();
         assert_eq!(c.token_from.0, [TokenSourceConfig::Cookie("jwt".into())]);
         let c = parse(&format!(
             "{ONE_PROVIDER}token_from = [{{ header = \"x-token\" }}, {{ query = \"access_token\" }}]"

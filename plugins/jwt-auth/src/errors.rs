@@ -17,7 +17,10 @@ pub(crate) enum AuthError {
     /// The token lacks a claim the route requires: 403 `missing_claim`.
     MissingClaim(String),
     /// The issuer's keys could not be loaded yet: 503 `jwks_unavailable`.
-    KeysUnavailable { issuer: String, retry_after_secs: u64 },
+    KeysUnavailable {
+        issuer: String,
+        retry_after_secs: u64,
+    },
 }
 
 impl AuthError {
@@ -43,11 +46,7 @@ impl AuthError {
             AuthError::InsufficientScope { missing } => {
                 let message = format!("the token lacks the scope(s) {}", missing.join(" "));
                 let scope = missing.join(" ");
-                let header = challenge(
-                    realm,
-                    Some(("insufficient_scope", &message)),
-                    Some(&scope),
-                );
+                let header = challenge(realm, Some(("insufficient_scope", &message)), Some(&scope));
                 PluginError::new(StatusCode::FORBIDDEN, "insufficient_scope", message)
                     .with_header(WWW_AUTHENTICATE, header)
             }

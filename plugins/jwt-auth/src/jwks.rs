@@ -236,7 +236,9 @@ impl RemoteJwks {
             .content_length()
             .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
         {
-            return Err(format!("GET {url}: the body is larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(format!(
+                "GET {url}: the body is larger than {MAX_JWKS_BYTES} bytes"
+            ));
         }
         let max_age = max_age(resp.headers());
         let mut body = Vec::new();
@@ -246,7 +248,9 @@ impl RemoteJwks {
             .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?
         {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("GET {url}: the body is larger than {MAX_JWKS_BYTES} bytes"));
+                return Err(format!(
+                    "GET {url}: the body is larger than {MAX_JWKS_BYTES} bytes"
+                ));
             }
             body.extend_from_slice(&chunk);
         }
@@ -351,7 +355,10 @@ mod tests {
         let mut h = http::HeaderMap::new();
         assert_eq!(max_age(&h), None);
         assert_eq!(refresh_interval(None, &s), s.max_refresh);
-        h.insert("cache-control", "public, max-age=300, must-revalidate".parse().unwrap());
+        h.insert(
+            "cache-control",
+            "public, max-age=300, must-revalidate".parse().unwrap(),
+        );
         assert_eq!(max_age(&h), Some(Duration::from_secs(300)));
         assert_eq!(refresh_interval(max_age(&h), &s), Duration::from_secs(300));
         h.insert("cache-control", "Max-Age=5".parse().unwrap());
@@ -431,7 +438,10 @@ mod tests {
         assert_eq!(hits.load(Ordering::SeqCst), 1);
         let due = jwks.lock_schedule().due;
         let wait = due.saturating_duration_since(Instant::now());
-        assert!(wait > Duration::from_secs(110) && wait <= Duration::from_secs(120), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(110) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
     }
 
     #[tokio::test]
@@ -450,8 +460,15 @@ mod tests {
         for t in tasks {
             outcomes.push(t.await.unwrap());
         }
-        assert_eq!(hits.load(Ordering::SeqCst), 2, "the first fetch plus one refetch");
-        assert!(outcomes.iter().all(|o| *o == Refetch::LookAgain), "{outcomes:?}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "the first fetch plus one refetch"
+        );
+        assert!(
+            outcomes.iter().all(|o| *o == Refetch::LookAgain),
+            "{outcomes:?}"
+        );
         // The set changed, but the next unknown kid within the interval fetches nothing.
         let seen = jwks.keys().generation;
         assert_eq!(jwks.refetch_for_unknown_kid(seen).await, Refetch::TooSoon);

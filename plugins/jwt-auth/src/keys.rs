@@ -8,9 +8,7 @@
 use std::path::Path;
 
 use base64::Engine as _;
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse,
-};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 
 /// Most keys kept from one JWKS; real sets hold a handful, and each key costs a lookup.
@@ -207,7 +205,11 @@ pub(crate) fn pem_public_key(
                  -in cert.pem -pubkey -noout`)"
             ))
         }
-        other => return Err(format!("{origin}: unexpected PEM block `{other}`; expected `PUBLIC KEY`")),
+        other => {
+            return Err(format!(
+                "{origin}: unexpected PEM block `{other}`; expected `PUBLIC KEY`"
+            ))
+        }
     }
     let decoded = DecodingKey::from_rsa_pem(pem)
         .or_else(|_| DecodingKey::from_ec_pem(pem))
@@ -317,7 +319,10 @@ fn check_key(key: &DecodingKey, jwk: &Jwk) -> Result<(), String> {
 pub(crate) type Skipped = String;
 
 /// Turns one JWK (as JSON) into a key pinned to `allowed`, or says why it is skipped.
-pub(crate) fn jwk_key(value: &serde_json::Value, allowed: &[Algorithm]) -> Result<VerifyKey, Skipped> {
+pub(crate) fn jwk_key(
+    value: &serde_json::Value,
+    allowed: &[Algorithm],
+) -> Result<VerifyKey, Skipped> {
     let kid_hint = value
         .get("kid")
         .and_then(|k| k.as_str())
@@ -376,7 +381,9 @@ pub(crate) fn parse_jwks(
     for value in &doc.keys {
         match jwk_key(value, allowed) {
             Ok(k) if keys.len() < MAX_JWKS_KEYS => keys.push(k),
-            Ok(_) => skipped.push(format!("more than {MAX_JWKS_KEYS} keys; the rest are ignored")),
+            Ok(_) => skipped.push(format!(
+                "more than {MAX_JWKS_KEYS} keys; the rest are ignored"
+            )),
             Err(why) => skipped.push(why),
         }
     }
@@ -434,8 +441,12 @@ mod tests {
         let e = pem_public_key(&fixture("rsa1.pub.pem"), Some(&[Algorithm::HS256]), "k.pem")
             .unwrap_err();
         assert!(e.contains("HS256 cannot be used with this RSA key"), "{e}");
-        let e = pem_public_key(&fixture("ec256.pub.pem"), Some(&[Algorithm::ES384]), "k.pem")
-            .unwrap_err();
+        let e = pem_public_key(
+            &fixture("ec256.pub.pem"),
+            Some(&[Algorithm::ES384]),
+            "k.pem",
+        )
+        .unwrap_err();
         assert!(e.contains("ES384 cannot be used with this EC key"), "{e}");
     }
 
@@ -526,7 +537,8 @@ mod tests {
         assert!(parse_jwks(b"{\"keys\": []}", &[Algorithm::RS256])
             .unwrap_err()
             .contains("empty"));
-        let weak = serde_json::json!({"keys": [{"kty": "RSA", "kid": "w", "n": "AQAB", "e": "AQAB"}]});
+        let weak =
+            serde_json::json!({"keys": [{"kty": "RSA", "kid": "w", "n": "AQAB", "e": "AQAB"}]});
         let e = parse_jwks(weak.to_string().as_bytes(), &[Algorithm::RS256]).unwrap_err();
         assert!(e.contains("bits"), "{e}");
         let bad_point = serde_json::json!({"keys": [{"kty": "EC", "kid": "p", "crv": "P-256",
@@ -547,14 +559,26 @@ mod tests {
             generation: 1,
             ignore_kid: false,
         };
-        assert!(matches!(set.lookup(Some("r1"), Algorithm::RS256), KeyLookup::Found(0)));
-        assert!(matches!(set.lookup(Some("e1"), Algorithm::ES256), KeyLookup::Found(1)));
+        assert!(matches!(
+            set.lookup(Some("r1"), Algorithm::RS256),
+            KeyLookup::Found(0)
+        ));
+        assert!(matches!(
+            set.lookup(Some("e1"), Algorithm::ES256),
+            KeyLookup::Found(1)
+        ));
         assert!(matches!(
             set.lookup(Some("r1"), Algorithm::HS256),
             KeyLookup::AlgorithmNotAllowed
         ));
-        assert!(matches!(set.lookup(Some("zz"), Algorithm::RS256), KeyLookup::UnknownKid));
-        assert!(matches!(set.lookup(None, Algorithm::ES256), KeyLookup::Found(1)));
+        assert!(matches!(
+            set.lookup(Some("zz"), Algorithm::RS256),
+            KeyLookup::UnknownKid
+        ));
+        assert!(matches!(
+            set.lookup(None, Algorithm::ES256),
+            KeyLookup::Found(1)
+        ));
         assert!(matches!(
             KeySet::default().lookup(None, Algorithm::ES256),
             KeyLookup::Empty
@@ -567,13 +591,19 @@ mod tests {
             generation: 1,
             ignore_kid: false,
         };
-        assert!(matches!(two_rsa.lookup(None, Algorithm::RS256), KeyLookup::Ambiguous));
+        assert!(matches!(
+            two_rsa.lookup(None, Algorithm::RS256),
+            KeyLookup::Ambiguous
+        ));
     }
 
     #[test]
     fn a_static_key_ignores_the_kid_but_not_the_algorithm() {
         let set = KeySet::single(pem_public_key(&fixture("rsa1.pub.pem"), None, "t").unwrap());
-        assert!(matches!(set.lookup(Some("any"), Algorithm::RS256), KeyLookup::Found(0)));
+        assert!(matches!(
+            set.lookup(Some("any"), Algorithm::RS256),
+            KeyLookup::Found(0)
+        ));
         assert!(matches!(
             set.lookup(None, Algorithm::HS256),
             KeyLookup::AlgorithmNotAllowed

@@ -118,7 +118,11 @@ struct JwtAuth {
 type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<std::ffi::OsString>;
 
 impl JwtAuth {
-    fn compile(config: JwtAuthConfig, ctx: &BuildContext, env: EnvLookup<'_>) -> Result<Self, String> {
+    fn compile(
+        config: JwtAuthConfig,
+        ctx: &BuildContext,
+        env: EnvLookup<'_>,
+    ) -> Result<Self, String> {
         ensure_crypto_provider();
         if config.leeway.0 > MAX_LEEWAY {
             return Err("leeway must be at most \"1h\"".to_owned());
@@ -128,7 +132,10 @@ impl JwtAuth {
             .filter(|n| *n >= 64)
             .ok_or("max_token_size must be at least 64 bytes")?;
         if config.realm.is_empty()
-            || !config.realm.chars().all(|c| matches!(c, ' '..='~') && c != '"' && c != '\\')
+            || !config
+                .realm
+                .chars()
+                .all(|c| matches!(c, ' '..='~') && c != '"' && c != '\\')
         {
             return Err("realm must be non-empty printable ASCII without `\"` or `\\`".to_owned());
         }
@@ -149,7 +156,9 @@ impl JwtAuth {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("{key}: `{name}` is not a valid header name"))?;
             if RESERVED_HEADERS.contains(&header.as_str()) {
-                return Err(format!("{key}: `{name}` is managed by the gateway; pick another header"));
+                return Err(format!(
+                    "{key}: `{name}` is managed by the gateway; pick another header"
+                ));
             }
             if sources.iter().any(|s| s.header() == Some(&header)) {
                 return Err(format!("{key}: `{name}` is where the token is read from"));
@@ -176,8 +185,13 @@ impl JwtAuth {
             ("required_claims", &config.required_claims),
             ("required_scopes", &config.required_scopes),
         ] {
-            if let Some(bad) = list.iter().find(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-                return Err(format!("{key}: `{bad}` must be a non-empty name without spaces"));
+            if let Some(bad) = list
+                .iter()
+                .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                return Err(format!(
+                    "{key}: `{bad}` must be a non-empty name without spaces"
+                ));
             }
         }
 
@@ -223,7 +237,13 @@ impl JwtAuth {
     }
 
     /// Hands the verified claims to later plugins and to the upstream.
-    fn publish(&self, token: &str, claims: &claims::Claims, req: &mut RequestHeader, ctx: &mut RequestContext) {
+    fn publish(
+        &self,
+        token: &str,
+        claims: &claims::Claims,
+        req: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) {
         for (name, value) in claims {
             if let Some(text) = claims::to_text(value) {
                 ctx.vars.insert(format!("jwt.{name}"), text);
@@ -247,7 +267,9 @@ impl JwtAuth {
                 Ok(v) => {
                     let _ = req.insert_header(header.clone(), v);
                 }
-                Err(_) => tracing::debug!(claim = %path, "claim not forwarded: not a valid header value"),
+                Err(_) => {
+                    tracing::debug!(claim = %path, "claim not forwarded: not a valid header value")
+                }
             }
         }
         if let Some(header) = &self.forward_payload {
@@ -316,10 +338,12 @@ fn compile_provider(
     env: EnvLookup<'_>,
 ) -> Result<Provider, String> {
     if p.secret.is_some() {
-        return Err("inline `secret` is not accepted (a config file is copied, logged and \
+        return Err(
+            "inline `secret` is not accepted (a config file is copied, logged and \
                     committed); put it in an environment variable (`secret_env`) or a file \
                     (`secret_file`)"
-            .to_owned());
+                .to_owned(),
+        );
     }
     let sources: Vec<&str> = [
         ("secret_env", p.secret_env.is_some()),
@@ -334,11 +358,18 @@ fn compile_provider(
     match sources.as_slice() {
         [_] => {}
         [] => {
-            return Err("no key: set one of secret_env, secret_file, public_key_file, jwks_file, \
+            return Err(
+                "no key: set one of secret_env, secret_file, public_key_file, jwks_file, \
                         jwks_url"
-                .to_owned())
+                    .to_owned(),
+            )
         }
-        many => return Err(format!("set only one key source, not {}", many.join(" and "))),
+        many => {
+            return Err(format!(
+                "set only one key source, not {}",
+                many.join(" and ")
+            ))
+        }
     }
     if p.secret_base64 && p.secret_env.is_none() && p.secret_file.is_none() {
         return Err("secret_base64 applies to secret_env or secret_file only".to_owned());
@@ -362,8 +393,10 @@ fn compile_provider(
         out
     });
     if listed.as_ref().is_some_and(Vec::is_empty) {
-        return Err("`algorithms` is empty; leave it out to accept every algorithm of the key's type"
-            .to_owned());
+        return Err(
+            "`algorithms` is empty; leave it out to accept every algorithm of the key's type"
+                .to_owned(),
+        );
     }
     let is_hmac = |a: &Algorithm| a.family() == AlgorithmFamily::Hmac;
 
@@ -409,7 +442,10 @@ fn compile_provider(
                 (KeySource::Fixed(Arc::new(set)), algorithms)
             } else {
                 let settings = jwks_settings(p, algorithms.clone())?;
-                (KeySource::Remote(Arc::new(RemoteJwks::new(settings))), algorithms)
+                (
+                    KeySource::Remote(Arc::new(RemoteJwks::new(settings))),
+                    algorithms,
+                )
             }
         }
     };
@@ -418,7 +454,13 @@ fn compile_provider(
     let validations = algorithms
         .iter()
         .map(|&alg| {
-            let v = verify::validation(alg, p.issuer.as_deref(), &p.audiences, leeway, config.require_exp);
+            let v = verify::validation(
+                alg,
+                p.issuer.as_deref(),
+                &p.audiences,
+                leeway,
+                config.require_exp,
+            );
             (alg, v)
         })
         .collect();
@@ -430,10 +472,14 @@ fn compile_provider(
 }
 
 fn every_public_key_algorithm() -> Vec<Algorithm> {
-    [AlgorithmFamily::Rsa, AlgorithmFamily::Ec, AlgorithmFamily::Ed]
-        .iter()
-        .flat_map(|f| f.algorithms().iter().copied())
-        .collect()
+    [
+        AlgorithmFamily::Rsa,
+        AlgorithmFamily::Ec,
+        AlgorithmFamily::Ed,
+    ]
+    .iter()
+    .flat_map(|f| f.algorithms().iter().copied())
+    .collect()
 }
 
 /// The secret's bytes and a description of where they came from (never the secret itself).
@@ -443,9 +489,8 @@ fn read_secret(
     env: EnvLookup<'_>,
 ) -> Result<(Vec<u8>, String), String> {
     if let Some(var) = &p.secret_env {
-        let value = env(var).ok_or_else(|| {
-            format!("secret_env: the environment variable `{var}` is not set")
-        })?;
+        let value = env(var)
+            .ok_or_else(|| format!("secret_env: the environment variable `{var}` is not set"))?;
         let bytes = value
             .into_string()
             .map_err(|_| format!("secret_env: `{var}` is not valid UTF-8"))?
@@ -474,14 +519,17 @@ fn jwks_settings(p: &ProviderConfig, algorithms: Vec<Algorithm>) -> Result<JwksS
         }
         other => return Err(format!("jwks_url: scheme `{other}` is not http or https")),
     }
-    let get = |v: Option<config::Duration>, default: u64| v.map_or(Duration::from_secs(default), |d| d.0);
+    let get =
+        |v: Option<config::Duration>, default: u64| v.map_or(Duration::from_secs(default), |d| d.0);
     let min_refresh = get(p.jwks_min_refresh, 60);
     let max_refresh = get(p.jwks_max_refresh, 3600);
     let refetch_interval = get(p.jwks_refetch_interval, 30);
     let timeout = get(p.jwks_timeout, 5);
     let second = Duration::from_secs(1);
     if min_refresh < second || refetch_interval < second {
-        return Err("jwks_min_refresh and jwks_refetch_interval must be at least \"1s\"".to_owned());
+        return Err(
+            "jwks_min_refresh and jwks_refetch_interval must be at least \"1s\"".to_owned(),
+        );
     }
     if max_refresh < min_refresh {
         return Err("jwks_max_refresh must not be shorter than jwks_min_refresh".to_owned());
@@ -514,7 +562,9 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 fn is_preflight(req: &RequestHeader) -> bool {
     req.method == Method::OPTIONS
         && req.headers.contains_key(http::header::ORIGIN)
-        && req.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && req
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 #[async_trait]

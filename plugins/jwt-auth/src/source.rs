@@ -24,9 +24,8 @@ impl TokenSource {
     pub fn compile(config: &TokenSourceConfig) -> Result<Self, String> {
         match config {
             TokenSourceConfig::Header(name) => {
-                let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    format!("token_from: `{name}` is not a valid header name")
-                })?;
+                let header = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("token_from: `{name}` is not a valid header name"))?;
                 if header == http::header::AUTHORIZATION
                     || header == http::header::PROXY_AUTHORIZATION
                 {
@@ -35,9 +34,9 @@ impl TokenSource {
                     Ok(Self::Header(header))
                 }
             }
-            TokenSourceConfig::Query(name) if name.is_empty() || name.contains(['&', '=']) => {
-                Err(format!("token_from: `{name}` is not a query parameter name"))
-            }
+            TokenSourceConfig::Query(name) if name.is_empty() || name.contains(['&', '=']) => Err(
+                format!("token_from: `{name}` is not a query parameter name"),
+            ),
             TokenSourceConfig::Query(name) => Ok(Self::Query(name.clone())),
             TokenSourceConfig::Cookie(name)
                 if name.is_empty()
@@ -104,9 +103,7 @@ impl TokenSource {
 /// The credentials of a `Bearer` authorization value (scheme case-insensitive, RFC 9110 §11.1).
 fn bearer_credentials(value: &str) -> Option<&str> {
     let (scheme, rest) = value.trim_start().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -226,7 +223,10 @@ mod tests {
             s.find(&req("/", &[("authorization", "bearer   a.b.c ")])),
             Some("a.b.c".into())
         );
-        assert_eq!(s.find(&req("/", &[("authorization", "Basic dXNlcg==")])), None);
+        assert_eq!(
+            s.find(&req("/", &[("authorization", "Basic dXNlcg==")])),
+            None
+        );
         assert_eq!(s.find(&req("/", &[("authorization", "Bearer")])), None);
         assert_eq!(s.find(&req("/", &[("authorization", "Bearer ")])), None);
         assert_eq!(s.find(&req("/", &[])), None);
@@ -235,7 +235,10 @@ mod tests {
     #[test]
     fn other_headers_hold_the_bare_token() {
         let s = source(TokenSourceConfig::Header("x-token".into()));
-        assert_eq!(s.find(&req("/", &[("x-token", " a.b.c ")])), Some("a.b.c".into()));
+        assert_eq!(
+            s.find(&req("/", &[("x-token", " a.b.c ")])),
+            Some("a.b.c".into())
+        );
         assert_eq!(
             s.find(&req("/", &[("x-token", "Bearer a.b.c")])),
             Some("a.b.c".into())

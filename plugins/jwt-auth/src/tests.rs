@@ -121,8 +121,10 @@ async fn a_valid_token_passes_and_publishes_its_claims() {
         "{HS}\nforward_claims = {{ sub = \"x-user-id\", \"realm_access.roles\" = \"x-roles\", \
          admin = \"x-admin\" }}"
     ));
-    let token = hs256(json!({"iss": "me", "sub": "u1", "exp": now() + 60, "admin": false,
-        "realm_access": {"roles": ["a", "b"]}, "n": 3}));
+    let token = hs256(
+        json!({"iss": "me", "sub": "u1", "exp": now() + 60, "admin": false,
+        "realm_access": {"roles": ["a", "b"]}, "n": 3}),
+    );
     let mut req = bearer(&token);
     req.append_header("x-user-id", "spoofed").unwrap();
     req.append_header("x-roles", "root").unwrap();
@@ -136,7 +138,10 @@ async fn a_valid_token_passes_and_publishes_its_claims() {
     assert_eq!(c.vars["jwt.iss"], "me");
     assert_eq!(c.vars["jwt.n"], "3");
     assert_eq!(c.vars["jwt.realm_access"], r#"{"roles":["a","b"]}"#);
-    assert!(req.headers.contains_key("authorization"), "kept without strip_token");
+    assert!(
+        req.headers.contains_key("authorization"),
+        "kept without strip_token"
+    );
 }
 
 #[tokio::test]
@@ -162,7 +167,10 @@ async fn spoofed_claim_headers_are_removed_even_when_the_claim_is_absent() {
 async fn a_missing_token_is_401_with_a_bare_challenge() {
     let p = build(&format!("{HS}\nrealm = \"orders\""));
     let e = run(&p, &mut get(&[])).await.unwrap_err();
-    assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, "missing_token"));
+    assert_eq!(
+        (e.status, e.code),
+        (StatusCode::UNAUTHORIZED, "missing_token")
+    );
     assert_eq!(challenge_of(&e), "Bearer realm=\"orders\"");
     let e = run(&p, &mut get(&[("authorization", "Basic YTpi")]))
         .await
@@ -175,9 +183,15 @@ async fn an_invalid_token_is_401_with_invalid_token() {
     let p = build(HS);
     let expired = hs256(json!({"iss": "me", "exp": now() - 3600}));
     let e = run(&p, &mut bearer(&expired)).await.unwrap_err();
-    assert_eq!((e.status, e.code), (StatusCode::UNAUTHORIZED, "invalid_token"));
+    assert_eq!(
+        (e.status, e.code),
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    );
     let c = challenge_of(&e);
-    assert!(c.starts_with("Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\""), "{c}");
+    assert!(
+        c.starts_with("Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\""),
+        "{c}"
+    );
     assert!(c.contains("expired"), "{c}");
     let e = run(&p, &mut bearer("not-a-jwt")).await.unwrap_err();
     assert_eq!(e.code, "invalid_token");
@@ -188,16 +202,25 @@ async fn required_scopes_and_claims_are_403() {
     let p = build(&format!(
         "{HS}\nrequired_scopes = [\"orders:read\", \"orders:write\"]\nrequired_claims = [\"tenant.id\"]"
     ));
-    let ok = hs256(json!({"iss": "me", "exp": now() + 60, "scope": "orders:read orders:write",
-        "tenant": {"id": "t1"}}));
+    let ok = hs256(
+        json!({"iss": "me", "exp": now() + 60, "scope": "orders:read orders:write",
+        "tenant": {"id": "t1"}}),
+    );
     assert!(run(&p, &mut bearer(&ok)).await.is_ok());
-    let no_write = hs256(json!({"iss": "me", "exp": now() + 60, "scp": ["orders:read"],
-        "tenant": {"id": "t1"}}));
+    let no_write = hs256(
+        json!({"iss": "me", "exp": now() + 60, "scp": ["orders:read"],
+        "tenant": {"id": "t1"}}),
+    );
     let e = run(&p, &mut bearer(&no_write)).await.unwrap_err();
-    assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "insufficient_scope"));
+    assert_eq!(
+        (e.status, e.code),
+        (StatusCode::FORBIDDEN, "insufficient_scope")
+    );
     assert!(challenge_of(&e).contains("scope=\"orders:write\""));
-    let no_tenant = hs256(json!({"iss": "me", "exp": now() + 60, "scopes": ["orders:read", "orders:write"],
-        "tenant": {"id": null}}));
+    let no_tenant = hs256(
+        json!({"iss": "me", "exp": now() + 60, "scopes": ["orders:read", "orders:write"],
+        "tenant": {"id": null}}),
+    );
     let e = run(&p, &mut bearer(&no_tenant)).await.unwrap_err();
     assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "missing_claim"));
 }
@@ -213,7 +236,12 @@ async fn tokens_are_read_from_the_configured_sources_in_order_and_stripped() {
     run(&p, &mut req).await.unwrap();
     assert!(req.headers.get("x-token").is_none());
 
-    let mut req = RequestHeader::build("GET", format!("/x?a=1&access_token={token}").as_bytes(), None).unwrap();
+    let mut req = RequestHeader::build(
+        "GET",
+        format!("/x?a=1&access_token={token}").as_bytes(),
+        None,
+    )
+    .unwrap();
     run(&p, &mut req).await.unwrap();
     assert_eq!(req.uri.to_string(), "/x?a=1");
 
@@ -231,23 +259,47 @@ async fn preflights_pass_without_a_token_unless_disabled() {
     let preflight = || {
         let mut r = RequestHeader::build("OPTIONS", b"/x", None).unwrap();
         r.append_header("origin", "https://app.example").unwrap();
-        r.append_header("access-control-request-method", "POST").unwrap();
+        r.append_header("access-control-request-method", "POST")
+            .unwrap();
         r
     };
     let p = build(HS);
     assert!(run(&p, &mut preflight()).await.is_ok());
     let p = build(&format!("{HS}\nallow_preflight = false"));
-    assert_eq!(run(&p, &mut preflight()).await.unwrap_err().code, "missing_token");
+    assert_eq!(
+        run(&p, &mut preflight()).await.unwrap_err().code,
+        "missing_token"
+    );
 }
 
 #[tokio::test]
 async fn public_keys_verify_their_own_algorithms() {
     let cases = [
-        ("rsa1", Algorithm::RS256, EncodingKey::from_rsa_pem(&fixture("rsa1.key.pem")).unwrap()),
-        ("rsa1", Algorithm::PS384, EncodingKey::from_rsa_pem(&fixture("rsa1.key.pem")).unwrap()),
-        ("ec256", Algorithm::ES256, EncodingKey::from_ec_pem(&fixture("ec256.key.pem")).unwrap()),
-        ("ec384", Algorithm::ES384, EncodingKey::from_ec_pem(&fixture("ec384.key.pem")).unwrap()),
-        ("ed25519", Algorithm::EdDSA, EncodingKey::from_ed_pem(&fixture("ed25519.key.pem")).unwrap()),
+        (
+            "rsa1",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&fixture("rsa1.key.pem")).unwrap(),
+        ),
+        (
+            "rsa1",
+            Algorithm::PS384,
+            EncodingKey::from_rsa_pem(&fixture("rsa1.key.pem")).unwrap(),
+        ),
+        (
+            "ec256",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&fixture("ec256.key.pem")).unwrap(),
+        ),
+        (
+            "ec384",
+            Algorithm::ES384,
+            EncodingKey::from_ec_pem(&fixture("ec384.key.pem")).unwrap(),
+        ),
+        (
+            "ed25519",
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&fixture("ed25519.key.pem")).unwrap(),
+        ),
     ];
     for (name, alg, key) in cases {
         let file = fixtures().join(format!("{name}.pub.pem"));
@@ -293,7 +345,11 @@ async fn a_jwks_file_selects_keys_by_kid() {
     };
     let doc = json!({"keys": [jwk("rsa1.pub.pem", "r1"), jwk("rsa2.pub.pem", "r2"), jwk("ec256.pub.pem", "e1")]});
     std::fs::write(dir.path().join("jwks.json"), doc.to_string()).unwrap();
-    let p = build_in(dir.path(), r#"providers = [{ jwks_file = "jwks.json", algorithms = ["RS256", "ES256"] }]"#).unwrap();
+    let p = build_in(
+        dir.path(),
+        r#"providers = [{ jwks_file = "jwks.json", algorithms = ["RS256", "ES256"] }]"#,
+    )
+    .unwrap();
     let rsa2 = EncodingKey::from_rsa_pem(&fixture("rsa2.key.pem")).unwrap();
     let claims = json!({"exp": now() + 60});
     let ok = sign(Algorithm::RS256, &rsa2, Some("r2"), &claims);
@@ -321,14 +377,28 @@ async fn several_providers_are_told_apart_by_iss() {
         pem.display().to_string()
     ));
     let internal = hs256(json!({"iss": "internal", "sub": "job", "exp": now() + 60}));
-    assert_eq!(run(&p, &mut bearer(&internal)).await.unwrap().vars["consumer"], "job");
+    assert_eq!(
+        run(&p, &mut bearer(&internal)).await.unwrap().vars["consumer"],
+        "job"
+    );
     let ec = EncodingKey::from_ec_pem(&fixture("ec256.key.pem")).unwrap();
-    let idp = sign(Algorithm::ES256, &ec, None, &json!({"iss": "https://idp.example", "sub": "u",
-        "aud": "api", "exp": now() + 60}));
-    assert_eq!(run(&p, &mut bearer(&idp)).await.unwrap().vars["consumer"], "u");
+    let idp = sign(
+        Algorithm::ES256,
+        &ec,
+        None,
+        &json!({"iss": "https://idp.example", "sub": "u",
+        "aud": "api", "exp": now() + 60}),
+    );
+    assert_eq!(
+        run(&p, &mut bearer(&idp)).await.unwrap().vars["consumer"],
+        "u"
+    );
     // An HS token claiming the IdP's issuer meets the IdP's EC key, not the secret.
     let confused = hs256(json!({"iss": "https://idp.example", "aud": "api", "exp": now() + 60}));
-    assert_eq!(run(&p, &mut bearer(&confused)).await.unwrap_err().code, "invalid_token");
+    assert_eq!(
+        run(&p, &mut bearer(&confused)).await.unwrap_err().code,
+        "invalid_token"
+    );
 }
 
 #[test]
@@ -339,8 +409,18 @@ fn secrets_come_from_the_environment_or_a_file_never_inline() {
     };
     let config = |src: &str| -> JwtAuthConfig { toml::from_str(src).unwrap() };
     let env = |name: &str| (name == "JWT_SECRET").then(|| SECRET.into());
-    assert!(JwtAuth::compile(config(r#"providers = [{ secret_env = "JWT_SECRET" }]"#), &ctx, &env).is_ok());
-    let e = JwtAuth::compile(config(r#"providers = [{ secret_env = "NOPE" }]"#), &ctx, &env).unwrap_err();
+    assert!(JwtAuth::compile(
+        config(r#"providers = [{ secret_env = "JWT_SECRET" }]"#),
+        &ctx,
+        &env
+    )
+    .is_ok());
+    let e = JwtAuth::compile(
+        config(r#"providers = [{ secret_env = "NOPE" }]"#),
+        &ctx,
+        &env,
+    )
+    .unwrap_err();
     assert!(e.contains("`NOPE` is not set"), "{e}");
     let e = build_err(r#"providers = [{ secret = "hunter2" }]"#);
     assert!(e.contains("inline `secret` is not accepted"), "{e}");
@@ -382,17 +462,32 @@ fn bad_configs_are_refused_with_a_clear_message() {
     for (src, expected) in cases {
         let e = build_err(&src);
         assert!(e.starts_with("plugin `jwt-auth`: "), "{e}");
-        assert!(e.contains(expected), "{src}\n=> {e}\n(expected `{expected}`)");
+        assert!(
+            e.contains(expected),
+            "{src}\n=> {e}\n(expected `{expected}`)"
+        );
     }
 }
 
 #[test]
 fn loopback_jwks_urls_may_be_plain_http() {
     let dir = config_dir();
-    for url in ["http://127.0.0.1:1/jwks", "http://localhost/jwks", "http://[::1]/jwks"] {
-        assert!(build_in(dir.path(), &format!("providers = [{{ jwks_url = {url:?} }}]")).is_ok(), "{url}");
+    for url in [
+        "http://127.0.0.1:1/jwks",
+        "http://localhost/jwks",
+        "http://[::1]/jwks",
+    ] {
+        assert!(
+            build_in(
+                dir.path(),
+                &format!("providers = [{{ jwks_url = {url:?} }}]")
+            )
+            .is_ok(),
+            "{url}"
+        );
     }
-    let allowed = r#"providers = [{ jwks_url = "http://idp.internal/jwks", jwks_allow_http = true }]"#;
+    let allowed =
+        r#"providers = [{ jwks_url = "http://idp.internal/jwks", jwks_allow_http = true }]"#;
     assert!(build_in(dir.path(), allowed).is_ok());
 }
 
@@ -411,11 +506,23 @@ fn config_errors_carry_a_position() {
 
 #[tokio::test]
 async fn an_unreachable_jwks_answers_503_until_it_loads() {
-    let p = build(r#"providers = [{ jwks_url = "http://127.0.0.1:9/jwks", jwks_timeout = "500ms" }]"#);
+    let p =
+        build(r#"providers = [{ jwks_url = "http://127.0.0.1:9/jwks", jwks_timeout = "500ms" }]"#);
     assert!(p.prepare().await.is_err());
     let rsa = EncodingKey::from_rsa_pem(&fixture("rsa1.key.pem")).unwrap();
-    let token = sign(Algorithm::RS256, &rsa, Some("k"), &json!({"exp": now() + 60}));
+    let token = sign(
+        Algorithm::RS256,
+        &rsa,
+        Some("k"),
+        &json!({"exp": now() + 60}),
+    );
     let e = run(&p, &mut bearer(&token)).await.unwrap_err();
-    assert_eq!((e.status, e.code), (StatusCode::SERVICE_UNAVAILABLE, "jwks_unavailable"));
-    assert!(e.headers.iter().any(|(n, v)| n == http::header::RETRY_AFTER && v == "30"));
+    assert_eq!(
+        (e.status, e.code),
+        (StatusCode::SERVICE_UNAVAILABLE, "jwks_unavailable")
+    );
+    assert!(e
+        .headers
+        .iter()
+        .any(|(n, v)| n == http::header::RETRY_AFTER && v == "30"));
 }

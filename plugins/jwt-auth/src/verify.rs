@@ -96,13 +96,13 @@ impl Provider {
 
     fn lookup_error(&self, lookup: KeyLookup, kid: Option<&str>, alg: Algorithm) -> AuthError {
         match lookup {
-            KeyLookup::UnknownKid | KeyLookup::Found(_) | KeyLookup::Empty => AuthError::invalid(
-                format!(
+            KeyLookup::UnknownKid | KeyLookup::Found(_) | KeyLookup::Empty => {
+                AuthError::invalid(format!(
                     "the token's key id `{}` is not a key of issuer `{}`",
                     shown(kid.unwrap_or("")),
                     shown(&self.label())
-                ),
-            ),
+                ))
+            }
             KeyLookup::AlgorithmNotAllowed => AuthError::invalid(format!(
                 "algorithm {alg:?} is not accepted for this token's key (the key's type decides \
                  the algorithm)"
@@ -164,7 +164,11 @@ impl Verifier {
             .map_err(|_| AuthError::invalid("the token's payload is not base64url JSON"))?;
         let iss = match peek.iss {
             Some(serde_json::Value::String(s)) => s,
-            Some(_) => return Err(AuthError::invalid("the token's `iss` claim is not a string")),
+            Some(_) => {
+                return Err(AuthError::invalid(
+                    "the token's `iss` claim is not a string",
+                ))
+            }
             None => return Err(AuthError::invalid("the token has no `iss` claim")),
         };
         self.providers
@@ -220,15 +224,26 @@ fn claims_error(kind: &ErrorKind) -> AuthError {
     AuthError::Invalid(match kind {
         ErrorKind::InvalidSignature => "the token's signature is not valid".to_owned(),
         ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
-        ErrorKind::ImmatureSignature => "the token is not valid yet (`nbf` is in the future)".to_owned(),
-        ErrorKind::InvalidIssuer => "the token's issuer (`iss`) is not accepted here".to_owned(),
-        ErrorKind::InvalidAudience => "the token's audience (`aud`) is not accepted here".to_owned(),
-        ErrorKind::MissingRequiredClaim(c) => format!("the token has no valid `{}` claim", shown(c)),
-        ErrorKind::InvalidClaimFormat(c) => format!("the token's `{}` claim is malformed", shown(c)),
-        ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted for its key".to_owned(),
-        ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
-            "the token is malformed".to_owned()
+        ErrorKind::ImmatureSignature => {
+            "the token is not valid yet (`nbf` is in the future)".to_owned()
         }
+        ErrorKind::InvalidIssuer => "the token's issuer (`iss`) is not accepted here".to_owned(),
+        ErrorKind::InvalidAudience => {
+            "the token's audience (`aud`) is not accepted here".to_owned()
+        }
+        ErrorKind::MissingRequiredClaim(c) => {
+            format!("the token has no valid `{}` claim", shown(c))
+        }
+        ErrorKind::InvalidClaimFormat(c) => {
+            format!("the token's `{}` claim is malformed", shown(c))
+        }
+        ErrorKind::InvalidAlgorithm => {
+            "the token's algorithm is not accepted for its key".to_owned()
+        }
+        ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_)
+        | ErrorKind::InvalidToken => "the token is malformed".to_owned(),
         _ => "the token could not be verified".to_owned(),
     })
 }
@@ -323,7 +338,10 @@ mod tests {
     #[tokio::test]
     async fn time_claims_are_checked_with_leeway() {
         let v = verifier(vec![hs_provider(None, &[])]);
-        assert!(v.verify(&hs256(json!({"exp": now() - 30}))).await.is_ok(), "within leeway");
+        assert!(
+            v.verify(&hs256(json!({"exp": now() - 30}))).await.is_ok(),
+            "within leeway"
+        );
         let e = err(&v, &hs256(json!({"exp": now() - 120}))).await;
         assert!(e.contains("expired"), "{e}");
         let e = err(&v, &hs256(json!({"exp": now() + 600, "nbf": now() + 300}))).await;
@@ -340,9 +358,17 @@ mod tests {
         let v = verifier(vec![hs_provider(Some("me"), &aud)]);
         let ok = hs256(json!({"iss": "me", "aud": ["other", "web"], "exp": now() + 60}));
         assert!(v.verify(&ok).await.is_ok());
-        let e = err(&v, &hs256(json!({"iss": "you", "aud": "api", "exp": now() + 60}))).await;
+        let e = err(
+            &v,
+            &hs256(json!({"iss": "you", "aud": "api", "exp": now() + 60})),
+        )
+        .await;
         assert!(e.contains("issuer"), "{e}");
-        let e = err(&v, &hs256(json!({"iss": "me", "aud": "nope", "exp": now() + 60}))).await;
+        let e = err(
+            &v,
+            &hs256(json!({"iss": "me", "aud": "nope", "exp": now() + 60})),
+        )
+        .await;
         assert!(e.contains("audience"), "{e}");
         let e = err(&v, &hs256(json!({"iss": "me", "exp": now() + 60}))).await;
         assert!(e.contains("no valid `aud` claim"), "{e}");
@@ -350,8 +376,14 @@ mod tests {
 
     #[tokio::test]
     async fn providers_are_chosen_by_iss() {
-        let v = verifier(vec![hs_provider(Some("a"), &[]), hs_provider(Some("b"), &[])]);
-        assert!(v.verify(&hs256(json!({"iss": "b", "exp": now() + 60}))).await.is_ok());
+        let v = verifier(vec![
+            hs_provider(Some("a"), &[]),
+            hs_provider(Some("b"), &[]),
+        ]);
+        assert!(v
+            .verify(&hs256(json!({"iss": "b", "exp": now() + 60})))
+            .await
+            .is_ok());
         let e = err(&v, &hs256(json!({"iss": "c", "exp": now() + 60}))).await;
         assert!(e.contains("issuer `c` are not accepted"), "{e}");
         let e = err(&v, &hs256(json!({"exp": now() + 60}))).await;
@@ -364,7 +396,11 @@ mod tests {
     async fn alg_none_and_foreign_algorithms_are_refused() {
         let v = verifier(vec![hs_provider(None, &[])]);
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let none = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"exp":9999999999}"#));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none"}"#),
+            b64(r#"{"exp":9999999999}"#)
+        );
         assert!(err(&v, &none).await.contains("alg `none`"));
         let none_upper = format!("{}.{}.", b64(r#"{"alg":"NONE"}"#), b64("{}"));
         assert!(err(&v, &none_upper).await.contains("alg `none`"));
@@ -387,20 +423,36 @@ mod tests {
         assert!(e.contains("signature"), "{e}");
         let big = hs256(json!({"pad": "x".repeat(9000), "exp": now() + 60}));
         assert!(err(&v, &big).await.contains("larger than 8192 bytes"));
-        for garbage in ["", ".", "..", "a.b.c", "a.b.c.d", "Bearer", "é.é.é", "%%%.%%%.%%%"] {
-            assert!(matches!(v.verify(garbage).await, Err(AuthError::Invalid(_))), "{garbage}");
+        for garbage in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "a.b.c.d",
+            "Bearer",
+            "é.é.é",
+            "%%%.%%%.%%%",
+        ] {
+            assert!(
+                matches!(v.verify(garbage).await, Err(AuthError::Invalid(_))),
+                "{garbage}"
+            );
         }
     }
 
     #[tokio::test]
     async fn random_bytes_never_panic() {
-        let v = verifier(vec![hs_provider(Some("a"), &[]), hs_provider(Some("b"), &[])]);
-        let alphabet: Vec<char> =
-            "ABCxyz0189-_.=+/{}\":,eyJhbGciOiJ ".chars().collect();
+        let v = verifier(vec![
+            hs_provider(Some("a"), &[]),
+            hs_provider(Some("b"), &[]),
+        ]);
+        let alphabet: Vec<char> = "ABCxyz0189-_.=+/{}\":,eyJhbGciOiJ ".chars().collect();
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..3000 {
             let len = rng.usize(0..120);
-            let s: String = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
+            let s: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
             assert!(v.verify(&s).await.is_err());
         }
         // Well-formed parts with hostile contents.
@@ -409,7 +461,10 @@ mod tests {
             (r#"{"alg":"HS256"}"#, "[]"),
             (r#"{"alg":"HS256","crit":["x"]}"#, r#"{"iss":"a"}"#),
             (r#"{"alg":"HS256","kid":5}"#, r#"{"iss":"a"}"#),
-            (r#"{"alg":"HS256"}"#, &format!("{}{}", "[".repeat(500), "]".repeat(500))),
+            (
+                r#"{"alg":"HS256"}"#,
+                &format!("{}{}", "[".repeat(500), "]".repeat(500)),
+            ),
             (r#"{"alg":"HS256"}"#, r#"{"iss":"a","exp":-1,"nbf":1e400}"#),
         ] {
             let token = format!("{}.{}.c2ln", b64(h), b64(p));

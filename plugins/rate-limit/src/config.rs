@@ -95,7 +95,7 @@ pub enum BackendConfig {
     #[default]
     Local,
     /// In Redis, shared by every instance that uses the same server, prefix and policy name.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// `backend = { redis = "redis://host:6379/0" }` or a table with the options below.

@@ -14,6 +14,7 @@
 //! Full reference: docs/plugins/rate-limit.md.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;
 mod headers;
@@ -178,6 +179,7 @@ impl RateLimit {
         let backend = match config.backend {
             BackendConfig::Local => Backend::Local(local(config.max_keys)?),
             BackendConfig::Redis(r) => {
+                let r = *r;
                 let key_prefixes = limits
                     .iter()
                     .map(|l| format!("{}{}:", r.prefix, l.name).into_bytes())
@@ -429,5 +431,4 @@ impl Plugin for RateLimit {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

@@ -64,6 +64,7 @@ impl BoundedStore {
     }
 
     /// The most keys the store holds.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.per_shard * self.shards.len()
     }

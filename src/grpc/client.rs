@@ -1,0 +1,108 @@
+//! The HTTP/2 client towards gRPC upstreams: prior-knowledge h2c, one multiplexed connection
+//! per target address shared by every route and config snapshot of the process, re-opened when
+//! the upstream closes it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Why a call could not reach the upstream.
+#[derive(Debug)]
+pub enum CallError {
+    /// Connecting took longer than the connect timeout.
+    ConnectTimeout(SocketAddr),
+    /// TCP connect or the HTTP/2 handshake failed.
+    Connect(SocketAddr, String),
+    /// The HTTP/2 stream failed (reset, connection lost).
+    Stream(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ConnectTimeout(a) => write!(f, "timed out connecting to upstream {a}"),
+            Self::Connect(a, e) => write!(f, "could not connect to upstream {a}: {e}"),
+            Self::Stream(e) => write!(f, "upstream HTTP/2 stream failed: {e}"),
+        }
+    }
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Connections by target address.
+#[derive(Default)]
+pub struct Pool {
+    conns: Mutex<HashMap<SocketAddr, Sender>>,
+}
+
+/// The process-wide pool: connections outlive config reloads.
+pub fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(Pool::default)
+}
+
+impl Pool {
+    /// Sends `req` to `target`, connecting (or reconnecting once) as needed.
+    pub async fn send(
+        &self,
+        target: SocketAddr,
+        req: Request<Full<Bytes>>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, CallError> {
+        let cached = self.cached(target);
+        let mut sender = match cached {
+            Some(s) => s,
+            None => self.connect(target, connect_timeout).await?,
+        };
+        if sender.ready().await.is_err() {
+            // The pooled connection died between calls: one fresh connection, no more.
+            sender = self.connect(target, connect_timeout).await?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| CallError::Connect(target, e.to_string()))?;
+        }
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| CallError::Stream(e.to_string()))
+    }
+
+    fn cached(&self, target: SocketAddr) -> Option<Sender> {
+        let conns = self.conns.lock().ok()?;
+        conns.get(&target).filter(|s| !s.is_closed()).cloned()
+    }
+
+    async fn connect(&self, target: SocketAddr, timeout: Duration) -> Result<Sender, CallError> {
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(target)
+                .await
+                .map_err(|e| CallError::Connect(target, e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+                .await
+                .map_err(|e| CallError::Connect(target, e.to_string()))
+        };
+        let (sender, conn) = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| CallError::ConnectTimeout(target))??;
+        tokio::spawn(async move {
+            // Ends when the upstream closes the connection or every sender is dropped.
+            let _ = conn.await;
+        });
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.retain(|_, s| !s.is_closed());
+            conns.insert(target, sender.clone());
+        }
+        Ok(sender)
+    }
+}

@@ -1,0 +1,212 @@
+//! The gRPC request message(s) of an HTTP request: the body, path variables and query
+//! parameters merged into one JSON value per message, then parsed by the proto3 JSON mapping.
+//! Every failure is a message for a 400 naming the field and the reason.
+
+use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, MessageDescriptor};
+use serde_json::{Map, Value};
+
+use super::binding::{resolve_fields, Binding, BodyRule};
+use super::config::{Options, UnknownFields};
+use super::matcher::decode_variable;
+use super::prepass::{check_depth, fold_enum_case};
+use super::query::{parse_query, text_to_json};
+
+/// The parts of an HTTP request that make the gRPC request.
+pub struct HttpInput<'a> {
+    /// Raw path segments the variables read from.
+    pub segments: &'a [&'a str],
+    /// The query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// Field values from the URL, as `(field path, JSON value, append)`.
+type UrlValues = Vec<(Vec<FieldDescriptor>, Value, bool)>;
+
+/// Builds the request messages: one, or one per element of a JSON array for client streaming.
+pub fn build_messages(
+    binding: &Binding,
+    input: &HttpInput<'_>,
+    opts: &Options,
+) -> Result<Vec<DynamicMessage>, String> {
+    let url = url_values(binding, input, opts)?;
+    let body = parse_body(input.body, opts)?;
+    let desc = binding.method.input();
+    if binding.method.is_client_streaming() {
+        let items = match body {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other @ Value::Object(_)) => vec![other],
+            Some(_) => {
+                return Err("a client-streaming call takes a JSON array of messages".into())
+            }
+        };
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                build_one(binding, &desc, Some(item), &url, opts)
+                    .map_err(|e| format!("message [{i}]: {e}"))
+            })
+            .collect();
+    }
+    Ok(vec![build_one(binding, &desc, body, &url, opts)?])
+}
+
+fn parse_body(body: &[u8], opts: &Options) -> Result<Option<Value>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            format!("the JSON nests deeper than {} levels", opts.max_depth)
+        } else {
+            format!("the body is not valid JSON: {e}")
+        }
+    })?;
+    check_depth(&value, opts.max_depth)?;
+    Ok(Some(value))
+}
+
+fn url_values(binding: &Binding, input: &HttpInput<'_>, opts: &Options) -> Result<UrlValues, String> {
+    let mut out = UrlValues::new();
+    for v in &binding.variables {
+        let end = v.end.unwrap_or(input.segments.len());
+        let raw = input
+            .segments
+            .get(v.start..end)
+            .ok_or_else(|| "the path does not fit its template".to_string())?;
+        let text = decode_variable(raw, v.single_segment)
+            .ok_or_else(|| "a path segment is not valid UTF-8 once decoded".to_string())?;
+        let Some(last) = v.fields.last() else { continue };
+        out.push((v.fields.clone(), text_to_json(last, &text)?, false));
+    }
+    let Some(query) = input.query else {
+        return Ok(out);
+    };
+    // With `body: "*"` every field comes from the body; parameters can only be noise such as
+    // cache busters, so they are not read at all.
+    if matches!(binding.body, BodyRule::All) {
+        return Ok(out);
+    }
+    let reject = opts.unknown_fields == UnknownFields::Reject;
+    let input_desc = binding.method.input();
+    for (key, value) in parse_query(query)? {
+        let parts: Vec<&str> = key.split('.').collect();
+        let fields = match resolve_fields(&input_desc, &parts, true) {
+            Ok(f) => f,
+            Err(e) if reject => return Err(format!("unknown query parameter `{key}`: {e}")),
+            Err(_) => continue,
+        };
+        let conflict = if let BodyRule::Field(b) = &binding.body {
+            fields.first().is_some_and(|f| f.number() == b.number())
+        } else {
+            false
+        };
+        let bound = binding.variables.iter().any(|v| same_path(&v.fields, &fields));
+        if conflict || bound {
+            if reject {
+                let what = if bound { "the path" } else { "the body" };
+                return Err(format!("query parameter `{key}` sets a field already bound by {what}"));
+            }
+            continue;
+        }
+        let Some(last) = fields.last() else { continue };
+        if last.is_map() {
+            return Err(format!("query parameter `{key}`: map fields cannot be set from the query"));
+        }
+        let json = text_to_json(last, &value)?;
+        let append = last.is_list();
+        out.push((fields, json, append));
+    }
+    Ok(out)
+}
+
+fn same_path(a: &[FieldDescriptor], b: &[FieldDescriptor]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.number() == y.number())
+}
+
+fn build_one(
+    binding: &Binding,
+    desc: &MessageDescriptor,
+    body: Option<Value>,
+    url: &UrlValues,
+    opts: &Options,
+) -> Result<DynamicMessage, String> {
+    let mut root = match (&binding.body, body) {
+        (BodyRule::All, Some(v)) => v,
+        (BodyRule::Field(f), Some(v)) => {
+            let mut m = Map::new();
+            m.insert(f.name().to_string(), v);
+            Value::Object(m)
+        }
+        // No body mapping: a body sent anyway is not part of the call.
+        _ => Value::Object(Map::new()),
+    };
+    for (fields, value, append) in url {
+        set_path(&mut root, fields, value.clone(), *append)?;
+    }
+    if opts.case_insensitive_enums {
+        fold_enum_case(&mut root, desc);
+    }
+    parse_message(desc, root, opts)
+}
+
+/// Sets `fields` (a path from the root) to `value` in the JSON tree, replacing whatever the body
+/// had there under either the proto or the JSON name; `append` adds to a repeated field.
+fn set_path(root: &mut Value, fields: &[FieldDescriptor], value: Value, append: bool) -> Result<(), String> {
+    let mut node = root;
+    for (i, f) in fields.iter().enumerate() {
+        let Value::Object(obj) = node else {
+            return Err(format!(
+                "the body must be a JSON object to hold `{}`",
+                f.name()
+            ));
+        };
+        // One key per field, so the parser never sees the field twice.
+        if f.json_name() != f.name() {
+            if let Some(v) = obj.remove(f.json_name()) {
+                obj.entry(f.name()).or_insert(v);
+            }
+        }
+        let last = i + 1 == fields.len();
+        if !last {
+            let child = obj
+                .entry(f.name())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !child.is_object() {
+                *child = Value::Object(Map::new());
+            }
+            node = child;
+            continue;
+        }
+        if append {
+            let slot = obj.entry(f.name()).or_insert_with(|| Value::Array(Vec::new()));
+            match slot {
+                Value::Array(a) => a.push(value),
+                other => *other = Value::Array(vec![value]),
+            }
+        } else {
+            obj.insert(f.name().to_string(), value);
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Parses JSON into a message; the error names the field path where parsing failed.
+pub fn parse_message(desc: &MessageDescriptor, json: Value, opts: &Options) -> Result<DynamicMessage, String> {
+    let de_opts = DeserializeOptions::new()
+        .deny_unknown_fields(opts.unknown_fields == UnknownFields::Reject);
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(json, &mut track);
+    DynamicMessage::deserialize_with_options(desc.clone(), de, &de_opts).map_err(|e| {
+        let path = track.path().to_string();
+        if path == "." || path.is_empty() {
+            format!("invalid request: {e}")
+        } else {
+            format!("invalid value for field `{path}`: {e}")
+        }
+    })
+}
