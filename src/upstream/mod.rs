@@ -73,6 +73,8 @@ pub struct Cluster {
     cursor: AtomicUsize,
     /// Admission counters.
     pub counters: Arc<Counters>,
+    /// When panic mode was last logged (process-clock ms).
+    panic_logged_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -85,6 +87,7 @@ impl Cluster {
             records: Mutex::new(HashMap::new()),
             cursor: AtomicUsize::new(0),
             counters: Arc::new(Counters::default()),
+            panic_logged_ms: std::sync::atomic::AtomicU64::new(0),
         };
         let endpoints: Vec<Endpoint> = config
             .targets
@@ -172,7 +175,12 @@ impl Cluster {
         }
         let none_available = !targets.iter().any(|t| t.health.is_available(now));
         if self.config.panic_mode && none_available {
-            tracing::warn!(upstream = %self.name(), "no healthy target: panic mode, trying all");
+            // Once a second at most: in an outage this runs for every request.
+            let last = self.panic_logged_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000 {
+                self.panic_logged_ms.store(now, Ordering::Relaxed);
+                tracing::warn!(upstream = %self.name(), "no healthy target: panic mode, trying all");
+            }
             let i = set
                 .picker
                 .pick(algorithm, &self.cursor, key, &untried, &load)?;
@@ -205,7 +213,7 @@ impl Cluster {
             .count();
         let limit = (set.targets.len() * outlier.max_ejection_percent as usize / 100).max(1);
         if ejected >= limit {
-            tracing::warn!(
+            tracing::debug!(
                 upstream = %self.name(),
                 target = %target.address,
                 ejected,
@@ -214,6 +222,9 @@ impl Cluster {
             return;
         }
         let length = target.health.eject(outlier);
+        if let Some(m) = crate::telemetry::metrics::metrics() {
+            m.ejections.with_label_values(&[self.name()]).inc();
+        }
         tracing::warn!(
             upstream = %self.name(),
             target = %target.address,

@@ -1,0 +1,80 @@
+//! gRPC response messages as JSON, with the route's naming and default-value options, and
+//! `response_body` picking one field.
+
+use bytes::Bytes;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
+use serde_json::Value;
+
+use super::config::{JsonNames, Options};
+
+/// Turns encoded response messages into JSON.
+#[derive(Debug, Clone)]
+pub struct JsonWriter {
+    desc: MessageDescriptor,
+    field: Option<FieldDescriptor>,
+    options: SerializeOptions,
+    proto_names: bool,
+    enum_numbers: bool,
+}
+
+impl JsonWriter {
+    /// A writer for messages of `desc`, optionally only the `response_body` field.
+    pub fn new(desc: MessageDescriptor, field: Option<FieldDescriptor>, opts: &Options) -> Self {
+        let proto_names = opts.json_names == JsonNames::Proto;
+        Self {
+            desc,
+            field,
+            options: SerializeOptions::new()
+                .stringify_64_bit_integers(true)
+                .use_proto_field_name(proto_names)
+                .skip_default_fields(!opts.emit_defaults)
+                .use_enum_numbers(opts.enums_as_ints),
+            proto_names,
+            enum_numbers: opts.enums_as_ints,
+        }
+    }
+
+    /// Decodes one message and writes its JSON.
+    pub fn write(&self, encoded: Bytes) -> Result<Vec<u8>, String> {
+        let msg = DynamicMessage::decode(self.desc.clone(), encoded)
+            .map_err(|e| format!("upstream sent an undecodable `{}`: {e}", self.desc.full_name()))?;
+        let Some(field) = &self.field else {
+            let mut out = Vec::with_capacity(128);
+            let mut ser = serde_json::Serializer::new(&mut out);
+            msg.serialize_with_options(&mut ser, &self.options)
+                .map_err(|e| format!("response as JSON: {e}"))?;
+            return Ok(out);
+        };
+        let mut ser = serde_json::value::Serializer;
+        let whole = msg
+            .serialize_with_options(&mut ser, &self.options)
+            .map_err(|e| format!("response as JSON: {e}"))?;
+        let key = if self.proto_names { field.name() } else { field.json_name() };
+        let value = match whole {
+            Value::Object(mut o) => o.remove(key),
+            _ => None,
+        }
+        .unwrap_or_else(|| default_json(field, self.enum_numbers));
+        serde_json::to_vec(&value).map_err(|e| format!("response as JSON: {e}"))
+    }
+}
+
+/// The JSON of a field left out because it held its default.
+fn default_json(field: &FieldDescriptor, enum_numbers: bool) -> Value {
+    if field.is_list() {
+        return Value::Array(Vec::new());
+    }
+    if field.is_map() {
+        return Value::Object(Default::default());
+    }
+    match field.kind() {
+        Kind::Bool => Value::Bool(false),
+        Kind::String | Kind::Bytes => Value::String(String::new()),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+            Value::String("0".into())
+        }
+        Kind::Enum(e) if !enum_numbers => Value::String(e.default_value().name().to_string()),
+        Kind::Message(_) => Value::Null,
+        _ => Value::from(0),
+    }
+}
