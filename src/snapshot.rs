@@ -53,6 +53,30 @@ impl Snapshot {
             futures_util::future::join_all(prepares),
         )
         .await;
+        // Reflection needs the upstream's targets, so it runs after discovery and checks.
+        let reflections = self
+            .reflecting_routes()
+            .into_iter()
+            .map(|(t, c)| async move {
+                if let Err(e) = load_reflection(&t, &c).await {
+                    tracing::error!(upstream = %c.name(), error = %e,
+                    "gRPC schema by reflection not loaded; retrying in the background");
+                }
+            });
+        futures_util::future::join_all(reflections).await;
+    }
+
+    /// Transcoding routes whose schema comes from reflection and is not loaded yet.
+    fn reflecting_routes(&self) -> Vec<(Arc<crate::grpc::Transcoder>, Arc<Cluster>)> {
+        self.config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let t = r.grpc.clone()?;
+                let c = self.clusters.get(r.upstream)?.clone();
+                (t.needs_reflection() && !t.is_ready()).then_some((t, c))
+            })
+            .collect()
     }
 
     /// Starts the background tasks of every cluster and plugin on the current tokio runtime.
@@ -63,6 +87,25 @@ impl Snapshot {
         for p in self.plugins() {
             let stop = self.stop.subscribe();
             tokio::spawn(async move { p.plugin.background(stop).await });
+        }
+        for (t, c) in self.reflecting_routes() {
+            let mut stop = self.stop.subscribe();
+            tokio::spawn(async move {
+                while !t.is_ready() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                        _ = stop.changed() => return,
+                    }
+                    match load_reflection(&t, &c).await {
+                        Ok(()) => {
+                            tracing::info!(upstream = %c.name(), "gRPC schema loaded by reflection")
+                        }
+                        Err(e) => {
+                            tracing::warn!(upstream = %c.name(), error = %e, "gRPC reflection failed; retrying")
+                        }
+                    }
+                }
+            });
         }
     }
 
@@ -94,4 +137,12 @@ impl Drop for Snapshot {
     fn drop(&mut self) {
         self.stop_tasks();
     }
+}
+
+/// Loads a route's gRPC schema from one of its upstream's targets.
+async fn load_reflection(t: &crate::grpc::Transcoder, c: &Cluster) -> Result<(), String> {
+    let target = c
+        .select(None, &[])
+        .ok_or_else(|| format!("upstream `{}` has no target to ask", c.name()))?;
+    t.prepare(target.address).await
 }

@@ -349,6 +349,7 @@ pub struct RouteSection {
     #[serde(default)]
     pub disable_plugins: Vec<Spanned<String>>,
     pub retry_non_idempotent: Option<bool>,
+    pub grpc: Option<Spanned<crate::grpc::GrpcSection>>,
     /// Route plugins. Only its presence is checked here; the registry reads the table again with
     /// spans so plugin errors point into it.
     #[allow(dead_code)]

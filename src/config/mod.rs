@@ -826,7 +826,8 @@ impl Validator<'_, '_> {
         if let Some(t) = &s.timeout {
             // A timeout above the interval only delays the next round (rounds never overlap).
             if t.get_ref().0.is_zero() {
-                self.c.at(t.span(), "health check `timeout` must be above 0");
+                self.c
+                    .at(t.span(), "health check `timeout` must be above 0");
             }
         }
         let jitter = s.jitter.as_ref().map_or(Duration::ZERO, |j| j.get_ref().0);
@@ -1218,6 +1219,16 @@ impl Validator<'_, '_> {
             let (Some(path), Some(upstream), true) = (path, upstream, methods_ok) else {
                 continue;
             };
+            let grpc = match &r.grpc {
+                None => None,
+                Some(g) => match crate::grpc::Transcoder::build(g.get_ref(), self.base_dir) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(m) => {
+                        self.c.at(g.span(), format!("route `{route_name}`: {m}"));
+                        continue;
+                    }
+                },
+            };
             let pattern: Arc<str> = Arc::from(match &path {
                 PathMatch::Exact(p) | PathMatch::Template(p) => p.clone(),
                 PathMatch::Prefix(p) if p.ends_with('/') => format!("{p}*"),
@@ -1243,6 +1254,7 @@ impl Validator<'_, '_> {
                     read_timeout: r.read_timeout.map(|d| d.0),
                     write_timeout: r.write_timeout.map(|d| d.0),
                     retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
+                    grpc,
                     plugins: plugins.into(),
                 },
             ));

@@ -342,6 +342,8 @@ pub struct Route {
     pub write_timeout: Option<Duration>,
     /// Retry non-idempotent methods too (the route says its upstream tolerates it).
     pub retry_non_idempotent: bool,
+    /// HTTP/JSON → gRPC transcoding and gRPC-Web, when the route has a `grpc` table.
+    pub grpc: Option<Arc<crate::grpc::Transcoder>>,
     /// Plugins of the route (global ones merged in), in execution order.
     pub plugins: Arc<[PluginEntry]>,
 }

@@ -1,2 +1,56 @@
-//! gRPC: HTTP/JSON → gRPC transcoding (google.api.http), gRPC-Web, and gRPC-shaped errors.
-//! PLACEHOLDER: being written.
+//! gRPC at the gateway: HTTP/JSON → gRPC transcoding after google.api.http rules, gRPC-Web
+//! clients to native gRPC upstreams, and gRPC-shaped errors for the proxy. See docs/grpc.md.
+//!
+//! The proxy builds one [`Transcoder`] per route with a `grpc` table, asks
+//! [`Transcoder::matches_request`] whether a request is for it, and hands it the request with
+//! the chosen upstream address; the response comes back ready to write, its body streamed.
+
+mod binding;
+mod body;
+mod client;
+mod config;
+mod embedded;
+mod framing;
+mod matcher;
+mod metadata;
+mod prepass;
+mod query;
+mod reader;
+mod reflection;
+mod request;
+mod response;
+mod rules;
+mod schema;
+mod status;
+mod stream;
+mod template;
+mod transcoder;
+mod web;
+
+pub use body::ResponseBody;
+pub use config::{GrpcSection, JsonNames, StreamFormat, UnknownFields};
+pub use metadata::{format_timeout, parse_timeout};
+pub use schema::{Lookup, Schema, Selection};
+pub use status::{
+    code_for_gateway_status, code_for_upstream_http, code_name, http_status_for_code, is_grpc_request,
+    trailers_only_error, trailers_only_for_status,
+};
+pub use transcoder::Transcoder;
+pub use web::is_grpc_web;
+
+/// Compiles `.proto` files with the built-in `google/api` and `google/rpc` files available and
+/// returns an encoded FileDescriptorSet with imports (for tests, benches and tooling).
+pub fn compile_descriptor_set(
+    files: &[std::path::PathBuf],
+    includes: &[std::path::PathBuf],
+) -> Result<Vec<u8>, String> {
+    let base = std::path::Path::new(".");
+    let parts = schema::compile_protos(files, includes, base)?;
+    let mut out = Vec::new();
+    for (_, bytes) in parts {
+        out.push(0x0a);
+        prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}

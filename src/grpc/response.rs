@@ -45,9 +45,8 @@ impl JsonWriter {
                 .map_err(|e| format!("response as JSON: {e}"))?;
             return Ok(out);
         };
-        let mut ser = serde_json::value::Serializer;
         let whole = msg
-            .serialize_with_options(&mut ser, &self.options)
+            .serialize_with_options(serde_json::value::Serializer, &self.options)
             .map_err(|e| format!("response as JSON: {e}"))?;
         let key = if self.proto_names { field.name() } else { field.json_name() };
         let value = match whole {

@@ -220,6 +220,14 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        let transcoder = st.route().and_then(|r| r.grpc.clone());
+        if let Some(t) = transcoder {
+            let req = session.req_header();
+            if t.matches_request(&req.method, &req.uri, &req.headers) {
+                self.transcode(session, st, &t).await;
+                return Ok(true);
+            }
+        }
         Ok(false)
     }
 
@@ -661,6 +669,155 @@ fn end_attempt(st: &mut RequestState, outcome: &str, status: Option<u16>, error:
 }
 
 impl Gateway {
+    /// Serves a request of a transcoding route: reads the (bounded) body, picks a target,
+    /// lets the engine make the gRPC call and writes its answer, streaming the body.
+    async fn transcode(
+        &self,
+        session: &mut Session,
+        st: &mut RequestState,
+        transcoder: &crate::grpc::Transcoder,
+    ) {
+        use http_body_util::BodyExt;
+
+        let (Some(snap), Some(route)) = (st.snapshot.clone(), st.route().cloned()) else {
+            return;
+        };
+        let Some(cluster) = snap.clusters.get(route.upstream).cloned() else {
+            return;
+        };
+        let limits = &cluster.config.circuit_breaker;
+        let Some(guard) =
+            CounterGuard::acquire(&cluster.counters, |c| &c.in_flight, limits.max_in_flight)
+        else {
+            let err = overloaded(&cluster, "requests in flight", limits.max_in_flight);
+            respond::send_error(session, st, &err).await;
+            return;
+        };
+        st.in_flight = Some(guard);
+        // Read one byte past the limit so the engine can tell "too large" from "exactly full".
+        let limit = transcoder.max_body_bytes().saturating_add(1);
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    let room = limit.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let err = PluginError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        format!("the request body could not be read: {e}"),
+                    );
+                    respond::send_error(session, st, &err).await;
+                    return;
+                }
+            }
+        }
+        let Some(target) = cluster.select(None, &[]) else {
+            let err = PluginError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_target",
+                format!("upstream `{}` has no target available", cluster.name()),
+            );
+            respond::send_error(session, st, &err).await;
+            return;
+        };
+        st.tried.push(target.address);
+        st.target_load = Some(TargetLoad::new(target.clone()));
+        st.target = Some(target.clone());
+        let head = session.req_header();
+        let mut builder = http::Request::builder()
+            .method(head.method.clone())
+            .uri(head.uri.clone());
+        for (name, value) in head.headers.iter() {
+            builder = builder.header(name, value);
+        }
+        let builder = builder.header("x-request-id", st.ctx.request_id.as_str());
+        let Ok(request) = builder.body(http_body_util::Full::new(body.freeze())) else {
+            let err = PluginError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid request head",
+            );
+            respond::send_error(session, st, &err).await;
+            return;
+        };
+        let authority = cluster
+            .config
+            .host_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                target
+                    .hostname
+                    .as_ref()
+                    .map(|h| format!("{h}:{}", target.address.port()))
+            });
+        st.attempt_started = Some(std::time::Instant::now());
+        let response = transcoder
+            .handle(request, target.address, authority.as_deref())
+            .await;
+        let (parts, mut resp_body) = response.into_parts();
+        let status = parts.status.as_u16();
+        end_attempt(st, "response", Some(status), None);
+        if status >= 502 {
+            cluster.report_failure(&target, &format!("transcoded call: status {status}"));
+        } else {
+            cluster.report_success(&target);
+        }
+        let Ok(mut header) = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))
+        else {
+            return;
+        };
+        for (name, value) in parts.headers.iter() {
+            let _ = header.append_header(name.clone(), value.clone());
+        }
+        if let Some(plugins) = st.plugins() {
+            for p in plugins.iter() {
+                p.plugin.on_response(&mut header, &mut st.ctx);
+            }
+        }
+        st.gateway_status = status;
+        if session
+            .write_response_header(Box::new(header), false)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            match resp_body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if session
+                            .write_response_body(Some(data), false)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    // The upstream broke off mid-stream: the client's response cannot be
+                    // completed, so it is cut rather than ended as if whole.
+                    tracing::warn!(request_id = %st.ctx.request_id, route = %st.ctx.route,
+                        upstream = %st.ctx.upstream, error = %e, "transcoded stream broken");
+                    session.shutdown().await;
+                    return;
+                }
+                None => break,
+            }
+        }
+        let _ = session.write_response_body(None, true).await;
+    }
+
     /// One access log line for a finished request.
     fn access_log(
         &self,

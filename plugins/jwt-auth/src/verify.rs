@@ -199,21 +199,26 @@ fn header_error(token: &str) -> AuthError {
     else {
         return AuthError::invalid("the token is not a JWT (three base64url parts joined by dots)");
     };
-    #[derive(serde::Deserialize)]
-    struct Alg {
-        alg: String,
-    }
-    let alg = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()
-        .and_then(|json| serde_json::from_slice::<Alg>(&json).ok());
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
+    let alg = header
+        .as_ref()
+        .and_then(|h| h.get("alg"))
+        .and_then(serde_json::Value::as_str);
     match alg {
-        Some(Alg { alg }) if alg.eq_ignore_ascii_case("none") => {
+        Some(alg) if alg.eq_ignore_ascii_case("none") => {
             AuthError::invalid("unsigned tokens (alg `none`) are never accepted")
         }
-        Some(Alg { alg }) => AuthError::invalid(format!(
+        // A known algorithm: something else in the header is wrong (e.g. a `kid` that is not a
+        // string).
+        Some(alg) if alg.parse::<Algorithm>().is_ok() => {
+            AuthError::invalid("the token's header is malformed")
+        }
+        Some(alg) => AuthError::invalid(format!(
             "the token's algorithm `{}` is not supported",
-            shown(&alg)
+            shown(alg)
         )),
         None => AuthError::invalid("the token's header is malformed"),
     }
@@ -406,6 +411,8 @@ mod tests {
         assert!(err(&v, &none_upper).await.contains("alg `none`"));
         let es512 = format!("{}.{}.sig", b64(r#"{"alg":"ES512"}"#), b64("{}"));
         assert!(err(&v, &es512).await.contains("`ES512` is not supported"));
+        let bad_kid = format!("{}.{}.sig", b64(r#"{"alg":"HS256","kid":5}"#), b64("{}"));
+        assert!(err(&v, &bad_kid).await.contains("header is malformed"));
         let rs = format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64("{}"));
         let e = err(&v, &rs).await;
         assert!(e.contains("RS256 is not accepted"), "{e}");

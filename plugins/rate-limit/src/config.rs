@@ -303,8 +303,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("on_redis_error"), "{err}");
-        let err = parse(r#"limits = [{ rate = "10/s" }]
-            headers = "ietf""#)
+        let err = parse(
+            r#"limits = [{ rate = "10/s" }]
+            headers = "ietf""#,
+        )
         .unwrap_err();
         assert!(err.contains("ietf"), "{err}");
     }
@@ -349,8 +351,10 @@ mod tests {
         assert!(r.local_precheck);
 
         assert!(matches!(
-            parse(r#"limits = [{ rate = "10/s" }]
-            backend = "local""#)
+            parse(
+                r#"limits = [{ rate = "10/s" }]
+            backend = "local""#
+            )
             .unwrap()
             .backend,
             BackendConfig::Local

@@ -46,13 +46,7 @@ pub fn retry_after(d: Duration) -> HeaderValue {
 pub fn policy(limits: &[(&str, Rate)]) -> Option<HeaderValue> {
     let items: Vec<String> = limits
         .iter()
-        .map(|(name, rate)| {
-            format!(
-                "\"{name}\";q={};w={}",
-                rate.count(),
-                rate.window_secs()
-            )
-        })
+        .map(|(name, rate)| format!("\"{name}\";q={};w={}", rate.count(), rate.window_secs()))
         .collect();
     HeaderValue::try_from(items.join(", ")).ok()
 }
@@ -64,13 +58,7 @@ pub fn ratelimit(items: &[(&str, Verdict)]) -> Option<HeaderValue> {
     }
     let items: Vec<String> = items
         .iter()
-        .map(|(name, v)| {
-            format!(
-                "\"{name}\";r={};t={}",
-                v.remaining,
-                ceil_secs(v.refill_in)
-            )
-        })
+        .map(|(name, v)| format!("\"{name}\";r={};t={}", v.remaining, ceil_secs(v.refill_in)))
         .collect();
     HeaderValue::try_from(items.join(", ")).ok()
 }

@@ -66,7 +66,9 @@ impl std::str::FromStr for KeyPart {
                     .map(KeyPart::Header)
                     .map_err(|_| format!("key `{s}`: `{name}` is not a valid header name"))
             }
-            Some(("claim", name)) => named("claim", name).map(|n| KeyPart::Claim(format!("jwt.{n}"))),
+            Some(("claim", name)) => {
+                named("claim", name).map(|n| KeyPart::Claim(format!("jwt.{n}")))
+            }
             Some(("param", name)) => named("param", name).map(KeyPart::Param),
             Some(_) => Err(format!("unknown key `{s}`; {KEY_HINT}")),
         }
@@ -129,7 +131,9 @@ impl<'de> Deserialize<'de> for KeySpec {
             type Value = KeySpec;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key such as \"client_ip\" or a list such as [\"consumer\", \"route\"]")
+                f.write_str(
+                    "a key such as \"client_ip\" or a list such as [\"consumer\", \"route\"]",
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KeySpec, E> {
@@ -311,8 +315,10 @@ mod tests {
 
     #[test]
     fn every_part_kind_parses() {
-        let s = spec(r#"["client_ip", "header:X-Api-Key", "claim:sub", "consumer", "route", "param:id"]"#)
-            .unwrap();
+        let s = spec(
+            r#"["client_ip", "header:X-Api-Key", "claim:sub", "consumer", "route", "param:id"]"#,
+        )
+        .unwrap();
         assert_eq!(
             s.to_string(),
             "client_ip+header:x-api-key+claim:sub+consumer+route+param:id"
@@ -343,8 +349,10 @@ mod tests {
         c.vars.insert("jwt.sub".into(), "user-1".into());
         c.params.push((Arc::from("id"), "42".into()));
         let r = req(&[("x-api-key", "k1")]);
-        let s = spec(r#"["client_ip", "header:x-api-key", "claim:sub", "consumer", "route", "param:id"]"#)
-            .unwrap();
+        let s = spec(
+            r#"["client_ip", "header:x-api-key", "claim:sub", "consumer", "route", "param:id"]"#,
+        )
+        .unwrap();
         assert_eq!(
             key(&s, &r, &c).unwrap(),
             "192.0.2.7|k1|user-1|alice|orders|42"
@@ -355,10 +363,7 @@ mod tests {
     fn ipv4_mapped_client_is_keyed_as_ipv4() {
         let mut c = ctx();
         c.client_ip = Some("::ffff:10.1.2.3".parse().unwrap());
-        assert_eq!(
-            key(&KeySpec::default(), &req(&[]), &c).unwrap(),
-            "10.1.2.3"
-        );
+        assert_eq!(key(&KeySpec::default(), &req(&[]), &c).unwrap(), "10.1.2.3");
     }
 
     #[test]

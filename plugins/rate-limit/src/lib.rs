@@ -35,7 +35,9 @@ use tollgate_plugin_api::{
     RequestHeader, ResponseHeader,
 };
 
-pub use config::{BackendConfig, Burst, HeaderMode, LimitConfig, OnError, RateLimitConfig};
+pub use config::{
+    BackendConfig, Burst, HeaderMode, LimitConfig, OnError, RateLimitConfig, RedisConfig, RedisUrl,
+};
 pub use key::{KeyPart, KeySpec, MissingKey};
 pub use local::{LocalLimiter, Verdict};
 pub use rate::Rate;
@@ -224,7 +226,10 @@ impl RateLimit {
     /// Checks the limits in order on local limiters; stops at the first refusal, so a refused
     /// request is not charged to the limits after it (those before it have been charged: governor
     /// cannot give a unit back).
-    fn check_local(limiters: &[LocalLimiter], keys: &[Option<Vec<u8>>]) -> (bool, Vec<(usize, Verdict)>) {
+    fn check_local(
+        limiters: &[LocalLimiter],
+        keys: &[Option<Vec<u8>>],
+    ) -> (bool, Vec<(usize, Verdict)>) {
         let mut verdicts = Vec::with_capacity(keys.len());
         for (i, (limiter, key)) in limiters.iter().zip(keys).enumerate() {
             let Some(key) = key else { continue };
@@ -238,7 +243,8 @@ impl RateLimit {
     }
 
     fn refusal(&self, verdicts: Vec<(usize, Verdict)>, ctx: &mut RequestContext) -> PluginError {
-        let refused: Vec<(usize, Verdict)> = verdicts.into_iter().filter(|(_, v)| !v.allowed).collect();
+        let refused: Vec<(usize, Verdict)> =
+            verdicts.into_iter().filter(|(_, v)| !v.allowed).collect();
         let wait = refused
             .iter()
             .map(|(_, v)| v.refill_in)

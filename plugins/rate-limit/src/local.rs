@@ -33,10 +33,7 @@ impl Verdict {
     pub fn of_bucket(allowed: bool, tat: u64, now: u64, interval: u64, burst: u32) -> Self {
         let interval = interval.max(1);
         let full = interval.saturating_mul(u64::from(burst));
-        let credit = now
-            .saturating_add(full)
-            .saturating_sub(tat)
-            .min(full);
+        let credit = now.saturating_add(full).saturating_sub(tat).min(full);
         let remaining = credit / interval;
         let refill_in = if remaining < u64::from(burst) {
             (remaining + 1) * interval - credit
@@ -217,7 +214,10 @@ mod tests {
         assert!(l.check(&key).allowed);
         assert!(!l.check(&key).allowed);
         std::thread::sleep(Duration::from_millis(60));
-        assert!(l.check(&key).allowed, "one interval (50 ms) later a unit is back");
+        assert!(
+            l.check(&key).allowed,
+            "one interval (50 ms) later a unit is back"
+        );
     }
 
     #[test]

@@ -98,14 +98,21 @@ impl FromStr for Rate {
             return Err(format!("invalid rate `{s}`: {hint}"));
         };
         let count: u32 = count.trim().parse().map_err(|_| {
-            format!("invalid rate `{s}`: `{}` is not a whole number; {hint}", count.trim())
+            format!(
+                "invalid rate `{s}`: `{}` is not a whole number; {hint}",
+                count.trim()
+            )
         })?;
         let window = match unit.trim() {
             "s" | "sec" | "second" => Window::Second,
             "min" | "minute" => Window::Minute,
             "h" | "hour" => Window::Hour,
             "d" | "day" => Window::Day,
-            other => return Err(format!("invalid rate `{s}`: unknown unit `{other}`; {hint}")),
+            other => {
+                return Err(format!(
+                    "invalid rate `{s}`: unknown unit `{other}`; {hint}"
+                ))
+            }
         };
         Rate::new(count, window).map_err(|e| format!("invalid rate `{s}`: {e}"))
     }
@@ -139,7 +146,11 @@ mod tests {
         assert_eq!(r.interval(), Duration::from_secs(72));
         let r = parse("1000/d").unwrap();
         assert_eq!(r.window_secs(), 86_400);
-        for (long, short) in [("7/second", "7/s"), ("7/minute", "7/min"), ("7 / hour", "7/h")] {
+        for (long, short) in [
+            ("7/second", "7/s"),
+            ("7/minute", "7/min"),
+            ("7 / hour", "7/h"),
+        ] {
             assert_eq!(parse(long).unwrap().to_string(), short);
         }
     }
@@ -163,12 +174,16 @@ mod tests {
 
     #[test]
     fn malformed_rates_are_rejected() {
-        for bad in ["", "10", "/s", "ten/s", "-1/s", "1.5/s", "10/", "10/m", "10/S"] {
+        for bad in [
+            "", "10", "/s", "ten/s", "-1/s", "1.5/s", "10/", "10/m", "10/S",
+        ] {
             let err = parse(bad).unwrap_err();
             assert!(err.starts_with("invalid rate"), "{bad}: {err}");
         }
         assert!(parse("0/s").unwrap_err().contains("at least 1 request"));
-        assert!(parse("99999999999/s").unwrap_err().contains("not a whole number"));
+        assert!(parse("99999999999/s")
+            .unwrap_err()
+            .contains("not a whole number"));
     }
 
     #[test]

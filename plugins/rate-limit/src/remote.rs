@@ -113,7 +113,10 @@ pub struct RedisLink {
 impl fmt::Debug for RedisLink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLink")
-            .field("server", &self.client.get_connection_info().addr().to_string())
+            .field(
+                "server",
+                &self.client.get_connection_info().addr().to_string(),
+            )
             .field("settings", &self.settings)
             .finish()
     }
@@ -127,9 +130,18 @@ pub fn parse_url(url: &str) -> Result<redis::Client, String> {
             "Redis URL `{url}`: TLS (rediss://) is not supported by this build; {hint}"
         ));
     }
-    let client = redis::Client::open(url)
-        .map_err(|e| format!("invalid Redis URL `{url}`: {e}; {hint}"))?;
-    Ok(client)
+    if !["redis://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        return Err(format!(
+            "invalid Redis URL `{url}`: it must start with redis:// or redis+unix://; {hint}"
+        ));
+    }
+    redis::Client::open(url).map_err(|e| {
+        let why = e.detail().unwrap_or("not a valid URL");
+        format!("invalid Redis URL `{url}`: {why}; {hint}")
+    })
 }
 
 impl RedisLink {
@@ -255,7 +267,10 @@ impl RedisLink {
     }
 
     /// Runs the GCRA of `limits` for one request.
-    pub async fn check(self: &Arc<Self>, limits: &[RemoteLimit]) -> Result<RemoteOutcome, RemoteError> {
+    pub async fn check(
+        self: &Arc<Self>,
+        limits: &[RemoteLimit],
+    ) -> Result<RemoteOutcome, RemoteError> {
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
         let (mut conn, id) = self
             .connection(deadline)
@@ -421,9 +436,19 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_urls_are_rejected() {
-        for bad in ["localhost:6379", "http://x", "redis://:99999999", "rediss://h"] {
+        for (bad, why) in [
+            ("localhost:6379", "must start with redis://"),
+            ("http://x", "must start with redis://"),
+            ("redis//x", "must start with redis://"),
+            ("redis://:99999999", "invalid Redis URL"),
+            ("redis://h:port", "invalid Redis URL"),
+            ("redis://h/db", "invalid Redis URL"),
+            ("rediss://h", "TLS (rediss://) is not supported"),
+        ] {
             let err = parse_url(bad).unwrap_err();
-            assert!(err.contains("redis://"), "{bad}: {err}");
+            assert!(err.contains(&format!("`{bad}`")), "{bad}: {err}");
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.contains("write redis://"), "{bad}: {err}");
         }
         parse_url("redis://127.0.0.1:6379/0").unwrap();
         parse_url("redis://user:secret@cache.internal:6380/2").unwrap();
@@ -466,7 +491,10 @@ pub(crate) mod tests {
             remaining.push(out.verdicts[0].remaining);
             // The unit taken first comes back one interval after it was taken.
             let t = out.verdicts[0].refill_in;
-            assert!(t > Duration::from_secs(59) && t <= Duration::from_secs(60), "{t:?}");
+            assert!(
+                t > Duration::from_secs(59) && t <= Duration::from_secs(60),
+                "{t:?}"
+            );
         }
         assert_eq!(remaining, [4, 3, 2, 1, 0]);
         for _ in 0..3 {
@@ -474,7 +502,10 @@ pub(crate) mod tests {
             assert!(!out.allowed);
             assert_eq!(out.verdicts[0].remaining, 0);
             let t = out.verdicts[0].refill_in;
-            assert!(t > Duration::from_secs(59) && t <= Duration::from_secs(60), "{t:?}");
+            assert!(
+                t > Duration::from_secs(59) && t <= Duration::from_secs(60),
+                "{t:?}"
+            );
         }
     }
 
@@ -490,7 +521,10 @@ pub(crate) mod tests {
         let refused = link.check(&both).await.unwrap();
         assert!(!refused.allowed);
         assert!(refused.verdicts[0].allowed && !refused.verdicts[1].allowed);
-        assert_eq!(refused.verdicts[0].remaining, 8, "the refusal took nothing from `wide`");
+        assert_eq!(
+            refused.verdicts[0].remaining, 8,
+            "the refusal took nothing from `wide`"
+        );
         // `wide` alone still has its 8 units.
         let out = link.check(std::slice::from_ref(&wide)).await.unwrap();
         assert_eq!(out.verdicts[0].remaining, 7);
@@ -553,7 +587,10 @@ pub(crate) mod tests {
         let started = Instant::now();
         assert!(link.check(&l).await.is_err());
         // Refused connection: known at once, and remembered.
-        assert!(matches!(link.check(&l).await, Err(RemoteError::Unavailable)));
+        assert!(matches!(
+            link.check(&l).await,
+            Err(RemoteError::Unavailable)
+        ));
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
@@ -567,7 +604,11 @@ pub(crate) mod tests {
         for _ in 0..3 {
             let started = Instant::now();
             assert!(link.check(&l).await.is_err());
-            assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
         }
         drop(silent);
     }

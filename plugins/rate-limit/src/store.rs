@@ -114,9 +114,7 @@ impl StateStore for BoundedStore {
     {
         let hash = self.hasher.hash_one(key.as_slice());
         let mut shard = self.shard(hash);
-        let existing = shard
-            .raw_entry_v1()
-            .index_from_hash(hash, |k| **k == **key);
+        let existing = shard.raw_entry_v1().index_from_hash(hash, |k| **k == **key);
         if let Some(i) = existing {
             let Some((_, tat)) = shard.get_index_mut(i) else {
                 // Unreachable: the index was just found under the same lock.
@@ -219,7 +217,11 @@ mod tests {
         assert_eq!(s.len(), 1);
         put(&s, "a", u64::MAX).unwrap();
         assert!(put(&s, "a", 1).is_err());
-        assert_eq!(BoundedStore::last_tat(), u64::MAX, "a refusal reports the kept TAT");
+        assert_eq!(
+            BoundedStore::last_tat(),
+            u64::MAX,
+            "a refusal reports the kept TAT"
+        );
     }
 
     #[test]
@@ -251,7 +253,10 @@ mod tests {
                 kept_busy += 1;
             }
         }
-        assert!(kept_busy >= 10, "idle key evicted first in {kept_busy}/20 runs");
+        assert!(
+            kept_busy >= 10,
+            "idle key evicted first in {kept_busy}/20 runs"
+        );
     }
 
     #[test]

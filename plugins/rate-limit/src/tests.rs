@@ -9,7 +9,11 @@ fn build(src: &str) -> Result<Arc<dyn Plugin>, BuildError> {
     let mut registry = PluginRegistry::new();
     registry.register::<RateLimitPlugin>();
     registry
-        .build("rate-limit", DeValue::parse(src).unwrap(), &BuildContext::default())
+        .build(
+            "rate-limit",
+            DeValue::parse(src).unwrap(),
+            &BuildContext::default(),
+        )
         .map(|(p, _)| p)
 }
 
@@ -18,18 +22,30 @@ fn build_err(src: &str) -> BuildError {
 }
 
 fn ctx(ip: &str) -> RequestContext {
-    let mut c = RequestContext::new("id".into(), Scheme::Http, Arc::from("orders"), Arc::from("u"));
+    let mut c = RequestContext::new(
+        "id".into(),
+        Scheme::Http,
+        Arc::from("orders"),
+        Arc::from("u"),
+    );
     c.client_ip = Some(ip.parse().unwrap());
     c
 }
 
 /// Runs the request phase, then the response phase on a 200 (admitted) or on the error's status.
-async fn run(p: &Arc<dyn Plugin>, ctx: &mut RequestContext) -> (Result<(), PluginError>, ResponseHeader) {
+async fn run(
+    p: &Arc<dyn Plugin>,
+    ctx: &mut RequestContext,
+) -> (Result<(), PluginError>, ResponseHeader) {
     let mut req = RequestHeader::build("GET", b"/", None).unwrap();
     let result = p.on_request(&mut req, ctx).await.map(|flow| {
         assert!(matches!(flow, Flow::Continue));
     });
-    let status = result.as_ref().err().map(|e| e.status.as_u16()).unwrap_or(200);
+    let status = result
+        .as_ref()
+        .err()
+        .map(|e| e.status.as_u16())
+        .unwrap_or(200);
     let mut resp = ResponseHeader::build(status, None).unwrap();
     p.on_response(&mut resp, ctx);
     (result, resp)
@@ -62,7 +78,11 @@ async fn burst_is_admitted_then_429_with_retry_after_and_headers() {
     let err = result.unwrap_err();
     assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(err.code, "rate_limited");
-    assert!(err.message.contains("`default` (1/min, burst 3)"), "{}", err.message);
+    assert!(
+        err.message.contains("`default` (1/min, burst 3)"),
+        "{}",
+        err.message
+    );
     let retry: Vec<_> = err
         .headers
         .iter()
@@ -130,7 +150,8 @@ async fn every_limit_must_admit_and_the_429_names_the_one_that_refused() {
 
 #[tokio::test]
 async fn missing_key_parts_fall_back_to_the_client_or_skip() {
-    let fallback = build(r#"{ limits = [{ rate = "1/min", burst = 1, key = "consumer" }] }"#).unwrap();
+    let fallback =
+        build(r#"{ limits = [{ rate = "1/min", burst = 1, key = "consumer" }] }"#).unwrap();
     let mut alice = ctx("192.0.2.1");
     alice.vars.insert("consumer".into(), "alice".into());
     run(&fallback, &mut alice).await.0.unwrap();
@@ -177,10 +198,8 @@ async fn response_of_a_request_the_plugin_never_saw_gets_no_headers() {
 #[test]
 fn default_burst_is_the_rate_count_and_names_follow_position() {
     let p = RateLimit::from_config(
-        toml::from_str(
-            r#"limits = [{ rate = "6000/min" }, { rate = "10/s", key = "route" }]"#,
-        )
-        .unwrap(),
+        toml::from_str(r#"limits = [{ rate = "6000/min" }, { rate = "10/s", key = "route" }]"#)
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(p.limits[0].burst.get(), 6000);
@@ -192,21 +211,38 @@ fn default_burst_is_the_rate_count_and_names_follow_position() {
 fn invalid_configs_are_rejected_with_their_reason() {
     for (src, fragment) in [
         ("{ limits = [] }", "at least one limit"),
-        (r#"{ limits = [{ rate = "1/s" }], max_keys = 0 }"#, "`max_keys` must be at least 1"),
+        (
+            r#"{ limits = [{ rate = "1/s" }], max_keys = 0 }"#,
+            "`max_keys` must be at least 1",
+        ),
         (
             r#"{ limits = [{ rate = "1/s", name = "a" }, { rate = "2/s", name = "a" }] }"#,
             "name `a` is used twice",
         ),
-        (r#"{ limits = [{ rate = "1/s", name = "my policy" }] }"#, "name `my policy` must be"),
-        (r#"{ limits = [{ rate = "1/d", burst = 400 }] }"#, "over a year to refill"),
+        (
+            r#"{ limits = [{ rate = "1/s", name = "my policy" }] }"#,
+            "name `my policy` must be",
+        ),
+        (
+            r#"{ limits = [{ rate = "1/d", burst = 400 }] }"#,
+            "over a year to refill",
+        ),
     ] {
         let err = build_err(src);
         assert_eq!(err.kind, BuildErrorKind::Invalid, "{src}");
         assert!(err.message.contains(fragment), "{src}: {}", err.message);
     }
     for (src, fragment, span_text) in [
-        (r#"{ limits = [{ rate = "10/fortnight" }] }"#, "unknown unit `fortnight`", "\"10/fortnight\""),
-        (r#"{ limits = [{ rate = "10/s", burst = 0 }] }"#, "burst must be", "0"),
+        (
+            r#"{ limits = [{ rate = "10/fortnight" }] }"#,
+            "unknown unit `fortnight`",
+            "\"10/fortnight\"",
+        ),
+        (
+            r#"{ limits = [{ rate = "10/s", burst = 0 }] }"#,
+            "burst must be",
+            "0",
+        ),
         (
             r#"{ limits = [{ rate = "10/s" }], backend = { redis = "redis//x" } }"#,
             "invalid Redis URL",
