@@ -14,7 +14,7 @@
 # and run it from docker-compose.yml with `entrypoint: ["sample-grpc"]`, as users/orders do.
 # protoc is already installed below for a tonic/prost build script.
 
-ARG PACKAGES="tollgate sample-http"
+ARG PACKAGES="tollgate sample-http sample-grpc"
 
 # ---------------------------------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -63,6 +63,8 @@ COPY --from=builder /out/ /usr/local/bin/
 # unreachable from outside a container). Its targets are the compose services users/orders;
 # mount your own file over it to run the image elsewhere.
 COPY deploy/gateway.compose.toml /etc/tollgate/gateway.toml
+# The greeter route compiles proto/greeter.proto at start-up (paths relative to the config).
+COPY proto /etc/tollgate/proto
 
 USER 10001:10001
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-prereqs.sh
-cargo build --release -p tollgate -p sample-http
+cargo build --release -p tollgate -p sample-http -p sample-grpc
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -14,9 +14,10 @@ trap cleanup EXIT INT TERM
 
 ./target/release/sample-http 127.0.0.1:3001 users & pids+=($!)
 ./target/release/sample-http 127.0.0.1:3002 orders & pids+=($!)
+./target/release/sample-grpc 127.0.0.1:50051 & pids+=($!)
 
 # Wait until both answer, so the gateway's first health checks find them up.
-for port in 3001 3002; do
+for port in 3001 3002 50051; do
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1

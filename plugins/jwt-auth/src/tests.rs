@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use http::StatusCode;
-use jsonwebtoken::{encode, EncodingKey, Header};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tollgate_plugin_api::{BuildErrorKind, PluginRegistry, Scheme};
 use toml::de::{DeTable, DeValue};

@@ -43,7 +43,9 @@ fn filled(max_keys: usize, live: usize) -> LocalLimiter {
         write_key(&mut buf, 10, i);
         l.check(&buf);
     }
-    assert_eq!(l.len(), live);
+    // Keys spread over the shards by hash, so a store filled to `max_keys` starts evicting a
+    // little before it holds that many.
+    assert!(l.len() >= live * 99 / 100, "{} keys", l.len());
     l
 }
 
