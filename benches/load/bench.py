@@ -352,6 +352,8 @@ class Bench:
         self.out = os.path.join(args.results, stamp + ("-quick" if self.quick else ""))
         os.makedirs(os.path.join(self.out, "raw"), exist_ok=True)
         self.tmp = tempfile.mkdtemp(prefix="tollgate-bench-")
+        # nginx workers run as `nobody` and must read the pre-framed gRPC reply file.
+        os.chmod(self.tmp, 0o755)
         atexit.register(self.cleanup)
         self.res = {
             "started": stamp,
@@ -860,26 +862,45 @@ class Bench:
         cfg = self.write_configs(off, tag, master="off")
         cgdir = os.path.join(self.tmp, "cg")
         os.makedirs(cgdir, exist_ok=True)
-        auth = f"Authorization: Bearer {self.token}"
+        auth = ["-H", f"Authorization: Bearer {self.token}"]
+        json_body = ["-d", f"{self.tmp}/hello.json", "-H", "content-type: application/json"]
+        grpc_body = ["-m", "10", "-d", f"{self.tmp}/req.bin", "-H",
+                     "content-type: application/grpc", "-H", "te: trailers"]
         envoy_argv = [self.envoy, "-c", cfg["envoy"], "--concurrency", "1", "-l", "warn",
                       "--disable-hot-restart", "--log-path", f"{self.tmp}/envoy-cg.log"]
+        nginx_argv = ["nginx", "-c", cfg["nginx"], "-p", self.tmp]
+        tg = lambda key: [self.tollgate, "-c", cfg[key], "run"]
+        gp = "/greeter.v1.Greeter/SayHello"
+        # (scenario, target, argv, port, path, h2load args, HTTP/1.1?, --fair-sched)
         plan = [
-            ("a", "tollgate", [self.tollgate, "-c", cfg["tg_a"], "run"], v["TG_A"], "/", [], True),
-            ("a", "nginx", ["nginx", "-c", cfg["nginx"], "-p", self.tmp], v["NGX_H1"], "/", [], False),
-            ("a", "envoy", envoy_argv, v["ENV_A"], "/", [], False),
+            ("a", "tollgate", tg("tg_a"), v["TG_A"], "/", [], True, True),
+            ("a", "nginx", nginx_argv, v["NGX_H1"], "/", [], True, False),
+            ("a", "envoy", envoy_argv, v["ENV_A"], "/", [], True, False),
         ]
-        if "tg_b" in cfg and "b" in self.args.scenarios.split(","):
-            plan.append(("b", "tollgate", [self.tollgate, "-c", cfg["tg_b"], "run"], v["TG_B"],
-                         "/", [auth], True))
-        if "b" in self.args.scenarios.split(","):
-            plan.append(("b", "envoy", envoy_argv, v["ENV_B"], "/", [auth], False))
+        if "tg_b" in cfg:
+            plan.append(("b", "tollgate", tg("tg_b"), v["TG_B"], "/", auth, True, True))
+        plan.append(("b", "envoy", envoy_argv, v["ENV_B"], "/", auth, True, False))
+        if "tg_c" in cfg:
+            plan.append(("c", "tollgate", tg("tg_c"), v["TG_C"], "/v1/hello", json_body, True,
+                         True))
+        plan.append(("c", "envoy", envoy_argv, v["ENV_C"], "/v1/hello", json_body, True, False))
+        plan += [
+            ("d-grpc", "tollgate", tg("tg_a"), v["TG_A"], gp, grpc_body, False, True),
+            ("d-grpc", "nginx", nginx_argv, v["NGX_H2"], gp, grpc_body, False, False),
+            ("d-grpc", "envoy", envoy_argv, v["ENV_A"], gp, grpc_body, False, False),
+        ]
+        wanted = self.args.scenarios.split(",")
         only = self.args.callgrind_only.split(",") if self.args.callgrind_only else None
-        for scen, name, argv, port, path, headers, fair in plan:
-            if only and f"{scen}:{name}" not in only:
+        for item in plan:
+            scen, name = item[0], item[1]
+            if scen.split("-")[0] not in wanted or (only and f"{scen}:{name}" not in only):
                 continue
-            self.callgrind_one(scen, name, argv, port, path, headers, fair, cgdir)
+            if not any(t["name"] == name for t in self.targets.get(scen, [])):
+                self.skip(f"callgrind ({scen}) {name}", "the target failed its smoke test")
+                continue
+            self.callgrind_one(cgdir, *item)
 
-    def callgrind_one(self, scen, name, argv, port, path, headers, fair, cgdir):
+    def callgrind_one(self, cgdir, scen, name, argv, port, path, hargs, h1, fair):
         base = os.path.join(cgdir, f"{scen}-{name}")
         vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={base}.%p",
               "--dump-instr=no", "--collect-systime=no"]
@@ -887,14 +908,18 @@ class Bench:
             vg.append("--fair-sched=yes")
         log(f"callgrind ({scen}) {name}: starting under valgrind")
         p = PROCS.start(f"cg-{name}", vg + argv, PROXY_CPU, f"{base}.out")
-        rec = {"scenario": scen, "target": name, "n": self.cg_n, "reps": []}
+        rec = {"scenario": scen, "target": name, "n": self.cg_n, "reps": [],
+               "load": " ".join(["h2load"] + (["--h1"] if h1 else []) + ["-c16"]
+                                + [a if not a.startswith(self.tmp) else os.path.basename(a)
+                                   for a in hargs if not a.startswith("Authorization")]
+                                + (["-H", "'Authorization: Bearer …'"] if any(
+                                    a.startswith("Authorization") for a in hargs) else []))}
         try:
             if not wait_port(port, 300, p):
                 tail = open(f"{base}.out", errors="replace").read()[-1500:]
                 raise RuntimeError(f"did not open its port under valgrind: {tail}")
             url = f"http://127.0.0.1:{port}{path}"
-            hargs = sum((["-H", h] for h in headers), [])
-            h2 = ["h2load", "--h1", "-t1", "-c16"] + hargs
+            h2 = ["h2load"] + (["--h1"] if h1 else []) + ["-t1", "-c16"] + hargs
             w = run(["timeout", "600"] + h2 + ["-n", str(self.cg_warm), url], 700, cpu=LOAD_CPU)
             if "succeeded" not in w.stdout:
                 raise RuntimeError(f"warm-up failed: {w.stdout[-300:]} {w.stderr[-300:]}")
@@ -927,6 +952,8 @@ class Bench:
                                     "wall_s": round(t1 - t0, 1), "dump": os.path.basename(dumps[-1])})
                 log(f"  rep {rep}: {total} Ir / {ok} req = "
                     f"{(total / ok if ok else 0):,.0f} Ir/req ({t1 - t0:.0f}s)")
+                if hr.get("non2xx") or hr.get("errors"):
+                    raise RuntimeError(f"h2load saw errors/non-2xx under valgrind: {h.stdout[-400:]}")
                 if rep == 2 and name == "tollgate":
                     self.profile(scen, dumps[-1])
             a, b = (r["ir_per_req"] for r in rec["reps"])
@@ -1308,7 +1335,8 @@ def main():
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md even with --quick")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--keep-tmp", action="store_true")
-    ap.add_argument("--base-port", type=int, default=39000)
+    ap.add_argument("--base-port", type=int, default=24000,
+                    help="first of ~140 loopback ports (keep below the ephemeral range)")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--oha", required=True)
