@@ -27,15 +27,19 @@ fn json_round_trip(c: &mut Criterion) {
     let small = json!({"name": "n", "i32": 5, "i64": "9007199254740993", "flag": true,
                        "color": "COLOR_RED", "at": "2024-01-02T03:04:05Z"})
     .to_string();
-    let items: Vec<_> = (0..90)
-        .map(|i| json!({"id": format!("item-{i:04}"), "depth": i, "labels": ["alpha", "beta"],
-                        "color": "COLOR_GREEN"}))
+    // Typed fields, as most APIs have; one small Struct.
+    let children: serde_json::Map<_, _> = (0..80)
+        .map(|i| {
+            let child = json!({"id": format!("item-{i:04}"), "depth": i,
+                               "labels": ["alpha", "beta"], "color": "COLOR_GREEN"});
+            (format!("child-{i}"), child)
+        })
         .collect();
     let large = json!({
         "name": "large", "tags": (0..100).map(|i| format!("tag-{i}")).collect::<Vec<_>>(),
         "numbers": (0..100).map(|i| (i * 1_000_003).to_string()).collect::<Vec<_>>(),
         "counts": (0..50).map(|i| (format!("k{i}"), json!(i))).collect::<serde_json::Map<_, _>>(),
-        "meta": {"items": items},
+        "children": children, "meta": {"owner": "bench", "tags": ["a", "b"], "n": 1.5},
         "ttl": "3.5s", "mask": "name,tags,meta"
     })
     .to_string();

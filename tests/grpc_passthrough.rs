@@ -112,7 +112,10 @@ async fn unary_calls_and_their_trailers_pass_through() {
 async fn many_concurrent_streams_share_one_upstream_connection() {
     let (addr, _reporter, conns) = grpc_upstream().await;
     let gw = gateway(addr).await;
-    let c = client(&gw, "grpc.internal").await;
+    let mut c = client(&gw, "grpc.internal").await;
+    // One call first: pingora opens the upstream h2 connection on first use, and 200 calls that
+    // all arrive before it exists would each open their own.
+    c.check(check("shop.v1.Orders")).await.expect("warm-up");
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let mut c = c.clone();

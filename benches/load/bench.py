@@ -32,6 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 TEMPLATES = os.path.join(HERE, "templates")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Scenarios whose load generator is h2load (h2c prior knowledge, 16 connections x 10 streams).
+H2_SCENARIOS = ("c-h2c", "d-h2c", "d-grpc")
 BODY = b"hello, world\n"
 LOAD_CPU = "0"
 PROXY_CPU = "1"
@@ -464,8 +466,12 @@ class Bench:
         name, msg = b"World", b"Hello World"
         with open(os.path.join(t, "req.bin"), "wb") as f:
             f.write(frame(b"\x0a" + bytes([len(name)]) + name))
+        reply = frame(b"\x0a" + bytes([len(msg)]) + msg)
         with open(os.path.join(t, "reply.bin"), "wb") as f:
-            f.write(frame(b"\x0a" + bytes([len(msg)]) + msg))
+            f.write(reply)
+        os.makedirs(os.path.join(t, "grpcroot", "greeter.v1.Greeter"), exist_ok=True)
+        with open(os.path.join(t, "grpcroot", "greeter.v1.Greeter", "SayHello"), "wb") as f:
+            f.write(reply)
         with open(os.path.join(t, "hello.json"), "w") as f:
             f.write('{"name":"World"}')
         with open(os.path.join(t, "post-json.lua"), "w") as f:
@@ -654,6 +660,7 @@ class Bench:
                            post_json=True))
         self.skip("(c) nginx and direct", "nginx has no JSON→gRPC transcoder; the upstream "
                   "speaks only gRPC, so there is no direct JSON baseline")
+        T["c-h2c"] = [dict(t) for t in T["c"]]
         T["d-h2c"] = [
             dict(name="tollgate", proc="tollgate", port=P["TG_A"], path="/h2c/hello"),
             dict(name="nginx", proc="nginx", port=P["NGX_H2"], path="/h2c/hello"),
@@ -679,8 +686,10 @@ class Bench:
 
     def smoke_one(self, scen, t):
         url = f"http://127.0.0.1:{t['port']}{t['path']}"
-        if scen.startswith("d-"):
+        if scen in H2_SCENARIOS:
             argv = ["nghttp", "-v", "-t", "5"]
+            if t.get("post_json"):
+                argv += ["-d", f"{self.tmp}/hello.json", "-H", "content-type: application/json"]
             if t.get("grpc"):
                 argv += ["-d", f"{self.tmp}/req.bin", "-H", "content-type: application/grpc",
                          "-H", "te: trailers"]
@@ -691,6 +700,9 @@ class Bench:
             if t.get("grpc"):
                 if "grpc-status: 0" not in out or "Hello World" not in out:
                     return False, f"no grpc-status 0 / reply: {out[-300:]!r}"
+            elif t.get("post_json"):
+                if '"message":"Hello World"' not in out.replace(" ", ""):
+                    return False, f"no transcoded reply: {out[-300:]!r}"
             elif BODY.decode().strip() not in out:
                 return False, "wrong body"
             return True, ""
@@ -708,6 +720,11 @@ class Bench:
                 return False, f"body {body[:200]!r}"
         elif body.encode() != BODY:
             return False, f"body {body[:200]!r}"
+        ka = keepalive_check(t["port"], t["path"], t.get("headers", []),
+                             b'{"name":"World"}' if t.get("post_json") else None)
+        if ka:
+            self.note(f"({scen}) {t['name']}: {ka}; measured anyway, so its HTTP/1.1 figures "
+                      "include a new TCP connection per request (wrk reports them as read errors)")
         if t.get("headers") and t["name"] != "direct":
             # jwt-auth must really be on: no token, no 200.
             p = run(["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", url], 20)
@@ -737,6 +754,8 @@ class Bench:
             argv.append(url)
         else:  # h2load, h2c prior knowledge, 10 streams per connection
             argv = ["h2load", "-t1", "-c16", "-m10", "-D", str(dur)]
+            if t.get("post_json"):
+                argv += ["-d", f"{self.tmp}/hello.json", "-H", "content-type: application/json"]
             if t.get("grpc"):
                 argv += ["-d", f"{self.tmp}/req.bin", "-H", "content-type: application/grpc",
                          "-H", "te: trailers"]
@@ -777,7 +796,7 @@ class Bench:
     def warmup(self):
         for scen, targets in self.targets.items():
             for t in targets:
-                tool = "h2load" if scen.startswith("d-") else "wrk"
+                tool = "h2load" if scen in H2_SCENARIOS else "wrk"
                 url = f"http://127.0.0.1:{t['port']}{t['path']}"
                 if tool == "wrk":
                     argv = ["wrk", "-t2", "-c64", "-d1s"] + sum(
@@ -786,6 +805,9 @@ class Bench:
                         argv += ["-s", f"{self.tmp}/post-json.lua"]
                 else:
                     argv = ["h2load", "-t1", "-c16", "-m10", "-n", "5000"]
+                    if t.get("post_json"):
+                        argv += ["-d", f"{self.tmp}/hello.json", "-H",
+                                 "content-type: application/json"]
                     if t.get("grpc"):
                         argv += ["-d", f"{self.tmp}/req.bin", "-H",
                                  "content-type: application/grpc", "-H", "te: trailers"]
@@ -799,7 +821,7 @@ class Bench:
                                             "time": time.strftime("%H:%M:%S")})
             log(f"round {rnd}/{self.rounds}: load average {la:.2f}; busiest: {', '.join(top)}")
             for scen, targets in self.targets.items():
-                if scen.startswith("d-"):
+                if scen in H2_SCENARIOS:
                     for t in targets:
                         self.load_run(rnd, scen, t, "h2load")
                 else:
@@ -881,9 +903,10 @@ class Bench:
             plan.append(("b", "tollgate", tg("tg_b"), v["TG_B"], "/", auth, True, True))
         plan.append(("b", "envoy", envoy_argv, v["ENV_B"], "/", auth, True, False))
         if "tg_c" in cfg:
-            plan.append(("c", "tollgate", tg("tg_c"), v["TG_C"], "/v1/hello", json_body, True,
-                         True))
-        plan.append(("c", "envoy", envoy_argv, v["ENV_C"], "/v1/hello", json_body, True, False))
+            plan.append(("c-h2c", "tollgate", tg("tg_c"), v["TG_C"], "/v1/hello", json_body,
+                         False, True))
+        plan.append(("c-h2c", "envoy", envoy_argv, v["ENV_C"], "/v1/hello", json_body, False,
+                     False))
         plan += [
             ("d-grpc", "tollgate", tg("tg_a"), v["TG_A"], gp, grpc_body, False, True),
             ("d-grpc", "nginx", nginx_argv, v["NGX_H2"], gp, grpc_body, False, False),
@@ -953,7 +976,8 @@ class Bench:
                 log(f"  rep {rep}: {total} Ir / {ok} req = "
                     f"{(total / ok if ok else 0):,.0f} Ir/req ({t1 - t0:.0f}s)")
                 if hr.get("non2xx") or hr.get("errors"):
-                    raise RuntimeError(f"h2load saw errors/non-2xx under valgrind: {h.stdout[-400:]}")
+                    self.raw(f"callgrind-{scen}-{name}-rep{rep}-h2load.txt", h.stdout + h.stderr)
+                    raise RuntimeError(f"h2load saw errors/non-2xx under valgrind: {hr}")
                 if rep == 2 and name == "tollgate":
                     self.profile(scen, dumps[-1])
             a, b = (r["ir_per_req"] for r in rec["reps"])
@@ -1003,8 +1027,9 @@ class Bench:
         self.define_targets()
         self.smoke()
         log("warm-up")
-        self.warmup()
-        self.rounds_loop()
+        if not self.args.no_rounds:
+            self.warmup()
+            self.rounds_loop()
         if not self.args.no_memory:
             log("memory with idle keep-alive connections")
             self.memory()
@@ -1031,6 +1056,48 @@ class Bench:
     def save(self):
         with open(os.path.join(self.out, "results.json"), "w") as f:
             json.dump(self.res, f, indent=1)
+
+
+def keepalive_check(port, path, headers, body):
+    """Two requests on one HTTP/1.1 connection. None when both are answered with a framed
+    response on the same connection, else what went wrong."""
+    req = f"{'POST' if body else 'GET'} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    for h in headers:
+        req += h + "\r\n"
+    if body:
+        req += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    req = req.encode() + b"\r\n" + (body or b"")
+    try:
+        with socket.create_connection(("127.0.0.1", port), 5) as s:
+            s.settimeout(5)
+            f = s.makefile("rb")
+            for i in (1, 2):
+                s.sendall(req)
+                status = f.readline()
+                if not status:
+                    return f"the server closed the connection before answering request {i}"
+                hdrs = {}
+                while True:
+                    line = f.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = line.decode("latin-1").partition(":")
+                    hdrs[k.strip().lower()] = v.strip()
+                if "content-length" in hdrs:
+                    f.read(int(hdrs["content-length"]))
+                elif hdrs.get("transfer-encoding", "").lower() == "chunked":
+                    while True:
+                        size = int(f.readline().split(b";")[0], 16)
+                        f.read(size + 2)
+                        if size == 0:
+                            break
+                else:
+                    return ("its HTTP/1.1 response has neither Content-Length nor chunked "
+                            f"encoding (Connection: {hdrs.get('connection', '-')}) and the "
+                            "connection is closed after it")
+        return None
+    except Exception as e:
+        return f"keep-alive check failed: {e}"
 
 
 def callgrind_total(path):
@@ -1125,7 +1192,9 @@ def make_report(res):
     scen_title = {
         "a": "(a) plain route — HTTP/1.1, `GET /` → 13-byte body",
         "b": "(b) plain route + jwt-auth (RS256) + rate limit (never triggers) + tracing at 1 %",
-        "c": "(c) JSON → gRPC unary transcoding (`POST /v1/hello`)",
+        "c": "(c) JSON → gRPC unary transcoding (`POST /v1/hello`), HTTP/1.1 clients",
+        "c-h2c": "(c) JSON → gRPC unary transcoding (`POST /v1/hello`), h2c clients "
+                 "(`h2load -m 10`)",
         "d-h2c": "(d) h2c passthrough (`h2load -m 10`, GET)",
         "d-grpc": "(d) gRPC unary passthrough (`h2load -m 10`, pre-framed body)",
     }
@@ -1141,7 +1210,7 @@ def make_report(res):
     for scen in scens:
         L.append(f"### {scen_title.get(scen, scen)}")
         L.append("")
-        main_tool = "h2load" if scen.startswith("d-") else "wrk"
+        main_tool = "h2load" if scen in H2_SCENARIOS else "wrk"
         rs = by(scen, main_tool)
         targets = [t for t in order if any(r["target"] == t for r in rs)]
         # nginx of the same round, for ratios
@@ -1212,6 +1281,17 @@ def make_report(res):
                 f"round {r['round']} {r['target']} {r['tool']} ({r.get('errors')} errors, "
                 f"{r.get('non2xx')} non-2xx)" for r in bad))
             L.append("")
+    if "a" in scens and "b" in scens:
+        L.append("### Cost of (b)'s plugins: (b) − (a), medians of wrk runs")
+        L.append("")
+        L.append("| target | (a) CPU µs/req | (b) CPU µs/req | added µs/req | (b) ÷ (a) |")
+        L.append("|---|---|---|---|---|")
+        for t in ("tollgate", "envoy"):
+            a = med([r.get("cpu_us_per_req") for r in by("a", "wrk") if r["target"] == t])
+            b = med([r.get("cpu_us_per_req") for r in by("b", "wrk") if r["target"] == t])
+            if a and b:
+                L.append(f"| {t} | {f1(a)} | {f1(b)} | {f1(b - a)} | {b / a:.2f} |")
+        L.append("")
     if failed:
         L.append("### Failed runs")
         L.append("")
@@ -1227,25 +1307,23 @@ def make_report(res):
                  "`callgrind_control -z`, `h2load --h1 -n N -c 16`, dumped with "
                  "`callgrind_control -d`; Ir total of the dump (all threads) ÷ N. Twice.")
         L.append("")
-        L.append("| scenario | target | N | rep 1 Ir/req | rep 2 Ir/req | agree within 0.5 %? | "
-                 "Ir/req (mean) |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("| scenario | target | load | N | rep 1 Ir/req | rep 2 Ir/req | "
+                 "agree within 0.5 %? | Ir/req (mean) | ÷ nginx | ÷ Envoy |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        ref = {}
+        for c in res["callgrind"]:
+            ref[(c["scenario"], c["target"])] = c.get("ir_per_req")
         for c in res["callgrind"]:
             reps = c.get("reps", [])
             r1 = f0(reps[0]["ir_per_req"]) if len(reps) > 0 else "–"
             r2 = f0(reps[1]["ir_per_req"]) if len(reps) > 1 else "–"
             agree = (f"{'yes' if c['agrees'] else 'NO'} ({c['agreement_pct']:.2f} %)"
                      if "agrees" in c else ("error: " + c.get("error", "?")[:120]))
-            L.append(f"| ({c['scenario']}) | {c['target']} | {c['n']:,} | {r1} | {r2} | {agree} | "
-                     f"{f0(c.get('ir_per_req'))} |")
-        L.append("")
-        ng = {c["scenario"]: c.get("ir_per_req") for c in res["callgrind"]
-              if c["target"] == "nginx"}
-        tg = [c for c in res["callgrind"] if c["target"] == "tollgate" and c.get("ir_per_req")]
-        for c in tg:
-            if ng.get(c["scenario"]):
-                L.append(f"tollgate ({c['scenario']}) ÷ nginx (a): "
-                         f"{c['ir_per_req'] / ng['a']:.2f}× instructions per request.")
+            x = c.get("ir_per_req")
+            rn, re_ = ref.get((c["scenario"], "nginx")), ref.get((c["scenario"], "envoy"))
+            L.append(f"| ({c['scenario']}) | {c['target']} | `{c.get('load', '')}` | {c['n']:,} | "
+                     f"{r1} | {r2} | {agree} | {f0(x)} | {f2(x / rn) if x and rn else '–'} | "
+                     f"{f2(x / re_) if x and re_ else '–'} |")
         L.append("")
 
     if res["memory"]:
@@ -1329,6 +1407,7 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=10000)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-callgrind", action="store_true")
+    ap.add_argument("--no-rounds", action="store_true", help="skip the load rounds (debugging)")
     ap.add_argument("--callgrind-only", default="", help="e.g. a:tollgate,b:envoy")
     ap.add_argument("--no-wait", action="store_true",
                     help="do not wait for the load average to drop below 1.5")

@@ -166,8 +166,9 @@ pub enum MissingKey {
     Skip,
 }
 
-/// Built keys longer than this are replaced by a hash, so that the memory a key costs (locally
-/// and in Redis) is bounded whatever a client sends in a header.
+/// Built keys longer than this are replaced by a hash, so that what a key costs in Redis (and on
+/// the way there) is bounded whatever a client sends in a header. (The local store keeps only a
+/// fixed-size hash of every key anyway.)
 const MAX_RAW_KEY: usize = 128;
 
 impl KeySpec {

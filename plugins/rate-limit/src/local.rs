@@ -257,18 +257,3 @@ mod tests {
         assert!(l.len() <= 500, "{}", l.len());
     }
 }
-#[cfg(test)]
-mod memtmp {
-    #[test]
-    fn mem_probe() {
-        fn rss() -> u64 {
-            let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-            s.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
-        }
-        let before = rss();
-        let l = super::LocalLimiter::new("1/min".parse().unwrap(), std::num::NonZeroU32::new(5).unwrap(), 2_000_000).unwrap();
-        for i in 0..1_000_000u32 { l.check(&format!("10.{}.{}.{}", i>>16, (i>>8)&255, i&255).into_bytes()); }
-        let after = rss();
-        eprintln!("MEM {} bytes/key, len {}", (after - before) / 1_000_000, l.len());
-    }
-}

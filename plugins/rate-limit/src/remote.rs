@@ -8,7 +8,7 @@
 //! answer at once instead of each waiting out the timeout.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -105,7 +105,7 @@ pub struct RedisLink {
     state: Mutex<LinkState>,
     /// Bumped when a dial ends, so that requests waiting for it wake up.
     dialled: watch::Sender<u64>,
-    next_id: std::sync::atomic::AtomicU64,
+    next_id: AtomicU64,
     /// Whether a failure was already logged at warn level since Redis last worked.
     reported_down: AtomicBool,
 }
@@ -154,7 +154,7 @@ impl RedisLink {
             script_sha: redis::Script::new(GCRA_LUA).get_hash().to_owned(),
             state: Mutex::new(LinkState::Idle),
             dialled,
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            next_id: AtomicU64::new(1),
             reported_down: AtomicBool::new(false),
         }
     }
@@ -164,8 +164,8 @@ impl RedisLink {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a dial now if none is in flight and Redis is not being left alone after a failure
-    /// (the background task calls this when the config goes live).
+    /// Starts the first dial now rather than on the first request (the background task calls
+    /// this when the config goes live); does nothing once the link has been used.
     pub fn warm_up(self: &Arc<Self>) {
         let mut st = self.state();
         if matches!(*st, LinkState::Idle) {
@@ -212,7 +212,12 @@ impl RedisLink {
             Ok(rt) => {
                 rt.spawn(self.clone().dial());
             }
-            Err(_) => self.set_down(),
+            // Unreachable from the gateway (requests and background tasks run on tokio); the
+            // waiters are woken rather than left to their deadline.
+            Err(_) => {
+                self.set_down();
+                self.dialled.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
     }
 
