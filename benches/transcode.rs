@@ -11,8 +11,10 @@ use serde_json::json;
 use tollgate::grpc::{GrpcSection, Transcoder};
 
 fn engine(dir: &std::path::Path, proto: &str) -> Transcoder {
-    let section: GrpcSection =
-        toml::from_str(&format!("protos = [\"{proto}\"]\ninclude_paths = [\"proto\"]")).unwrap();
+    let section: GrpcSection = toml::from_str(&format!(
+        "protos = [\"{proto}\"]\ninclude_paths = [\"proto\"]"
+    ))
+    .unwrap();
     Transcoder::build(&section, dir).unwrap()
 }
 
@@ -43,7 +45,11 @@ fn json_round_trip(c: &mut Criterion) {
         "ttl": "3.5s", "mask": "name,tags,meta"
     })
     .to_string();
-    assert!((9_000..12_000).contains(&large.len()), "large is {} bytes", large.len());
+    assert!(
+        (9_000..12_000).contains(&large.len()),
+        "large is {} bytes",
+        large.len()
+    );
     for (name, body) in [("small", small), ("10KB", large)] {
         let body = body.into_bytes();
         c.bench_function(&format!("transcode/json_to_proto_to_json/{name}"), |b| {

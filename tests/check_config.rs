@@ -796,10 +796,7 @@ fn the_repository_gateway_toml_is_valid() {
     let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
     let (code, out) = run_check(&repo_config);
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.trim_end().ends_with("gateway.toml: ok"),
-        "{out}"
-    );
+    assert!(out.trim_end().ends_with("gateway.toml: ok"), "{out}");
 }
 
 #[test]

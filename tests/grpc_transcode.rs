@@ -19,7 +19,7 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-use tollgate::grpc::{GrpcSection, Transcoder};
+use tollgate::grpc::{GrpcSection, Target, Transcoder};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{
     ClientStreamingService, Grpc, NamedService, ServerStreamingService, UnaryService,
@@ -70,7 +70,8 @@ impl Encoder for DynEncoder {
     type Item = DynamicMessage;
     type Error = Status;
     fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
+        item.encode(dst)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
@@ -191,8 +192,10 @@ impl UnaryService<DynamicMessage> for Unary {
                     for (k, v) in &seen_headers {
                         seen.insert(k.to_string(), json!(v.to_str().unwrap_or("?")));
                     }
-                    let mut resp = tonic::Response::new(svc.msg("MetadataReply", json!({"seen": seen})));
-                    resp.metadata_mut().insert("x-served-by", "test".parse().unwrap());
+                    let mut resp =
+                        tonic::Response::new(svc.msg("MetadataReply", json!({"seen": seen})));
+                    resp.metadata_mut()
+                        .insert("x-served-by", "test".parse().unwrap());
                     return Ok(resp);
                 }
                 other => return Err(Status::unimplemented(other.to_string())),
@@ -232,7 +235,10 @@ impl ServerStreamingService<DynamicMessage> for Lister {
                 }
                 if fail != 0 {
                     let _ = tx
-                        .send(Err(Status::new(tonic::Code::from_i32(fail), "stream failed")))
+                        .send(Err(Status::new(
+                            tonic::Code::from_i32(fail),
+                            "stream failed",
+                        )))
                         .await;
                 }
             });
@@ -256,9 +262,10 @@ impl ClientStreamingService<DynamicMessage> for Collector {
             while let Some(book) = stream.message().await? {
                 names.push(to_json(&book)["name"].clone());
             }
-            Ok(tonic::Response::new(
-                svc.msg("CreateBooksReply", json!({"count": names.len(), "names": names})),
-            ))
+            Ok(tonic::Response::new(svc.msg(
+                "CreateBooksReply",
+                json!({"count": names.len(), "names": names}),
+            )))
         })
     }
 }
@@ -275,7 +282,13 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TestService {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let svc = self.clone();
         Box::pin(async move {
-            let method = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
+            let method = req
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
             let desc = svc
                 .pool
                 .get_service_by_name(SERVICE)
@@ -296,18 +309,18 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TestService {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Reflection {
+pub enum Reflection {
     None,
     V1,
     V1Alpha,
 }
 
-struct Upstream {
-    addr: SocketAddr,
+pub struct Upstream {
+    pub addr: SocketAddr,
     release: Arc<Notify>,
 }
 
-async fn start_upstream(reflection: Reflection) -> Upstream {
+pub async fn start_upstream(reflection: Reflection) -> Upstream {
     let fds = descriptor_set();
     let pool = DescriptorPool::decode(fds.as_slice()).unwrap();
     let release = Arc::new(Notify::new());
@@ -333,7 +346,9 @@ async fn start_upstream(reflection: Reflection) -> Upstream {
                 .unwrap(),
         ),
     };
-    tokio::spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    tokio::spawn(
+        router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
     Upstream { addr, release }
 }
 
@@ -359,9 +374,8 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -395,7 +409,15 @@ async fn get(t: &Transcoder, addr: SocketAddr, uri: &str) -> Reply {
 }
 
 async fn post(t: &Transcoder, addr: SocketAddr, uri: &str, body: Value) -> Reply {
-    send(t, addr, "POST", uri, body.to_string(), &[("content-type", "application/json")]).await
+    send(
+        t,
+        addr,
+        "POST",
+        uri,
+        body.to_string(),
+        &[("content-type", "application/json")],
+    )
+    .await
 }
 
 /// Every HttpRule feature and JSON mapping case; run once per schema source.
@@ -419,8 +441,17 @@ async fn exercise_rules(t: &Transcoder, addr: SocketAddr) {
     assert_eq!(r.json(), everything);
 
     // Numbers may come as JSON numbers or strings; int64 always goes out as a string.
-    let r = post(t, addr, "/v1/echo", json!({"i64": 12, "i32": "7", "colors": [1]})).await;
-    assert_eq!(r.json(), json!({"i64": "12", "i32": 7, "colors": ["COLOR_RED"]}));
+    let r = post(
+        t,
+        addr,
+        "/v1/echo",
+        json!({"i64": 12, "i32": "7", "colors": [1]}),
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"i64": "12", "i32": 7, "colors": ["COLOR_RED"]})
+    );
 
     // GET with a path variable and query parameters: repeated, nested, well-known types.
     let r = get(
@@ -446,13 +477,32 @@ async fn exercise_rules(t: &Transcoder, addr: SocketAddr) {
     assert_eq!(r.json(), json!({"nested": {"id": "abc", "depth": 3}}));
 
     // body: "nested" — the body is one field; others come from the path.
-    let r = send(t, addr, "PATCH", "/v1/echo/n", json!({"id": "i", "depth": 4}).to_string(), &[]).await;
-    assert_eq!(r.json(), json!({"name": "n", "nested": {"id": "i", "depth": 4}}));
+    let r = send(
+        t,
+        addr,
+        "PATCH",
+        "/v1/echo/n",
+        json!({"id": "i", "depth": 4}).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"name": "n", "nested": {"id": "i", "depth": 4}})
+    );
 
     // DELETE and a custom method.
     let r = send(t, addr, "DELETE", "/v1/echo/gone", Bytes::new(), &[]).await;
     assert_eq!(r.json(), json!({"name": "gone"}));
-    let r = send(t, addr, "SEARCH", "/v1/search/q", json!({"i32": 1}).to_string(), &[]).await;
+    let r = send(
+        t,
+        addr,
+        "SEARCH",
+        "/v1/search/q",
+        json!({"i32": 1}).to_string(),
+        &[],
+    )
+    .await;
     assert_eq!(r.json(), json!({"name": "q", "i32": 1}));
 
     // A variable over several segments; int64 beyond 2^53 stays exact as a string.
@@ -475,7 +525,10 @@ async fn exercise_rules(t: &Transcoder, addr: SocketAddr) {
 
     // Custom verbs pick the method; a literal segment beats a variable.
     let r = post(t, addr, "/v1/shelves/s1:archive", json!({"reason": "old"})).await;
-    assert_eq!(r.json(), json!({"name": "shelves/s1", "action": "ArchiveShelf", "reason": "old"}));
+    assert_eq!(
+        r.json(),
+        json!({"name": "shelves/s1", "action": "ArchiveShelf", "reason": "old"})
+    );
     let r = post(t, addr, "/v1/shelves/s1:restore", json!({})).await;
     assert_eq!(r.json()["action"], "RestoreShelf");
     let r = get(t, addr, "/v1/shelves/special").await;
@@ -496,11 +549,23 @@ async fn exercise_rules(t: &Transcoder, addr: SocketAddr) {
     assert_eq!(r.json(), json!([]));
 
     // Client streaming: a JSON array body.
-    let r = post(t, addr, "/v1/books:batchCreate", json!([{"name": "a"}, {"name": "b"}])).await;
+    let r = post(
+        t,
+        addr,
+        "/v1/books:batchCreate",
+        json!([{"name": "a"}, {"name": "b"}]),
+    )
+    .await;
     assert_eq!(r.json(), json!({"count": 2, "names": ["a", "b"]}));
 
     // An error with details: google.rpc.Status JSON, details with @type.
-    let r = post(t, addr, "/v1/fail", json!({"code": 5, "message": "nope", "withDetails": true})).await;
+    let r = post(
+        t,
+        addr,
+        "/v1/fail",
+        json!({"code": 5, "message": "nope", "withDetails": true}),
+    )
+    .await;
     assert_eq!(r.status, 404);
     assert_eq!(
         r.json(),
@@ -519,7 +584,11 @@ async fn exercise_rules(t: &Transcoder, addr: SocketAddr) {
     for m in ["GET", "PATCH", "DELETE"] {
         assert!(allow.contains(m), "{allow}");
     }
-    assert!(t.matches_request(&Method::GET, &"/v1/echo/x".parse().unwrap(), &HeaderMap::new()));
+    assert!(t.matches_request(
+        &Method::GET,
+        &"/v1/echo/x".parse().unwrap(),
+        &HeaderMap::new()
+    ));
     assert!(!t.matches_request(&Method::GET, &"/v2/x".parse().unwrap(), &HeaderMap::new()));
 }
 
@@ -564,13 +633,23 @@ async fn reflection_falls_back_to_v1alpha() {
 #[tokio::test]
 async fn reflection_endpoint_down_is_a_clear_error() {
     let closed = closed_port().await;
-    let t = Transcoder::build(&section("reflection = true\nconnect_timeout = \"1s\""), &root()).unwrap();
+    let t = Transcoder::build(
+        &section("reflection = true\nconnect_timeout = \"1s\""),
+        &root(),
+    )
+    .unwrap();
     let err = t.prepare(closed).await.unwrap_err();
-    assert!(err.contains("could not connect") && err.contains(&closed.to_string()), "{err}");
+    assert!(
+        err.contains("could not connect") && err.contains(&closed.to_string()),
+        "{err}"
+    );
     // An upstream without the reflection service says so.
     let up = start_upstream(Reflection::None).await;
     let err = t.prepare(up.addr).await.unwrap_err();
-    assert!(err.contains("does not serve gRPC server reflection"), "{err}");
+    assert!(
+        err.contains("does not serve gRPC server reflection"),
+        "{err}"
+    );
     assert!(!t.is_ready());
 }
 
@@ -587,7 +666,13 @@ async fn unannotated_methods_need_auto_map() {
     let uri = format!("/{SERVICE}/Unannotated");
     let r = post(&proto_engine(""), up.addr, &uri, json!({"name": "a"})).await;
     assert_eq!(r.status, 404);
-    let r = post(&proto_engine("auto_map = true"), up.addr, &uri, json!({"name": "a"})).await;
+    let r = post(
+        &proto_engine("auto_map = true"),
+        up.addr,
+        &uri,
+        json!({"name": "a"}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({"name": "a"}));
 }
@@ -596,7 +681,13 @@ async fn unannotated_methods_need_auto_map() {
 async fn json_options_change_names_defaults_and_enums() {
     let up = start_upstream(Reflection::None).await;
     let t = proto_engine("json_names = \"proto\"\nemit_defaults = true\nenums_as_ints = true");
-    let r = post(&t, up.addr, "/v1/echo", json!({"displayName": "D", "color": "COLOR_RED"})).await;
+    let r = post(
+        &t,
+        up.addr,
+        "/v1/echo",
+        json!({"displayName": "D", "color": "COLOR_RED"}),
+    )
+    .await;
     let v = r.json();
     assert_eq!(v["display_name"], "D");
     assert_eq!(v["color"], 1);
@@ -630,12 +721,24 @@ async fn json_options_change_names_defaults_and_enums() {
 async fn unknown_fields_are_rejected_or_ignored_as_configured() {
     let up = start_upstream(Reflection::None).await;
     let strict = proto_engine("");
-    let r = post(&strict, up.addr, "/v1/echo", json!({"name": "a", "nmae": "b"})).await;
+    let r = post(
+        &strict,
+        up.addr,
+        "/v1/echo",
+        json!({"name": "a", "nmae": "b"}),
+    )
+    .await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("nmae"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nmae"));
     let r = get(&strict, up.addr, "/v1/echo/x?bogus=1").await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("bogus"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bogus"));
     // A query parameter for a field the path already sets is refused too.
     let r = get(&strict, up.addr, "/v1/echo/x?name=y").await;
     assert_eq!(r.status, 400);
@@ -659,16 +762,32 @@ async fn bad_input_is_a_4xx_naming_the_problem() {
         (Bytes::from_static(b"{\"flag\": \"yes\"}"), "flag"),
         (Bytes::from_static(b"{\"at\": \"yesterday\"}"), "at"),
         (Bytes::from_static(b"{\"ttl\": \"5 minutes\"}"), "ttl"),
-        (Bytes::from_static(b"{\"nested\": {\"depth\": 1.5}}"), "nested.depth"),
-        (Bytes::from_static(b"{\"tags\": \"a\"}"), "tags"),
-        (Bytes::from_static(b"{\"extra\": {\"@type\": \"type.googleapis.com/no.Such\"}}"), "extra"),
-        (Bytes::from_static(b"[1, 2]"), "invalid request"),
-        (Bytes::from_static(b"{\"name\": \"\xff\xfe\"}"), "not valid JSON"),
         (
-            Bytes::from(format!("{}{}", "{\"meta\":{\"a\":".repeat(10), "1".to_string() + &"}}".repeat(10))),
+            Bytes::from_static(b"{\"nested\": {\"depth\": 1.5}}"),
+            "nested.depth",
+        ),
+        (Bytes::from_static(b"{\"tags\": \"a\"}"), "tags"),
+        (
+            Bytes::from_static(b"{\"extra\": {\"@type\": \"type.googleapis.com/no.Such\"}}"),
+            "extra",
+        ),
+        (Bytes::from_static(b"[1, 2]"), "invalid request"),
+        (
+            Bytes::from_static(b"{\"name\": \"\xff\xfe\"}"),
+            "not valid JSON",
+        ),
+        (
+            Bytes::from(format!(
+                "{}{}",
+                "{\"meta\":{\"a\":".repeat(10),
+                "1".to_string() + &"}}".repeat(10)
+            )),
             "deeper than 8",
         ),
-        (Bytes::from(format!("{}1{}", "[".repeat(200), "]".repeat(200))), "deeper"),
+        (
+            Bytes::from(format!("{}1{}", "[".repeat(200), "]".repeat(200))),
+            "deeper",
+        ),
     ];
     for (body, needle) in cases {
         let r = send(&t, up.addr, "POST", "/v1/echo", body.clone(), &[]).await;
@@ -680,7 +799,10 @@ async fn bad_input_is_a_4xx_naming_the_problem() {
     // Path and query values of the wrong type.
     let r = get(&t, up.addr, "/v1/nested/a/depth/deep").await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("nested.depth"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nested.depth"));
     let r = get(&t, up.addr, "/v1/echo/x?flag=maybe").await;
     assert_eq!(r.status, 400);
     let r = get(&t, up.addr, "/v1/echo/x?nested=1").await;
@@ -693,7 +815,15 @@ async fn bad_input_is_a_4xx_naming_the_problem() {
     let big = Bytes::from(format!("{{\"name\": \"{}\"}}", "x".repeat(4096)));
     let r = send(&t, up.addr, "POST", "/v1/echo", big.clone(), &[]).await;
     assert_eq!(r.status, 413);
-    let r = send(&t, up.addr, "POST", "/v1/echo", big, &[("content-length", "5000")]).await;
+    let r = send(
+        &t,
+        up.addr,
+        "POST",
+        "/v1/echo",
+        big,
+        &[("content-length", "5000")],
+    )
+    .await;
     assert_eq!(r.status, 413);
     // Client streaming wants an array.
     let r = post(&t, up.addr, "/v1/books:batchCreate", json!("book")).await;
@@ -702,12 +832,19 @@ async fn bad_input_is_a_4xx_naming_the_problem() {
 
 #[tokio::test]
 async fn build_errors_are_actionable() {
-    let err = Transcoder::build(&section("protos = [\"missing.proto\"]\ninclude_paths = [\"proto\"]"), &root())
-        .unwrap_err();
+    let err = Transcoder::build(
+        &section("protos = [\"missing.proto\"]\ninclude_paths = [\"proto\"]"),
+        &root(),
+    )
+    .unwrap_err();
     assert!(err.contains("missing.proto"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.proto"), "syntax = \"proto3\";\nmessage M {\n  int32 = 1;\n}\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.proto"),
+        "syntax = \"proto3\";\nmessage M {\n  int32 = 1;\n}\n",
+    )
+    .unwrap();
     let err = Transcoder::build(&section("protos = [\"bad.proto\"]"), dir.path()).unwrap_err();
     assert!(err.starts_with("bad.proto:3:"), "{err}");
 
@@ -726,13 +863,20 @@ async fn build_errors_are_actionable() {
     assert!(err.contains("junk.pb"), "{err}");
     let err = Transcoder::build(&section("descriptor_set = \"none.pb\""), dir.path()).unwrap_err();
     assert!(err.contains("none.pb"), "{err}");
-    let err = Transcoder::build(&section(&format!("{PROTO_SOURCE}services = [\"x.Nope\"]")), &root())
-        .unwrap_err();
+    let err = Transcoder::build(
+        &section(&format!("{PROTO_SOURCE}services = [\"x.Nope\"]")),
+        &root(),
+    )
+    .unwrap_err();
     assert!(err.contains("x.Nope"), "{err}");
 }
 
 /// Reads a streamed response chunk by chunk.
-async fn chunks_of(t: &Transcoder, addr: SocketAddr, uri: &str) -> (http::response::Parts, hyper_body::Body) {
+async fn chunks_of(
+    t: &Transcoder,
+    addr: SocketAddr,
+    uri: &str,
+) -> (http::response::Parts, hyper_body::Body) {
     let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
     let (parts, body) = t.handle(req, addr, None).await.into_parts();
     (parts, hyper_body::Body(body))
@@ -771,7 +915,10 @@ async fn server_stream_is_sent_as_messages_arrive() {
     let (parts, mut body) = chunks_of(&t, up.addr, "/v1/shelves/s/books?count=2&hold=true").await;
     assert_eq!(parts.status, 200);
     // The first book arrives while the upstream is still holding the second one back.
-    let first = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&first[..], b"[{\"name\":\"s/0\"}");
     up.release.notify_one();
     assert_eq!(body.rest().await, ",{\"name\":\"s/1\",\"pages\":\"1\"}]");
@@ -783,7 +930,10 @@ async fn stream_formats_ndjson_and_sse() {
     let nd = proto_engine("stream_format = \"ndjson\"");
     let (parts, body) = chunks_of(&nd, up.addr, "/v1/shelves/s/books?count=2").await;
     assert_eq!(parts.headers["content-type"], "application/x-ndjson");
-    assert_eq!(body.rest().await, "{\"name\":\"s/0\"}\n{\"name\":\"s/1\",\"pages\":\"1\"}\n");
+    assert_eq!(
+        body.rest().await,
+        "{\"name\":\"s/0\"}\n{\"name\":\"s/1\",\"pages\":\"1\"}\n"
+    );
 
     let sse = proto_engine("stream_format = \"sse\"");
     let (parts, body) = chunks_of(&sse, up.addr, "/v1/shelves/s/books?count=1&failCode=8").await;
@@ -815,10 +965,28 @@ async fn stream_errors_before_and_after_the_first_message() {
 async fn grpc_codes_map_to_http_statuses() {
     let up = start_upstream(Reflection::None).await;
     let t = proto_engine("");
-    for (code, http) in [(3, 400), (4, 504), (6, 409), (8, 429), (12, 501), (14, 503), (16, 401), (1, 499)] {
-        let r = post(&t, up.addr, "/v1/fail", json!({"code": code, "message": "m"})).await;
+    for (code, http) in [
+        (3, 400),
+        (4, 504),
+        (6, 409),
+        (8, 429),
+        (12, 501),
+        (14, 503),
+        (16, 401),
+        (1, 499),
+    ] {
+        let r = post(
+            &t,
+            up.addr,
+            "/v1/fail",
+            json!({"code": code, "message": "m"}),
+        )
+        .await;
         assert_eq!(r.status.as_u16(), http, "code {code}");
-        assert_eq!(r.json(), json!({"code": code, "message": "m", "details": []}));
+        assert_eq!(
+            r.json(),
+            json!({"code": code, "message": "m", "details": []})
+        );
     }
 }
 
@@ -832,7 +1000,12 @@ async fn metadata_is_forwarded_by_allowlist_and_returned_with_a_prefix() {
         "GET",
         "/v1/metadata",
         Bytes::new(),
-        &[("authorization", "Bearer t"), ("x-request-id", "rid-1"), ("x-custom", "no"), ("traceparent", "00-abc-def-01")],
+        &[
+            ("authorization", "Bearer t"),
+            ("x-request-id", "rid-1"),
+            ("x-custom", "no"),
+            ("traceparent", "00-abc-def-01"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200);
@@ -847,7 +1020,15 @@ async fn metadata_is_forwarded_by_allowlist_and_returned_with_a_prefix() {
     let custom = proto_engine(
         "forward_headers = [\"x-custom\"]\nresponse_headers = [\"x-served-by\"]\nresponse_header_prefix = \"\"",
     );
-    let r = send(&custom, up.addr, "GET", "/v1/metadata", Bytes::new(), &[("x-custom", "yes"), ("authorization", "a")]).await;
+    let r = send(
+        &custom,
+        up.addr,
+        "GET",
+        "/v1/metadata",
+        Bytes::new(),
+        &[("x-custom", "yes"), ("authorization", "a")],
+    )
+    .await;
     let seen = &r.json()["seen"];
     assert_eq!(seen["x-custom"], "yes");
     assert!(seen.get("authorization").is_none());
@@ -858,7 +1039,15 @@ async fn metadata_is_forwarded_by_allowlist_and_returned_with_a_prefix() {
 async fn gateway_errors_for_upstream_trouble() {
     let t = proto_engine("connect_timeout = \"1s\"");
     let closed = closed_port().await;
-    let r = send(&t, closed, "GET", "/v1/echo/x", Bytes::new(), &[("x-request-id", "r1")]).await;
+    let r = send(
+        &t,
+        closed,
+        "GET",
+        "/v1/echo/x",
+        Bytes::new(),
+        &[("x-request-id", "r1")],
+    )
+    .await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["code"], "upstream_unreachable");
     assert_eq!(r.json()["error"]["request_id"], "r1");
@@ -878,21 +1067,26 @@ async fn start_fake_upstream(status: u16) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    let mut frame = BytesMut::new();
-                    frame.put_u8(0);
-                    frame.put_u32(0);
-                    let resp = http::Response::builder()
-                        .status(status)
-                        .header("content-type", "application/grpc");
-                    Ok::<_, Infallible>(resp.body(Full::new(frame.freeze())).unwrap())
-                });
-                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let _ = req.into_body().collect().await;
+                        let mut frame = BytesMut::new();
+                        frame.put_u8(0);
+                        frame.put_u32(0);
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/grpc");
+                        Ok::<_, Infallible>(resp.body(Full::new(frame.freeze())).unwrap())
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
             });
         }
     });
@@ -929,8 +1123,12 @@ fn web_frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
 }
 
 fn book_request(pool: &DescriptorPool, name: &str) -> Vec<u8> {
-    let desc = pool.get_message_by_name(&format!("{PKG}.GetBookRequest")).unwrap();
-    DynamicMessage::deserialize(desc, json!({"name": name})).unwrap().encode_to_vec()
+    let desc = pool
+        .get_message_by_name(&format!("{PKG}.GetBookRequest"))
+        .unwrap();
+    DynamicMessage::deserialize(desc, json!({"name": name}))
+        .unwrap()
+        .encode_to_vec()
 }
 
 #[tokio::test]
@@ -939,41 +1137,94 @@ async fn grpc_web_binary_reaches_the_grpc_server() {
     let pool = DescriptorPool::decode(descriptor_set().as_slice()).unwrap();
     let t = proto_engine("");
     let uri = format!("/{SERVICE}/GetBook");
-    let ct = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")];
+    let ct = [
+        ("content-type", "application/grpc-web+proto"),
+        ("x-grpc-web", "1"),
+    ];
     assert!(t.matches_request(&Method::POST, &uri.parse().unwrap(), &{
         let mut h = HeaderMap::new();
-        h.insert("content-type", "application/grpc-web+proto".parse().unwrap());
+        h.insert(
+            "content-type",
+            "application/grpc-web+proto".parse().unwrap(),
+        );
         h
     }));
-    let r = send(&t, up.addr, "POST", &uri, web_frame(0, &book_request(&pool, "b")), &ct).await;
+    let r = send(
+        &t,
+        up.addr,
+        "POST",
+        &uri,
+        web_frame(0, &book_request(&pool, "b")),
+        &ct,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["content-type"], "application/grpc-web+proto");
-    assert!(r.headers["access-control-expose-headers"].to_str().unwrap().contains("grpc-status"));
+    assert!(r.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("grpc-status"));
     let (msgs, trailers) = web_frames(&r.body);
     assert_eq!(msgs.len(), 1);
-    let book = DynamicMessage::decode(pool.get_message_by_name(&format!("{PKG}.Book")).unwrap(), msgs[0].as_slice()).unwrap();
+    let book = DynamicMessage::decode(
+        pool.get_message_by_name(&format!("{PKG}.Book")).unwrap(),
+        msgs[0].as_slice(),
+    )
+    .unwrap();
     assert_eq!(to_json(&book)["title"], "Title of b");
     assert!(trailers.contains("grpc-status: 0\r\n"), "{trailers}");
 
     // A failing call: the status travels in the trailer frame.
-    let fail_desc = pool.get_message_by_name(&format!("{PKG}.FailRequest")).unwrap();
-    let fail = DynamicMessage::deserialize(fail_desc, json!({"code": 5, "message": "no book"})).unwrap();
-    let r = send(&t, up.addr, "POST", &format!("/{SERVICE}/Fail"), web_frame(0, &fail.encode_to_vec()), &ct).await;
+    let fail_desc = pool
+        .get_message_by_name(&format!("{PKG}.FailRequest"))
+        .unwrap();
+    let fail =
+        DynamicMessage::deserialize(fail_desc, json!({"code": 5, "message": "no book"})).unwrap();
+    let r = send(
+        &t,
+        up.addr,
+        "POST",
+        &format!("/{SERVICE}/Fail"),
+        web_frame(0, &fail.encode_to_vec()),
+        &ct,
+    )
+    .await;
     let (msgs, trailers) = web_frames(&r.body);
     assert!(msgs.is_empty());
     assert!(trailers.contains("grpc-status: 5"), "{trailers}");
-    assert!(trailers.contains("grpc-message: no book") || trailers.contains("grpc-message: no%20book"), "{trailers}");
+    assert!(
+        trailers.contains("grpc-message: no book") || trailers.contains("grpc-message: no%20book"),
+        "{trailers}"
+    );
 
     // Server streaming over gRPC-Web.
-    let list_desc = pool.get_message_by_name(&format!("{PKG}.ListBooksRequest")).unwrap();
+    let list_desc = pool
+        .get_message_by_name(&format!("{PKG}.ListBooksRequest"))
+        .unwrap();
     let list = DynamicMessage::deserialize(list_desc, json!({"shelf": "s", "count": 3})).unwrap();
-    let r = send(&t, up.addr, "POST", &format!("/{SERVICE}/ListBooks"), web_frame(0, &list.encode_to_vec()), &ct).await;
+    let r = send(
+        &t,
+        up.addr,
+        "POST",
+        &format!("/{SERVICE}/ListBooks"),
+        web_frame(0, &list.encode_to_vec()),
+        &ct,
+    )
+    .await;
     let (msgs, trailers) = web_frames(&r.body);
     assert_eq!(msgs.len(), 3);
     assert!(trailers.contains("grpc-status: 0"));
 
     // The upstream down: a trailer frame with UNAVAILABLE, still HTTP 200.
-    let r = send(&t, closed_port().await, "POST", &uri, web_frame(0, &book_request(&pool, "b")), &ct).await;
+    let r = send(
+        &t,
+        closed_port().await,
+        "POST",
+        &uri,
+        web_frame(0, &book_request(&pool, "b")),
+        &ct,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(web_frames(&r.body).1.contains("grpc-status: 14"));
 }
@@ -994,7 +1245,10 @@ async fn grpc_web_text_with_chunked_base64() {
         "POST",
         &format!("/{SERVICE}/GetBook"),
         body,
-        &[("content-type", "application/grpc-web-text"), ("accept", "application/grpc-web-text")],
+        &[
+            ("content-type", "application/grpc-web-text"),
+            ("accept", "application/grpc-web-text"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200);
@@ -1006,11 +1260,23 @@ async fn grpc_web_text_with_chunked_base64() {
         raw.extend(b64.decode(group).unwrap());
     }
     let (msgs, trailers) = web_frames(&raw);
-    let book = DynamicMessage::decode(pool.get_message_by_name(&format!("{PKG}.Book")).unwrap(), msgs[0].as_slice()).unwrap();
+    let book = DynamicMessage::decode(
+        pool.get_message_by_name(&format!("{PKG}.Book")).unwrap(),
+        msgs[0].as_slice(),
+    )
+    .unwrap();
     assert_eq!(to_json(&book)["name"], "text");
     assert!(trailers.contains("grpc-status: 0"));
 
-    let r = send(&t, up.addr, "POST", &format!("/{SERVICE}/GetBook"), "@@@@", &[("content-type", "application/grpc-web-text")]).await;
+    let r = send(
+        &t,
+        up.addr,
+        "POST",
+        &format!("/{SERVICE}/GetBook"),
+        "@@@@",
+        &[("content-type", "application/grpc-web-text")],
+    )
+    .await;
     assert!(!r.body.is_empty());
     let mut raw = Vec::new();
     for group in r.body.chunks(4) {
@@ -1043,4 +1309,78 @@ fn trailers_only_helper_for_the_proxy() {
     h.insert("content-type", "application/grpc-web".parse().unwrap());
     assert!(!tollgate::grpc::is_grpc_request(&h));
     assert!(tollgate::grpc::is_grpc_web(&h));
+}
+
+// ---------------------------------------------------------------------------------------------
+// h2 over TLS: a TLS terminator (ALPN h2) in front of the tonic server.
+
+async fn start_tls_front(backend: SocketAddr) -> (SocketAddr, Arc<rustls::ClientConfig>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (addr, Arc::new(client))
+}
+
+#[tokio::test]
+async fn h2_over_tls_upstream_with_reflection() {
+    let up = start_upstream(Reflection::V1).await;
+    let (front, client) = start_tls_front(up.addr).await;
+    let target = Target::h2(front, client.clone(), "localhost")
+        .unwrap()
+        .with_authority("books.internal");
+    let t = Transcoder::build(&section("reflection = true"), &root()).unwrap();
+    t.prepare_with(&target).await.unwrap();
+    let req = Request::get("/v1/shelves/s1/books/b2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = t.handle_with(req, &target).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["name"], "shelves/s1/books/b2");
+
+    // A certificate for another name is refused: 502, naming the TLS failure.
+    let wrong = Target::h2(front, client, "other.example").unwrap();
+    let req = Request::get("/v1/echo/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = t.handle_with(req, &wrong).await;
+    assert_eq!(resp.status(), 502);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("TLS handshake"));
 }

@@ -7,8 +7,14 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    println!("cargo:rerun-if-changed={}", proto_dir.join("greeter.proto").display());
-    println!("cargo:rerun-if-changed={}", proto_dir.join("google/api").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_dir.join("greeter.proto").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_dir.join("google/api").display()
+    );
 
     let mut compiler = protox::Compiler::new([&proto_dir])?;
     compiler.include_imports(true);

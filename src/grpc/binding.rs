@@ -40,8 +40,6 @@ pub struct Binding {
     pub method: MethodDescriptor,
     /// The HTTP method; `None` for a custom `*` rule (any method).
     pub http_method: Option<Method>,
-    /// The template as written, for messages.
-    pub pattern: String,
     /// The parsed template.
     pub template: Template,
     /// Its variables with their fields.
@@ -106,7 +104,6 @@ impl Binding {
             grpc_path: grpc_path(method),
             method: method.clone(),
             http_method,
-            pattern: pattern.to_string(),
             template,
             variables,
             body,
@@ -148,10 +145,12 @@ pub fn resolve_fields<S: AsRef<str>>(
         let part = part.as_ref();
         let field = current
             .get_field_by_name(part)
-            .or_else(|| json_too.then(|| current.get_field_by_json_name(part)).flatten())
-            .ok_or_else(|| {
-                format!("`{part}` is not a field of `{}`", current.full_name())
-            })?;
+            .or_else(|| {
+                json_too
+                    .then(|| current.get_field_by_json_name(part))
+                    .flatten()
+            })
+            .ok_or_else(|| format!("`{part}` is not a field of `{}`", current.full_name()))?;
         if i + 1 < path.len() {
             match field.kind() {
                 Kind::Message(m) if !field.is_list() && !field.is_map() && !is_wkt(&m) => {
@@ -178,7 +177,10 @@ fn check_path_field(fields: &[FieldDescriptor]) -> Result<(), String> {
         return Err("empty field path".into());
     };
     if last.is_list() || last.is_map() {
-        return Err(format!("`{}` is repeated and cannot be a path variable", last.name()));
+        return Err(format!(
+            "`{}` is repeated and cannot be a path variable",
+            last.name()
+        ));
     }
     if let Kind::Message(m) = last.kind() {
         if !is_scalar_wkt(&m) {

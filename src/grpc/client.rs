@@ -1,6 +1,6 @@
-//! The HTTP/2 client towards gRPC upstreams: prior-knowledge h2c, one multiplexed connection
-//! per target address shared by every route and config snapshot of the process, re-opened when
-//! the upstream closes it.
+//! The HTTP/2 client towards gRPC upstreams: prior-knowledge h2c or h2 over TLS, one
+//! multiplexed connection per target (address and TLS name) shared by every route and config
+//! snapshot of the process, re-opened when the upstream closes it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +13,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::target::Target;
 
 /// Why a call could not reach the upstream.
 #[derive(Debug)]
@@ -37,10 +39,22 @@ impl std::fmt::Display for CallError {
 
 type Sender = SendRequest<Full<Bytes>>;
 
-/// Connections by target address.
+/// A connection's identity: the address, and the TLS server name if any (the same address may
+/// serve several names).
+type Key = (SocketAddr, Option<String>);
+
+fn key(target: &Target) -> Key {
+    let name = target
+        .tls
+        .as_ref()
+        .map(|t| t.server_name.to_str().into_owned());
+    (target.addr, name)
+}
+
+/// Connections by target.
 #[derive(Default)]
 pub struct Pool {
-    conns: Mutex<HashMap<SocketAddr, Sender>>,
+    conns: Mutex<HashMap<Key, Sender>>,
 }
 
 /// The process-wide pool: connections outlive config reloads.
@@ -53,11 +67,11 @@ impl Pool {
     /// Sends `req` to `target`, connecting (or reconnecting once) as needed.
     pub async fn send(
         &self,
-        target: SocketAddr,
+        target: &Target,
         req: Request<Full<Bytes>>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, CallError> {
-        let cached = self.cached(target);
+        let cached = self.cached(&key(target));
         let mut sender = match cached {
             Some(s) => s,
             None => self.connect(target, connect_timeout).await?,
@@ -68,7 +82,7 @@ impl Pool {
             sender
                 .ready()
                 .await
-                .map_err(|e| CallError::Connect(target, e.to_string()))?;
+                .map_err(|e| CallError::Connect(target.addr, e.to_string()))?;
         }
         sender
             .send_request(req)
@@ -76,32 +90,53 @@ impl Pool {
             .map_err(|e| CallError::Stream(e.to_string()))
     }
 
-    fn cached(&self, target: SocketAddr) -> Option<Sender> {
+    fn cached(&self, key: &Key) -> Option<Sender> {
         let conns = self.conns.lock().ok()?;
-        conns.get(&target).filter(|s| !s.is_closed()).cloned()
+        conns.get(key).filter(|s| !s.is_closed()).cloned()
     }
 
-    async fn connect(&self, target: SocketAddr, timeout: Duration) -> Result<Sender, CallError> {
+    async fn connect(&self, target: &Target, timeout: Duration) -> Result<Sender, CallError> {
+        let addr = target.addr;
+        let failed = |e: &dyn std::fmt::Display| CallError::Connect(addr, e.to_string());
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(target)
+            let tcp = tokio::net::TcpStream::connect(addr)
                 .await
-                .map_err(|e| CallError::Connect(target, e.to_string()))?;
+                .map_err(|e| failed(&e))?;
             let _ = tcp.set_nodelay(true);
-            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+            let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            let Some(tls) = &target.tls else {
+                let (sender, conn) = builder
+                    .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| failed(&e))?;
+                tokio::spawn(async move {
+                    // Ends when the upstream closes the connection or every sender is dropped.
+                    let _ = conn.await;
+                });
+                return Ok(sender);
+            };
+            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(tls.server_name.clone(), tcp)
                 .await
-                .map_err(|e| CallError::Connect(target, e.to_string()))
+                .map_err(|e| failed(&format!("TLS handshake: {e}")))?;
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(failed(&"the upstream did not agree to HTTP/2 (ALPN h2)"));
+            }
+            let (sender, conn) = builder
+                .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| failed(&e))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(sender)
         };
-        let (sender, conn) = tokio::time::timeout(timeout, connect)
+        let sender = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| CallError::ConnectTimeout(target))??;
-        tokio::spawn(async move {
-            // Ends when the upstream closes the connection or every sender is dropped.
-            let _ = conn.await;
-        });
+            .map_err(|_| CallError::ConnectTimeout(addr))??;
         if let Ok(mut conns) = self.conns.lock() {
             conns.retain(|_, s| !s.is_closed());
-            conns.insert(target, sender.clone());
+            conns.insert(key(target), sender.clone());
         }
         Ok(sender)
     }

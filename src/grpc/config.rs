@@ -328,8 +328,8 @@ mod tests {
 
     #[test]
     fn defaults_and_paths_resolve_against_the_config_folder() {
-        let s = parse("protos = [\"a.proto\"]\ninclude_paths = [\"proto\"]\ntimeout = \"2s\"")
-            .unwrap();
+        let s =
+            parse("protos = [\"a.proto\"]\ninclude_paths = [\"proto\"]\ntimeout = \"2s\"").unwrap();
         let o = s.validate(Path::new("/etc/tollgate")).unwrap();
         assert_eq!(
             o.source,

@@ -124,10 +124,7 @@ mod tests {
     fn oversized_frame_is_refused_before_it_is_buffered() {
         let mut d = FrameDecoder::new(4);
         d.push(&[0, 0, 0, 0, 5]);
-        assert_eq!(
-            d.next_frame(),
-            Err(FrameError::TooLarge { len: 5, max: 4 })
-        );
+        assert_eq!(d.next_frame(), Err(FrameError::TooLarge { len: 5, max: 4 }));
     }
 
     #[test]

@@ -81,7 +81,11 @@ impl PathTrie {
 
     /// Walks the trie in precedence order, calling `visit` with each binding whose template
     /// matches `path`, until `visit` returns true; returns that binding.
-    pub fn find(&self, path: &SplitPath<'_>, visit: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
+    pub fn find(
+        &self,
+        path: &SplitPath<'_>,
+        visit: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
         walk(&self.root, &path.decoded, visit)
     }
 }
@@ -153,7 +157,10 @@ mod tests {
 
     fn trie(templates: &[&str]) -> (PathTrie, Vec<Template>) {
         let mut t = PathTrie::default();
-        let parsed: Vec<Template> = templates.iter().map(|s| Template::parse(s).unwrap()).collect();
+        let parsed: Vec<Template> = templates
+            .iter()
+            .map(|s| Template::parse(s).unwrap())
+            .collect();
         for (i, tpl) in parsed.iter().enumerate() {
             t.insert(tpl, i);
         }
@@ -208,13 +215,52 @@ mod tests {
 
     #[test]
     fn single_segment_decodes_all_multi_segment_keeps_encoded_slash() {
-        assert_eq!(decode_variable(&["a%2Fb%20c"], true).as_deref(), Some("a/b c"));
+        assert_eq!(
+            decode_variable(&["a%2Fb%20c"], true).as_deref(),
+            Some("a/b c")
+        );
         assert_eq!(
             decode_variable(&["dir", "a%2fb%20c"], false).as_deref(),
             Some("dir/a%2fb c")
         );
         assert_eq!(decode_variable(&["%ff"], true), None);
-        assert_eq!(decode_variable(&["trail%2"], false).as_deref(), Some("trail%2"));
+        assert_eq!(
+            decode_variable(&["trail%2"], false).as_deref(),
+            Some("trail%2")
+        );
         assert_eq!(decode_variable(&["%"], false).as_deref(), Some("%"));
+    }
+
+    #[test]
+    fn arbitrary_templates_and_paths_never_panic() {
+        // A small LCG keeps the test deterministic without a fuzzing crate.
+        let alphabet: Vec<char> = "/{}*=:.a_b%2Fé9".chars().collect();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        let mut trie = PathTrie::default();
+        let mut templates = Vec::new();
+        for _ in 0..20_000 {
+            let len = next() % 14;
+            let text: String = (0..len)
+                .map(|_| alphabet[next() % alphabet.len()])
+                .collect();
+            if let Ok(t) = Template::parse(&text) {
+                trie.insert(&t, templates.len());
+                templates.push(t);
+            }
+            let (verb, plain) = split_path(&text);
+            let _ = lookup(&trie, &templates, &text);
+            if let Some((p, _)) = verb {
+                let _ = decode_variable(&p.raw, false);
+            }
+            let _ = decode_variable(&plain.raw, true);
+            let _ = decode_variable(&plain.raw, false);
+        }
+        assert!(!templates.is_empty());
     }
 }

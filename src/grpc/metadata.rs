@@ -50,8 +50,14 @@ pub fn forward_web_request(from: &HeaderMap, to: &mut HeaderMap) {
         if is_reserved(n)
             || matches!(
                 n,
-                "accept" | "accept-encoding" | "x-grpc-web" | "x-user-agent" | "origin"
-                    | "referer" | "cookie" | "proxy-authorization"
+                "accept"
+                    | "accept-encoding"
+                    | "x-grpc-web"
+                    | "x-user-agent"
+                    | "origin"
+                    | "referer"
+                    | "cookie"
+                    | "proxy-authorization"
             )
             || n.starts_with("access-control-")
             || n.starts_with("sec-")
@@ -64,10 +70,7 @@ pub fn forward_web_request(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// Response metadata (from headers and trailers) as HTTP headers: reserved names dropped, the
 /// allowlist applied, the prefix put before each name.
-pub fn response_headers(
-    sources: &[&HeaderMap],
-    opts: &Options,
-) -> Vec<(HeaderName, HeaderValue)> {
+pub fn response_headers(sources: &[&HeaderMap], opts: &Options) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
     for map in sources {
         for (name, value) in map.iter() {

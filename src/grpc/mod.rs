@@ -7,6 +7,7 @@
 
 mod binding;
 mod body;
+mod call;
 mod client;
 mod config;
 mod embedded;
@@ -23,6 +24,7 @@ mod rules;
 mod schema;
 mod status;
 mod stream;
+mod target;
 mod template;
 mod transcoder;
 mod web;
@@ -30,11 +32,11 @@ mod web;
 pub use body::ResponseBody;
 pub use config::{GrpcSection, JsonNames, StreamFormat, UnknownFields};
 pub use metadata::{format_timeout, parse_timeout};
-pub use schema::{Lookup, Schema, Selection};
 pub use status::{
-    code_for_gateway_status, code_for_upstream_http, code_name, http_status_for_code, is_grpc_request,
-    trailers_only_error, trailers_only_for_status,
+    code_for_gateway_status, code_for_upstream_http, code_name, http_status_for_code,
+    is_grpc_request, trailers_only_error, trailers_only_for_status,
 };
+pub use target::Target;
 pub use transcoder::Transcoder;
 pub use web::is_grpc_web;
 

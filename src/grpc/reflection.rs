@@ -16,6 +16,7 @@ use super::framing::encode;
 use super::reader::MessageReader;
 use super::rules::RawFile;
 use super::status::GrpcStatus;
+use super::target::Target;
 
 /// More files than any real schema has; stops a misbehaving server from feeding us forever.
 const MAX_FILES: usize = 2000;
@@ -86,8 +87,7 @@ const V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectio
 
 /// One reflection session against one upstream.
 struct Session<'a> {
-    target: SocketAddr,
-    authority: &'a str,
+    target: &'a Target,
     path: &'static str,
     timeout: Duration,
 }
@@ -95,15 +95,12 @@ struct Session<'a> {
 /// Fetches every file needed by the upstream's services (all but the reflection service
 /// itself, or only `services` when given), as `(name, bytes)`.
 pub async fn fetch(
-    target: SocketAddr,
-    authority: Option<&str>,
+    target: &Target,
     services: &[String],
     timeout: Duration,
 ) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let authority = authority.map_or_else(|| target.to_string(), str::to_string);
     let mut session = Session {
         target,
-        authority: &authority,
         path: V1,
         timeout,
     };
@@ -114,12 +111,15 @@ pub async fn fetch(
             session
                 .ask(Ask::ListServices(String::new()))
                 .await
-                .map_err(|e| e.describe(target))?
+                .map_err(|e| e.describe(target.addr()))?
         }
-        Err(e) => return Err(e.describe(target)),
+        Err(e) => return Err(e.describe(target.addr())),
     };
     let Answer::Services(list) = listed else {
-        return Err(format!("reflection at {target}: unexpected answer to list_services"));
+        return Err(format!(
+            "reflection at {}: unexpected answer to list_services",
+            target.addr()
+        ));
     };
     let names: Vec<String> = if services.is_empty() {
         list.service
@@ -135,7 +135,7 @@ pub async fn fetch(
         let answer = session
             .ask(Ask::FileContainingSymbol(name.clone()))
             .await
-            .map_err(|e| e.describe(target))?;
+            .map_err(|e| e.describe(target.addr()))?;
         add_files(&mut files, answer, name)?;
     }
     // Servers usually send imports along; ask for any they left out.
@@ -158,7 +158,7 @@ pub async fn fetch(
                 Ok(answer) => add_files(&mut files, answer, &dep)?,
                 // Not served: the embedded files may still provide it (google/api, WKTs).
                 Err(Failure::NotFound(_)) => {}
-                Err(e) => return Err(e.describe(target)),
+                Err(e) => return Err(e.describe(target.addr())),
             }
         }
         if files.len() == before || files.len() > MAX_FILES {
@@ -168,7 +168,11 @@ pub async fn fetch(
     Ok(files.into_iter().collect())
 }
 
-fn add_files(files: &mut HashMap<String, Vec<u8>>, answer: Answer, asked: &str) -> Result<(), String> {
+fn add_files(
+    files: &mut HashMap<String, Vec<u8>>,
+    answer: Answer,
+    asked: &str,
+) -> Result<(), String> {
     let Answer::Files(fds) = answer else {
         return Err(format!("reflection: unexpected answer for `{asked}`"));
     };
@@ -211,7 +215,7 @@ impl Session<'_> {
         };
         let mut buf = BytesMut::new();
         encode(0, &msg.encode_to_vec(), &mut buf);
-        let req = Request::post(format!("http://{}{}", self.authority, self.path))
+        let req = Request::post(self.target.uri(self.path))
             .header(CONTENT_TYPE, "application/grpc")
             .header("te", "trailers")
             .body(Full::new(buf.freeze()))

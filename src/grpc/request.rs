@@ -38,9 +38,7 @@ pub fn build_messages(
             None => Vec::new(),
             Some(Value::Array(items)) => items,
             Some(other @ Value::Object(_)) => vec![other],
-            Some(_) => {
-                return Err("a client-streaming call takes a JSON array of messages".into())
-            }
+            Some(_) => return Err("a client-streaming call takes a JSON array of messages".into()),
         };
         return items
             .into_iter()
@@ -69,7 +67,11 @@ fn parse_body(body: &[u8], opts: &Options) -> Result<Option<Value>, String> {
     Ok(Some(value))
 }
 
-fn url_values(binding: &Binding, input: &HttpInput<'_>, opts: &Options) -> Result<UrlValues, String> {
+fn url_values(
+    binding: &Binding,
+    input: &HttpInput<'_>,
+    opts: &Options,
+) -> Result<UrlValues, String> {
     let mut out = UrlValues::new();
     for v in &binding.variables {
         let end = v.end.unwrap_or(input.segments.len());
@@ -79,7 +81,9 @@ fn url_values(binding: &Binding, input: &HttpInput<'_>, opts: &Options) -> Resul
             .ok_or_else(|| "the path does not fit its template".to_string())?;
         let text = decode_variable(raw, v.single_segment)
             .ok_or_else(|| "a path segment is not valid UTF-8 once decoded".to_string())?;
-        let Some(last) = v.fields.last() else { continue };
+        let Some(last) = v.fields.last() else {
+            continue;
+        };
         out.push((v.fields.clone(), text_to_json(last, &text)?, false));
     }
     let Some(query) = input.query else {
@@ -104,17 +108,24 @@ fn url_values(binding: &Binding, input: &HttpInput<'_>, opts: &Options) -> Resul
         } else {
             false
         };
-        let bound = binding.variables.iter().any(|v| same_path(&v.fields, &fields));
+        let bound = binding
+            .variables
+            .iter()
+            .any(|v| same_path(&v.fields, &fields));
         if conflict || bound {
             if reject {
                 let what = if bound { "the path" } else { "the body" };
-                return Err(format!("query parameter `{key}` sets a field already bound by {what}"));
+                return Err(format!(
+                    "query parameter `{key}` sets a field already bound by {what}"
+                ));
             }
             continue;
         }
         let Some(last) = fields.last() else { continue };
         if last.is_map() {
-            return Err(format!("query parameter `{key}`: map fields cannot be set from the query"));
+            return Err(format!(
+                "query parameter `{key}`: map fields cannot be set from the query"
+            ));
         }
         let json = text_to_json(last, &value)?;
         let append = last.is_list();
@@ -155,7 +166,12 @@ fn build_one(
 
 /// Sets `fields` (a path from the root) to `value` in the JSON tree, replacing whatever the body
 /// had there under either the proto or the JSON name; `append` adds to a repeated field.
-fn set_path(root: &mut Value, fields: &[FieldDescriptor], value: Value, append: bool) -> Result<(), String> {
+fn set_path(
+    root: &mut Value,
+    fields: &[FieldDescriptor],
+    value: Value,
+    append: bool,
+) -> Result<(), String> {
     let mut node = root;
     for (i, f) in fields.iter().enumerate() {
         let Value::Object(obj) = node else {
@@ -182,7 +198,9 @@ fn set_path(root: &mut Value, fields: &[FieldDescriptor], value: Value, append: 
             continue;
         }
         if append {
-            let slot = obj.entry(f.name()).or_insert_with(|| Value::Array(Vec::new()));
+            let slot = obj
+                .entry(f.name())
+                .or_insert_with(|| Value::Array(Vec::new()));
             match slot {
                 Value::Array(a) => a.push(value),
                 other => *other = Value::Array(vec![value]),
@@ -196,9 +214,13 @@ fn set_path(root: &mut Value, fields: &[FieldDescriptor], value: Value, append: 
 }
 
 /// Parses JSON into a message; the error names the field path where parsing failed.
-pub fn parse_message(desc: &MessageDescriptor, json: Value, opts: &Options) -> Result<DynamicMessage, String> {
-    let de_opts = DeserializeOptions::new()
-        .deny_unknown_fields(opts.unknown_fields == UnknownFields::Reject);
+pub fn parse_message(
+    desc: &MessageDescriptor,
+    json: Value,
+    opts: &Options,
+) -> Result<DynamicMessage, String> {
+    let de_opts =
+        DeserializeOptions::new().deny_unknown_fields(opts.unknown_fields == UnknownFields::Reject);
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(json, &mut track);
     DynamicMessage::deserialize_with_options(desc.clone(), de, &de_opts).map_err(|e| {

@@ -36,8 +36,12 @@ impl JsonWriter {
 
     /// Decodes one message and writes its JSON.
     pub fn write(&self, encoded: Bytes) -> Result<Vec<u8>, String> {
-        let msg = DynamicMessage::decode(self.desc.clone(), encoded)
-            .map_err(|e| format!("upstream sent an undecodable `{}`: {e}", self.desc.full_name()))?;
+        let msg = DynamicMessage::decode(self.desc.clone(), encoded).map_err(|e| {
+            format!(
+                "upstream sent an undecodable `{}`: {e}",
+                self.desc.full_name()
+            )
+        })?;
         let Some(field) = &self.field else {
             let mut out = Vec::with_capacity(128);
             let mut ser = serde_json::Serializer::new(&mut out);
@@ -48,7 +52,11 @@ impl JsonWriter {
         let whole = msg
             .serialize_with_options(serde_json::value::Serializer, &self.options)
             .map_err(|e| format!("response as JSON: {e}"))?;
-        let key = if self.proto_names { field.name() } else { field.json_name() };
+        let key = if self.proto_names {
+            field.name()
+        } else {
+            field.json_name()
+        };
         let value = match whole {
             Value::Object(mut o) => o.remove(key),
             _ => None,

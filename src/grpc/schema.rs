@@ -48,7 +48,10 @@ pub struct Selection<'a> {
 impl Schema {
     /// Builds a schema from encoded FileDescriptorProtos (in any order). Imports missing from
     /// `files` are taken from the embedded files and protobuf's well-known types.
-    pub fn from_files(files: Vec<(String, Vec<u8>)>, sel: &Selection<'_>) -> Result<Schema, String> {
+    pub fn from_files(
+        files: Vec<(String, Vec<u8>)>,
+        sel: &Selection<'_>,
+    ) -> Result<Schema, String> {
         let files = complete(files)?;
         let mut set = Vec::new();
         for (_, bytes) in &files {
@@ -176,6 +179,15 @@ impl Schema {
     }
 }
 
+/// Runs a schema build step, turning a panic inside the descriptor libraries (on descriptors
+/// they did not expect, e.g. from a misbehaving reflection server) into an error, so that no
+/// schema input can take the gateway down.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err("the descriptors could not be processed (the descriptor library failed on them)".into())
+    })
+}
+
 /// Splits an encoded FileDescriptorSet into `(file name, original bytes)`.
 pub fn split_set(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
     let set = RawSet::decode(bytes).map_err(|e| format!("not a FileDescriptorSet: {e}"))?;
@@ -235,7 +247,11 @@ fn complete(mut files: Vec<(String, Vec<u8>)>) -> Result<Vec<(String, Vec<u8>)>,
 }
 
 /// Compiles `.proto` files with protox. Errors name the file, line and column.
-pub fn compile_protos(files: &[PathBuf], includes: &[PathBuf], base: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn compile_protos(
+    files: &[PathBuf],
+    includes: &[PathBuf],
+    base: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut chain = protox::file::ChainFileResolver::new();
     for inc in includes {
         chain.add(protox::file::IncludeFileResolver::new(inc.clone()));
@@ -336,7 +352,10 @@ message Req { string name = 1; }
             schema.lookup(Some(&Method::PUT), "/v1/x"),
             Lookup::WrongMethod(m) if m.len() == 2 && m.contains(&Method::GET) && m.contains(&Method::POST)
         ));
-        assert!(schema.pool.get_message_by_name("google.rpc.BadRequest").is_some());
+        assert!(schema
+            .pool
+            .get_message_by_name("google.rpc.BadRequest")
+            .is_some());
         let auto = Schema::from_files(
             files,
             &Selection {
@@ -354,7 +373,11 @@ message Req { string name = 1; }
     #[test]
     fn syntax_error_names_file_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "bad.proto", "syntax = \"proto3\";\nmessage M {\n  strin name = 1\n}\n");
+        write(
+            dir.path(),
+            "bad.proto",
+            "syntax = \"proto3\";\nmessage M {\n  strin name = 1\n}\n",
+        );
         let err = compile_protos(
             &[PathBuf::from("bad.proto")],
             &[dir.path().to_path_buf()],

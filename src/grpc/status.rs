@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -257,7 +257,10 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody
 }
 
 /// The error response of a transcoded call that ended with a non-OK status.
-pub fn status_response(status: &GrpcStatus, pool: Option<&DescriptorPool>) -> Response<ResponseBody> {
+pub fn status_response(
+    status: &GrpcStatus,
+    pool: Option<&DescriptorPool>,
+) -> Response<ResponseBody> {
     let body = serde_json::to_vec(&status.to_json(pool)).unwrap_or_default();
     json_response(status.http_status(), body)
 }
@@ -270,7 +273,8 @@ pub fn is_grpc_request(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
             let ct = ct.trim().to_ascii_lowercase();
-            ct == "application/grpc" || ct.starts_with("application/grpc+")
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
                 || ct.starts_with("application/grpc;")
         })
 }
@@ -345,7 +349,10 @@ mod tests {
             assert_eq!(code_for_gateway_status(s), code, "status {http}");
         }
         assert_eq!(code_for_upstream_http(StatusCode::BAD_REQUEST), INTERNAL);
-        assert_eq!(code_for_upstream_http(StatusCode::TOO_MANY_REQUESTS), UNAVAILABLE);
+        assert_eq!(
+            code_for_upstream_http(StatusCode::TOO_MANY_REQUESTS),
+            UNAVAILABLE
+        );
     }
 
     #[test]
@@ -380,7 +387,10 @@ mod tests {
         h.insert("grpc-status", HeaderValue::from_static("3"));
         h.insert("grpc-message", HeaderValue::from_static("bad%20input"));
         let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec());
-        h.insert("grpc-status-details-bin", HeaderValue::from_str(&b64).unwrap());
+        h.insert(
+            "grpc-status-details-bin",
+            HeaderValue::from_str(&b64).unwrap(),
+        );
         let s = GrpcStatus::from_headers(&h).unwrap();
         assert_eq!(s.message, "bad input");
         let v = s.to_json(None);

@@ -141,9 +141,15 @@ mod tests {
     #[test]
     fn formats_frame_elements() {
         assert_eq!(element(StreamFormat::JsonArray, b"{}", true, false), b"[{}");
-        assert_eq!(element(StreamFormat::JsonArray, b"{}", false, false), b",{}");
+        assert_eq!(
+            element(StreamFormat::JsonArray, b"{}", false, false),
+            b",{}"
+        );
         assert_eq!(element(StreamFormat::Ndjson, b"{}", true, false), b"{}\n");
-        assert_eq!(element(StreamFormat::Sse, b"{}", true, true), b"event: error\ndata: {}\n\n");
+        assert_eq!(
+            element(StreamFormat::Sse, b"{}", true, true),
+            b"event: error\ndata: {}\n\n"
+        );
         assert_eq!(close(StreamFormat::JsonArray, true), b"[]");
     }
 }

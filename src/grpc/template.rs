@@ -99,11 +99,7 @@ impl Parser<'_> {
         if self.pos != self.text.len() {
             return Err(self.err("unexpected character"));
         }
-        if let Some(i) = self
-            .segments
-            .iter()
-            .position(|s| *s == Segment::DoubleStar)
-        {
+        if let Some(i) = self.segments.iter().position(|s| *s == Segment::DoubleStar) {
             if i + 1 != self.segments.len() {
                 return Err(self.err("`**` must be the last segment"));
             }

@@ -3,12 +3,10 @@
 //! unchanged; the upstream's trailers become a final frame flagged 0x80, since browsers cannot
 //! read HTTP trailers.
 
-use std::net::SocketAddr;
-
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 
@@ -19,6 +17,7 @@ use super::framing::{encode, TRAILERS};
 use super::metadata;
 use super::reader::{MessageReader, ReadError};
 use super::status::{self, code_for_upstream_http};
+use super::target::Target;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const EXPOSE: &str = "grpc-status, grpc-message, grpc-status-details-bin";
@@ -28,20 +27,32 @@ pub fn is_grpc_web(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("application/grpc-web"))
+        .is_some_and(|ct| {
+            ct.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/grpc-web")
+        })
 }
 
 fn is_text(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("application/grpc-web-text"))
+        .is_some_and(|ct| {
+            ct.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/grpc-web-text")
+        })
 }
 
 /// Decodes a grpc-web-text body. Clients may send several base64 chunks, each padded on its
 /// own, so every 4-character group is decoded by itself.
 pub fn decode_text(body: &[u8]) -> Result<Vec<u8>, String> {
-    let clean: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let clean: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(clean.len() / 4 * 3);
     let mut groups = clean.chunks_exact(4);
     for g in groups.by_ref() {
@@ -121,13 +132,16 @@ fn failed(text: bool, code: u32, message: &str) -> Response<ResponseBody> {
 pub async fn proxy(
     parts: &http::request::Parts,
     payload: Bytes,
-    target: SocketAddr,
-    authority: &str,
+    target: &Target,
     opts: &Options,
 ) -> Response<ResponseBody> {
     let text = is_text(&parts.headers);
     if parts.method != http::Method::POST {
-        return failed(text, status::UNIMPLEMENTED, "gRPC-Web calls are POST requests");
+        return failed(
+            text,
+            status::UNIMPLEMENTED,
+            "gRPC-Web calls are POST requests",
+        );
     }
     let payload = if text {
         match decode_text(&payload) {
@@ -137,7 +151,7 @@ pub async fn proxy(
     } else {
         payload
     };
-    let uri = format!("http://{authority}{}", parts.uri.path());
+    let uri = target.uri(parts.uri.path());
     let mut builder = Request::post(uri)
         .header(CONTENT_TYPE, "application/grpc")
         .header("te", "trailers");
@@ -146,7 +160,11 @@ pub async fn proxy(
         builder = builder.header("grpc-timeout", metadata::format_timeout(t));
     }
     let Ok(mut req) = builder.body(Full::new(payload)) else {
-        return failed(text, status::INTERNAL, "could not build the upstream request");
+        return failed(
+            text,
+            status::INTERNAL,
+            "could not build the upstream request",
+        );
     };
     metadata::forward_web_request(&parts.headers, req.headers_mut());
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -179,7 +197,10 @@ pub async fn proxy(
     let enc = Encoder { text };
     let mut resp = response(text, body::empty());
     for (name, value) in &head.headers {
-        if matches!(name.as_str(), "content-type" | "content-length" | "trailer" | "te") {
+        if matches!(
+            name.as_str(),
+            "content-type" | "content-length" | "trailer" | "te"
+        ) {
             continue;
         }
         resp.headers_mut().append(name.clone(), value.clone());
@@ -221,7 +242,10 @@ mod tests {
         let a = B64.encode([0u8, 0, 0, 0, 1, 7]);
         let b = B64.encode([0x80u8]);
         let joined = format!("{a}\r\n{b}");
-        assert_eq!(decode_text(joined.as_bytes()).unwrap(), vec![0, 0, 0, 0, 1, 7, 0x80]);
+        assert_eq!(
+            decode_text(joined.as_bytes()).unwrap(),
+            vec![0, 0, 0, 0, 1, 7, 0x80]
+        );
         assert!(decode_text(b"!!!!").is_err());
     }
 

@@ -223,7 +223,9 @@ impl ProxyHttp for Gateway {
         let transcoder = st.route().and_then(|r| r.grpc.clone());
         if let Some(t) = transcoder {
             let req = session.req_header();
-            if t.matches_request(&req.method, &req.uri, &req.headers) {
+            // Native gRPC passes through; everything else on a transcoding route is the
+            // engine's (an unbound path gets its 404 JSON, not a confused gRPC server).
+            if !crate::grpc::is_grpc_request(&req.headers) {
                 self.transcode(session, st, &t).await;
                 return Ok(true);
             }
