@@ -1013,7 +1013,14 @@ class Bench:
     # ---- main ---------------------------------------------------------------------------
 
     def main(self):
+        # Run a private copy: other people's `cargo build` may replace target/release/tollgate
+        # during the run, and the callgrind phase starts tollgate again at the end.
+        built = self.tollgate
+        self.tollgate = os.path.join(self.tmp, "tollgate")
+        shutil.copy2(built, self.tollgate)
         self.environment()
+        self.res["env"]["tollgate_binary_sha256"] = subprocess.run(
+            ["sha256sum", self.tollgate], capture_output=True, text=True).stdout.split()[0][:16]
         if not self.quick and not self.args.no_wait:
             la = loadavg()
             self.res["loadavg_at_start"] = la
@@ -1214,7 +1221,9 @@ def make_report(res):
     L.append("| | |\n|---|---|")
     for k, label in (("nproc", "nproc"), ("cpu_model", "CPU"), ("kernel", "kernel"),
                      ("os", "OS"), ("memory", "memory"), ("tollgate_commit", "tollgate commit"),
-                     ("tollgate_binary_mtime", "tollgate binary built"), ("rustc", "rustc"),
+                     ("tollgate_binary_mtime", "tollgate binary built"),
+                     ("tollgate_binary_sha256", "tollgate binary sha256 (first 16)"),
+                     ("rustc", "rustc"),
                      ("pingora", "pingora"), ("nginx", "nginx"), ("envoy", "Envoy"),
                      ("wrk", "wrk"), ("h2load", "h2load"), ("oha", "oha"),
                      ("valgrind", "valgrind"), ("python", "python")):
