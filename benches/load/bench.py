@@ -831,6 +831,20 @@ class Bench:
                     for t in targets:
                         self.load_run(rnd, scen, t, "oha")
 
+    def otlp_exports(self):
+        """Tracing really exported something: the OTLP sink's access log, by user agent."""
+        path = os.path.join(self.tmp, "otlp.access.log")
+        agents = {}
+        if os.path.exists(path):
+            for line in open(path, errors="replace"):
+                m = re.search(r'"(POST|GET|PUT) (\S+) [^"]*" (\d+) \d+ "[^"]*" "([^"]*)"', line)
+                if m:
+                    key = f"{m.group(4)[:40]} {m.group(1)} {m.group(2)} -> {m.group(3)}"
+                    agents[key] = agents.get(key, 0) + 1
+        self.res["otlp_exports"] = agents
+        self.note("OTLP export requests received by the sink during the run (tracing check): "
+                  + ("; ".join(f"{k}: {v}" for k, v in agents.items()) or "none"))
+
     # ---- memory with idle keep-alive connections -----------------------------------------
 
     def memory(self):
@@ -1044,6 +1058,7 @@ class Bench:
         if not self.args.no_rounds:
             self.warmup()
             self.rounds_loop()
+        self.otlp_exports()
         if not self.args.no_memory:
             log("memory with idle keep-alive connections")
             self.memory()

@@ -1002,24 +1002,9 @@ fn hash_key(on: &HashOn, session: &Session, st: &RequestState) -> Option<u64> {
     }
 }
 
-/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+/// The `grpc-timeout` header, when the client sent a valid one.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    crate::grpc::parse_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
 }
 
 #[cfg(test)]

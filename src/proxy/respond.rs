@@ -38,26 +38,10 @@ fn is_grpc(session: &Session) -> bool {
         .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+"))
 }
 
-/// The gRPC status for an HTTP status the gateway decided on, after gRPC's own mapping of HTTP
-/// statuses, refined where the gateway knows better (a rate limit is RESOURCE_EXHAUSTED, a
-/// timeout DEADLINE_EXCEEDED).
-pub fn grpc_status_for(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 | 413 | 414 | 431 => 3, // INVALID_ARGUMENT (413/431: the request was too big)
-        401 => 16,                  // UNAUTHENTICATED
-        403 => 7,                   // PERMISSION_DENIED
-        404 => 12,                  // UNIMPLEMENTED: no route for this method
-        429 => 8,                   // RESOURCE_EXHAUSTED
-        504 => 4,                   // DEADLINE_EXCEEDED
-        502 | 503 => 14,            // UNAVAILABLE
-        _ => 13,                    // INTERNAL
-    }
-}
-
 /// A trailers-only gRPC response: HTTP 200 with `grpc-status` and `grpc-message` in the headers,
 /// which is how a gRPC server reports a call that fails before any message.
 async fn send_grpc_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
-    let code = grpc_status_for(err.status);
+    let code = crate::grpc::code_for_gateway_status(err.status);
     let message = format!("{} ({})", err.message, err.code);
     let mut headers = err.headers.clone();
     headers.push((CONTENT_TYPE, HeaderValue::from_static("application/grpc")));
