@@ -75,3 +75,61 @@ async fn schema_by_reflection_is_loaded_before_the_route_serves() {
         .expect("request");
     assert_eq!(resp.status(), 200);
 }
+
+/// Bidirectional streaming through plain gRPC passthrough: the reflection service answers each
+/// request message on the same stream, so replies interleave with requests.
+#[tokio::test]
+async fn bidirectional_streams_pass_through() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let up = start_upstream(Reflection::V1).await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[upstreams.test]
+targets = ["{}"]
+protocol = "h2c"
+
+[routes.reflection]
+prefix = "/grpc.reflection.v1.ServerReflection"
+upstream = "test"
+"#,
+        up.addr
+    ))
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut replies = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        tx.send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await
+        .unwrap();
+        // The reply to this message arrives before the next one is sent: really streamed.
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(10), replies.message())
+            .await
+            .expect("a reply per request, not at the end")
+            .unwrap()
+            .expect("reply");
+        assert!(
+            format!("{reply:?}").contains("tollgate.test.v1"),
+            "{reply:?}"
+        );
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none());
+}
