@@ -171,6 +171,7 @@ impl BackgroundService for Background {
             drain().await;
         }
         crate::telemetry::trace::shutdown();
+        crate::telemetry::access_log::shutdown();
         if graceful {
             tracing::info!("drained; exiting");
             std::process::exit(0);

@@ -150,3 +150,11 @@ pub fn line(fields: &[String], values: &[(&'static str, serde_json::Value)]) -> 
     }
     serde_json::Value::Object(map).to_string()
 }
+
+/// Stops accepting lines and gives the writer a moment to write what is queued (it flushes after
+/// every batch), for a clean exit.
+pub fn shutdown() {
+    if WRITER.swap(None).is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
