@@ -831,11 +831,10 @@ impl Gateway {
         e: Option<&Error>,
     ) {
         use serde_json::Value;
-        let fields = st
+        let fields: &[String] = st
             .snapshot
             .as_ref()
-            .map(|s| s.config.access_log.fields.clone())
-            .unwrap_or_default();
+            .map_or(&[], |s| s.config.access_log.fields.as_slice());
         let req = session.req_header();
         let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
         let values: Vec<(&'static str, Value)> = vec![
@@ -879,7 +878,7 @@ impl Gateway {
                     .or_else(|| e.map(|e| e.etype().as_str().to_string()))),
             ),
         ];
-        crate::telemetry::access_log::write(crate::telemetry::access_log::line(&fields, &values));
+        crate::telemetry::access_log::write(crate::telemetry::access_log::line(fields, &values));
     }
 
     /// Whether a failed attempt is tried again on another target: the policy retries the

@@ -14,7 +14,7 @@ use super::context::RequestState;
 /// Sends `err` as the JSON error shape. Returns the status sent.
 pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
     st.gateway_code = Some(err.code);
-    if is_grpc(session) {
+    if crate::grpc::is_grpc_request(&session.req_header().headers) {
         return send_grpc_error(session, st, err).await;
     }
     let body = err.body(&st.ctx.request_id).to_json();
@@ -26,16 +26,6 @@ pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &Plug
         body: Bytes::from(body),
     };
     send(session, st, resp).await
-}
-
-/// Whether the client speaks gRPC (not gRPC-Web: that has its own framing of errors).
-fn is_grpc(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+"))
 }
 
 /// A trailers-only gRPC response: HTTP 200 with `grpc-status` and `grpc-message` in the headers,

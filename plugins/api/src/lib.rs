@@ -41,7 +41,7 @@ pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use registry::{
     BuildContext, BuildError, BuildErrorKind, PluginFactory, PluginRegistry, PluginSpec,
 };
-pub use util::{generate_request_id, is_sane_request_id};
+pub use util::{decode_query_value, generate_request_id, is_sane_request_id};
 
 /// What the request phase decided.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! Request-id helpers shared by the gateway core and the request-id plugin.
+//! Helpers shared by the gateway core and plugins: request ids, query-string values.
 
 /// A fresh request id in the UUID v4 text form, e.g. `0b8f3c2a-6d1e-4f7a-9c3b-2e5d8a1f4b6c`.
 ///
@@ -27,8 +27,50 @@ pub fn is_sane_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// Decodes a query-string value (`application/x-www-form-urlencoded`): `%XX` escapes and `+` for
+/// space. Invalid escapes stay as written; invalid UTF-8 becomes U+FFFD. Never fails.
+pub fn decode_query_value(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            // `from_str_radix` would take a sign: "%+1" is not an escape.
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn query_values_decode_without_ever_failing() {
+        assert_eq!(decode_query_value("a%20b+c"), "a b c");
+        assert_eq!(decode_query_value("%+1"), "% 1");
+        for odd in ["%", "%4", "%zz", "%%%", "%e2%9c"] {
+            let _ = decode_query_value(odd);
+        }
+        assert_eq!(decode_query_value("%zz"), "%zz");
+    }
     use super::*;
 
     #[test]

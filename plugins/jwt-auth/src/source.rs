@@ -2,7 +2,7 @@
 //! request goes upstream.
 
 use http::header::{HeaderName, HeaderValue, COOKIE};
-use tollgate_plugin_api::RequestHeader;
+use tollgate_plugin_api::{decode_query_value, RequestHeader};
 
 use crate::config::TokenSourceConfig;
 
@@ -75,7 +75,7 @@ impl TokenSource {
             }
             Self::Query(name) => {
                 let (_, value) = query_pairs(req.uri.query()?).find(|(k, _)| k == name)?;
-                percent_decode(value)
+                decode_query_value(value)
             }
             Self::Cookie(name) => cookies(req).find(|(k, _)| k == name).map(|(_, v)| {
                 // RFC 6265 allows a cookie value in double quotes.
@@ -162,37 +162,6 @@ fn strip_cookie(req: &mut RequestHeader, name: &str) {
             let _ = req.insert_header(COOKIE, v);
         }
     }
-}
-
-/// Decodes `%XX` escapes and `+`; invalid escapes stay as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            // `from_str_radix` would take a sign: "%+1" is not an escape.
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (escaped, bytes[i]) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, b) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -286,10 +255,10 @@ mod tests {
 
     #[test]
     fn percent_decoding_never_panics() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("%+1"), "% 1");
+        assert_eq!(decode_query_value("a%20b+c"), "a b c");
+        assert_eq!(decode_query_value("%+1"), "% 1");
         for odd in ["%", "%4", "%zz", "%%%", "\u{e9}%e9"] {
-            let _ = percent_decode(odd);
+            let _ = decode_query_value(odd);
         }
     }
 }

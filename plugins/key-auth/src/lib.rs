@@ -27,8 +27,8 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tollgate_plugin_api::{
-    async_trait, BuildContext, Flow, Plugin, PluginError, PluginFactory, RequestContext,
-    RequestHeader,
+    async_trait, decode_query_value, BuildContext, Flow, Plugin, PluginError, PluginFactory,
+    RequestContext, RequestHeader,
 };
 
 /// Configuration of the `key-auth` plugin.
@@ -202,7 +202,7 @@ impl KeyAuth {
             .split('&')
             .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| (percent_decode(v), true))
+            .map(|(_, v)| (decode_query_value(v), true))
     }
 
     fn strip_from_query(&self, req: &mut RequestHeader) {
@@ -227,36 +227,6 @@ impl KeyAuth {
             }
         }
     }
-}
-
-/// Decodes `%XX` escapes and `+`; invalid escapes stay as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (escaped, bytes[i]) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, b) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[async_trait]
@@ -416,9 +386,9 @@ mod tests {
 
     #[test]
     fn percent_decoding_never_panics() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(decode_query_value("a%20b+c"), "a b c");
+        assert_eq!(decode_query_value("%"), "%");
+        assert_eq!(decode_query_value("%4"), "%4");
+        assert_eq!(decode_query_value("%zz"), "%zz");
     }
 }
