@@ -45,6 +45,12 @@ async fn json_requests_are_transcoded_through_the_gateway() {
         .await
         .expect("request");
     assert_eq!(resp.status(), 200);
+    // HTTP/1.1 framing: a length, so the connection stays usable (not delimited by closing it).
+    assert!(
+        resp.headers().contains_key("content-length"),
+        "{:?}",
+        resp.headers()
+    );
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["pages"], "9007199254740993", "{v}");
     // No binding for the path: 404 JSON from the engine; malformed JSON: 400 naming the problem.

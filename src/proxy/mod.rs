@@ -780,6 +780,19 @@ impl Gateway {
         for (name, value) in parts.headers.iter() {
             let _ = header.append_header(name.clone(), value.clone());
         }
+        // pingora frames an HTTP/1.1 body by these headers; with neither it would delimit the
+        // body by closing the connection while saying keep-alive.
+        if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+            match hyper::body::Body::size_hint(&resp_body).exact() {
+                Some(n) => {
+                    let _ = header.insert_header(http::header::CONTENT_LENGTH, n);
+                }
+                None if session.req_header().version < http::Version::HTTP_2 => {
+                    let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+                }
+                None => {}
+            }
+        }
         if let Some(plugins) = st.plugins() {
             for p in plugins.iter() {
                 p.plugin.on_response(&mut header, &mut st.ctx);
