@@ -642,6 +642,24 @@ async fn a_rotated_key_is_accepted_after_one_refetch() {
 }
 
 #[tokio::test]
+async fn a_cached_token_is_refused_once_its_key_leaves_the_jwks() {
+    let up = Upstream::echo("svc").await;
+    let jwks = JwksServer::start(vec![jwk("rsa1.pub.pem", "k1")]).await;
+    let gw = gateway(&jwks_route(up.addr, &jwks, "")).await;
+    let old = idp_token(&rsa1(), "k1");
+    // Twice: the second is served from the verified-token cache (cache_size defaults on).
+    expect_ok(get(&gw, "/api/x", &old).await).await;
+    expect_ok(get(&gw, "/api/x", &old).await).await;
+
+    // The IdP rotates k1 out; a token with the new kid makes the gateway refetch.
+    jwks.set(|s| s.keys = vec![jwk("rsa2.pub.pem", "k2")]);
+    expect_ok(get(&gw, "/api/x", &idp_token(&rsa2(), "k2")).await).await;
+    assert_eq!(jwks.fetches(), 2);
+    let msg = expect_invalid(get(&gw, "/api/x", &old).await).await;
+    assert!(msg.contains("key id `k1`"), "{msg}");
+}
+
+#[tokio::test]
 async fn forged_kids_cause_at_most_one_fetch_per_interval() {
     let up = Upstream::echo("svc").await;
     let jwks = JwksServer::start(vec![jwk("rsa1.pub.pem", "k1")]).await;

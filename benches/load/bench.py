@@ -533,6 +533,8 @@ class Bench:
                 "\n[routes.plain.plugins.jwt-auth]\n"
                 f"providers = [{{ issuer = \"bench-issuer\", public_key_file = \"{self.tmp}/jwt_pub.pem\", "
                 "audiences = [\"bench\"], algorithms = [\"RS256\"] }]\n"
+                # Envoy's provider has the same jwt_cache_size (templates/envoy.yaml).
+                "cache_size = 1024\n"
             )
         if "ratelimit" in parts:
             blocks["RATELIMIT"] = (

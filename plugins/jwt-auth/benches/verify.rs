@@ -23,10 +23,11 @@ fn read(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join(name)).expect("fixture")
 }
 
-fn plugin(dir: &Path, provider: &str) -> Arc<dyn Plugin> {
+fn plugin(dir: &Path, provider: &str, cache_size: usize) -> Arc<dyn Plugin> {
     let src = format!(
         "providers = [{{ issuer = \"bench\", {provider} }}]\n\
-         forward_claims = {{ sub = \"x-user-id\", scope = \"x-scope\" }}"
+         forward_claims = {{ sub = \"x-user-id\", scope = \"x-scope\" }}\n\
+         cache_size = {cache_size}"
     );
     let config = toml::from_str(&src).expect("config");
     JwtAuthPlugin::build(
@@ -54,10 +55,13 @@ fn verify(c: &mut Criterion) {
     std::fs::write(dir.path().join("secret"), SECRET).expect("secret");
     let rsa_pub = fixtures().join("rsa1.pub.pem").display().to_string();
     let ec_pub = fixtures().join("ec256.pub.pem").display().to_string();
+    let rsa_key = EncodingKey::from_rsa_pem(&read("rsa1.key.pem")).expect("key");
+    // Every case but the last verifies the signature each time (cache off): the cost of a
+    // token seen for the first time. The last is a repeated token served from the cache.
     let cases = [
         (
             "HS256",
-            plugin(dir.path(), "secret_file = \"secret\""),
+            plugin(dir.path(), "secret_file = \"secret\"", 0),
             token(
                 Algorithm::HS256,
                 &EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
@@ -65,19 +69,21 @@ fn verify(c: &mut Criterion) {
         ),
         (
             "RS256",
-            plugin(dir.path(), &format!("public_key_file = {rsa_pub:?}")),
-            token(
-                Algorithm::RS256,
-                &EncodingKey::from_rsa_pem(&read("rsa1.key.pem")).expect("key"),
-            ),
+            plugin(dir.path(), &format!("public_key_file = {rsa_pub:?}"), 0),
+            token(Algorithm::RS256, &rsa_key),
         ),
         (
             "ES256",
-            plugin(dir.path(), &format!("public_key_file = {ec_pub:?}")),
+            plugin(dir.path(), &format!("public_key_file = {ec_pub:?}"), 0),
             token(
                 Algorithm::ES256,
                 &EncodingKey::from_ec_pem(&read("ec256.key.pem")).expect("key"),
             ),
+        ),
+        (
+            "RS256_cached",
+            plugin(dir.path(), &format!("public_key_file = {rsa_pub:?}"), 1024),
+            token(Algorithm::RS256, &rsa_key),
         ),
     ];
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -34,6 +34,10 @@ pub struct JwtAuthConfig {
     /// Longest token accepted; longer ones are refused before any decoding.
     #[serde(default = "default_max_token_size")]
     pub max_token_size: ByteSize,
+    /// Verified tokens remembered (by their full text) so a repeated token skips the signature
+    /// check; `0` turns the cache off.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
     /// Claim path → request header the claim is sent upstream in.
     #[serde(default)]
     pub forward_claims: BTreeMap<String, String>,
@@ -103,6 +107,10 @@ fn default_leeway() -> Duration {
 
 fn default_max_token_size() -> ByteSize {
     ByteSize(8 * 1024)
+}
+
+fn default_cache_size() -> usize {
+    1024
 }
 
 fn default_consumer_claim() -> String {

@@ -97,6 +97,11 @@ impl RemoteJwks {
         self.current.load_full()
     }
 
+    /// The generation of the current key set, without taking a reference to it.
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
     /// The issuer or URL, for messages.
     pub fn label(&self) -> &str {
         &self.settings.label

@@ -292,22 +292,18 @@ fn check_key(key: &DecodingKey, jwk: &Jwk) -> Result<(), String> {
             }
             Ok(())
         }
-        (_, DecodingKeyKind::SecretOrDer(_)) => {
-            // EC and Ed25519 verifiers parse the point when they are made: a dummy check with
-            // any well-formed signature tells a bad point (Err) from a good one (Ok(false)).
-            let alg = match key.family() {
-                AlgorithmFamily::Ed => Algorithm::EdDSA,
-                _ => key_algorithms(jwk)?
-                    .first()
-                    .copied()
-                    .unwrap_or(Algorithm::ES256),
+        (_, DecodingKeyKind::SecretOrDer(point)) => {
+            // Parsing the point the way every verification will: a key that is not on its curve
+            // would fail every token, so it is refused up front.
+            use aws_lc_rs::signature as sig;
+            let alg: &'static dyn sig::VerificationAlgorithm = match key.family() {
+                AlgorithmFamily::Ed => &sig::ED25519,
+                _ => match key_algorithms(jwk)?.first() {
+                    Some(Algorithm::ES384) => &sig::ECDSA_P384_SHA384_FIXED,
+                    _ => &sig::ECDSA_P256_SHA256_FIXED,
+                },
             };
-            let sig_len = match alg {
-                Algorithm::ES384 => 96,
-                _ => 64,
-            };
-            let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![1u8; sig_len]);
-            jsonwebtoken::crypto::verify(&sig, b"probe", key, alg)
+            sig::ParsedPublicKey::new(alg, point)
                 .map(|_| ())
                 .map_err(|_| "the public key is not a valid point of its curve".to_owned())
         }

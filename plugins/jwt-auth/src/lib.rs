@@ -17,6 +17,8 @@
 //! - `required_claims` (default `[]`, dotted paths) → 403 `missing_claim`; `required_scopes`
 //!   (default `[]`, from `scope`, `scp`, `scopes`) → 403 `insufficient_scope`.
 //! - `max_token_size` (default `"8KiB"`).
+//! - `cache_size` (default `1024`, `0` = off): verified tokens remembered so a repeated token
+//!   skips the signature check; time claims are rechecked on every hit.
 //! - `forward_claims` (default `{}`): claim path → upstream header; `forward_payload_header`
 //!   (optional): the verified payload as base64url JSON. Client-sent copies are always removed.
 //! - `strip_token` (default `false`): remove the token before proxying.
@@ -31,6 +33,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod cache;
 mod claims;
 mod config;
 mod errors;
@@ -52,6 +55,7 @@ use tollgate_plugin_api::{
     RequestHeader,
 };
 
+use crate::cache::TokenCache;
 pub use crate::config::{
     AlgorithmName, Duration as ConfigDuration, JwtAuthConfig, ProviderConfig, TokenFrom,
     TokenSourceConfig,
@@ -198,6 +202,7 @@ impl JwtAuth {
             verifier: Verifier {
                 providers,
                 max_token_size,
+                cache: TokenCache::new(config.cache_size, config.leeway.0.as_secs()),
             },
             required_claims: config.required_claims,
             required_scopes: config.required_scopes,
@@ -283,10 +288,10 @@ impl JwtAuth {
 }
 
 /// jsonwebtoken picks its crypto backend from its features, and finds none when both are
-/// enabled in one build (it would then panic on first use): choose RustCrypto explicitly then.
+/// enabled in one build (it would then panic on first use): choose aws-lc explicitly then.
 fn ensure_crypto_provider() {
     if jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
     }
 }
 

@@ -7,6 +7,7 @@ use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 
+use crate::cache::TokenCache;
 use crate::claims::Claims;
 use crate::errors::{shown, AuthError};
 use crate::jwks::{Refetch, RemoteJwks};
@@ -34,6 +35,14 @@ pub(crate) struct Provider {
 impl Provider {
     fn label(&self) -> String {
         self.issuer.clone().unwrap_or_else(|| "(any)".to_owned())
+    }
+
+    /// The generation of the key set a cached verification must still match.
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            KeySource::Fixed(set) => set.generation,
+            KeySource::Remote(remote) => remote.generation(),
+        }
     }
 
     fn validation(&self, alg: Algorithm) -> Option<&Validation> {
@@ -119,19 +128,31 @@ impl Provider {
 pub(crate) struct Verifier {
     pub providers: Vec<Provider>,
     pub max_token_size: usize,
+    /// Verified tokens (`cache_size`); `None` when caching is off.
+    pub cache: Option<TokenCache>,
 }
 
 impl Verifier {
     /// Verifies a token and returns its claims.
-    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
         if token.len() > self.max_token_size {
             return Err(AuthError::invalid(format!(
                 "the token is larger than {} bytes",
                 self.max_token_size
             )));
         }
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(token, now) {
+                let current = self.providers.get(hit.provider).map(Provider::generation);
+                if current == Some(hit.generation) {
+                    return Ok(hit.claims);
+                }
+                cache.remove(token);
+            }
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_error(token))?;
-        let provider = self.provider_for(token)?;
+        let (provider_index, provider) = self.provider_for(token)?;
         let alg = header.alg;
         let Some(validation) = provider.validation(alg) else {
             let accepted: Vec<Algorithm> = provider.validations.iter().map(|(a, _)| *a).collect();
@@ -143,16 +164,20 @@ impl Verifier {
         };
         let (set, index) = provider.key_for(header.kid.as_deref(), alg).await?;
         let key = &set.keys[index].key;
-        jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map(|data| data.claims)
-            .map_err(|e| claims_error(e.kind()))
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map(|data| Arc::new(data.claims))
+            .map_err(|e| claims_error(e.kind()))?;
+        if let Some(cache) = &self.cache {
+            cache.insert(token, claims.clone(), provider_index, set.generation, now);
+        }
+        Ok(claims)
     }
 
     /// The provider of a token, by its `iss` when there is a choice.
-    fn provider_for(&self, token: &str) -> Result<&Provider, AuthError> {
+    fn provider_for(&self, token: &str) -> Result<(usize, &Provider), AuthError> {
         if let [only] = self.providers.as_slice() {
             // Its validation rules check `iss` (when it has an issuer) after the signature.
-            return Ok(only);
+            return Ok((0, only));
         }
         #[derive(serde::Deserialize)]
         struct Issuer {
@@ -173,7 +198,8 @@ impl Verifier {
         };
         self.providers
             .iter()
-            .find(|p| p.issuer.as_deref() == Some(iss.as_str()))
+            .enumerate()
+            .find(|(_, p)| p.issuer.as_deref() == Some(iss.as_str()))
             .ok_or_else(|| {
                 AuthError::invalid(format!(
                     "tokens of issuer `{}` are not accepted here",
@@ -311,6 +337,7 @@ mod tests {
         Verifier {
             providers,
             max_token_size: 8192,
+            cache: None,
         }
     }
 
