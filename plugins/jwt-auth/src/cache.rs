@@ -19,6 +19,8 @@ use crate::claims::Claims;
 /// Independent locks, so threads verifying different tokens rarely wait for each other.
 const SHARDS: usize = 16;
 
+type Shard = Mutex<HashMap<Box<str>, Entry>>;
+
 #[derive(Debug)]
 struct Entry {
     claims: Arc<Claims>,
@@ -33,7 +35,7 @@ struct Entry {
 /// A bounded map from token to verified claims.
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    shards: Box<[Mutex<HashMap<Box<str>, Entry>>]>,
+    shards: Box<[Shard]>,
     per_shard: usize,
     hasher: RandomState,
     leeway: u64,
@@ -61,7 +63,7 @@ impl TokenCache {
         })
     }
 
-    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Entry>> {
+    fn shard(&self, token: &str) -> &Shard {
         // SHARDS is a power of two and the hash is uniform: the low bits pick the shard.
         let index = (self.hasher.hash_one(token) as usize) % SHARDS;
         &self.shards[index]
