@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tollgate::config::{self, LogFormat};
 
+// Per-request buffers, header maps and futures are ~100 small, short-lived allocations; jemalloc's
+// thread caches serve them in a fraction of glibc's instructions. mimalloc was as fast but
+// touches more memory per idle connection (101 vs 41 KiB); BENCHMARKS.md, optimisation log.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tollgate",
