@@ -8,7 +8,7 @@ mod engine;
 #[path = "common/mod.rs"]
 mod common;
 
-use engine::{start_upstream, Reflection};
+use engine::{start_tls_front_pem, start_upstream, Reflection};
 
 fn gateway_config(upstream: std::net::SocketAddr, grpc: &str) -> String {
     format!(
@@ -138,4 +138,69 @@ upstream = "test"
     }
     drop(tx);
     assert!(replies.message().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn transcoding_reaches_an_h2_upstream_over_tls() {
+    let up = start_upstream(Reflection::V1).await;
+    let (front, _, pem) = start_tls_front_pem(up.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), pem).expect("ca");
+    let upstream = |name: &str, tls: &str| {
+        format!(
+            r#"
+[upstreams.{name}]
+targets = ["{front}"]
+protocol = "h2"
+tls = {tls}
+"#
+        )
+    };
+    let cfg = format!(
+        r#"
+{}
+{}
+[routes.api]
+prefix = "/v1"
+upstream = "tls"
+[routes.api.grpc]
+reflection = true
+
+[routes.wrong]
+host = "wrong.test"
+prefix = "/v1"
+upstream = "wrong_name"
+[routes.wrong.grpc]
+protos = ["tollgate/test/v1/test.proto"]
+include_paths = ["{}/proto"]
+"#,
+        upstream("tls", r#"{ ca_file = "ca.pem", sni = "localhost" }"#),
+        upstream(
+            "wrong_name",
+            r#"{ ca_file = "ca.pem", sni = "other.example" }"#
+        ),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    // The schema comes by reflection over TLS before the route serves.
+    let gw = common::Gateway::start_in(dir, &cfg).await;
+    let c = common::client();
+    let resp = c
+        .get(gw.url("/v1/shelves/s1/books/b2"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["name"], "shelves/s1/books/b2", "{v}");
+
+    // A certificate that does not match the server name: a fast 502 naming TLS, never a call.
+    let resp = c
+        .get(gw.url("/v1/shelves/s1/books/b2"))
+        .header("host", "wrong.test")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 502);
+    let body = resp.text().await.expect("body");
+    assert!(body.contains("TLS"), "{body}");
 }

@@ -1315,9 +1315,18 @@ fn trailers_only_helper_for_the_proxy() {
 // h2 over TLS: a TLS terminator (ALPN h2) in front of the tonic server.
 
 async fn start_tls_front(backend: SocketAddr) -> (SocketAddr, Arc<rustls::ClientConfig>) {
+    let (addr, client, _) = start_tls_front_pem(backend).await;
+    (addr, client)
+}
+
+/// [`start_tls_front`], also returning its (self-signed, `localhost`) certificate as PEM.
+pub async fn start_tls_front_pem(
+    backend: SocketAddr,
+) -> (SocketAddr, Arc<rustls::ClientConfig>, String) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let der = cert.cert.der().clone();
+    let pem = cert.cert.pem();
     let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -1353,7 +1362,7 @@ async fn start_tls_front(backend: SocketAddr) -> (SocketAddr, Arc<rustls::Client
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    (addr, Arc::new(client))
+    (addr, Arc::new(client), pem)
 }
 
 #[tokio::test]

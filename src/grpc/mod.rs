@@ -36,7 +36,7 @@ pub use status::{
     code_for_gateway_status, code_for_upstream_http, code_name, http_status_for_code,
     is_grpc_request, trailers_only_error, trailers_only_for_status,
 };
-pub use target::Target;
+pub use target::{client_config, Target};
 pub use transcoder::Transcoder;
 pub use web::is_grpc_web;
 

@@ -236,7 +236,9 @@ impl ProxyHttp for Gateway {
             // Native gRPC passes through; everything else on a transcoding route is the
             // engine's (an unbound path gets its 404 JSON, not a confused gRPC server).
             if !crate::grpc::is_grpc_request(&req.headers) {
-                self.transcode(session, st, &t).await;
+                // Boxed: inlined, the transcoding future would make every request's
+                // `request_filter` future (moved on each call) several times larger.
+                Box::pin(self.transcode(session, st, &t)).await;
                 return Ok(true);
             }
         }
@@ -764,22 +766,20 @@ impl Gateway {
             respond::send_error(session, st, &err).await;
             return;
         };
-        let authority = cluster
-            .config
-            .host_header
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| {
-                target
-                    .hostname
-                    .as_ref()
-                    .map(|h| format!("{h}:{}", target.address.port()))
-            });
+        let call_target = match cluster.grpc_target(&target) {
+            Ok(t) => t,
+            Err(e) => {
+                let err = PluginError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_tls_setup",
+                    format!("upstream `{}`: {e}", cluster.name()),
+                );
+                respond::send_error(session, st, &err).await;
+                return;
+            }
+        };
         st.attempt_started = Some(std::time::Instant::now());
-        let response = transcoder
-            .handle(request, target.address, authority.as_deref())
-            .await;
+        let response = transcoder.handle_with(request, &call_target).await;
         let (parts, mut resp_body) = response.into_parts();
         let status = parts.status.as_u16();
         end_attempt(st, "response", Some(status), None);

@@ -75,9 +75,48 @@ pub struct Cluster {
     pub counters: Arc<Counters>,
     /// When panic mode was last logged (process-clock ms).
     panic_logged_ms: std::sync::atomic::AtomicU64,
+    /// TLS client config of the gateway's own gRPC calls, built on first use.
+    grpc_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Cluster {
+    /// Where the gateway's own gRPC calls (transcoding, reflection) to `target` go: h2c, or h2
+    /// over TLS with the upstream's `tls` settings and the same SNI rule as proxied requests;
+    /// `:authority` is `host_header`, else the target's host name and port, else its address.
+    pub fn grpc_target(&self, target: &Target) -> Result<crate::grpc::Target, String> {
+        let t = match &self.config.tls {
+            None => crate::grpc::Target::h2c(target.address),
+            Some(tls) => {
+                let config = self
+                    .grpc_tls
+                    .get_or_init(|| crate::grpc::client_config(tls))
+                    .clone()?;
+                let sni = tls
+                    .sni
+                    .clone()
+                    .or_else(|| target.hostname.clone())
+                    .unwrap_or_else(|| target.address.ip().to_string());
+                crate::grpc::Target::h2(target.address, config, &sni)?
+            }
+        };
+        let authority = self
+            .config
+            .host_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                target
+                    .hostname
+                    .as_ref()
+                    .map(|h| format!("{h}:{}", target.address.port()))
+            });
+        Ok(match authority {
+            Some(a) => t.with_authority(&a),
+            None => t,
+        })
+    }
+
     /// Builds the runtime state of an upstream, with the targets written as IP addresses.
     /// Host names and discovery fill in the rest from the background tasks.
     pub fn new(config: Arc<UpstreamConfig>) -> Self {
@@ -88,6 +127,7 @@ impl Cluster {
             cursor: AtomicUsize::new(0),
             counters: Arc::new(Counters::default()),
             panic_logged_ms: std::sync::atomic::AtomicU64::new(0),
+            grpc_tls: std::sync::OnceLock::new(),
         };
         let endpoints: Vec<Endpoint> = config
             .targets
