@@ -8,7 +8,10 @@ mod engine;
 #[path = "common/mod.rs"]
 mod common;
 
-use engine::{start_tls_front_pem, start_upstream, Reflection};
+use engine::{
+    book_request, descriptor_set, start_tls_front_pem, start_upstream, to_json, web_frame,
+    web_frames, Reflection, PKG, SERVICE,
+};
 
 fn gateway_config(upstream: std::net::SocketAddr, grpc: &str) -> String {
     format!(
@@ -203,4 +206,127 @@ include_paths = ["{}/proto"]
     assert_eq!(resp.status(), 502);
     let body = resp.text().await.expect("body");
     assert!(body.contains("TLS"), "{body}");
+}
+
+#[tokio::test]
+async fn grpc_web_browsers_reach_the_grpc_server_through_the_gateway() {
+    use base64::Engine as _;
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+
+    let up = start_upstream(Reflection::None).await;
+    let pool = DescriptorPool::decode(descriptor_set().as_slice()).expect("descriptors");
+    let cfg = format!(
+        r#"
+[upstreams.test]
+targets = ["{}"]
+protocol = "h2c"
+
+[routes.web]
+prefix = "/{SERVICE}"
+upstream = "test"
+[routes.web.grpc]
+protos = ["tollgate/test/v1/test.proto"]
+include_paths = ["{}/proto"]
+[routes.web.plugins.cors]
+allow_origins = ["https://app.example"]
+allow_methods = ["POST"]
+"#,
+        up.addr,
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let gw = common::Gateway::start(&cfg).await;
+    let c = common::client();
+    let url = gw.url(&format!("/{SERVICE}/GetBook"));
+
+    // The browser's preflight is answered by cors before anything reaches the engine.
+    let resp = c
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-grpc-web")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    // Binary gRPC-Web: the reply message, then the trailers in the final frame.
+    let resp = c
+        .post(&url)
+        .header("origin", "https://app.example")
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(web_frame(0, &book_request(&pool, "b")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc-web+proto");
+    assert!(resp.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii")
+        .contains("grpc-status"));
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let body = resp.bytes().await.expect("body");
+    let (msgs, trailers) = web_frames(&body);
+    assert_eq!(msgs.len(), 1, "{trailers}");
+    let book = DynamicMessage::decode(
+        pool.get_message_by_name(&format!("{PKG}.Book"))
+            .expect("Book"),
+        msgs[0].as_slice(),
+    )
+    .expect("decode");
+    assert_eq!(to_json(&book)["title"], "Title of b");
+    assert!(trailers.contains("grpc-status: 0"), "{trailers}");
+
+    // Text gRPC-Web: base64 both ways.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let resp = c
+        .post(&url)
+        .header("content-type", "application/grpc-web-text")
+        .header("accept", "application/grpc-web-text")
+        .body(b64.encode(web_frame(0, &book_request(&pool, "t"))))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("application/grpc-web-text"));
+    let text = resp.text().await.expect("body");
+    // Each frame may be padded on its own: decode the concatenation chunk by chunk.
+    let mut raw = Vec::new();
+    for chunk in text
+        .split_inclusive('=')
+        .filter(|c| !c.trim_matches('=').is_empty())
+    {
+        raw.extend(b64.decode(chunk.trim()).expect("base64"));
+    }
+    let (msgs, trailers) = web_frames(&raw);
+    assert_eq!(msgs.len(), 1, "{trailers}");
+    assert!(trailers.contains("grpc-status: 0"), "{trailers}");
+
+    // A malformed frame (length past the end): a gRPC-Web error in the trailers, not a hang.
+    let resp = c
+        .post(&url)
+        .header("content-type", "application/grpc-web+proto")
+        .body(vec![0u8, 0, 0, 0, 99, 1, 2])
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let body = resp.bytes().await.expect("body");
+    let (_, trailers) = web_frames(&body);
+    assert!(
+        status.is_client_error() || trailers.contains("grpc-status: "),
+        "{status} {trailers}"
+    );
+    assert!(!trailers.contains("grpc-status: 0"), "{trailers}");
 }

@@ -26,8 +26,8 @@ use tonic::server::{
 };
 use tonic::{Status, Streaming};
 
-const SERVICE: &str = "tollgate.test.v1.TestService";
-const PKG: &str = "tollgate.test.v1";
+pub const SERVICE: &str = "tollgate.test.v1.TestService";
+pub const PKG: &str = "tollgate.test.v1";
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -36,7 +36,7 @@ fn root() -> PathBuf {
 }
 
 /// The encoded descriptor set of the test proto, annotations kept.
-fn descriptor_set() -> Vec<u8> {
+pub fn descriptor_set() -> Vec<u8> {
     tollgate::grpc::compile_descriptor_set(
         &[PathBuf::from("tollgate/test/v1/test.proto")],
         &[root().join("proto")],
@@ -102,7 +102,7 @@ impl TestService {
     }
 }
 
-fn to_json(m: &DynamicMessage) -> Value {
+pub fn to_json(m: &DynamicMessage) -> Value {
     serde_json::to_value(m).unwrap()
 }
 
@@ -1096,7 +1096,7 @@ async fn start_fake_upstream(status: u16) -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 // gRPC-Web.
 
-fn web_frame(flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn web_frame(flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     b.push(flags);
     b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -1105,7 +1105,7 @@ fn web_frame(flags: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Splits a gRPC-Web body into (messages, trailer block).
-fn web_frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
+pub fn web_frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
     let mut msgs = Vec::new();
     let mut trailers = String::new();
     while body.len() >= 5 {
@@ -1122,7 +1122,7 @@ fn web_frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
     (msgs, trailers)
 }
 
-fn book_request(pool: &DescriptorPool, name: &str) -> Vec<u8> {
+pub fn book_request(pool: &DescriptorPool, name: &str) -> Vec<u8> {
     let desc = pool
         .get_message_by_name(&format!("{PKG}.GetBookRequest"))
         .unwrap();
