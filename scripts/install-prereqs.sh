@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages tollgate's build and tests need on a fresh Debian/Ubuntu machine.
 # pingora's boringssl-free build still needs cmake (for its zlib/brotli deps); the rate-limit tests
-# need a real redis-server. Safe to run repeatedly: it installs only what is missing.
+# need a real redis-server, tests/operations.rs promtool. Safe to run repeatedly: it installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -9,6 +9,9 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# promtool checks /metrics in tests/operations.rs; it ships in Debian's prometheus package (the
+# server is installed but not started).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "prerequisites present"
@@ -19,4 +22,4 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "installing: ${need[*]}"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

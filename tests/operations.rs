@@ -274,25 +274,27 @@ deny = ["10.0.0.0/8"]
         let value = line.rsplit(' ').next().unwrap_or_default();
         assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
     }
-    // promtool, when installed, checks the exposition format too.
-    if let Ok(mut child) = std::process::Command::new("promtool")
+    // promtool (Debian package `prometheus`, installed by scripts/install-prereqs.sh) checks the
+    // exposition format and Prometheus' naming rules.
+    let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
+        .expect("promtool not found: run scripts/install-prereqs.sh");
     {
         use std::io::Write;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(text.as_bytes()).expect("write");
-        }
-        let out = child.wait_with_output().expect("promtool");
-        assert!(
-            out.status.success(),
-            "promtool: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write");
     }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
