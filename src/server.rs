@@ -152,6 +152,7 @@ struct Background {
 #[async_trait::async_trait]
 impl BackgroundService for Background {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        crate::telemetry::trace::install_plugin_spans();
         if let Err(e) = crate::telemetry::trace::init(&self.tracing) {
             tracing::error!(error = %e, "tracing disabled");
         }

@@ -807,3 +807,198 @@ upstream = "svc"
         "an unsampled trace was exported"
     );
 }
+
+/// A `redis-server` of the test's own on a free port; killed on drop.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = common::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/install-prereqs.sh)");
+        // Owned before any assertion, so a failed start still kills and reaps it.
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            use std::io::{Read, Write};
+            let pong = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 7];
+                s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+            });
+            if pong {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_io_has_client_spans_in_the_requests_trace() {
+    use jsonwebtoken::{encode, jwk::Jwk, Algorithm, DecodingKey, EncodingKey, Header};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
+    let read = |name: &str| std::fs::read(format!("{fixtures}/{name}")).expect("fixture");
+    let jwk = |pem: &str, kid: &str| {
+        let key = DecodingKey::from_rsa_pem(&read(pem)).expect("pem");
+        let mut jwk = Jwk::from_decoding_key(&key, None).expect("jwk");
+        jwk.common.key_id = Some(kid.to_owned());
+        serde_json::to_value(jwk).expect("json")
+    };
+    // The first fetch (before the route serves) knows k1; later ones k1 and k2, so a token
+    // signed with k2 makes the gateway fetch again while the request waits.
+    let first = serde_json::json!({ "keys": [jwk("rsa1.pub.pem", "k1")] });
+    let later =
+        serde_json::json!({ "keys": [jwk("rsa1.pub.pem", "k1"), jwk("rsa2.pub.pem", "k2")] });
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    let jwks = common::Upstream::start(move |_req| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        let body = if n == 0 { first.clone() } else { later.clone() };
+        async move { common::json_response(200, &body) }
+    })
+    .await;
+    let redis = RedisServer::start();
+    let mut rx = grpc_receiver().await;
+    let up = common::Upstream::echo("svc").await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[tracing]
+enabled = true
+protocol = "grpc"
+endpoint = "{}"
+scheduled_delay = "100ms"
+
+[upstreams.svc]
+targets = ["{}"]
+
+[routes.api]
+prefix = "/api"
+upstream = "svc"
+
+[routes.api.plugins.jwt-auth]
+providers = [{{ issuer = "https://idp.test", jwks_url = "http://{}/jwks.json" }}]
+
+[routes.api.plugins.rate-limit]
+limits = [{{ rate = "1000/s", burst = 1000, key = "client_ip" }}]
+
+[routes.api.plugins.rate-limit.backend.redis]
+url = "redis://127.0.0.1:{}"
+"#,
+        rx.endpoint, up.addr, jwks.addr, redis.port
+    ))
+    .await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    let claims = serde_json::json!({
+        "iss": "https://idp.test",
+        "sub": "alice",
+        "exp": jsonwebtoken::get_current_timestamp() + 300,
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k2".to_owned());
+    let key = EncodingKey::from_rsa_pem(&read("rsa2.key.pem")).expect("key");
+    let token = encode(&header, &claims, &key).expect("token");
+
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let resp = common::client()
+        .get(gw.url("/api/items"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "the unknown kid caused one fetch"
+    );
+
+    // Server span, the JWKS GET, the Redis EVALSHA and the upstream attempt.
+    let spans = spans_of(&mut rx, trace_id, 4).await;
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Server as i32)
+        .expect("server span");
+    let server_id = hex(&server.span.span_id);
+    let jwks_span = spans
+        .iter()
+        .find(|s| str_attr(&s.span, "tollgate.plugin").as_deref() == Some("jwt-auth"))
+        .unwrap_or_else(|| panic!("no JWKS span: {spans:#?}"));
+    assert_eq!(jwks_span.span.name, "GET");
+    assert_eq!(jwks_span.span.kind, SpanKind::Client as i32);
+    assert_eq!(hex(&jwks_span.span.parent_span_id), server_id);
+    assert_eq!(
+        str_attr(&jwks_span.span, "url.full"),
+        Some(format!("http://{}/jwks.json", jwks.addr))
+    );
+    assert_eq!(int_attr(&jwks_span.span, "tollgate.jwks.keys"), Some(2));
+    let redis_span = spans
+        .iter()
+        .find(|s| str_attr(&s.span, "db.system.name").as_deref() == Some("redis"))
+        .unwrap_or_else(|| panic!("no Redis span: {spans:#?}"));
+    assert_eq!(redis_span.span.name, "EVALSHA");
+    assert_eq!(hex(&redis_span.span.parent_span_id), server_id);
+    assert_eq!(
+        int_attr(&redis_span.span, "server.port"),
+        Some(i64::from(redis.port))
+    );
+
+    // Redis gone: the span records the failure (the limit fails open by default).
+    drop(redis);
+    let failing = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let resp = common::client()
+        .get(gw.url("/api/items"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{failing}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let spans = spans_of(&mut rx, failing, 3).await;
+    let redis_span = spans
+        .iter()
+        .find(|s| str_attr(&s.span, "db.system.name").as_deref() == Some("redis"))
+        .unwrap_or_else(|| panic!("no Redis span: {spans:#?}"));
+    assert!(
+        str_attr(&redis_span.span, "error.type").is_some(),
+        "{redis_span:#?}"
+    );
+    assert_eq!(
+        redis_span.span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    // The cached token needed no second JWKS fetch, so no JWKS span in this trace.
+    assert!(!spans
+        .iter()
+        .any(|s| str_attr(&s.span, "tollgate.plugin").as_deref() == Some("jwt-auth")));
+}

@@ -95,6 +95,7 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()));
         st.span = RequestSpan::start(req, st.ctx.client_ip, server_address, version);
+        st.ctx.trace = st.span.as_ref().and_then(RequestSpan::plugin_parent);
 
         let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > server.max_uri_bytes {

@@ -139,6 +139,14 @@ impl RequestSpan {
         AttemptSpan { span }
     }
 
+    /// The parent of plugins' I/O spans, when this request is sampled.
+    pub fn plugin_parent(&self) -> Option<tollgate_plugin_api::TraceParent> {
+        self.cx
+            .span()
+            .is_recording()
+            .then(|| tollgate_plugin_api::TraceParent::new(self.cx.clone()))
+    }
+
     /// The trace id (32 hex digits) for log correlation, also when the trace is not sampled.
     pub fn trace_id(&self) -> Option<String> {
         let span = self.cx.span();
@@ -282,6 +290,56 @@ const _: () = {
     assert_send_sync::<RequestSpan>();
     assert_send_sync::<AttemptSpan>();
 };
+
+/// Makes the plugins' I/O spans (`tollgate_plugin_api::IoSpan`) with the current pipeline.
+struct PluginSpans;
+
+/// Lets plugins trace their I/O; called once at start-up.
+pub fn install_plugin_spans() {
+    tollgate_plugin_api::trace::install_span_sink(Box::new(PluginSpans));
+}
+
+impl tollgate_plugin_api::trace::SpanSink for PluginSpans {
+    fn start(
+        &self,
+        parent: Option<&tollgate_plugin_api::TraceParent>,
+        name: &str,
+        attributes: Vec<(&'static str, String)>,
+    ) -> Option<Box<dyn tollgate_plugin_api::trace::ActiveSpan>> {
+        let tracer = pipeline::tracer()?;
+        let root = Context::new();
+        let cx = match parent {
+            Some(p) => p.get::<Context>()?,
+            None => &root,
+        };
+        let span = tracer
+            .span_builder(name.to_string())
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes.into_iter().map(|(k, v)| KeyValue::new(k, v)))
+            .start_with_context(&tracer, cx);
+        span.is_recording()
+            .then(|| Box::new(PluginSpan(span)) as Box<dyn tollgate_plugin_api::trace::ActiveSpan>)
+    }
+}
+
+/// A plugin's I/O span; the SDK span ends (and is queued for export) when this is dropped.
+struct PluginSpan(SdkSpan);
+
+impl tollgate_plugin_api::trace::ActiveSpan for PluginSpan {
+    fn set_attribute(&mut self, key: &'static str, value: String) {
+        self.0.set_attribute(KeyValue::new(key, value));
+    }
+
+    fn set_int(&mut self, key: &'static str, value: i64) {
+        self.0.set_attribute(KeyValue::new(key, value));
+    }
+
+    fn set_error(&mut self, error_type: &str, message: &str) {
+        self.0
+            .set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_string()));
+        self.0.set_status(Status::error(message.to_string()));
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -49,6 +49,9 @@ pub struct RequestContext {
     pub vars: HashMap<String, String>,
     /// Private per-request state of plugins, keyed by type.
     pub extensions: http::Extensions,
+    /// The request's span when the request is traced and sampled; plugins hand it to
+    /// [`crate::IoSpan::start`] through the context.
+    pub trace: Option<crate::TraceParent>,
 }
 
 impl RequestContext {
@@ -65,6 +68,7 @@ impl RequestContext {
             params: Vec::new(),
             vars: HashMap::new(),
             extensions: http::Extensions::new(),
+            trace: None,
         }
     }
 

@@ -29,6 +29,7 @@ mod byte_size;
 mod context;
 mod error;
 mod registry;
+pub mod trace;
 pub mod util;
 
 pub use async_trait::async_trait;
@@ -41,6 +42,7 @@ pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use registry::{
     BuildContext, BuildError, BuildErrorKind, PluginFactory, PluginRegistry, PluginSpec,
 };
+pub use trace::{IoSpan, TraceParent};
 pub use util::{decode_query_value, generate_request_id, is_sane_request_id};
 
 /// What the request phase decided.

@@ -15,6 +15,8 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::Algorithm;
 use tokio::sync::{watch, Mutex};
 
+use tollgate_plugin_api::{IoSpan, RequestContext};
+
 use crate::keys::{parse_jwks, KeySet};
 
 /// Largest JWKS document accepted; real ones are a few KiB.
@@ -115,11 +117,38 @@ impl RemoteJwks {
     /// Fetches the set now (waiting for a fetch under way to finish first).
     pub async fn refresh(&self) -> Result<(), String> {
         let _gate = self.gate.lock().await;
-        self.fetch().await
+        self.fetch(self.span(None)).await
+    }
+
+    /// The client span of one fetch: in the trace of the request that caused it, or a trace of
+    /// its own for scheduled refreshes.
+    fn span(&self, ctx: Option<&RequestContext>) -> IoSpan {
+        let url = &self.settings.url;
+        let mut span = IoSpan::start(
+            ctx,
+            "GET",
+            vec![
+                ("http.request.method", "GET".to_owned()),
+                ("url.full", url.to_string()),
+                (
+                    "server.address",
+                    url.host_str().unwrap_or_default().to_owned(),
+                ),
+                ("tollgate.plugin", "jwt-auth".to_owned()),
+            ],
+        );
+        if let Some(port) = url.port_or_known_default() {
+            span.int("server.port", i64::from(port));
+        }
+        span
     }
 
     /// Called when a token names a `kid` missing from the set of generation `seen`.
-    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, seen: u64) -> Refetch {
+    pub async fn refetch_for_unknown_kid(
+        self: &Arc<Self>,
+        seen: u64,
+        ctx: Option<&RequestContext>,
+    ) -> Refetch {
         let mut gate = self.gate.clone().lock_owned().await;
         // Someone fetched while this request waited for the lock: its result is the answer.
         if self.current.load().generation != seen {
@@ -132,8 +161,9 @@ impl RemoteJwks {
         // The fetch runs as its own task holding the lock, so a client that gives up mid-fetch
         // neither aborts it nor lets a second fetch start beside it.
         let this = self.clone();
+        let span = self.span(ctx);
         let fetch = tokio::spawn(async move {
-            let result = this.fetch().await;
+            let result = this.fetch(span).await;
             drop(gate);
             result
         });
@@ -179,7 +209,7 @@ impl RemoteJwks {
     /// One fetch; the caller holds the gate. On success the new set replaces the old and the
     /// next fetch is scheduled by the response's `max-age`; on failure the old set stays and a
     /// retry is scheduled with a backoff.
-    async fn fetch(&self) -> Result<(), String> {
+    async fn fetch(&self, mut span: IoSpan) -> Result<(), String> {
         let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
         let result = self.download().await.and_then(|(body, max_age)| {
             let (keys, skipped) = parse_jwks(&body, &self.settings.algorithms)?;
@@ -205,6 +235,7 @@ impl RemoteJwks {
                 };
                 tracing::info!(jwks = %self.settings.url, keys = count, attempt,
                     next_refresh_secs = next.as_secs(), "JWKS loaded");
+                span.int("tollgate.jwks.keys", count as i64);
                 Ok(())
             }
             Err(e) => {
@@ -216,6 +247,7 @@ impl RemoteJwks {
                 tracing::warn!(jwks = %self.settings.url, attempt, keys_kept = kept,
                     retry_in_ms = backoff.as_millis() as u64,
                     "JWKS fetch failed: {e}");
+                span.error("jwks_fetch_failed", &e);
                 Err(e)
             }
         }
@@ -458,7 +490,7 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let j = jwks.clone();
-                tokio::spawn(async move { j.refetch_for_unknown_kid(seen).await })
+                tokio::spawn(async move { j.refetch_for_unknown_kid(seen, None).await })
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -476,7 +508,10 @@ mod tests {
         );
         // The set changed, but the next unknown kid within the interval fetches nothing.
         let seen = jwks.keys().generation;
-        assert_eq!(jwks.refetch_for_unknown_kid(seen).await, Refetch::TooSoon);
+        assert_eq!(
+            jwks.refetch_for_unknown_kid(seen, None).await,
+            Refetch::TooSoon
+        );
         assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 

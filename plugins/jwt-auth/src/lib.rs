@@ -354,7 +354,7 @@ impl Plugin for JwtAuth {
         };
         let claims = self
             .verifier
-            .verify(&token)
+            .verify(&token, Some(ctx))
             .await
             .and_then(|claims| self.check_requirements(&claims).map(|()| claims))
             .map_err(|e| e.into_plugin_error(&self.realm))?;

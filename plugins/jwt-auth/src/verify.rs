@@ -7,6 +7,8 @@ use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 
+use tollgate_plugin_api::RequestContext;
+
 use crate::cache::TokenCache;
 use crate::claims::Claims;
 use crate::errors::{shown, AuthError};
@@ -57,6 +59,7 @@ impl Provider {
         &self,
         kid: Option<&str>,
         alg: Algorithm,
+        ctx: Option<&RequestContext>,
     ) -> Result<(Arc<KeySet>, usize), AuthError> {
         let remote = match &self.keys {
             KeySource::Fixed(set) => {
@@ -73,7 +76,7 @@ impl Provider {
             match set.lookup(kid, alg) {
                 KeyLookup::Found(i) => return Ok((set, i)),
                 found @ (KeyLookup::UnknownKid | KeyLookup::Empty) if round == 0 => {
-                    match remote.refetch_for_unknown_kid(set.generation).await {
+                    match remote.refetch_for_unknown_kid(set.generation, ctx).await {
                         Refetch::LookAgain => set = remote.keys(),
                         Refetch::TooSoon | Refetch::Failed => {
                             return Err(self.lookup_error_remote(found, &remote.keys(), kid, alg))
@@ -134,7 +137,12 @@ pub(crate) struct Verifier {
 
 impl Verifier {
     /// Verifies a token and returns its claims.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
+    /// `ctx` is the request's, so a JWKS fetch it causes shows in the request's trace.
+    pub async fn verify(
+        &self,
+        token: &str,
+        ctx: Option<&RequestContext>,
+    ) -> Result<Arc<Claims>, AuthError> {
         if token.len() > self.max_token_size {
             return Err(AuthError::invalid(format!(
                 "the token is larger than {} bytes",
@@ -162,7 +170,7 @@ impl Verifier {
                 names(&accepted)
             )));
         };
-        let (set, index) = provider.key_for(header.kid.as_deref(), alg).await?;
+        let (set, index) = provider.key_for(header.kid.as_deref(), alg, ctx).await?;
         let key = &set.keys[index].key;
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map(|data| Arc::new(data.claims))
@@ -351,7 +359,7 @@ mod tests {
     }
 
     async fn err(v: &Verifier, token: &str) -> String {
-        match v.verify(token).await.unwrap_err() {
+        match v.verify(token, None).await.unwrap_err() {
             AuthError::Invalid(m) => m,
             other => panic!("{other:?}"),
         }
@@ -361,7 +369,10 @@ mod tests {
     async fn a_valid_token_yields_its_claims() {
         let v = verifier(vec![hs_provider(Some("me"), &[])]);
         let claims = v
-            .verify(&hs256(json!({"iss": "me", "sub": "u1", "exp": now() + 60})))
+            .verify(
+                &hs256(json!({"iss": "me", "sub": "u1", "exp": now() + 60})),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(claims["sub"], "u1");
@@ -371,7 +382,9 @@ mod tests {
     async fn time_claims_are_checked_with_leeway() {
         let v = verifier(vec![hs_provider(None, &[])]);
         assert!(
-            v.verify(&hs256(json!({"exp": now() - 30}))).await.is_ok(),
+            v.verify(&hs256(json!({"exp": now() - 30})), None)
+                .await
+                .is_ok(),
             "within leeway"
         );
         let e = err(&v, &hs256(json!({"exp": now() - 120}))).await;
@@ -389,7 +402,7 @@ mod tests {
         let aud = vec!["api".to_owned(), "web".to_owned()];
         let v = verifier(vec![hs_provider(Some("me"), &aud)]);
         let ok = hs256(json!({"iss": "me", "aud": ["other", "web"], "exp": now() + 60}));
-        assert!(v.verify(&ok).await.is_ok());
+        assert!(v.verify(&ok, None).await.is_ok());
         let e = err(
             &v,
             &hs256(json!({"iss": "you", "aud": "api", "exp": now() + 60})),
@@ -413,7 +426,7 @@ mod tests {
             hs_provider(Some("b"), &[]),
         ]);
         assert!(v
-            .verify(&hs256(json!({"iss": "b", "exp": now() + 60})))
+            .verify(&hs256(json!({"iss": "b", "exp": now() + 60})), None)
             .await
             .is_ok());
         let e = err(&v, &hs256(json!({"iss": "c", "exp": now() + 60}))).await;
@@ -468,7 +481,7 @@ mod tests {
             "%%%.%%%.%%%",
         ] {
             assert!(
-                matches!(v.verify(garbage).await, Err(AuthError::Invalid(_))),
+                matches!(v.verify(garbage, None).await, Err(AuthError::Invalid(_))),
                 "{garbage}"
             );
         }
@@ -487,7 +500,7 @@ mod tests {
             let s: String = (0..len)
                 .map(|_| alphabet[rng.usize(..alphabet.len())])
                 .collect();
-            assert!(v.verify(&s).await.is_err());
+            assert!(v.verify(&s, None).await.is_err());
         }
         // Well-formed parts with hostile contents.
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
@@ -502,7 +515,7 @@ mod tests {
             (r#"{"alg":"HS256"}"#, r#"{"iss":"a","exp":-1,"nbf":1e400}"#),
         ] {
             let token = format!("{}.{}.c2ln", b64(h), b64(p));
-            assert!(v.verify(&token).await.is_err(), "{h} {p}");
+            assert!(v.verify(&token, None).await.is_err(), "{h} {p}");
         }
     }
 }

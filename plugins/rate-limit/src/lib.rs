@@ -362,7 +362,13 @@ impl Plugin for RateLimit {
                     });
                     return Ok(Flow::Continue);
                 }
-                match link.check(&remote).await {
+                let mut span = redis_span(ctx, link);
+                let result = link.check(&remote).await;
+                if let Err(e) = &result {
+                    span.error(e.kind(), &e.to_string());
+                }
+                drop(span);
+                match result {
                     Ok(outcome) => {
                         let verdicts: Vec<(usize, Verdict)> =
                             index.into_iter().zip(outcome.verdicts).collect();
@@ -438,3 +444,19 @@ impl Plugin for RateLimit {
 
 #[cfg(test)]
 mod tests;
+
+/// The client span of one Redis round trip (OpenTelemetry database conventions).
+fn redis_span(ctx: &RequestContext, link: &RedisLink) -> tollgate_plugin_api::IoSpan {
+    let (host, port) = link.server();
+    let attributes = vec![
+        ("db.system.name", "redis".to_owned()),
+        ("db.operation.name", "EVALSHA".to_owned()),
+        ("server.address", host),
+        ("tollgate.plugin", "rate-limit".to_owned()),
+    ];
+    let mut span = tollgate_plugin_api::IoSpan::start(Some(ctx), "EVALSHA", attributes);
+    if let Some(port) = port {
+        span.int("server.port", i64::from(port));
+    }
+    span
+}

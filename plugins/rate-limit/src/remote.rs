@@ -34,6 +34,18 @@ pub enum RemoteError {
     BadReply(String),
 }
 
+impl RemoteError {
+    /// A short class for a span's `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RemoteError::Unavailable => "unavailable",
+            RemoteError::Timeout => "timeout",
+            RemoteError::Redis(_) => "redis_error",
+            RemoteError::BadReply(_) => "bad_reply",
+        }
+    }
+}
+
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -268,6 +280,14 @@ impl RedisLink {
         let current = matches!(&*self.state(), LinkState::Up { id: cur, .. } if *cur == id);
         if current {
             self.report_failure(what);
+        }
+    }
+
+    /// Where the server is, for spans: `(server.address, server.port)`.
+    pub fn server(&self) -> (String, Option<u16>) {
+        match self.client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host.clone(), Some(*port)),
+            other => (other.to_string(), None),
         }
     }
 
