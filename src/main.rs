@@ -23,7 +23,7 @@ struct Cli {
     #[arg(short, long, global = true, default_value = "gateway.toml")]
     config: PathBuf,
     /// Take over the listening sockets of a running tollgate (zero-downtime upgrade; see
-    /// docs/operations/upgrade.md).
+    /// docs/operations/admin-reload-upgrade.md).
     #[arg(long, global = true)]
     upgrade: bool,
     /// Log line format (overrides `[log] format`).

@@ -460,3 +460,133 @@ async fn sigterm_lets_requests_in_flight_finish() {
         "tollgate did not exit after SIGTERM"
     );
 }
+
+/// Kills the upgraded process when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_hands_over_the_sockets_and_drains_the_old_process() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let up = Upstream::start(move |req| {
+        let s = s.clone();
+        async move {
+            if req.uri().path() == "/slow" {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            common::describe("svc", req).await
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("upgrade.sock");
+    let mut old = Gateway::start_in(
+        dir,
+        &format!(
+            "[server]\nupgrade_sock = \"{}\"\ngraceful_shutdown_timeout = \"20s\"\n\
+             [upstreams.a]\ntargets = [\"{}\"]\n[routes.a]\nprefix = \"/\"\nupstream = \"a\"\n",
+            sock.display(),
+            up.addr
+        ),
+    )
+    .await;
+
+    // Requests in flight on the old process when it is told to hand over.
+    let mut inflight = Vec::new();
+    for _ in 0..5 {
+        let url = old.url("/slow");
+        inflight.push(tokio::spawn(async move {
+            client().get(url).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::SeqCst) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slow requests did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A client opening a new connection for every request, all through the hand-over.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = old.url("/fast");
+    let s = stop.clone();
+    let load = tokio::spawn(async move {
+        let fresh = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        while !s.load(Ordering::SeqCst) {
+            match fresh.get(&url).send().await {
+                Ok(r) if r.status() == 200 => ok += 1,
+                Ok(r) => failed.push(format!("status {}", r.status())),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+
+    // The new binary waits on the upgrade socket for the old one's listeners.
+    let new_log = std::fs::File::create(old.config_path().with_file_name("new.log")).expect("log");
+    let new = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("-c")
+        .arg(old.config_path())
+        .arg("--upgrade")
+        .stdout(std::process::Stdio::null())
+        .stderr(new_log)
+        .spawn()
+        .expect("spawn new tollgate");
+    let mut new = Reaped(new);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            new.0.try_wait().expect("try_wait").is_none(),
+            "the new process exited early"
+        );
+        assert!(std::time::Instant::now() < deadline, "no upgrade socket");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    old.signal("QUIT");
+
+    // The old process finishes what it had, then exits.
+    for h in inflight {
+        assert_eq!(h.await.expect("join").expect("in-flight request"), 200);
+    }
+    assert!(
+        old.wait_exit(Duration::from_secs(30)),
+        "the old process did not exit after draining:\n{}",
+        old.logs()
+    );
+    // Only the new process is left, serving on the same sockets (proxy and admin).
+    let resp = client()
+        .get(old.url("/after"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = load.await.expect("load");
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(
+        new.0.try_wait().expect("try_wait").is_none(),
+        "the new process exited"
+    );
+}

@@ -101,6 +101,11 @@ impl Gateway {
         std::fs::rename(&tmp, &self.path).expect("replace config");
     }
 
+    /// The config file the gateway runs on.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// The gateway's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
