@@ -183,9 +183,19 @@ impl Reloader {
                 _ = stop.changed() => return,
             }
             let now = mtime(&self.path);
-            if now.is_some() && now != last {
-                last = now;
-                let _ = self.reload("file change").await;
+            match now {
+                // Deleted (or moved away mid-edit): nothing to read, so nothing changes; said
+                // once, so an operator who removed it by mistake knows the gateway noticed.
+                None if last.is_some() => {
+                    last = None;
+                    tracing::warn!(path = %self.path.display(),
+                        "config file is gone; the running config keeps serving until it is back");
+                }
+                Some(_) if now != last => {
+                    last = now;
+                    let _ = self.reload("file change").await;
+                }
+                _ => {}
             }
         }
     }

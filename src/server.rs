@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::server::ShutdownWatch;
@@ -92,7 +93,14 @@ pub fn build(
         for l in group {
             let addr = l.address.to_string();
             match &l.tls {
-                None => service.add_tcp(&addr),
+                // No read buffer under plaintext HTTP: pingora reads request heads and bodies
+                // into buffers of its own, so a second 64 KiB one per connection saves no
+                // syscall (same instructions per request) and costs ~4 KiB of RSS per idle
+                // keep-alive connection (BENCHMARKS.md, optimisation log). TLS keeps it: records
+                // arrive in 16 KiB pieces and the buffer batches their reads.
+                None => service.add_listener(
+                    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
+                ),
                 Some(tls) => {
                     let mut settings = TlsSettings::intermediate("", "")
                         .map_err(|e| format!("listener `{}`: {e}", l.name))?;

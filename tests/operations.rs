@@ -138,6 +138,50 @@ async fn watched_config_file_reloads_on_change() {
 }
 
 #[tokio::test]
+async fn a_deleted_watched_config_keeps_the_running_one_until_it_is_back() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let gw = Gateway::start(&format!(
+        "[server]\nwatch_config = true\n{}",
+        routes(a.addr, b.addr, false)
+    ))
+    .await;
+    std::fs::remove_file(gw.config_path()).expect("delete config");
+    let c = client();
+    let mut warned = false;
+    for _ in 0..100 {
+        if gw.logs().contains("config file is gone") {
+            warned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(warned, "no warning about the deleted file:\n{}", gw.logs());
+    assert_eq!(
+        c.get(gw.url("/a/x")).send().await.expect("req").status(),
+        200
+    );
+    // An explicit reload has nothing to read: refused, and the old config still serves.
+    assert!(!reload(&gw).await.status().is_success());
+    assert_eq!(
+        c.get(gw.url("/a/x")).send().await.expect("req").status(),
+        200
+    );
+
+    // The file is back (with route b): the watcher picks it up.
+    gw.write_config(&format!(
+        "[server]\nwatch_config = true\n{}",
+        routes(a.addr, b.addr, true)
+    ));
+    for _ in 0..200 {
+        if c.get(gw.url("/b/y")).send().await.expect("req").status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the restored file did not reload:\n{}", gw.logs());
+}
+
+#[tokio::test]
 async fn reloading_every_200ms_under_load_loses_no_request() {
     let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
     let gw = Arc::new(Gateway::start(&routes(a.addr, b.addr, true)).await);
