@@ -71,11 +71,12 @@ pub struct IoSpan(Option<Box<dyn ActiveSpan>>);
 impl IoSpan {
     /// A span for I/O done for `ctx`'s request (`None`: outside any request, e.g. a
     /// background refresh). `name` follows the semantic conventions of the protocol (`GET`,
-    /// `EVALSHA`), `attributes` are set at the start.
+    /// `EVALSHA`); `attributes` are set at the start and only built when the span is recorded,
+    /// so an untraced request pays nothing for them.
     pub fn start(
         ctx: Option<&RequestContext>,
         name: &str,
-        attributes: Vec<(&'static str, String)>,
+        attributes: impl FnOnce() -> Vec<(&'static str, String)>,
     ) -> Self {
         let Some(sink) = SINK.get() else {
             return Self(None);
@@ -88,7 +89,7 @@ impl IoSpan {
             },
             None => None,
         };
-        Self(sink.start(parent, name, attributes))
+        Self(sink.start(parent, name, attributes()))
     }
 
     /// A span that records nothing.

@@ -124,9 +124,7 @@ impl RemoteJwks {
     /// its own for scheduled refreshes.
     fn span(&self, ctx: Option<&RequestContext>) -> IoSpan {
         let url = &self.settings.url;
-        let mut span = IoSpan::start(
-            ctx,
-            "GET",
+        let mut span = IoSpan::start(ctx, "GET", || {
             vec![
                 ("http.request.method", "GET".to_owned()),
                 ("url.full", url.to_string()),
@@ -135,8 +133,8 @@ impl RemoteJwks {
                     url.host_str().unwrap_or_default().to_owned(),
                 ),
                 ("tollgate.plugin", "jwt-auth".to_owned()),
-            ],
-        );
+            ]
+        });
         if let Some(port) = url.port_or_known_default() {
             span.int("server.port", i64::from(port));
         }

@@ -447,14 +447,17 @@ mod tests;
 
 /// The client span of one Redis round trip (OpenTelemetry database conventions).
 fn redis_span(ctx: &RequestContext, link: &RedisLink) -> tollgate_plugin_api::IoSpan {
-    let (host, port) = link.server();
-    let attributes = vec![
-        ("db.system.name", "redis".to_owned()),
-        ("db.operation.name", "EVALSHA".to_owned()),
-        ("server.address", host),
-        ("tollgate.plugin", "rate-limit".to_owned()),
-    ];
-    let mut span = tollgate_plugin_api::IoSpan::start(Some(ctx), "EVALSHA", attributes);
+    let mut port = None;
+    let mut span = tollgate_plugin_api::IoSpan::start(Some(ctx), "EVALSHA", || {
+        let (host, p) = link.server();
+        port = p;
+        vec![
+            ("db.system.name", "redis".to_owned()),
+            ("db.operation.name", "EVALSHA".to_owned()),
+            ("server.address", host),
+            ("tollgate.plugin", "rate-limit".to_owned()),
+        ]
+    });
     if let Some(port) = port {
         span.int("server.port", i64::from(port));
     }
