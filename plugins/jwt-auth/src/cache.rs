@@ -7,7 +7,6 @@
 //! hit, and an entry remembers the generation of the key set that verified it, so a JWKS refresh
 //! that drops or rotates keys retires every entry it verified. Failed tokens are never cached.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,7 +36,10 @@ struct Entry {
 pub(crate) struct TokenCache {
     shards: Box<[Shard]>,
     per_shard: usize,
-    hasher: RandomState,
+    /// Seeded per cache. Not SipHash: only tokens that passed verification are inserted, so
+    /// nobody can flood a shard with chosen keys, and SipHash over a ~700-byte token was most of
+    /// a cache hit's cost.
+    hasher: foldhash::fast::RandomState,
     leeway: u64,
 }
 
@@ -58,7 +60,7 @@ impl TokenCache {
         Some(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard,
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             leeway: leeway_secs,
         })
     }

@@ -64,8 +64,13 @@ impl TokenSource {
         let token = match self {
             Self::Bearer(name) => {
                 let value = req.headers.get(name)?;
-                let value = String::from_utf8_lossy(value.as_bytes());
-                bearer_credentials(&value)?.to_owned()
+                // Tokens are ASCII: the lossy copy is only for refusing garbage with a message.
+                match value.to_str() {
+                    Ok(v) => bearer_credentials(v)?.to_owned(),
+                    Err(_) => {
+                        bearer_credentials(&String::from_utf8_lossy(value.as_bytes()))?.to_owned()
+                    }
+                }
             }
             Self::Header(name) => {
                 let value = req.headers.get(name)?;
