@@ -1,6 +1,6 @@
-//! gRPC through the gateway unchanged: h2c clients to h2c and h2-over-TLS upstreams, unary and server streaming
-//! calls, many concurrent streams on one upstream connection, trailers, and gRPC-shaped errors
-//! when the gateway itself fails a call.
+//! gRPC through the gateway unchanged: h2c clients to h2c and h2-over-TLS upstreams, unary and
+//! server streaming calls, many concurrent streams on one upstream connection, trailers, and
+//! gRPC-shaped errors when the gateway itself fails a call.
 
 mod common;
 
