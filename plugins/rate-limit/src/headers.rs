@@ -19,10 +19,12 @@ use http::{HeaderName, HeaderValue};
 use crate::local::Verdict;
 use crate::rate::Rate;
 
-/// `RateLimit-Policy` (not among `http`'s constants).
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit`.
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// `RateLimit-Policy`, as a `&'static str`: pingora takes that without a copy, while a
+/// `HeaderName` of a non-standard header is copied into a new buffer on every insert.
+pub const RATELIMIT_POLICY_STR: &str = "ratelimit-policy";
+/// `RateLimit`; see [`RATELIMIT_POLICY_STR`].
+pub const RATELIMIT_STR: &str = "ratelimit";
+
 /// Legacy `X-RateLimit-Limit`.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// Legacy `X-RateLimit-Remaining`.
@@ -53,14 +55,24 @@ pub fn policy(limits: &[(&str, Rate)]) -> Option<HeaderValue> {
 
 /// `"name";r=REMAINING;t=SECONDS, ...` for the given verdicts.
 pub fn ratelimit(items: &[(&str, Verdict)]) -> Option<HeaderValue> {
+    use std::fmt::Write as _;
     if items.is_empty() {
         return None;
     }
-    let items: Vec<String> = items
-        .iter()
-        .map(|(name, v)| format!("\"{name}\";r={};t={}", v.remaining, ceil_secs(v.refill_in)))
-        .collect();
-    HeaderValue::try_from(items.join(", ")).ok()
+    // One buffer for every item: this runs on every limited response.
+    let mut out = String::with_capacity(32 * items.len());
+    for (i, (name, v)) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(
+            out,
+            "\"{name}\";r={};t={}",
+            v.remaining,
+            ceil_secs(v.refill_in)
+        );
+    }
+    HeaderValue::try_from(out).ok()
 }
 
 /// The three legacy headers, for the most constraining verdict (fewest remaining, then longest

@@ -414,7 +414,7 @@ impl Plugin for RateLimit {
                 // Appended, not inserted: the upstream's own policies stay visible, and a
                 // structured-field List may be split over several fields.
                 if let Some(policy) = &self.policy {
-                    let _ = resp.append_header(headers::RATELIMIT_POLICY, policy.clone());
+                    let _ = resp.append_header(headers::RATELIMIT_POLICY_STR, policy.clone());
                 }
                 let items: Vec<(&str, Verdict)> = applied
                     .verdicts
@@ -422,7 +422,7 @@ impl Plugin for RateLimit {
                     .filter_map(|(i, v)| self.limits.get(*i).map(|l| (l.name.as_str(), *v)))
                     .collect();
                 if let Some(value) = headers::ratelimit(&items) {
-                    let _ = resp.append_header(headers::RATELIMIT, value);
+                    let _ = resp.append_header(headers::RATELIMIT_STR, value);
                 }
             }
             HeaderMode::Legacy => {
