@@ -247,40 +247,51 @@ fn tokio_stream<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-#[tokio::test]
+/// One WebSocket upstream connection: the handshake (recording the plugin's header), a first
+/// message from the server, then an echo until the client closes.
 #[allow(clippy::result_large_err)] // tungstenite's handshake callback signature
+async fn websocket_echo(stream: tokio::net::TcpStream) {
+    let mut tagged = String::new();
+    let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+        tagged = req
+            .headers()
+            .get("x-plugin-tag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("missing")
+            .to_string();
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    if ws
+        .send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "tag={tagged}"
+        )))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            break;
+        }
+        if ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn websocket_upgrade_is_proxied_with_route_plugins() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut tagged = String::new();
-        let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
-            tagged = req
-                .headers()
-                .get("x-plugin-tag")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("missing")
-                .to_string();
-            Ok(resp)
-        };
-        let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback)
-            .await
-            .expect("handshake");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
-            "tag={tagged}"
-        )))
-        .await
-        .expect("send tag");
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_close() {
-                break;
-            }
-            if ws.send(msg).await.is_err() {
-                break;
-            }
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(websocket_echo(stream));
         }
     });
     let gw = Gateway::start(&one_route(
@@ -289,11 +300,25 @@ async fn websocket_upgrade_is_proxied_with_route_plugins() {
         "[routes.all.plugins.headers]\nrequest.set = { \"x-plugin-tag\" = \"ws\" }\n",
     ))
     .await;
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr))
-        .await
-        .expect("ws connect through the gateway");
-    assert_eq!(resp.status(), 101);
-    let first = ws.next().await.expect("message").expect("ok");
+    // pingora 0.9 tears an upgraded connection down right after the 101 when the upstream's 101
+    // is read before the request's (empty) body has been passed on — a race that a fast local
+    // upstream loses a few percent of the time under load (cloudflare/pingora#946, fix proposed
+    // in #947). Only that failure, a reset before the first message, is retried.
+    let mut attempt = 0;
+    let (mut ws, first) = loop {
+        attempt += 1;
+        let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr))
+            .await
+            .expect("ws connect through the gateway");
+        assert_eq!(resp.status(), 101);
+        match ws.next().await {
+            Some(Ok(first)) => break (ws, first),
+            Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ))) if attempt < 5 => continue,
+            other => panic!("no first message: {other:?}\n{}", gw.logs()),
+        }
+    };
     assert_eq!(first.to_text().expect("text"), "tag=ws");
     for i in 0..5 {
         let text = format!("hello {i}");
@@ -304,7 +329,7 @@ async fn websocket_upgrade_is_proxied_with_route_plugins() {
         assert_eq!(echo.to_text().expect("text"), text);
     }
     ws.close(None).await.expect("close");
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    server.abort();
 }
 
 #[tokio::test]
