@@ -9,8 +9,8 @@ mod engine;
 mod common;
 
 use engine::{
-    book_request, descriptor_set, start_tls_front_pem, start_upstream, to_json, web_frame,
-    web_frames, Reflection, PKG, SERVICE,
+    book_request, descriptor_set, start_upstream, to_json, web_frame, web_frames, Reflection, PKG,
+    SERVICE,
 };
 
 fn gateway_config(upstream: std::net::SocketAddr, grpc: &str) -> String {
@@ -146,7 +146,7 @@ upstream = "test"
 #[tokio::test]
 async fn transcoding_reaches_an_h2_upstream_over_tls() {
     let up = start_upstream(Reflection::V1).await;
-    let (front, _, pem) = start_tls_front_pem(up.addr).await;
+    let (front, _, pem) = common::tls_front(up.addr).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("ca.pem"), pem).expect("ca");
     let upstream = |name: &str, tls: &str| {

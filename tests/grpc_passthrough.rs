@@ -180,44 +180,10 @@ async fn gateway_made_failures_are_grpc_statuses() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
 }
 
-/// A TLS terminator (ALPN h2, a self-signed `localhost` certificate) in front of `backend`;
-/// returns its address and the certificate as PEM.
-async fn tls_front(backend: std::net::SocketAddr) -> (std::net::SocketAddr, String) {
-    common::install_crypto();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-    let key =
-        rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
-    let mut server = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .expect("server config");
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    (addr, cert.cert.pem())
-}
-
 #[tokio::test]
 async fn grpc_passes_through_to_an_h2_upstream_over_tls() {
     let (addr, reporter, _) = grpc_upstream().await;
-    let (front, pem) = tls_front(addr).await;
+    let (front, _, pem) = common::tls_front(addr).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("ca.pem"), pem).expect("ca");
     let gw = Gateway::start_in(

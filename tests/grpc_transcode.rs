@@ -2,6 +2,9 @@
 //! feature and the proto3 JSON mapping for each schema source (.proto via protox, a descriptor
 //! set file, server reflection), streaming, errors, metadata, gRPC-Web, and bad input.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -1315,54 +1318,17 @@ fn trailers_only_helper_for_the_proxy() {
 // h2 over TLS: a TLS terminator (ALPN h2) in front of the tonic server.
 
 async fn start_tls_front(backend: SocketAddr) -> (SocketAddr, Arc<rustls::ClientConfig>) {
-    let (addr, client, _) = start_tls_front_pem(backend).await;
-    (addr, client)
-}
-
-/// [`start_tls_front`], also returning its (self-signed, `localhost`) certificate as PEM.
-pub async fn start_tls_front_pem(
-    backend: SocketAddr,
-) -> (SocketAddr, Arc<rustls::ClientConfig>, String) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let der = cert.cert.der().clone();
-    let pem = cert.cert.pem();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key)
-        .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
+    let (addr, der, _) = common::tls_front(backend).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (addr, Arc::new(client), pem)
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (addr, Arc::new(client))
 }
 
 #[tokio::test]

@@ -808,52 +808,6 @@ upstream = "svc"
     );
 }
 
-/// A `redis-server` of the test's own on a free port; killed on drop.
-struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = common::free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/install-prereqs.sh)");
-        // Owned before any assertion, so a failed start still kills and reaps it.
-        let server = RedisServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            use std::io::{Read, Write};
-            let pong = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut buf = [0u8; 7];
-                s.write_all(b"PING\r\n").is_ok()
-                    && s.read_exact(&mut buf).is_ok()
-                    && &buf == b"+PONG\r\n"
-            });
-            if pong {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_io_has_client_spans_in_the_requests_trace() {
     use jsonwebtoken::{encode, jwk::Jwk, Algorithm, DecodingKey, EncodingKey, Header};
@@ -881,7 +835,7 @@ async fn plugin_io_has_client_spans_in_the_requests_trace() {
         async move { common::json_response(200, &body) }
     })
     .await;
-    let redis = RedisServer::start();
+    let redis = common::RedisServer::start();
     let mut rx = grpc_receiver().await;
     let up = common::Upstream::echo("svc").await;
     let gw = common::Gateway::start(&format!(
