@@ -5,9 +5,8 @@
 #[allow(dead_code)]
 mod engine;
 
-#[path = "common/mod.rs"]
-mod common;
-
+// The engine's module already loads the shared harness; one copy per test binary.
+use engine::common;
 use engine::{
     book_request, descriptor_set, start_upstream, to_json, web_frame, web_frames, Reflection, PKG,
     SERVICE,

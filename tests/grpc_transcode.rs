@@ -3,7 +3,7 @@
 //! set file, server reflection), streaming, errors, metadata, gRPC-Web, and bad input.
 
 #[path = "common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::convert::Infallible;
 use std::future::Future;
