@@ -282,11 +282,11 @@ async fn grpc_export_has_server_and_attempt_spans_linked_to_the_callers_trace() 
     span.set_route("/api/users/{id}", "users", "user-svc");
 
     // Two attempts: the first fails to connect, the retry gets a 200.
-    let first = span.start_attempt("10.0.0.7:8080", 1);
+    let first = span.start_attempt("10.0.0.7:8080".parse().expect("address"), 1);
     let mut first_upstream = req.clone();
     first.inject(&mut first_upstream);
     first.finish(None, Some("connect_refused"));
-    let second = span.start_attempt("10.0.0.8:8080", 2);
+    let second = span.start_attempt("10.0.0.8:8080".parse().expect("address"), 2);
     let mut second_upstream = req.clone();
     second.inject(&mut second_upstream);
     second.finish(Some(200), None);
@@ -438,7 +438,7 @@ async fn http_protobuf_export_posts_to_v1_traces_with_configured_headers() {
     let req = incoming("POST", "/orders", None);
     let mut span = RequestSpan::start(&req, client_ip(), Some("[2001:db8::1]:443"), "2").unwrap();
     span.set_route("/orders", "orders", "order-svc");
-    let attempt = span.start_attempt("[2001:db8::2]:9000", 1);
+    let attempt = span.start_attempt("[2001:db8::2]:9000".parse().expect("address"), 1);
     let mut upstream = req.clone();
     attempt.inject(&mut upstream);
     attempt.finish(Some(503), None);
@@ -511,7 +511,7 @@ async fn unsampled_caller_exports_nothing_but_the_upstream_still_gets_flag_00() 
         .expect("an unsampled request still gets a span, for propagation");
     assert_eq!(span.trace_id().as_deref(), Some(TRACE));
     span.set_route("/a", "a", "a-svc");
-    let attempt = span.start_attempt("10.0.0.7:8080", 1);
+    let attempt = span.start_attempt("10.0.0.7:8080".parse().expect("address"), 1);
     let mut upstream = req.clone();
     attempt.inject(&mut upstream);
     attempt.finish(Some(200), None);
@@ -536,7 +536,7 @@ async fn unsampled_caller_exports_nothing_but_the_upstream_still_gets_flag_00() 
     let other = "0af7651916cd43dd8448eb211c80319c";
     let req = incoming("GET", "/b", Some(&format!("00-{other}-{PARENT}-01")));
     let span = RequestSpan::start(&req, client_ip(), None, "1.1").unwrap();
-    span.start_attempt("10.0.0.7:8080", 1)
+    span.start_attempt("10.0.0.7:8080".parse().expect("address"), 1)
         .finish(Some(200), None);
     span.finish(200, None);
     flush().await;
@@ -561,7 +561,7 @@ async fn sampled_caller_is_kept_even_with_ratio_zero_and_new_traces_are_not() {
     let root = incoming("GET", "/new", None);
     let span = RequestSpan::start(&root, client_ip(), None, "1.1").unwrap();
     let root_trace = span.trace_id().unwrap();
-    let attempt = span.start_attempt("10.0.0.7:8080", 1);
+    let attempt = span.start_attempt("10.0.0.7:8080".parse().expect("address"), 1);
     let mut upstream = root.clone();
     attempt.inject(&mut upstream);
     attempt.finish(Some(200), None);
@@ -576,7 +576,7 @@ async fn sampled_caller_is_kept_even_with_ratio_zero_and_new_traces_are_not() {
     // The caller sampled: parent-based keeps it despite the ratio.
     let req = incoming("GET", "/kept", Some(&format!("00-{TRACE}-{PARENT}-01")));
     let span = RequestSpan::start(&req, client_ip(), None, "1.1").unwrap();
-    let attempt = span.start_attempt("10.0.0.7:8080", 1);
+    let attempt = span.start_attempt("10.0.0.7:8080".parse().expect("address"), 1);
     let mut upstream = req.clone();
     attempt.inject(&mut upstream);
     attempt.finish(Some(200), None);
@@ -615,7 +615,8 @@ async fn dead_collector_never_holds_up_a_request() {
                 let req = incoming("GET", "/x", Some(&format!("00-{TRACE}-{PARENT}-01")));
                 let mut span = RequestSpan::start(&req, client_ip(), None, "1.1").unwrap();
                 span.set_route("/x", "x", "x-svc");
-                let attempt = span.start_attempt("10.0.0.7:8080", i % 3 + 1);
+                let attempt =
+                    span.start_attempt("10.0.0.7:8080".parse().expect("address"), i % 3 + 1);
                 let mut upstream = req.clone();
                 attempt.inject(&mut upstream);
                 attempt.finish(Some(200), None);

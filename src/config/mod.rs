@@ -530,6 +530,7 @@ impl Validator<'_, '_> {
                 (None, Protocol::H2) => Some(UpstreamTls {
                     sni: None,
                     ca_certs: None,
+                    ca: None,
                     verify: true,
                 }),
                 (None, _) => None,
@@ -1071,9 +1072,21 @@ impl Validator<'_, '_> {
                 }
             }
         });
+        // The DER was validated with x509-parser when read, so parse_x509 cannot panic.
+        let ca = ca_certs.as_ref().map(|cas| {
+            cas.iter()
+                .map(|der| {
+                    pingora_core::utils::tls::WrappedX509::new(
+                        der.clone(),
+                        pingora_core::utils::tls::parse_x509,
+                    )
+                })
+                .collect()
+        });
         UpstreamTls {
             sni: t.sni.clone(),
             ca_certs,
+            ca,
             verify: t.verify.unwrap_or(true),
         }
     }

@@ -301,6 +301,8 @@ pub struct UpstreamTls {
     pub sni: Option<String>,
     /// DER certificates of the CAs to trust instead of the system roots.
     pub ca_certs: Option<Vec<Vec<u8>>>,
+    /// The same CAs parsed for pingora's connector, once per config rather than per attempt.
+    pub ca: Option<std::sync::Arc<[pingora_core::utils::tls::WrappedX509]>>,
     /// Verify the server certificate and host name.
     pub verify: bool,
 }

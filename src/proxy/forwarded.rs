@@ -17,30 +17,9 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// An address as a header value. IPv4 is written by hand: `Display` for `Ipv4Addr` goes through
 /// the formatting machinery and was ~1,300 instructions of every proxied request.
 pub fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                if octet >= 100 {
-                    buf[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    buf[len] = b'0' + (octet / 10) % 10;
-                    len += 1;
-                }
-                buf[len] = b'0' + octet % 10;
-                len += 1;
-            }
-            HeaderValue::from_bytes(&buf[..len]).ok()
-        }
-        v6 => HeaderValue::from_str(&v6.to_string()).ok(),
-    }
+    let mut buf = Vec::with_capacity(15);
+    tollgate_plugin_api::push_ip(&mut buf, ip);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).ok()
 }
 
 /// Whether `ip` is inside one of the trusted networks.

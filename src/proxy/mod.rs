@@ -344,7 +344,7 @@ impl ProxyHttp for Gateway {
         }
         st.attempt_started = Some(std::time::Instant::now());
         if let Some(span) = st.span.as_ref() {
-            st.attempt_span = Some(span.start_attempt(&target.address.to_string(), st.retries + 1));
+            st.attempt_span = Some(span.start_attempt(target.address, st.retries + 1));
         }
         st.target = Some(target);
         Ok(Box::new(peer))
@@ -640,11 +640,13 @@ impl ProxyHttp for Gateway {
             _ if status >= 500 => Some("upstream_5xx"),
             _ => None,
         };
-        let trace_id = st.span.as_ref().and_then(|s| s.trace_id());
+        // Formatting the trace id costs as much as the metrics above: only for a log line.
+        let log = crate::telemetry::access_log::enabled();
+        let trace_id = st.span.as_ref().filter(|_| log).and_then(|s| s.trace_id());
         if let Some(span) = st.span.take() {
             span.finish(status, error_type);
         }
-        if crate::telemetry::access_log::enabled() {
+        if log {
             self.access_log(session, st, status, elapsed, trace_id, e);
         }
         let req = session.req_header();

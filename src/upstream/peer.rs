@@ -1,10 +1,7 @@
 //! Turning an upstream target into the pingora peer an attempt connects to.
 
-use std::sync::Arc;
-
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::utils::tls::{parse_x509, WrappedX509};
 
 use super::Target;
 use crate::config::{Protocol, Route, UpstreamConfig};
@@ -12,12 +9,17 @@ use crate::config::{Protocol, Route, UpstreamConfig};
 /// The peer for one attempt at `target`, with the route's timeout overrides applied.
 pub fn build_peer(upstream: &UpstreamConfig, target: &Target, route: &Route) -> HttpPeer {
     let tls = upstream.tls.as_ref();
-    let sni = tls
-        .and_then(|t| t.sni.clone())
-        .or_else(|| target.hostname.clone())
-        // An empty SNI makes pingora skip certificate verification; an IP target is verified
-        // against the IP SANs of its certificate instead.
-        .unwrap_or_else(|| target.address.ip().to_string());
+    let sni = match tls {
+        // Plaintext: pingora never reads it (and formatting an address per request is not free).
+        None => String::new(),
+        Some(t) => t
+            .sni
+            .clone()
+            .or_else(|| target.hostname.clone())
+            // An empty SNI makes pingora skip certificate verification; an IP target is
+            // verified against the IP SANs of its certificate instead.
+            .unwrap_or_else(|| target.address.ip().to_string()),
+    };
     let mut peer = HttpPeer::new(target.address, tls.is_some(), sni);
     let o = &mut peer.options;
     let t = &upstream.timeouts;
@@ -36,14 +38,7 @@ pub fn build_peer(upstream: &UpstreamConfig, target: &Target, route: &Route) -> 
     if let Some(tls) = tls {
         o.verify_cert = tls.verify;
         o.verify_hostname = tls.verify;
-        if let Some(cas) = &tls.ca_certs {
-            // The DER was validated with x509-parser at config load, so parse_x509 cannot panic.
-            let certs: Vec<WrappedX509> = cas
-                .iter()
-                .map(|der| WrappedX509::new(der.clone(), parse_x509))
-                .collect();
-            o.ca = Some(Arc::from(certs));
-        }
+        o.ca = tls.ca.clone();
     }
     peer
 }

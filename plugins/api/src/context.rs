@@ -1,6 +1,5 @@
 //! What a plugin knows about the request it is working on, beyond its headers.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -46,7 +45,7 @@ pub struct RequestContext {
     /// Path template parameters of the matched route, in template order.
     pub params: Vec<(Arc<str>, String)>,
     /// Values handed from one plugin to the next, e.g. `consumer` or `jwt.sub`.
-    pub vars: HashMap<String, String>,
+    pub vars: Vars,
     /// Private per-request state of plugins, keyed by type.
     pub extensions: http::Extensions,
     /// The request's span when the request is traced and sampled; plugins hand it to
@@ -66,7 +65,7 @@ impl RequestContext {
             route,
             upstream,
             params: Vec::new(),
-            vars: HashMap::new(),
+            vars: Vars::default(),
             extensions: http::Extensions::new(),
             trace: None,
         }
@@ -78,5 +77,130 @@ impl RequestContext {
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Values one plugin hands to later ones: a later write of a name wins over earlier ones.
+///
+/// Besides single values, a plugin can hand over a whole [`VarSet`] it computed once and keeps
+/// (jwt-auth's claims of a cached token): sharing it costs one reference count, not a copy of
+/// every value per request.
+#[derive(Debug, Default, Clone)]
+pub struct Vars {
+    // Few entries per request: a list searched from the end beats hashing, and keeps the order
+    // that decides which write wins.
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    One(String, String),
+    Set(VarSet),
+}
+
+/// An immutable set of named values, cheap to clone and to hand to many requests.
+#[derive(Debug, Clone, Default)]
+pub struct VarSet(Arc<[(Box<str>, Box<str>)]>);
+
+impl VarSet {
+    /// A set of `(name, value)` pairs; for a name given twice the later one wins.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The pairs, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (&**n, &**v))
+    }
+}
+
+impl Vars {
+    /// Sets `name`, replacing what earlier plugins set.
+    pub fn insert(&mut self, name: String, value: String) {
+        self.slots
+            .retain(|slot| !matches!(slot, Slot::One(n, _) if *n == name));
+        self.slots.push(Slot::One(name, value));
+    }
+
+    /// Sets every name of `set`, replacing what earlier plugins set.
+    pub fn extend_shared(&mut self, set: VarSet) {
+        if !set.0.is_empty() {
+            self.slots.push(Slot::Set(set));
+        }
+    }
+
+    /// The current value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.slots.iter().rev().find_map(|slot| match slot {
+            Slot::One(n, v) => (n == name).then_some(v.as_str()),
+            Slot::Set(set) => set.get(name),
+        })
+    }
+
+    /// Whether `name` is set.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// `vars["consumer"]`, for tests and code that knows the name is set.
+impl std::ops::Index<&str> for Vars {
+    type Output = str;
+
+    /// Panics when `name` is not set, like a map's index.
+    fn index(&self, name: &str) -> &str {
+        match self.get(name) {
+            Some(v) => v,
+            None => panic!("no var `{name}`"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_write_of_a_name_wins() {
+        let mut vars = Vars::default();
+        assert!(vars.is_empty());
+        vars.insert("consumer".into(), "key-user".into());
+        vars.extend_shared(VarSet::new(vec![
+            ("consumer".into(), "jwt-user".into()),
+            ("jwt.sub".into(), "jwt-user".into()),
+        ]));
+        assert_eq!(vars.get("consumer"), Some("jwt-user"));
+        assert_eq!(&vars["jwt.sub"], "jwt-user");
+        vars.insert("consumer".into(), "later".into());
+        assert_eq!(vars.get("consumer"), Some("later"));
+        assert_eq!(vars.get("jwt.sub"), Some("jwt-user"));
+        assert!(!vars.contains_key("jwt.iss"));
+        assert_eq!(vars.get("nope"), None);
+    }
+
+    #[test]
+    fn an_empty_set_adds_nothing() {
+        let mut vars = Vars::default();
+        vars.extend_shared(VarSet::default());
+        assert!(vars.is_empty());
     }
 }

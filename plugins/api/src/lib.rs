@@ -35,7 +35,7 @@ pub mod util;
 pub use async_trait::async_trait;
 pub use byte_size::ByteSize;
 pub use bytes::Bytes;
-pub use context::{RequestContext, Scheme};
+pub use context::{RequestContext, Scheme, VarSet, Vars};
 pub use error::{ErrorBody, PluginError};
 pub use http;
 pub use pingora_http::{RequestHeader, ResponseHeader};
@@ -43,7 +43,7 @@ pub use registry::{
     BuildContext, BuildError, BuildErrorKind, PluginFactory, PluginRegistry, PluginSpec,
 };
 pub use trace::{IoSpan, TraceParent};
-pub use util::{decode_query_value, generate_request_id, is_sane_request_id};
+pub use util::{decode_query_value, generate_request_id, is_sane_request_id, push_ip};
 
 /// What the request phase decided.
 #[derive(Debug)]

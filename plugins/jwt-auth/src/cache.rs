@@ -13,16 +13,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::Value;
 
-use crate::claims::Claims;
+use crate::claims::Verified;
 
 /// Independent locks, so threads verifying different tokens rarely wait for each other.
 const SHARDS: usize = 16;
 
-type Shard = Mutex<HashMap<Box<str>, Entry>>;
+/// Keyed by the token's hash, computed once per lookup for the shard and the map alike (a
+/// second pass over a ~700-byte token, SipHash in std's map, was most of a hit's cost). The entry
+/// keeps the whole token and a hit compares it: two tokens with one hash share a slot (the later
+/// replaces the earlier), never each other's claims.
+type Shard = Mutex<HashMap<u64, Entry, foldhash::fast::FixedState>>;
 
 #[derive(Debug)]
 struct Entry {
-    claims: Arc<Claims>,
+    token: Box<str>,
+    claims: Arc<Verified>,
     /// Which provider verified it and with which generation of its keys.
     provider: usize,
     generation: u64,
@@ -45,7 +50,7 @@ pub(crate) struct TokenCache {
 
 /// What a lookup found.
 pub(crate) struct Hit {
-    pub claims: Arc<Claims>,
+    pub claims: Arc<Verified>,
     pub provider: usize,
     pub generation: u64,
 }
@@ -58,27 +63,29 @@ impl TokenCache {
         }
         let per_shard = capacity.div_ceil(SHARDS);
         Some(Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(Default::default())))
+                .collect(),
             per_shard,
             hasher: foldhash::fast::RandomState::default(),
             leeway: leeway_secs,
         })
     }
 
-    fn shard(&self, token: &str) -> &Shard {
+    fn shard(&self, token: &str) -> (&Shard, u64) {
+        let hash = self.hasher.hash_one(token);
         // SHARDS is a power of two and the hash is uniform: the low bits pick the shard.
-        let index = (self.hasher.hash_one(token) as usize) % SHARDS;
-        &self.shards[index]
+        (&self.shards[(hash as usize) % SHARDS], hash)
     }
 
     /// The claims of `token` if it was verified before and is inside its time window at `now`.
     /// The caller still compares the generation with the provider's current key set.
     pub fn get(&self, token: &str, now: u64) -> Option<Hit> {
-        let shard = self.shard(token);
+        let (shard, hash) = self.shard(token);
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = map.get(token)?;
+        let entry = map.get(&hash).filter(|e| &*e.token == token)?;
         if now < entry.not_before || now > entry.expires {
-            map.remove(token);
+            map.remove(&hash);
             return None;
         }
         Some(Hit {
@@ -90,18 +97,18 @@ impl TokenCache {
 
     /// Forgets a token whose key set changed since it was cached.
     pub fn remove(&self, token: &str) {
-        let shard = self.shard(token);
-        shard
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(token);
+        let (shard, hash) = self.shard(token);
+        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(&hash).is_some_and(|e| &*e.token == token) {
+            map.remove(&hash);
+        }
     }
 
     /// Remembers a token that just passed every check.
     pub fn insert(
         &self,
         token: &str,
-        claims: Arc<Claims>,
+        claims: Arc<Verified>,
         provider: usize,
         generation: u64,
         now: u64,
@@ -121,21 +128,22 @@ impl TokenCache {
             },
             None => 0,
         };
-        let shard = self.shard(token);
+        let (shard, hash) = self.shard(token);
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= self.per_shard {
+        if map.len() >= self.per_shard && !map.contains_key(&hash) {
             map.retain(|_, e| now >= e.not_before && now <= e.expires);
             if map.len() >= self.per_shard {
                 // Still full of live tokens: drop one. HashMap order is effectively random,
                 // which is as good as LRU for a cache this size and costs no bookkeeping.
-                if let Some(victim) = map.keys().next().cloned() {
+                if let Some(victim) = map.keys().next().copied() {
                     map.remove(&victim);
                 }
             }
         }
         map.insert(
-            token.into(),
+            hash,
             Entry {
+                token: token.into(),
                 claims,
                 provider,
                 generation,
@@ -170,9 +178,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn claims(v: Value) -> Arc<Claims> {
+    fn claims(v: Value) -> Arc<Verified> {
         match v {
-            Value::Object(m) => Arc::new(m),
+            Value::Object(m) => Arc::new(Verified::new(m, None)),
             _ => unreachable!(),
         }
     }

@@ -2,9 +2,46 @@
 //! header or a `ctx.vars` entry, and the scopes a token grants.
 
 use serde_json::{Map, Value};
+use tollgate_plugin_api::VarSet;
 
 /// The verified payload of a token.
 pub(crate) type Claims = Map<String, Value>;
+
+/// A verified token's claims and the `ctx.vars` they become, computed once per verification: a
+/// cached token hands the same set to every request that presents it.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub claims: Claims,
+    /// `jwt.<claim>` for every top-level claim with a text form, and `consumer`.
+    pub vars: VarSet,
+}
+
+impl Verified {
+    pub fn new(claims: Claims, consumer_claim: Option<&str>) -> Self {
+        let mut pairs: Vec<(String, String)> = claims
+            .iter()
+            .filter_map(|(name, value)| Some((format!("jwt.{name}"), to_text(value)?)))
+            .collect();
+        if let Some(consumer) = consumer_claim
+            .and_then(|path| lookup(&claims, path))
+            .and_then(to_text)
+        {
+            pairs.push(("consumer".to_owned(), consumer));
+        }
+        Self {
+            vars: VarSet::new(pairs),
+            claims,
+        }
+    }
+}
+
+impl std::ops::Deref for Verified {
+    type Target = Claims;
+
+    fn deref(&self) -> &Claims {
+        &self.claims
+    }
+}
 
 /// The claim at `path`: a top-level name, or names joined by dots into nested objects
 /// (`realm_access.roles`). A claim whose own name contains dots (`https://example.com/roles`) is

@@ -113,7 +113,6 @@ struct JwtAuth {
     /// Every header the plugin sets upstream; client copies are removed first.
     owned_headers: Vec<HeaderName>,
     strip_token: bool,
-    consumer_claim: Option<String>,
     allow_preflight: bool,
     realm: String,
 }
@@ -203,6 +202,7 @@ impl JwtAuth {
                 providers,
                 max_token_size,
                 cache: TokenCache::new(config.cache_size, config.leeway.0.as_secs()),
+                consumer_claim: Some(config.consumer_claim).filter(|c| !c.is_empty()),
             },
             required_claims: config.required_claims,
             required_scopes: config.required_scopes,
@@ -210,7 +210,6 @@ impl JwtAuth {
             forward_payload,
             owned_headers,
             strip_token: config.strip_token,
-            consumer_claim: Some(config.consumer_claim).filter(|c| !c.is_empty()),
             allow_preflight: config.allow_preflight,
             realm: config.realm,
         })
@@ -242,23 +241,12 @@ impl JwtAuth {
     fn publish(
         &self,
         token: &str,
-        claims: &claims::Claims,
+        verified: &claims::Verified,
         req: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) {
-        for (name, value) in claims {
-            if let Some(text) = claims::to_text(value) {
-                ctx.vars.insert(format!("jwt.{name}"), text);
-            }
-        }
-        if let Some(consumer) = self
-            .consumer_claim
-            .as_deref()
-            .and_then(|path| claims::lookup(claims, path))
-            .and_then(claims::to_text)
-        {
-            ctx.vars.insert("consumer".to_owned(), consumer);
-        }
+        ctx.vars.extend_shared(verified.vars.clone());
+        let claims = &verified.claims;
         for (path, header) in &self.forward_claims {
             let Some(text) = claims::lookup(claims, path).and_then(claims::to_text) else {
                 continue;

@@ -133,11 +133,11 @@ async fn a_valid_token_passes_and_publishes_its_claims() {
     assert_eq!(req.headers["x-roles"], "a,b");
     assert_eq!(req.headers["x-admin"], "false");
     assert_eq!(req.headers.get_all("x-user-id").iter().count(), 1);
-    assert_eq!(c.vars["consumer"], "u1");
-    assert_eq!(c.vars["jwt.sub"], "u1");
-    assert_eq!(c.vars["jwt.iss"], "me");
-    assert_eq!(c.vars["jwt.n"], "3");
-    assert_eq!(c.vars["jwt.realm_access"], r#"{"roles":["a","b"]}"#);
+    assert_eq!(&c.vars["consumer"], "u1");
+    assert_eq!(&c.vars["jwt.sub"], "u1");
+    assert_eq!(&c.vars["jwt.iss"], "me");
+    assert_eq!(&c.vars["jwt.n"], "3");
+    assert_eq!(&c.vars["jwt.realm_access"], r#"{"roles":["a","b"]}"#);
     assert!(
         req.headers.contains_key("authorization"),
         "kept without strip_token"
@@ -309,7 +309,7 @@ async fn public_keys_verify_their_own_algorithms() {
         ));
         let token = sign(alg, &key, None, &json!({"sub": name, "exp": now() + 60}));
         let c = run(&p, &mut bearer(&token)).await.unwrap();
-        assert_eq!(c.vars["consumer"], name);
+        assert_eq!(&c.vars["consumer"], name);
     }
 }
 
@@ -378,7 +378,7 @@ async fn several_providers_are_told_apart_by_iss() {
     ));
     let internal = hs256(json!({"iss": "internal", "sub": "job", "exp": now() + 60}));
     assert_eq!(
-        run(&p, &mut bearer(&internal)).await.unwrap().vars["consumer"],
+        &run(&p, &mut bearer(&internal)).await.unwrap().vars["consumer"],
         "job"
     );
     let ec = EncodingKey::from_ec_pem(&fixture("ec256.key.pem")).unwrap();
@@ -390,7 +390,7 @@ async fn several_providers_are_told_apart_by_iss() {
         "aud": "api", "exp": now() + 60}),
     );
     assert_eq!(
-        run(&p, &mut bearer(&idp)).await.unwrap().vars["consumer"],
+        &run(&p, &mut bearer(&idp)).await.unwrap().vars["consumer"],
         "u"
     );
     // An HS token claiming the IdP's issuer meets the IdP's EC key, not the secret.

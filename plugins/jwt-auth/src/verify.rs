@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use tollgate_plugin_api::RequestContext;
 
 use crate::cache::TokenCache;
-use crate::claims::Claims;
+use crate::claims::{Claims, Verified};
 use crate::errors::{shown, AuthError};
 use crate::jwks::{Refetch, RemoteJwks};
 use crate::keys::{names, KeyLookup, KeySet};
@@ -133,6 +133,8 @@ pub(crate) struct Verifier {
     pub max_token_size: usize,
     /// Verified tokens (`cache_size`); `None` when caching is off.
     pub cache: Option<TokenCache>,
+    /// The claim that becomes the `consumer` var (`consumer_claim`).
+    pub consumer_claim: Option<String>,
 }
 
 impl Verifier {
@@ -142,7 +144,7 @@ impl Verifier {
         &self,
         token: &str,
         ctx: Option<&RequestContext>,
-    ) -> Result<Arc<Claims>, AuthError> {
+    ) -> Result<Arc<Verified>, AuthError> {
         if token.len() > self.max_token_size {
             return Err(AuthError::invalid(format!(
                 "the token is larger than {} bytes",
@@ -173,7 +175,7 @@ impl Verifier {
         let (set, index) = provider.key_for(header.kid.as_deref(), alg, ctx).await?;
         let key = &set.keys[index].key;
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map(|data| Arc::new(data.claims))
+            .map(|data| Arc::new(Verified::new(data.claims, self.consumer_claim.as_deref())))
             .map_err(|e| claims_error(e.kind()))?;
         if let Some(cache) = &self.cache {
             cache.insert(token, claims.clone(), provider_index, set.generation, now);
@@ -346,6 +348,7 @@ mod tests {
             providers,
             max_token_size: 8192,
             cache: None,
+            consumer_claim: None,
         }
     }
 

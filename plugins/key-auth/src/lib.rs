@@ -313,7 +313,7 @@ mod tests {
             p.on_request(&mut req, &mut c).await,
             Ok(Flow::Continue)
         ));
-        assert_eq!(c.vars.get("consumer").map(String::as_str), Some("alice"));
+        assert_eq!(c.vars.get("consumer"), Some("alice"));
         assert!(req.headers.get("x-api-key").is_none());
         assert_eq!(req.headers["x-consumer"], "alice");
     }

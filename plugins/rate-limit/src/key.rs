@@ -2,13 +2,12 @@
 //! request's key is built from them.
 
 use std::fmt;
-use std::net::IpAddr;
 
 use http::HeaderName;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize as DeriveDeserialize;
 use sha2::{Digest, Sha256};
-use tollgate_plugin_api::{RequestContext, RequestHeader};
+use tollgate_plugin_api::{push_ip, RequestContext, RequestHeader};
 
 /// One part of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,11 +247,6 @@ impl KeySpec {
         }
         Some(out)
     }
-}
-
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    // `::ffff:10.1.2.3` and `10.1.2.3` are the same client.
-    out.extend_from_slice(ip.to_canonical().to_string().as_bytes());
 }
 
 fn push_var(out: &mut Vec<u8>, ctx: &RequestContext, var: &str) -> bool {
