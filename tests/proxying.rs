@@ -124,7 +124,37 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     let h = &v["headers"];
     assert!(h.get("x-secret-hop").is_none(), "{h}");
     assert!(h.get("proxy-authorization").is_none(), "{h}");
+    assert!(h.get("te").is_none(), "{h}");
     assert_eq!(h["x-end-to-end"], "kept");
+
+    // Without a Connection header too: any one hop-by-hop field keeps the stripping on.
+    for (name, value) in [
+        ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+    ] {
+        let (_, v) = get_json(
+            client()
+                .get(gw.url("/"))
+                .header(name, value)
+                .header("x-end-to-end", "kept"),
+        )
+        .await;
+        let h = &v["headers"];
+        assert!(h.get(name).is_none(), "{name}: {h}");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    // A nomination of a gateway-managed field is refused, not obeyed.
+    let resp = client()
+        .get(gw.url("/"))
+        .header("connection", "x-forwarded-for")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
 }
 
 const MB: usize = 1024 * 1024;

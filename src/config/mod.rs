@@ -1269,6 +1269,7 @@ impl Validator<'_, '_> {
                     retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
                     grpc,
                     plugins: plugins.into(),
+                    metrics: Default::default(),
                 },
             ));
         }

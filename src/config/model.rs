@@ -348,6 +348,8 @@ pub struct Route {
     pub grpc: Option<Arc<crate::grpc::Transcoder>>,
     /// Plugins of the route (global ones merged in), in execution order.
     pub plugins: Arc<[PluginEntry]>,
+    /// Its metric series, resolved on first use.
+    pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
 }
 
 /// One plugin of a route's chain.

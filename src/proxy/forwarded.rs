@@ -22,6 +22,27 @@ pub fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).ok()
 }
 
+/// Whether a request carries a field pingora's upstream request policy would strip or rewrite:
+/// a standard hop-by-hop field or `Connection` (whose nominations it removes). One pass over the
+/// names; the policy itself makes ~15 hashed lookups whether or not any is there.
+pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "http2-settings"
+        )
+    })
+}
+
 /// Whether `ip` is inside one of the trusted networks.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = canonical(ip);
@@ -81,6 +102,33 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             let want = ip.to_canonical().to_string();
             assert_eq!(ip_header_value(ip).unwrap(), want.as_str(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_found_in_any_case_and_position() {
+        let mut h = HeaderMap::new();
+        h.insert("x-one", "1".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        assert!(!has_hop_by_hop(&h));
+        for name in [
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "HTTP2-Settings",
+        ] {
+            let mut with = h.clone();
+            with.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "x".parse().unwrap(),
+            );
+            assert!(has_hop_by_hop(&with), "{name}");
         }
     }
 
