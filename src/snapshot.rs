@@ -144,5 +144,5 @@ async fn load_reflection(t: &crate::grpc::Transcoder, c: &Cluster) -> Result<(),
     let target = c
         .select(None, &[])
         .ok_or_else(|| format!("upstream `{}` has no target to ask", c.name()))?;
-    t.prepare_with(&c.grpc_target(&target)?).await
+    t.prepare_with(&*c.grpc_target(&target)?).await
 }

@@ -48,13 +48,19 @@ impl Call<'_> {
         payload: Bytes,
         target: &Target,
     ) -> Response<ResponseBody> {
-        let uri = target.uri(&self.binding.grpc_path);
+        let Ok(uri) = target.uri(&self.binding.grpc_path) else {
+            return self.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "could not build the upstream request",
+            );
+        };
         let timeout = metadata::deadline(headers, self.opts.timeout);
         let mut builder = Request::post(uri)
             .header(CONTENT_TYPE, "application/grpc")
-            .header("te", "trailers");
+            .header(http::header::TE, "trailers");
         if let Some(t) = timeout {
-            builder = builder.header("grpc-timeout", metadata::format_timeout(t));
+            builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
         }
         let Ok(mut req) = builder.body(Full::new(payload)) else {
             return self.error(

@@ -215,9 +215,13 @@ impl Session<'_> {
         };
         let mut buf = BytesMut::new();
         encode(0, &msg.encode_to_vec(), &mut buf);
-        let req = Request::post(self.target.uri(self.path))
+        let uri = self
+            .target
+            .uri(self.path)
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let req = Request::post(uri)
             .header(CONTENT_TYPE, "application/grpc")
-            .header("te", "trailers")
+            .header(http::header::TE, "trailers")
             .body(Full::new(buf.freeze()))
             .map_err(|e| Failure::Other(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + self.timeout;

@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -155,19 +155,16 @@ impl GrpcStatus {
     /// Reads the status from trailers (or the headers of a trailers-only response); `None`
     /// when `grpc-status` is missing or not a number.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let code = headers
-            .get("grpc-status")?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        const STATUS: HeaderName = HeaderName::from_static("grpc-status");
+        const MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+        const DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+        let code = headers.get(STATUS)?.to_str().ok()?.trim().parse().ok()?;
         let message = headers
-            .get("grpc-message")
+            .get(MESSAGE)
             .map(|v| decode_message(v.as_bytes()))
             .unwrap_or_default();
         // The -bin value is base64, padded or not.
-        let details = headers.get("grpc-status-details-bin").and_then(|v| {
+        let details = headers.get(DETAILS).and_then(|v| {
             let s = v.as_bytes();
             let trimmed: Vec<u8> = s.iter().copied().filter(|b| *b != b'=').collect();
             base64::engine::general_purpose::STANDARD_NO_PAD

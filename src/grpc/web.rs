@@ -151,13 +151,19 @@ pub async fn proxy(
     } else {
         payload
     };
-    let uri = target.uri(parts.uri.path());
+    let Ok(uri) = target.uri(parts.uri.path()) else {
+        return failed(
+            text,
+            status::INTERNAL,
+            "could not build the upstream request",
+        );
+    };
     let mut builder = Request::post(uri)
         .header(CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers");
+        .header(http::header::TE, "trailers");
     let timeout = metadata::deadline(&parts.headers, opts.timeout);
     if let Some(t) = timeout {
-        builder = builder.header("grpc-timeout", metadata::format_timeout(t));
+        builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
     }
     let Ok(mut req) = builder.body(Full::new(payload)) else {
         return failed(

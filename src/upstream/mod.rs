@@ -40,6 +40,9 @@ pub struct Target {
     pub weight: u32,
     /// Shared health record.
     pub health: Arc<TargetHealth>,
+    /// The target as the gRPC engine calls it (transcoding, gRPC-Web), built on first use:
+    /// its authority and TLS name would otherwise be formatted on every call.
+    pub grpc: std::sync::OnceLock<Result<Arc<crate::grpc::Target>, String>>,
 }
 
 /// The targets of a cluster at one moment, with their picking structures.
@@ -83,7 +86,14 @@ impl Cluster {
     /// Where the gateway's own gRPC calls (transcoding, reflection) to `target` go: h2c, or h2
     /// over TLS with the upstream's `tls` settings and the same SNI rule as proxied requests;
     /// `:authority` is `host_header`, else the target's host name and port, else its address.
-    pub fn grpc_target(&self, target: &Target) -> Result<crate::grpc::Target, String> {
+    pub fn grpc_target(&self, target: &Target) -> Result<Arc<crate::grpc::Target>, String> {
+        target
+            .grpc
+            .get_or_init(|| self.build_grpc_target(target).map(Arc::new))
+            .clone()
+    }
+
+    fn build_grpc_target(&self, target: &Target) -> Result<crate::grpc::Target, String> {
         let t = match &self.config.tls {
             None => crate::grpc::Target::h2c(target.address),
             Some(tls) => {
@@ -175,6 +185,7 @@ impl Cluster {
                     hostname: e.hostname,
                     weight: e.weight.max(1),
                     health,
+                    grpc: std::sync::OnceLock::new(),
                 })
             })
             .collect();
