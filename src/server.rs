@@ -58,6 +58,15 @@ pub fn build(
     // Retries are decided by the proxy (retry policy); this is only pingora's hard ceiling.
     conf.max_retries = 16;
     conf.upgrade_sock = config.server.upgrade_sock.display().to_string();
+    if !upgrade {
+        let admin_addr = config.admin.as_ref().map(|a| ("admin", a.address));
+        let addrs = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.address))
+            .chain(admin_addr);
+        check_bindable(addrs)?;
+    }
     let opt = Opt {
         upgrade,
         ..Opt::default()
@@ -134,6 +143,28 @@ pub fn build(
         server.add_service(service);
     }
     Ok(server)
+}
+
+/// Fails start-up when a listening address is taken. pingora retries a busy address for half
+/// a minute and meanwhile the admin API answers, so a second gateway (or anything else) on the
+/// port would otherwise look like a healthy start while its clients reach the other process.
+/// Not for `--upgrade`, where the old process holds the ports on purpose.
+fn check_bindable<'a>(
+    addrs: impl Iterator<Item = (&'a str, std::net::SocketAddr)>,
+) -> Result<(), String> {
+    for (name, addr) in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "is already in use (another process listens there; for a zero-downtime \
+                 replacement use `tollgate --upgrade`)"
+                    .to_string()
+            } else {
+                format!("cannot be bound: {e}")
+            };
+            return Err(format!("listener `{name}`: {addr} {why}"));
+        }
+    }
+    Ok(())
 }
 
 /// Discovers and checks the first snapshot's targets before any listener opens, so the first

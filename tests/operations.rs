@@ -634,3 +634,33 @@ async fn binary_upgrade_hands_over_the_sockets_and_drains_the_old_process() {
         "the new process exited"
     );
 }
+
+/// A listening address another process holds is a start-up error naming the listener, not a
+/// gateway that looks healthy (admin up) while its clients reach the other process.
+#[test]
+fn a_taken_listener_address_fails_start_up_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nenabled = false\n\n[[listeners]]\nname = \"public\"\naddress = \"{addr}\"\n\n\
+             [upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n\n[routes.r]\nprefix = \"/\"\nupstream = \"u\"\n"
+        ),
+    )
+    .expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("-c")
+        .arg(&path)
+        .arg("run")
+        .output()
+        .expect("run tollgate");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("listener `public`"), "{text}");
+    assert!(text.contains("already in use"), "{text}");
+    drop(taken);
+}

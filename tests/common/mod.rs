@@ -31,6 +31,36 @@ pub fn closed_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+/// Waits until the admin API answers and the listener accepts; the logs if the process exits.
+async fn wait_ready(
+    child: &mut Child,
+    admin: SocketAddr,
+    addr: SocketAddr,
+    stderr_path: &std::path::Path,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = client();
+    let logs = || std::fs::read_to_string(stderr_path).unwrap_or_default();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("status {status}\n{}", logs()));
+        }
+        let admin_ok = client
+            .get(format!("http://{admin}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if admin_ok && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tollgate did not become ready:\n{}", logs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running gateway process; killed on drop.
 pub struct Gateway {
     child: Child,
@@ -61,36 +91,50 @@ impl Gateway {
         admin_extra: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let header = format!(
-            "[[listeners]]\nname = \"test\"\naddress = \"{addr}\"\nh2c = true\n\n\
-             [admin]\naddress = \"{admin}\"\n{admin_extra}\n\n[log]\nlevel = \"debug\"\n\n"
-        );
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, format!("{header}{body}\n")).expect("write config");
-        let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
+        // A port free a moment ago can be taken by another test's server before the gateway
+        // binds it; the gateway then refuses to start (`already in use`) and gets other ports.
+        let mut attempts = 0;
+        let mut dir = Some(dir);
+        loop {
+            attempts += 1;
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let header = format!(
+                "[[listeners]]\nname = \"test\"\naddress = \"{addr}\"\nh2c = true\n\n\
+                 [admin]\naddress = \"{admin}\"\n{admin_extra}\n\n[log]\nlevel = \"debug\"\n\n"
+            );
+            let dir_ref = dir
+                .as_ref()
+                .expect("the directory stays until the gateway starts");
+            let path = dir_ref.path().join("gateway.toml");
+            std::fs::write(&path, format!("{header}{body}\n")).expect("write config");
+            let stderr_path = dir_ref.path().join("stderr.log");
+            let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+            cmd.arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(stderr);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn tollgate");
+            match wait_ready(&mut child, admin, addr, &stderr_path).await {
+                Ok(()) => {
+                    return Gateway {
+                        child,
+                        addr,
+                        admin,
+                        dir: dir.take().expect("directory"),
+                        stderr_path,
+                        header,
+                        path,
+                    }
+                }
+                Err(logs) if attempts < 5 && logs.contains("already in use") => continue,
+                Err(logs) => panic!("tollgate exited:\n{logs}"),
+            }
         }
-        let child = cmd.spawn().expect("spawn tollgate");
-        let mut gw = Gateway {
-            child,
-            addr,
-            admin,
-            dir,
-            stderr_path,
-            header,
-            path,
-        };
-        gw.wait_ready().await;
-        gw
     }
 
     /// Replaces the config file's body (the generated listener and admin stay).
@@ -131,28 +175,6 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = client();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tollgate exited with {status}:\n{}", self.logs());
-            }
-            let admin_ok = client
-                .get(format!("http://{}/healthz", self.admin))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if admin_ok && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("tollgate did not become ready:\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// What the gateway logged so far.
