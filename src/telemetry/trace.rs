@@ -51,8 +51,13 @@ impl RequestSpan {
         protocol_version: &str,
     ) -> Option<Self> {
         let tracer = pipeline::tracer()?;
-        let parent = TraceContextPropagator::new()
-            .extract_with_context(&Context::new(), &HeaderExtractor(&req.headers));
+        // Most requests come without a context: skip the propagator's lookups for them.
+        let parent = if req.headers.contains_key(TRACEPARENT) {
+            TraceContextPropagator::new()
+                .extract_with_context(&Context::new(), &HeaderExtractor(&req.headers))
+        } else {
+            Context::new()
+        };
         let (method, method_attr) = method_label(&req.method);
         let mut span = tracer
             .span_builder(method)
@@ -222,7 +227,9 @@ impl AttemptSpan {
         let state = sc.trace_state().header();
         if state.is_empty() {
             // "No tracestate": the client's must not go on beside our traceparent.
-            req.remove_header("tracestate");
+            if req.headers.contains_key(TRACESTATE) {
+                req.remove_header(&TRACESTATE);
+            }
         } else {
             HeaderInjector(req).set("tracestate", state);
         }
@@ -291,6 +298,9 @@ fn split_host_port(s: &str) -> (&str, Option<u16>) {
         _ => (s, None),
     }
 }
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
