@@ -121,11 +121,6 @@ impl VarSet {
             .find(|(n, _)| &**n == name)
             .map(|(_, v)| &**v)
     }
-
-    /// The pairs, in the order given.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (&**n, &**v))
-    }
 }
 
 impl Vars {
