@@ -12,13 +12,13 @@ use pingora_core::server::Server;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
-use pingora_proxy::ProxyServiceBuilder;
+use pingora_proxy::HttpProxy;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::admin::AdminApp;
 use crate::config::{GatewayConfig, Listener};
-use crate::proxy::Gateway;
+use crate::proxy::{Front, Gateway};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
@@ -95,10 +95,11 @@ pub fn build(
         }
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
-        let mut service = ProxyServiceBuilder::new(&conf, Gateway::new(snapshot.clone()))
-            .name(if h2c { "tollgate" } else { "tollgate-h1" })
-            .server_options(options)
-            .build();
+        let mut proxy = HttpProxy::new(Gateway::new(snapshot.clone()), conf.clone());
+        proxy.server_options = Some(options);
+        proxy.handle_init_modules();
+        let name = if h2c { "tollgate" } else { "tollgate-h1" };
+        let mut service = Service::new(name.to_string(), Front::new(proxy));
         for l in group {
             let addr = l.address.to_string();
             match &l.tls {

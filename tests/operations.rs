@@ -481,6 +481,17 @@ async fn sigterm_lets_requests_in_flight_finish() {
         up.addr
     ))
     .await;
+    // A keep-alive connection that has been through a request and sits idle.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut idle, b"GET /idle HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, _) = common::read_raw_response(&mut idle)
+        .await
+        .expect("a response");
+    assert_eq!(status, 200);
     let mut inflight = Vec::new();
     for _ in 0..5 {
         let url = gw.url("/slow");
@@ -489,13 +500,15 @@ async fn sigterm_lets_requests_in_flight_finish() {
         }));
     }
     for _ in 0..200 {
-        if started.load(Ordering::SeqCst) == 5 {
+        if started.load(Ordering::SeqCst) == 6 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(started.load(Ordering::SeqCst), 5);
+    assert_eq!(started.load(Ordering::SeqCst), 6);
     gw.signal("TERM");
+    // The idle connection is closed at once, not kept until the grace period ends.
+    assert!(common::read_raw_response(&mut idle).await.is_none());
     for h in inflight {
         assert_eq!(h.await.expect("join").expect("request"), 200);
     }

@@ -483,3 +483,94 @@ tls = {{ cert_file = "{}/cert.pem", key_file = "{}/key.pem", h2 = true }}
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
     assert_eq!(v["path"], "/secure");
 }
+
+async fn raw_json(s: &mut tokio::net::TcpStream, request: &[&[u8]]) -> (u16, serde_json::Value) {
+    use tokio::io::AsyncWriteExt;
+    for (i, piece) in request.iter().enumerate() {
+        if i > 0 {
+            // Lets the gateway see the first piece on its own.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s.write_all(piece).await.expect("write");
+    }
+    let (status, body) = common::read_raw_response(s).await.expect("a response");
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn keep_alive_connections_take_requests_in_pieces_after_idling() {
+    let up = Upstream::echo("svc").await;
+    let gw = Gateway::start(&one_route(up.addr, "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+
+    let (status, v) = raw_json(&mut s, &[b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n"]).await;
+    assert_eq!((status, v["path"].as_str()), (200, Some("/one")));
+
+    // The connection idles between requests; the next head arrives in two pieces.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, v) = raw_json(&mut s, &[b"GET /t", b"wo HTTP/1.1\r\nHost: t\r\n\r\n"]).await;
+    assert_eq!((status, v["path"].as_str()), (200, Some("/two")));
+
+    // A head and part of the body in the first piece, the rest of the body later.
+    let (status, v) = raw_json(
+        &mut s,
+        &[
+            b"POST /three HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhe",
+            b"llo",
+        ],
+    )
+    .await;
+    assert_eq!((status, v["body_len"].as_u64()), (200, Some(5)));
+    assert_eq!(up.requests(), 3);
+
+    // Bad input after idling: refused, and the connection is closed.
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"NOT AN HTTP REQUEST\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, _) = common::read_raw_response(&mut s).await.expect("a response");
+    assert_eq!(status, 400);
+    assert!(common::read_raw_response(&mut s).await.is_none());
+    assert_eq!(up.requests(), 3);
+
+    // A client that leaves an idle connection does not disturb the next one.
+    drop(s);
+    let resp = client().get(gw.url("/four")).send().await.expect("request");
+    assert_eq!(resp.status(), 200);
+}
+
+/// On a listener with h2c, pingora waited for 24 bytes (the HTTP/2 preface's length) before it
+/// looked at a connection, so a shorter HTTP/1.0 request was never answered.
+#[tokio::test]
+async fn short_http10_request_on_an_h2c_listener_is_answered() {
+    let up = Upstream::echo("svc").await;
+    let gw = Gateway::start(&one_route(up.addr, "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let request: &[u8] = b"GET /s HTTP/1.0\r\n\r\n";
+    assert!(request.len() < 24);
+    let (status, v) = raw_json(&mut s, &[request]).await;
+    assert_eq!((status, v["path"].as_str()), (200, Some("/s")));
+
+    // A connection whose first bytes are only the start of the preface is still HTTP/2.
+    let resp = h2c_client().get(gw.url("/h2")).send().await.expect("h2c");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"\r\nSM\r\n\r\n").await.expect("write");
+    // An HTTP/2 server's first frame is SETTINGS: 9-byte header, type 4.
+    let mut frame = [0u8; 9];
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut frame))
+        .await
+        .expect("no SETTINGS within 10 s")
+        .expect("read");
+    assert_eq!(frame[3], 4, "first frame: {frame:?}");
+}

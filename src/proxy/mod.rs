@@ -1,6 +1,7 @@
 //! The one `ProxyHttp` implementation: a thin dispatcher from pingora's phases to the router,
 //! the plugin chain and the upstream layer. Features live in those layers, not here.
 
+mod connection;
 mod context;
 mod forwarded;
 mod respond;
@@ -21,6 +22,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tollgate_plugin_api::{generate_request_id, is_sane_request_id, Flow, PluginError, Scheme};
 
+pub use connection::Front;
 pub use context::RequestState;
 
 use crate::config::{Algorithm, HashOn};

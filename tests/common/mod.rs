@@ -473,3 +473,46 @@ pub async fn tls_front(
     });
     (addr, der, cert.cert.pem())
 }
+
+/// Reads one HTTP/1.x response off a raw socket: its status and body (by `Content-Length`, or to
+/// the end of the stream without one). `None` when the peer closes before sending anything.
+/// Bounded by a 10 s timeout, so a gateway that never answers fails the test instead of hanging.
+pub async fn read_raw_response(s: &mut tokio::net::TcpStream) -> Option<(u16, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                assert!(buf.is_empty(), "connection closed mid-head: {buf:?}");
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let status: u16 = head.get(9..12)?.parse().ok()?;
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let mut body = buf.split_off(head_end);
+        loop {
+            if length.is_some_and(|len| body.len() >= len) {
+                break;
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no response within 10 s")
+}
