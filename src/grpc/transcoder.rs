@@ -169,7 +169,8 @@ impl Transcoder {
         let err = |status, code, msg: String| gateway_error(status, code, msg, &request_id);
         if self.opts.grpc_web && web::is_grpc_web(&parts.headers) {
             return match self.read_body(&parts.headers, body).await {
-                Ok(bytes) => web::proxy(&parts, bytes, target, &self.opts).await,
+                // Boxed: gRPC-Web is the rare path; inlined it would grow every call.
+                Ok(bytes) => Box::pin(web::proxy(&parts, bytes, target, &self.opts)).await,
                 Err(BodyError::TooLarge) => status::trailers_only_error(
                     status::RESOURCE_EXHAUSTED,
                     "request body over the limit",
@@ -239,7 +240,7 @@ impl Transcoder {
             opts: &self.opts,
             request_id: &request_id,
         };
-        call.run(&parts.headers, payload.freeze(), target).await
+        Box::pin(call.run(&parts.headers, payload.freeze(), target)).await
     }
 
     /// Transcodes a request without calling anyone: the gRPC path and the framed request

@@ -806,7 +806,9 @@ impl Gateway {
             }
         };
         st.attempt_started = Some(std::time::Instant::now());
-        let response = transcoder.handle_with(request, &call_target).await;
+        // Boxed, as each level of the call is: rustc lays an awaited future out twice in its
+        // caller's state, so inlined levels doubled up to a 66 KB future, copied when moved.
+        let response = Box::pin(transcoder.handle_with(request, &call_target)).await;
         let (parts, mut resp_body) = response.into_parts();
         let status = parts.status.as_u16();
         end_attempt(st, "response", Some(status), None);
