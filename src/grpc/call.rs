@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::Full;
 
 use super::binding::Binding;
 use super::body::ResponseBody;
@@ -62,7 +61,7 @@ impl Call<'_> {
         if let Some(t) = timeout {
             builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
         }
-        let Ok(mut req) = builder.body(Full::new(payload)) else {
+        let Ok(mut req) = builder.body(payload) else {
             return self.error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",

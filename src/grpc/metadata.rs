@@ -17,6 +17,7 @@ const RESERVED: &[&str] = &[
     "transfer-encoding",
     "connection",
     "keep-alive",
+    "proxy-connection",
     "upgrade",
     "host",
     "date",

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use super::client::UpstreamBody;
 use tokio::time::Instant;
 
 use super::framing::{FrameDecoder, FrameError, COMPRESSED};
@@ -35,7 +35,7 @@ impl std::fmt::Display for ReadError {
 
 /// The body of one upstream response.
 pub struct MessageReader {
-    body: Incoming,
+    body: UpstreamBody,
     decoder: FrameDecoder,
     trailers: Option<HeaderMap>,
     done: bool,
@@ -44,7 +44,7 @@ pub struct MessageReader {
 
 impl MessageReader {
     /// Reads `body`, refusing messages over `max` bytes.
-    pub fn new(body: Incoming, max: usize, deadline: Option<Instant>) -> Self {
+    pub fn new(body: UpstreamBody, max: usize, deadline: Option<Instant>) -> Self {
         Self {
             body,
             decoder: FrameDecoder::new(max),

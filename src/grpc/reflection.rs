@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{Request, StatusCode};
-use http_body_util::Full;
 use prost::Message;
 
 use super::client::pool;
@@ -222,7 +221,7 @@ impl Session<'_> {
         let req = Request::post(uri)
             .header(CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
-            .body(Full::new(buf.freeze()))
+            .body(buf.freeze())
             .map_err(|e| Failure::Other(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let resp = tokio::time::timeout_at(deadline, pool().send(self.target, req, self.timeout))

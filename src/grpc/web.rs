@@ -8,7 +8,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::Full;
 
 use super::body::{self, ResponseBody};
 use super::client::pool;
@@ -165,7 +164,7 @@ pub async fn proxy(
     if let Some(t) = timeout {
         builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
     }
-    let Ok(mut req) = builder.body(Full::new(payload)) else {
+    let Ok(mut req) = builder.body(payload) else {
         return failed(
             text,
             status::INTERNAL,
