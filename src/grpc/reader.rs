@@ -1,10 +1,10 @@
 //! Reading an upstream gRPC response body: messages one by one as they arrive, then the
 //! trailers, within the call's deadline.
 
+use super::client::UpstreamBody;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
-use super::client::UpstreamBody;
 use tokio::time::Instant;
 
 use super::framing::{FrameDecoder, FrameError, COMPRESSED};
