@@ -47,30 +47,29 @@ impl Call<'_> {
         payload: Bytes,
         target: &Target,
     ) -> Response<ResponseBody> {
-        let Ok(uri) = target.uri(&self.binding.grpc_path) else {
-            return self.error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "could not build the upstream request",
-            );
-        };
         let timeout = metadata::deadline(headers, self.opts.timeout);
-        let mut builder = Request::post(uri)
-            .header(CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers");
-        if let Some(t) = timeout {
-            builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
-        }
-        let Ok(mut req) = builder.body(payload) else {
+        // Built again only if the upstream turns the stream away unprocessed (client.rs).
+        let make = || {
+            let uri = target.uri(&self.binding.grpc_path).ok()?;
+            let mut builder = Request::post(uri)
+                .header(CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers");
+            if let Some(t) = timeout {
+                builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
+            }
+            let mut req = builder.body(payload.clone()).ok()?;
+            metadata::forward_request(headers, &self.opts.forward_headers, req.headers_mut());
+            Some(req)
+        };
+        let Some(req) = make() else {
             return self.error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 "could not build the upstream request",
             );
         };
-        metadata::forward_request(headers, &self.opts.forward_headers, req.headers_mut());
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let send = pool().send(target, req, self.opts.connect_timeout);
+        let send = pool().send(target, req, &make, self.opts.connect_timeout);
         let sent = match deadline {
             Some(at) => match tokio::time::timeout_at(at, send).await {
                 Ok(r) => r,

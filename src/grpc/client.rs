@@ -59,6 +59,7 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// The body of an upstream response: the h2 stream's data, then its trailers. Flow-control
 /// capacity is released as data is handed on.
+#[derive(Debug)]
 pub struct UpstreamBody {
     recv: h2::RecvStream,
     data_done: bool,
@@ -100,6 +101,37 @@ impl Body for UpstreamBody {
     }
 }
 
+/// How one attempt failed.
+enum SendError {
+    /// The upstream never processed the stream: safe to send again.
+    Unprocessed(String),
+    /// Anything else.
+    Call(CallError),
+}
+
+use SendError::Unprocessed;
+
+impl SendError {
+    fn classify(e: h2::Error) -> Self {
+        let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_remote();
+        // A stream failing with the connection's GOAWAY was above its last stream id: streams
+        // at or below it are completed by the server before it closes.
+        let above_goaway = e.is_go_away() && e.is_remote();
+        if refused || above_goaway {
+            Unprocessed(e.to_string())
+        } else {
+            SendError::Call(CallError::Stream(e.to_string()))
+        }
+    }
+
+    fn into_call_error(self) -> CallError {
+        match self {
+            Unprocessed(e) => CallError::Stream(e),
+            SendError::Call(e) => e,
+        }
+    }
+}
+
 /// A connection's identity: the address, and the TLS server name if any (the same address may
 /// serve several names).
 type Key = (SocketAddr, Option<String>);
@@ -130,6 +162,7 @@ impl Pool {
         &self,
         target: &Target,
         req: Request<Bytes>,
+        remake: &(dyn Fn() -> Option<Request<Bytes>> + Sync),
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, CallError> {
         let cached = self.cached(&key(target));
@@ -139,33 +172,61 @@ impl Pool {
             Some(s) => s,
             None => Box::pin(self.connect(target, connect_timeout)).await?,
         };
-        let mut send = match sender.send.ready().await {
-            Ok(s) => s,
-            Err(_) => {
-                // The pooled connection died between calls: one fresh connection, no more.
-                let sender = Box::pin(self.connect(target, connect_timeout)).await?;
-                sender
-                    .send
-                    .ready()
-                    .await
-                    .map_err(|e| CallError::Connect(target.addr, e.to_string()))?
+        match self.send_once(sender, target, req, connect_timeout).await {
+            // The upstream did not process the stream (RFC 9113 §8.7): refused, or above the
+            // last stream id of its GOAWAY — nginx sends one every 1,000 requests of a
+            // connection. Such a call is safe to repeat once, on a fresh connection. h2
+            // consumes the request, so `remake` builds it again, on this rare path only.
+            Err(Unprocessed(e)) => {
+                let Some(again) = remake() else {
+                    return Err(CallError::Stream(e));
+                };
+                let fresh = Box::pin(self.connect(target, connect_timeout)).await?;
+                match self.send_once(fresh, target, again, connect_timeout).await {
+                    Err(Unprocessed(e2)) => {
+                        Err(CallError::Stream(format!("{e2} (retried after: {e})")))
+                    }
+                    other => other.map_err(SendError::into_call_error),
+                }
             }
-        };
+            other => other.map_err(SendError::into_call_error),
+        }
+    }
+
+    /// One attempt on `sender`'s connection (a new one if it died between calls).
+    async fn send_once(
+        &self,
+        sender: Sender,
+        target: &Target,
+        req: Request<Bytes>,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let mut send =
+            match sender.send.ready().await {
+                Ok(s) => s,
+                Err(_) => {
+                    // The pooled connection died between calls: one fresh connection, no more.
+                    let sender = Box::pin(self.connect(target, connect_timeout))
+                        .await
+                        .map_err(SendError::Call)?;
+                    sender.send.ready().await.map_err(|e| {
+                        SendError::Call(CallError::Connect(target.addr, e.to_string()))
+                    })?
+                }
+            };
         let (head, payload) = req.into_parts();
         let end = payload.is_empty();
         let (response, mut stream) = send
             .send_request(Request::from_parts(head, ()), end)
-            .map_err(|e| CallError::Stream(e.to_string()))?;
+            .map_err(SendError::classify)?;
         if !end {
             // h2 buffers what the flow-control window does not yet allow and sends it as the
             // window opens.
             stream
                 .send_data(payload, true)
-                .map_err(|e| CallError::Stream(e.to_string()))?;
+                .map_err(SendError::classify)?;
         }
-        let response = response
-            .await
-            .map_err(|e| CallError::Stream(e.to_string()))?;
+        let response = response.await.map_err(SendError::classify)?;
         Ok(response.map(|recv| UpstreamBody {
             recv,
             data_done: false,
@@ -223,5 +284,83 @@ impl Pool {
             conns.insert(key(target), sender.clone());
         }
         Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An h2c server that resets its first stream with `first` and answers the others 200.
+    async fn server(first: h2::Reason) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let streams = Arc::new(AtomicUsize::new(0));
+        let seen = streams.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                            respond.send_reset(first);
+                            continue;
+                        }
+                        let ok = Response::builder().status(200).body(()).expect("response");
+                        let _ = respond.send_response(ok, true);
+                    }
+                });
+            }
+        });
+        (addr, streams)
+    }
+
+    fn request(addr: SocketAddr) -> Request<Bytes> {
+        Request::post(format!("http://{addr}/greeter.v1.Greeter/SayHello"))
+            .body(Bytes::from_static(b"\0\0\0\0\0"))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_is_sent_again_once() {
+        let (addr, streams) = server(h2::Reason::REFUSED_STREAM).await;
+        let pool = Pool::default();
+        let target = Target::h2c(addr);
+        let resp = pool
+            .send(
+                &target,
+                request(addr),
+                &|| Some(request(addr)),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("answered on the second try");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(streams.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_reset_for_another_reason_is_not_repeated() {
+        // The upstream may have acted on the call: sending it again could run it twice.
+        let (addr, streams) = server(h2::Reason::INTERNAL_ERROR).await;
+        let pool = Pool::default();
+        let target = Target::h2c(addr);
+        let err = pool
+            .send(
+                &target,
+                request(addr),
+                &|| Some(request(addr)),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect_err("the reset is the answer");
+        assert!(matches!(err, CallError::Stream(_)), "{err}");
+        assert_eq!(streams.load(Ordering::SeqCst), 1);
     }
 }

@@ -218,13 +218,18 @@ impl Session<'_> {
             .target
             .uri(self.path)
             .map_err(|e| Failure::Other(e.to_string()))?;
-        let req = Request::post(uri)
-            .header(CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .body(buf.freeze())
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        let body = buf.freeze();
+        let make = || {
+            Request::post(uri.clone())
+                .header(CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers")
+                .body(body.clone())
+                .ok()
+        };
+        let req = make().ok_or_else(|| Failure::Other("could not build the request".into()))?;
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let resp = tokio::time::timeout_at(deadline, pool().send(self.target, req, self.timeout))
+        let send = pool().send(self.target, req, &make, self.timeout);
+        let resp = tokio::time::timeout_at(deadline, send)
             .await
             .map_err(|_| Failure::Other("timed out".into()))?
             .map_err(|e| Failure::Other(e.to_string()))?;

@@ -150,30 +150,29 @@ pub async fn proxy(
     } else {
         payload
     };
-    let Ok(uri) = target.uri(parts.uri.path()) else {
-        return failed(
-            text,
-            status::INTERNAL,
-            "could not build the upstream request",
-        );
-    };
-    let mut builder = Request::post(uri)
-        .header(CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers");
     let timeout = metadata::deadline(&parts.headers, opts.timeout);
-    if let Some(t) = timeout {
-        builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
-    }
-    let Ok(mut req) = builder.body(payload) else {
+    // Built again only if the upstream turns the stream away unprocessed (client.rs).
+    let make = || {
+        let uri = target.uri(parts.uri.path()).ok()?;
+        let mut builder = Request::post(uri)
+            .header(CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers");
+        if let Some(t) = timeout {
+            builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
+        }
+        let mut req = builder.body(payload.clone()).ok()?;
+        metadata::forward_web_request(&parts.headers, req.headers_mut());
+        Some(req)
+    };
+    let Some(req) = make() else {
         return failed(
             text,
             status::INTERNAL,
             "could not build the upstream request",
         );
     };
-    metadata::forward_web_request(&parts.headers, req.headers_mut());
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let send = pool().send(target, req, opts.connect_timeout);
+    let send = pool().send(target, req, &make, opts.connect_timeout);
     let sent = match deadline {
         Some(at) => match tokio::time::timeout_at(at, send).await {
             Ok(r) => r,
