@@ -507,7 +507,7 @@ async fn sigterm_lets_requests_in_flight_finish() {
     }
     assert_eq!(started.load(Ordering::SeqCst), 6);
     gw.signal("TERM");
-    // The idle connection is closed at once, not kept until the grace period ends.
+    // The idle connection is closed by the shutdown (its client sees the end of the stream).
     assert!(common::read_raw_response(&mut idle).await.is_none());
     for h in inflight {
         assert_eq!(h.await.expect("join").expect("request"), 200);
