@@ -4,11 +4,11 @@
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use super::binding::Binding;
 use super::body::ResponseBody;
-use super::client::{pool, CallError};
+use super::client::{grpc_request, pool, CallError};
 use super::config::{Options, StreamFormat};
 use super::metadata;
 use super::reader::{MessageReader, ReadError};
@@ -51,13 +51,7 @@ impl Call<'_> {
         // Built again only if the upstream turns the stream away unprocessed (client.rs).
         let make = || {
             let uri = target.uri(&self.binding.grpc_path).ok()?;
-            let mut builder = Request::post(uri)
-                .header(CONTENT_TYPE, "application/grpc")
-                .header(http::header::TE, "trailers");
-            if let Some(t) = timeout {
-                builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
-            }
-            let mut req = builder.body(payload.clone()).ok()?;
+            let mut req = grpc_request(uri, timeout, payload.clone())?;
             metadata::forward_request(headers, &self.opts.forward_headers, req.headers_mut());
             Some(req)
         };

@@ -132,6 +132,25 @@ impl SendError {
     }
 }
 
+/// A gRPC call's request to the upstream: `POST uri` with `content-type: application/grpc`,
+/// `te: trailers` and, given a deadline, `grpc-timeout`. Metadata is the caller's to add.
+pub fn grpc_request(
+    uri: http::Uri,
+    timeout: Option<Duration>,
+    payload: Bytes,
+) -> Option<Request<Bytes>> {
+    let mut builder = Request::post(uri)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers");
+    if let Some(t) = timeout {
+        builder = builder.header(
+            super::metadata::GRPC_TIMEOUT,
+            super::metadata::format_timeout(t),
+        );
+    }
+    builder.body(payload).ok()
+}
+
 /// A connection's identity: the address, and the TLS server name if any (the same address may
 /// serve several names).
 type Key = (SocketAddr, Option<String>);
@@ -322,45 +341,41 @@ mod tests {
     }
 
     fn request(addr: SocketAddr) -> Request<Bytes> {
-        Request::post(format!("http://{addr}/greeter.v1.Greeter/SayHello"))
-            .body(Bytes::from_static(b"\0\0\0\0\0"))
-            .expect("request")
+        let uri = format!("http://{addr}/greeter.v1.Greeter/SayHello")
+            .parse()
+            .expect("uri");
+        grpc_request(uri, None, Bytes::from_static(b"\0\0\0\0\0")).expect("request")
+    }
+
+    /// Sends one call to a server that resets its first stream with `first`; the outcome and
+    /// how many streams the server saw.
+    async fn call_reset_with(
+        first: h2::Reason,
+    ) -> (Result<Response<UpstreamBody>, CallError>, usize) {
+        let (addr, streams) = server(first).await;
+        let pool = Pool::default();
+        let target = Target::h2c(addr);
+        let remake = || Some(request(addr));
+        let outcome = pool
+            .send(&target, request(addr), &remake, Duration::from_secs(5))
+            .await;
+        (outcome, streams.load(Ordering::SeqCst))
     }
 
     #[tokio::test]
     async fn a_refused_stream_is_sent_again_once() {
-        let (addr, streams) = server(h2::Reason::REFUSED_STREAM).await;
-        let pool = Pool::default();
-        let target = Target::h2c(addr);
-        let resp = pool
-            .send(
-                &target,
-                request(addr),
-                &|| Some(request(addr)),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("answered on the second try");
+        let (outcome, streams) = call_reset_with(h2::Reason::REFUSED_STREAM).await;
+        let resp = outcome.expect("answered on the second try");
         assert_eq!(resp.status(), 200);
-        assert_eq!(streams.load(Ordering::SeqCst), 2);
+        assert_eq!(streams, 2);
     }
 
     #[tokio::test]
     async fn a_stream_reset_for_another_reason_is_not_repeated() {
         // The upstream may have acted on the call: sending it again could run it twice.
-        let (addr, streams) = server(h2::Reason::INTERNAL_ERROR).await;
-        let pool = Pool::default();
-        let target = Target::h2c(addr);
-        let err = pool
-            .send(
-                &target,
-                request(addr),
-                &|| Some(request(addr)),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect_err("the reset is the answer");
+        let (outcome, streams) = call_reset_with(h2::Reason::INTERNAL_ERROR).await;
+        let err = outcome.expect_err("the reset is the answer");
         assert!(matches!(err, CallError::Stream(_)), "{err}");
-        assert_eq!(streams.load(Ordering::SeqCst), 1);
+        assert_eq!(streams, 1);
     }
 }

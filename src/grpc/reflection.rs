@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::CONTENT_TYPE;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use prost::Message;
 
-use super::client::pool;
+use super::client::{grpc_request, pool};
 use super::framing::encode;
 use super::reader::MessageReader;
 use super::rules::RawFile;
@@ -219,13 +218,7 @@ impl Session<'_> {
             .uri(self.path)
             .map_err(|e| Failure::Other(e.to_string()))?;
         let body = buf.freeze();
-        let make = || {
-            Request::post(uri.clone())
-                .header(CONTENT_TYPE, "application/grpc")
-                .header(http::header::TE, "trailers")
-                .body(body.clone())
-                .ok()
-        };
+        let make = || grpc_request(uri.clone(), None, body.clone());
         let req = make().ok_or_else(|| Failure::Other("could not build the request".into()))?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let send = pool().send(self.target, req, &make, self.timeout);

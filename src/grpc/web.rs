@@ -7,10 +7,10 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use super::body::{self, ResponseBody};
-use super::client::pool;
+use super::client::{grpc_request, pool};
 use super::config::Options;
 use super::framing::{encode, TRAILERS};
 use super::metadata;
@@ -154,13 +154,7 @@ pub async fn proxy(
     // Built again only if the upstream turns the stream away unprocessed (client.rs).
     let make = || {
         let uri = target.uri(parts.uri.path()).ok()?;
-        let mut builder = Request::post(uri)
-            .header(CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers");
-        if let Some(t) = timeout {
-            builder = builder.header(metadata::GRPC_TIMEOUT, metadata::format_timeout(t));
-        }
-        let mut req = builder.body(payload.clone()).ok()?;
+        let mut req = grpc_request(uri, timeout, payload.clone())?;
         metadata::forward_web_request(&parts.headers, req.headers_mut());
         Some(req)
     };
