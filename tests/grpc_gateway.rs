@@ -72,6 +72,46 @@ async fn json_requests_are_transcoded_through_the_gateway() {
     assert!(resp.status().is_client_error(), "{}", resp.status());
 }
 
+/// The upstream gets the gateway's request id once: the client's when sane, else a new one.
+#[tokio::test]
+async fn transcoded_calls_carry_the_gateways_request_id_once() {
+    let up = start_upstream(Reflection::None).await;
+    let gw = common::Gateway::start(&gateway_config(
+        up.addr,
+        &format!(
+            "protos = [\"tollgate/test/v1/test.proto\"]\ninclude_paths = [\"{}/proto\"]",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    ))
+    .await;
+    let c = common::client();
+    let seen = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.expect("json");
+        v["seen"]["x-request-id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let sane = c
+        .get(gw.url("/v1/metadata"))
+        .header("x-request-id", "rid-7")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(seen(sane).await, "rid-7");
+    let insane = c
+        .get(gw.url("/v1/metadata"))
+        .header("x-request-id", "has space")
+        .send()
+        .await
+        .expect("request");
+    let id = seen(insane).await;
+    assert!(id.len() == 36 && !id.contains(' '), "{id}");
+    let none = c.get(gw.url("/v1/metadata")).send().await.expect("request");
+    assert_eq!(seen(none).await.len(), 36);
+}
+
 #[tokio::test]
 async fn schema_by_reflection_is_loaded_before_the_route_serves() {
     let up = start_upstream(Reflection::V1).await;

@@ -192,8 +192,14 @@ impl UnaryService<DynamicMessage> for Unary {
                 }
                 "Metadata" => {
                     let mut seen = serde_json::Map::new();
+                    // Repeated names are joined, so a test can tell one value from two.
                     for (k, v) in &seen_headers {
-                        seen.insert(k.to_string(), json!(v.to_str().unwrap_or("?")));
+                        let v = v.to_str().unwrap_or("?");
+                        let joined = match seen.get(k.as_str()).and_then(|p| p.as_str()) {
+                            Some(prev) => format!("{prev}, {v}"),
+                            None => v.to_string(),
+                        };
+                        seen.insert(k.to_string(), json!(joined));
                     }
                     let mut resp =
                         tonic::Response::new(svc.msg("MetadataReply", json!({"seen": seen})));

@@ -38,6 +38,8 @@ command -v valgrind >/dev/null || need_apt+=(valgrind)
 command -v callgrind_control >/dev/null || need_apt+=(valgrind)
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# protoc needs the well-known types (descriptor.proto) to compile the scenario (c) schema.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v taskset >/dev/null || need_apt+=(util-linux)

@@ -52,7 +52,12 @@ impl Call<'_> {
         let make = || {
             let uri = target.uri(&self.binding.grpc_path).ok()?;
             let mut req = grpc_request(uri, timeout, payload.clone())?;
-            metadata::forward_request(headers, &self.opts.forward_headers, req.headers_mut());
+            metadata::forward_request(
+                headers,
+                &self.opts.forward_headers,
+                self.request_id,
+                req.headers_mut(),
+            );
             Some(req)
         };
         let Some(req) = make() else {
@@ -155,7 +160,13 @@ impl Call<'_> {
                 Err(e) => return self.read_failed(e),
             }
         }
-        let trailers = reader.trailers().cloned().unwrap_or_default();
+        // A stream keeps its reader (and trailers); a unary call is done with them.
+        let trailers = if streaming {
+            reader.trailers().cloned()
+        } else {
+            reader.take_trailers()
+        }
+        .unwrap_or_default();
         let Some(outcome) = GrpcStatus::from_headers(&trailers) else {
             return self.error(
                 StatusCode::BAD_GATEWAY,
@@ -222,9 +233,7 @@ impl Call<'_> {
         mut resp: Response<ResponseBody>,
         sources: &[&HeaderMap],
     ) -> Response<ResponseBody> {
-        for (name, value) in metadata::response_headers(sources, self.opts) {
-            resp.headers_mut().append(name, value);
-        }
+        metadata::response_headers(sources, self.opts, resp.headers_mut());
         resp
     }
 

@@ -93,4 +93,9 @@ impl MessageReader {
     pub fn trailers(&self) -> Option<&HeaderMap> {
         self.trailers.as_ref()
     }
+
+    /// Takes the trailers out, once [`Self::next_message`] has returned `None`.
+    pub fn take_trailers(&mut self) -> Option<HeaderMap> {
+        self.trailers.take()
+    }
 }

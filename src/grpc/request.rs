@@ -30,9 +30,12 @@ pub fn build_messages(
     input: &HttpInput<'_>,
     opts: &Options,
 ) -> Result<Vec<DynamicMessage>, String> {
+    let desc = binding.method.input();
+    if let Some(msg) = straight_from_body(binding, &desc, input, opts) {
+        return Ok(vec![msg]);
+    }
     let url = url_values(binding, input, opts)?;
     let body = parse_body(input.body, opts)?;
-    let desc = binding.method.input();
     if binding.method.is_client_streaming() {
         let items = match body {
             None => Vec::new(),
@@ -50,6 +53,62 @@ pub fn build_messages(
             .collect();
     }
     Ok(vec![build_one(binding, &desc, body, &url, opts)?])
+}
+
+/// The common case — the whole body is the message, nothing comes from the URL, enum names are
+/// exact — parsed straight from the bytes into the message. `None` when the request is not that
+/// case or the body fails to parse: the general path then runs and words the error, so both
+/// paths answer alike.
+fn straight_from_body(
+    binding: &Binding,
+    desc: &MessageDescriptor,
+    input: &HttpInput<'_>,
+    opts: &Options,
+) -> Option<DynamicMessage> {
+    if !matches!(binding.body, BodyRule::All)
+        || !binding.variables.is_empty()
+        || binding.method.is_client_streaming()
+        || opts.case_insensitive_enums
+        || nests_deeper(input.body, opts.max_depth)
+    {
+        return None;
+    }
+    let de_opts =
+        DeserializeOptions::new().deny_unknown_fields(opts.unknown_fields == UnknownFields::Reject);
+    let mut de = serde_json::Deserializer::from_slice(input.body);
+    let msg = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &de_opts).ok()?;
+    de.end().ok()?;
+    Some(msg)
+}
+
+/// Whether JSON text nests arrays and objects deeper than `max` (counted as [`check_depth`]
+/// counts them). Exact for valid JSON; for anything else the parser has the last word.
+fn nests_deeper(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn parse_body(body: &[u8], opts: &Options) -> Result<Option<Value>, String> {
@@ -231,4 +290,32 @@ pub fn parse_message(
             format!("invalid value for field `{path}`: {e}")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_depth_scan_agrees_with_the_parsed_tree() {
+        let samples = [
+            r#"{"a": [{"b": 1}]}"#,
+            r#"{"a": "[[[{{{", "b": {"c": []}}"#,
+            r#"{"a": "quote \" then [[[", "b": "\\"}"#,
+            r#"[[[[[]]]]]"#,
+            r#"{"a": {"b": {"c": {"d": {}}}}}"#,
+            "7",
+            r#""just a string with { inside""#,
+        ];
+        for text in samples {
+            let value: Value = serde_json::from_str(text).unwrap();
+            for max in 1..8 {
+                assert_eq!(
+                    nests_deeper(text.as_bytes(), max),
+                    check_depth(&value, max).is_err(),
+                    "{text} with max {max}"
+                );
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! [`Transcoder`]: the engine one route calls. It matches an HTTP/JSON request to a binding,
 //! calls the gRPC method on the upstream, and answers with JSON; gRPC-Web requests are relayed.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use super::body::ResponseBody;
 use super::call::Call;
 use super::config::{GrpcSection, Options, SchemaSource};
 use super::framing::encode;
+use super::metadata::X_REQUEST_ID;
 use super::reflection;
 use super::request::{build_messages, HttpInput};
 use super::response::JsonWriter;
@@ -162,15 +164,47 @@ impl Transcoder {
         let (parts, body) = req.into_parts();
         let request_id = parts
             .headers
-            .get("x-request-id")
+            .get(X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let err = |status, code, msg: String| gateway_error(status, code, msg, &request_id);
+            .unwrap_or_default();
+        let body = self.read_body(&parts.headers, body);
+        self.serve(&parts, request_id, body, target).await
+    }
+
+    /// [`Self::handle_with`] for a request whose body the proxy has already read, at most
+    /// [`Self::max_body_bytes`] + 1 bytes of it: the request head is borrowed, not copied.
+    /// `request_id` is sent upstream as `x-request-id` (when that header is forwarded) in place
+    /// of any the client sent.
+    pub async fn handle_read(
+        &self,
+        head: &http::request::Parts,
+        request_id: &str,
+        body: Bytes,
+        target: &Target,
+    ) -> Response<ResponseBody> {
+        let body = if body.len() > self.opts.max_body_bytes {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(body)
+        };
+        self.serve(head, request_id, std::future::ready(body), target)
+            .await
+    }
+
+    async fn serve(
+        &self,
+        parts: &http::request::Parts,
+        request_id: &str,
+        body: impl Future<Output = Result<Bytes, BodyError>>,
+        target: &Target,
+    ) -> Response<ResponseBody> {
+        let err = |status, code, msg: String| gateway_error(status, code, msg, request_id);
         if self.opts.grpc_web && web::is_grpc_web(&parts.headers) {
-            return match self.read_body(&parts.headers, body).await {
+            return match body.await {
                 // Boxed: gRPC-Web is the rare path; inlined it would grow every call.
-                Ok(bytes) => Box::pin(web::proxy(&parts, bytes, target, &self.opts)).await,
+                Ok(bytes) => {
+                    Box::pin(web::proxy(parts, request_id, bytes, target, &self.opts)).await
+                }
                 Err(BodyError::TooLarge) => status::trailers_only_error(
                     status::RESOURCE_EXHAUSTED,
                     "request body over the limit",
@@ -210,7 +244,7 @@ impl Transcoder {
                 return resp;
             }
         };
-        let body = match self.read_body(&parts.headers, body).await {
+        let body = match body.await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 return err(
@@ -238,7 +272,7 @@ impl Transcoder {
             binding,
             schema: &schema,
             opts: &self.opts,
-            request_id: &request_id,
+            request_id,
         };
         Box::pin(call.run(&parts.headers, payload.freeze(), target)).await
     }

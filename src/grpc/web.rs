@@ -130,6 +130,7 @@ fn failed(text: bool, code: u32, message: &str) -> Response<ResponseBody> {
 /// Proxies one gRPC-Web call to `target`.
 pub async fn proxy(
     parts: &http::request::Parts,
+    request_id: &str,
     payload: Bytes,
     target: &Target,
     opts: &Options,
@@ -155,7 +156,7 @@ pub async fn proxy(
     let make = || {
         let uri = target.uri(parts.uri.path()).ok()?;
         let mut req = grpc_request(uri, timeout, payload.clone())?;
-        metadata::forward_web_request(&parts.headers, req.headers_mut());
+        metadata::forward_web_request(&parts.headers, request_id, req.headers_mut());
         Some(req)
     };
     let Some(req) = make() else {

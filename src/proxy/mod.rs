@@ -526,8 +526,11 @@ impl ProxyHttp for Gateway {
             }
         }
         self.forwarded_headers(session, up, st, &snap);
-        if let Ok(v) = HeaderValue::from_str(&st.ctx.request_id) {
-            let _ = up.insert_header("x-request-id", v);
+        if let Ok(mut v) = HeaderValue::from_str(&st.ctx.request_id) {
+            // Never indexed in HPACK on h2 upstreams: unique per request, it would only evict
+            // useful entries from the connection's table.
+            v.set_sensitive(true);
+            let _ = up.insert_header(X_REQUEST_ID, v);
         }
         if let Some(a) = st.attempt_span.as_ref() {
             a.inject(up);
@@ -776,23 +779,6 @@ impl Gateway {
         st.tried.push(target.address);
         st.target_load = Some(TargetLoad::new(target.clone()));
         st.target = Some(target.clone());
-        let head = session.req_header();
-        let mut builder = http::Request::builder()
-            .method(head.method.clone())
-            .uri(head.uri.clone());
-        for (name, value) in head.headers.iter() {
-            builder = builder.header(name, value);
-        }
-        let builder = builder.header("x-request-id", st.ctx.request_id.as_str());
-        let Ok(request) = builder.body(http_body_util::Full::new(body.freeze())) else {
-            let err = PluginError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "invalid request head",
-            );
-            respond::send_error(session, st, &err).await;
-            return;
-        };
         let call_target = match cluster.grpc_target(&target) {
             Ok(t) => t,
             Err(e) => {
@@ -808,7 +794,12 @@ impl Gateway {
         st.attempt_started = Some(std::time::Instant::now());
         // Boxed, as each level of the call is: rustc lays an awaited future out twice in its
         // caller's state, so inlined levels doubled up to a 66 KB future, copied when moved.
-        let response = Box::pin(transcoder.handle_with(request, &call_target)).await;
+        // The engine borrows the request head: copying it into an `http::Request` header by
+        // header cost more than the whole metadata forwarding.
+        let head: &http::request::Parts = session.req_header();
+        let response =
+            Box::pin(transcoder.handle_read(head, &st.ctx.request_id, body.freeze(), &call_target))
+                .await;
         let (parts, mut resp_body) = response.into_parts();
         let status = parts.status.as_u16();
         end_attempt(st, "response", Some(status), None);
@@ -817,16 +808,13 @@ impl Gateway {
         } else {
             cluster.report_success(&target);
         }
-        let Ok(mut header) = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))
-        else {
-            return;
-        };
-        for (name, value) in parts.headers.iter() {
-            let _ = header.append_header(name.clone(), value.clone());
-        }
+        let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+        // The engine's head becomes pingora's as it is (HTTP/1.1 names go out title-cased):
+        // copying header by header into a case-preserving map cost more than building it.
+        let mut header = ResponseHeader::from(parts);
         // pingora frames an HTTP/1.1 body by these headers; with neither it would delimit the
         // body by closing the connection while saying keep-alive.
-        if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        if !has_length {
             match hyper::body::Body::size_hint(&resp_body).exact() {
                 Some(n) => {
                     let _ = header.insert_header(http::header::CONTENT_LENGTH, n);
