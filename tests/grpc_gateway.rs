@@ -55,6 +55,25 @@ async fn json_requests_are_transcoded_through_the_gateway() {
     );
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["pages"], "9007199254740993", "{v}");
+    // Over h2c too: a unary answer ends with its one DATA frame, a stream after its last.
+    let h2 = common::h2c_client();
+    let resp = h2
+        .get(gw.url("/v1/shelves/s1/books/b2"))
+        .send()
+        .await
+        .expect("h2c request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["pages"], "9007199254740993", "{v}");
+    let resp = h2
+        .get(gw.url("/v1/shelves/s/books?count=2"))
+        .send()
+        .await
+        .expect("h2c stream");
+    assert_eq!(
+        resp.text().await.expect("stream body"),
+        "[{\"name\":\"s/0\"},{\"name\":\"s/1\",\"pages\":\"1\"}]"
+    );
     // No binding for the path: 404 JSON from the engine; malformed JSON: 400 naming the problem.
     let resp = c
         .get(gw.url("/v1/nothing/here"))

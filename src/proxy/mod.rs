@@ -842,11 +842,10 @@ impl Gateway {
             match resp_body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        if session
-                            .write_response_body(Some(data), false)
-                            .await
-                            .is_err()
-                        {
+                        // The last data ends the stream itself: a unary answer then goes out
+                        // as one HTTP/2 DATA frame, not a second, empty one.
+                        let end = hyper::body::Body::is_end_stream(&resp_body);
+                        if session.write_response_body(Some(data), end).await.is_err() || end {
                             return;
                         }
                     }
