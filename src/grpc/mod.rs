@@ -1,9 +1,10 @@
 //! gRPC at the gateway: HTTP/JSON → gRPC transcoding after google.api.http rules, gRPC-Web
 //! clients to native gRPC upstreams, and gRPC-shaped errors for the proxy. See docs/grpc.md.
 //!
-//! The proxy builds one [`Transcoder`] per route with a `grpc` table, asks
-//! [`Transcoder::matches_request`] whether a request is for it, and hands it the request with
-//! the chosen upstream address; the response comes back ready to write, its body streamed.
+//! The proxy builds one [`Transcoder`] per route with a `grpc` table and hands it every request
+//! of that route that is not native gRPC ([`Transcoder::handle_read`]: the head borrowed, the
+//! body read, the chosen upstream target); the response comes back ready to write, its body
+//! streamed.
 
 mod binding;
 mod body;
