@@ -29,17 +29,22 @@ upstream = "test"
     )
 }
 
-#[tokio::test]
-async fn json_requests_are_transcoded_through_the_gateway() {
-    let up = start_upstream(Reflection::None).await;
-    let gw = common::Gateway::start(&gateway_config(
-        up.addr,
+/// The gateway with the test service's schema compiled from its `.proto` file.
+async fn proto_gateway(upstream: std::net::SocketAddr) -> common::Gateway {
+    common::Gateway::start(&gateway_config(
+        upstream,
         &format!(
             "protos = [\"tollgate/test/v1/test.proto\"]\ninclude_paths = [\"{}/proto\"]",
             env!("CARGO_MANIFEST_DIR")
         ),
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn json_requests_are_transcoded_through_the_gateway() {
+    let up = start_upstream(Reflection::None).await;
+    let gw = proto_gateway(up.addr).await;
     let c = common::client();
     let resp = c
         .get(gw.url("/v1/shelves/s1/books/b2"))
@@ -95,14 +100,7 @@ async fn json_requests_are_transcoded_through_the_gateway() {
 #[tokio::test]
 async fn transcoded_calls_carry_the_gateways_request_id_once() {
     let up = start_upstream(Reflection::None).await;
-    let gw = common::Gateway::start(&gateway_config(
-        up.addr,
-        &format!(
-            "protos = [\"tollgate/test/v1/test.proto\"]\ninclude_paths = [\"{}/proto\"]",
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    ))
-    .await;
+    let gw = proto_gateway(up.addr).await;
     let c = common::client();
     let seen = |resp: reqwest::Response| async move {
         assert_eq!(resp.status(), 200);
