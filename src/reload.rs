@@ -174,28 +174,35 @@ impl Reloader {
 
     /// Reloads whenever the file's modification time changes (polled: no platform watcher to
     /// miss events on editors that replace the file).
-    pub async fn watch_file(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub fn watch_file(
+        self: Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send {
         let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        // The baseline is taken now, before readiness is reported, not when the task first
+        // runs: an edit made right after "ready" must count as a change.
         let mut last: Option<SystemTime> = mtime(&self.path);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => return,
-            }
-            let now = mtime(&self.path);
-            match now {
-                // Deleted (or moved away mid-edit): nothing to read, so nothing changes; said
-                // once, so an operator who removed it by mistake knows the gateway noticed.
-                None if last.is_some() => {
-                    last = None;
-                    tracing::warn!(path = %self.path.display(),
-                        "config file is gone; the running config keeps serving until it is back");
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
                 }
-                Some(_) if now != last => {
-                    last = now;
-                    let _ = self.reload("file change").await;
+                let now = mtime(&self.path);
+                match now {
+                    // Deleted (or moved away mid-edit): nothing to read, so nothing changes; said
+                    // once, so an operator who removed it by mistake knows the gateway noticed.
+                    None if last.is_some() => {
+                        last = None;
+                        tracing::warn!(path = %self.path.display(),
+                            "config file is gone; the running config keeps serving until it is back");
+                    }
+                    Some(_) if now != last => {
+                        last = now;
+                        let _ = self.reload("file change").await;
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }

@@ -201,7 +201,10 @@ impl BackgroundService for Background {
         if self.watch_config {
             tokio::spawn(self.reloader.clone().watch_file(stop_rx.clone()));
         }
-        tokio::spawn(sighup_reloads(self.reloader.clone(), stop_rx));
+        // Listening before readiness is reported: a SIGHUP sent right after must not be lost
+        // (nor, inherited as ignored, dropped) while the task has yet to run.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        tokio::spawn(sighup_reloads(self.reloader.clone(), hup, stop_rx));
         // Services start together; by the time this runs the listeners are bound.
         self.reloader.set_ready();
         let _ = shutdown.changed().await;
@@ -221,9 +224,12 @@ impl BackgroundService for Background {
 }
 
 /// Reloads the config on every SIGHUP.
-async fn sighup_reloads(reloader: Arc<Reloader>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+async fn sighup_reloads(
+    reloader: Arc<Reloader>,
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Ok(mut hup) = hup else {
         tracing::warn!("cannot listen for SIGHUP; reload with POST /reload instead");
         return;
     };
