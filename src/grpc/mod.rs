@@ -34,8 +34,8 @@ pub use body::ResponseBody;
 pub use config::{GrpcSection, JsonNames, StreamFormat, UnknownFields};
 pub use metadata::{format_timeout, parse_timeout};
 pub use status::{
-    code_for_gateway_status, code_for_upstream_http, code_name, http_status_for_code,
-    is_grpc_request, trailers_only_error, trailers_only_for_status,
+    code_for_gateway_status, code_for_upstream_http, code_name, encode_message,
+    http_status_for_code, is_grpc_request, trailers_only_error, trailers_only_for_status,
 };
 pub use target::{client_config, Target};
 pub use transcoder::Transcoder;

@@ -268,7 +268,10 @@ impl ProxyHttp for Gateway {
                 .plugin
                 .on_request_body(body, end_of_stream, &mut st.ctx)
             {
-                return Err(reject(st, err));
+                // Marked as the client's side: pingora's h2 upstream loop ignores other errors
+                // of the body phase and goes on waiting for an upstream answer that cannot come
+                // (the upstream waits for the rest of the body), which hung the request.
+                return Err(reject(st, err).into_down());
             }
         }
         Ok(())

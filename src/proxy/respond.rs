@@ -1,9 +1,15 @@
-//! The one place where the gateway makes responses itself: errors in the JSON shape, and the
-//! answers of plugins. Every such response goes through the plugins' response phase too.
+//! The one place where the gateway makes responses itself: errors, and the answers of plugins.
+//!
+//! An error is rendered in the shape its client reads (`ErrorWire`): the JSON error shape for
+//! HTTP clients; for gRPC clients (any `application/grpc*` content type) a *trailers-only*
+//! response — HTTP 200 with `grpc-status` and `grpc-message` in the one header block, which on
+//! HTTP/2 goes out as a single HEADERS frame with END_STREAM. Every such response made inside
+//! the request pipeline goes through the plugins' response phase too.
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use pingora_core::protocols::http::HttpTask;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -11,63 +17,133 @@ use tollgate_plugin_api::{PluginError, Response};
 
 use super::context::RequestState;
 
-/// Sends `err` as the JSON error shape. Returns the status sent.
-pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
-    st.gateway_code = Some(err.code);
-    if crate::grpc::is_grpc_request(&session.req_header().headers) {
-        return send_grpc_error(session, st, err).await;
-    }
-    let body = err.body(&st.ctx.request_id).to_json();
-    let mut headers = err.headers.clone();
-    headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
-    let resp = Response {
-        status: err.status,
-        headers,
-        body: Bytes::from(body),
-    };
-    send(session, st, resp).await
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const EXPOSE_HEADERS: HeaderName = HeaderName::from_static("access-control-expose-headers");
+
+/// How a client expects the gateway's own errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorWire {
+    /// The JSON error shape with the error's HTTP status.
+    Json,
+    /// Native gRPC: a trailers-only response.
+    Grpc,
+    /// gRPC-Web: a trailers-only response (status in the headers, which gRPC-Web clients read
+    /// when the body has no trailer frame); `text` for `application/grpc-web-text`.
+    GrpcWeb { text: bool },
 }
 
-/// A trailers-only gRPC response: HTTP 200 with `grpc-status` and `grpc-message` in the headers,
-/// which is how a gRPC server reports a call that fails before any message.
-async fn send_grpc_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
-    let code = crate::grpc::code_for_gateway_status(err.status);
-    let message = format!("{} ({})", err.message, err.code);
-    let mut headers = err.headers.clone();
-    headers.push((CONTENT_TYPE, HeaderValue::from_static("application/grpc")));
-    headers.push((
-        http::HeaderName::from_static("grpc-status"),
-        HeaderValue::from(code),
-    ));
-    if let Ok(v) = HeaderValue::from_str(&grpc_message(&message)) {
-        headers.push((http::HeaderName::from_static("grpc-message"), v));
-    }
-    let resp = Response {
-        status: StatusCode::OK,
-        headers,
-        body: Bytes::new(),
-    };
-    send(session, st, resp).await;
-    // The status the client sees is 200; metrics and logs keep the gateway's decision.
-    st.gateway_status = err.status.as_u16();
-    err.status.as_u16()
-}
-
-/// grpc-message is percent-encoded: every byte outside printable ASCII, and `%` itself.
-fn grpc_message(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
+impl ErrorWire {
+    /// The wire a request's headers ask for.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let Some(ct) = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes) else {
+            return Self::Json;
+        };
+        let ct = trim_ascii(ct);
+        let starts = |prefix: &[u8]| {
+            ct.len() >= prefix.len() && ct[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
+        if starts(b"application/grpc-web-text") {
+            Self::GrpcWeb { text: true }
+        } else if starts(b"application/grpc-web") {
+            Self::GrpcWeb { text: false }
+        } else if starts(b"application/grpc") {
+            Self::Grpc
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            Self::Json
         }
     }
-    out
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// An error rendered for one client: the response the client gets and its body.
+pub struct Rendered {
+    /// The HTTP status on the wire (200 for gRPC, whose status travels in `grpc-status`).
+    pub status: StatusCode,
+    /// Headers, in order.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body (empty for gRPC).
+    pub body: Bytes,
+}
+
+/// Renders `err` for a client that reads `wire`.
+pub fn render(err: &PluginError, wire: ErrorWire, request_id: &str) -> Rendered {
+    let mut headers = err.headers.clone();
+    match wire {
+        ErrorWire::Json => {
+            headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+            Rendered {
+                status: err.status,
+                headers,
+                body: Bytes::from(err.body(request_id).to_json()),
+            }
+        }
+        ErrorWire::Grpc | ErrorWire::GrpcWeb { .. } => {
+            let code = crate::grpc::code_for_gateway_status(err.status);
+            let message = format!("{} ({})", err.message, err.code);
+            let content_type = match wire {
+                ErrorWire::GrpcWeb { text: true } => "application/grpc-web-text+proto",
+                ErrorWire::GrpcWeb { text: false } => "application/grpc-web+proto",
+                _ => "application/grpc",
+            };
+            headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
+            headers.push((GRPC_STATUS, HeaderValue::from(code)));
+            if let Ok(v) = HeaderValue::from_str(&crate::grpc::encode_message(&message)) {
+                headers.push((GRPC_MESSAGE, v));
+            }
+            if matches!(wire, ErrorWire::GrpcWeb { .. }) {
+                // Browsers hide response headers from scripts unless exposed.
+                headers.push((
+                    EXPOSE_HEADERS,
+                    HeaderValue::from_static("grpc-status, grpc-message"),
+                ));
+            }
+            Rendered {
+                status: StatusCode::OK,
+                headers,
+                body: Bytes::new(),
+            }
+        }
+    }
+}
+
+/// Sends `err` in the shape the client reads. Returns the gateway's status of the error (the
+/// HTTP status a JSON client would have seen; also for gRPC, where the wire says 200), or 0 when
+/// the client could not be written to.
+pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
+    st.gateway_code = Some(err.code);
+    let wire = ErrorWire::of(&session.req_header().headers);
+    let rendered = render(err, wire, &st.ctx.request_id);
+    let resp = Response {
+        status: rendered.status,
+        headers: rendered.headers,
+        body: rendered.body,
+    };
+    if send(session, st, resp).await == 0 {
+        return 0;
+    }
+    // Metrics and logs keep the gateway's decision, whatever status the wire carried.
+    st.gateway_status = err.status.as_u16();
+    st.gateway_status
 }
 
 /// Sends a response made by a plugin or the gateway. Returns the status sent (0 if the client
 /// could not be written to).
+///
+/// Header and body go to pingora as one list of tasks: that is the only way to end an HTTP/2
+/// stream with the HEADERS frame itself (a bodiless answer, e.g. gRPC trailers-only), which
+/// gRPC clients require; on HTTP/1.1 it also writes head and body with one write.
 pub async fn send(session: &mut Session, st: &mut RequestState, resp: Response) -> u16 {
     let status = resp.status.as_u16();
     let Ok(mut header) = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2)) else {
@@ -84,20 +160,15 @@ pub async fn send(session: &mut Session, st: &mut RequestState, resp: Response) 
         }
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    let end = resp.body.is_empty() || head_only;
-    if session
-        .write_response_header(Box::new(header), end)
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    if !end
-        && session
-            .write_response_body(Some(resp.body), true)
-            .await
-            .is_err()
-    {
+    let tasks = if resp.body.is_empty() || head_only {
+        vec![HttpTask::Header(Box::new(header), true)]
+    } else {
+        vec![
+            HttpTask::Header(Box::new(header), false),
+            HttpTask::Body(Some(resp.body), true),
+        ]
+    };
+    if session.write_response_tasks(tasks).await.is_err() {
         return 0;
     }
     st.gateway_status = status;
