@@ -44,6 +44,23 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: Option<Duration>,
     pub watch_config: Option<bool>,
     pub upgrade_sock: Option<String>,
+    pub request_header_timeout: Option<Spanned<Duration>>,
+    pub client_body_timeout: Option<Spanned<Duration>>,
+    pub request_timeout: Option<Spanned<Duration>>,
+    pub escaped_slashes: Option<EscapedSlashes>,
+}
+
+/// `escaped_slashes = "..."`: what a request path with `%2F` or `%5C` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// 400 `bad_path`: nothing can pass a prefix rule by hiding a separator.
+    #[default]
+    Reject,
+    /// `%2F` becomes `/` before routing, so the router sees what a decoding upstream sees.
+    Decode,
+    /// Routed and forwarded as written (`%2F` is then part of a segment).
+    Keep,
 }
 
 /// `[access_log]`
@@ -80,6 +97,10 @@ pub struct ListenerSection {
     pub address: Spanned<String>,
     pub h2c: Option<bool>,
     pub tls: Option<Spanned<ListenerTls>>,
+    pub request_header_timeout: Option<Spanned<Duration>>,
+    pub client_body_timeout: Option<Spanned<Duration>>,
+    pub request_timeout: Option<Spanned<Duration>>,
+    pub escaped_slashes: Option<EscapedSlashes>,
 }
 
 /// `tls = { cert_file, key_file, h2 }` of a listener.

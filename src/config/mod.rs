@@ -150,6 +150,14 @@ fn section_errors(root: &DeTable<'_>, c: &mut Collector<'_>) -> bool {
     ok
 }
 
+/// The client-limit keys of one `[server]` or `[[listeners]]` table.
+struct ClientLimitKeys<'a> {
+    request_header_timeout: Option<&'a Spanned<values::Duration>>,
+    client_body_timeout: Option<&'a Spanned<values::Duration>>,
+    request_timeout: Option<&'a Spanned<values::Duration>>,
+    escaped_slashes: Option<file::EscapedSlashes>,
+}
+
 struct Validator<'a, 'c> {
     c: &'a mut Collector<'c>,
     base_dir: &'a Path,
@@ -188,7 +196,7 @@ impl Validator<'_, '_> {
             format: file.log.format.unwrap_or_default(),
             level: self.log_level(file.log.level.as_ref()),
         };
-        let listeners = self.listeners(&file.listeners);
+        let listeners = self.listeners(&file.listeners, server.client);
         if file.listeners.is_empty() {
             self.c.at(
                 0..0,
@@ -315,6 +323,39 @@ impl Validator<'_, '_> {
                     .clone()
                     .unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".into()),
             ),
+            client: self.client_limits(
+                ClientLimits::default(),
+                &ClientLimitKeys {
+                    request_header_timeout: s.request_header_timeout.as_ref(),
+                    client_body_timeout: s.client_body_timeout.as_ref(),
+                    request_timeout: s.request_timeout.as_ref(),
+                    escaped_slashes: s.escaped_slashes,
+                },
+            ),
+        }
+    }
+
+    /// `base` with the keys given in a `[server]` or `[[listeners]]` table applied.
+    fn client_limits(&mut self, base: ClientLimits, keys: &ClientLimitKeys<'_>) -> ClientLimits {
+        let mut positive = |v: Option<&Spanned<values::Duration>>, key: &str| {
+            let v = v?;
+            if v.get_ref().0.is_zero() {
+                self.c.at(
+                    v.span(),
+                    format!("`{key}` must be longer than 0s (leave it out for the default)"),
+                );
+                return None;
+            }
+            Some(v.get_ref().0)
+        };
+        ClientLimits {
+            request_header_timeout: positive(keys.request_header_timeout, "request_header_timeout")
+                .unwrap_or(base.request_header_timeout),
+            client_body_timeout: positive(keys.client_body_timeout, "client_body_timeout")
+                .unwrap_or(base.client_body_timeout),
+            request_timeout: positive(keys.request_timeout, "request_timeout")
+                .or(base.request_timeout),
+            escaped_slashes: keys.escaped_slashes.unwrap_or(base.escaped_slashes),
         }
     }
 
@@ -337,7 +378,11 @@ impl Validator<'_, '_> {
         }
     }
 
-    fn listeners(&mut self, ls: &[Spanned<file::ListenerSection>]) -> Vec<Listener> {
+    fn listeners(
+        &mut self,
+        ls: &[Spanned<file::ListenerSection>],
+        defaults: ClientLimits,
+    ) -> Vec<Listener> {
         let mut out = Vec::new();
         let mut seen = HashMap::new();
         for (i, l) in ls.iter().enumerate() {
@@ -400,6 +445,15 @@ impl Validator<'_, '_> {
                 address,
                 h2c: l.h2c.unwrap_or(tls.is_none()),
                 tls,
+                client: self.client_limits(
+                    defaults,
+                    &ClientLimitKeys {
+                        request_header_timeout: l.request_header_timeout.as_ref(),
+                        client_body_timeout: l.client_body_timeout.as_ref(),
+                        request_timeout: l.request_timeout.as_ref(),
+                        escaped_slashes: l.escaped_slashes,
+                    },
+                ),
             });
         }
         out

@@ -12,7 +12,7 @@ use tollgate_plugin_api::Plugin;
 
 use crate::router::RouteTable;
 
-pub use super::file::{LogFormat, Protocol};
+pub use super::file::{EscapedSlashes, LogFormat, Protocol};
 
 /// One complete, valid configuration.
 #[derive(Clone)]
@@ -43,6 +43,17 @@ pub struct GatewayConfig {
     pub source_text: Arc<str>,
 }
 
+impl GatewayConfig {
+    /// The client limits of the listener named `listener` (the server's defaults when it is
+    /// gone from this config).
+    pub fn client_limits(&self, listener: &str) -> ClientLimits {
+        self.listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .map_or(self.server.client, |l| l.client)
+    }
+}
+
 /// `[server]`, with defaults applied.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -62,6 +73,33 @@ pub struct ServerSettings {
     pub watch_config: bool,
     /// Socket for handing listeners to a new binary on upgrade.
     pub upgrade_sock: PathBuf,
+    /// What clients get unless their listener says otherwise.
+    pub client: ClientLimits,
+}
+
+/// How long a client may take to send its request, and how its path is read: `[server]`
+/// defaults, overridden per listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request head must arrive within this (HTTP/1.x); else 408 and close.
+    pub request_header_timeout: Duration,
+    /// Longest wait for the next piece of a request body; else 408 and close.
+    pub client_body_timeout: Duration,
+    /// The whole request (head and body) must arrive within this, when set.
+    pub request_timeout: Option<Duration>,
+    /// What a path with `%2F` / `%5C` gets.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            request_header_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
+            request_timeout: None,
+            escaped_slashes: EscapedSlashes::Reject,
+        }
+    }
 }
 
 /// `[log]`, with defaults applied.
@@ -84,6 +122,8 @@ pub struct Listener {
     pub h2c: bool,
     /// TLS settings; plaintext when absent.
     pub tls: Option<ListenerTls>,
+    /// Client deadlines and path rules of this listener (server defaults filled in).
+    pub client: ClientLimits,
 }
 
 /// TLS of a listener.

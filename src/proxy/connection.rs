@@ -1,52 +1,91 @@
-//! The downstream connection loop: what a plaintext HTTP/1.1 connection holds while it waits.
+//! The downstream connection loop: what an HTTP/1.x connection holds while it waits, and how
+//! long a client may take to send a request head.
 //!
 //! pingora's own loop starts a request's proxy future (a ~12 KB box) and its 4 KiB header buffer
 //! before the request's first byte arrives, so every idle keep-alive connection keeps both for as
 //! long as the client waits. Here a connection waits for a request's first bytes with nothing but
-//! the socket, then hands those bytes to pingora as the start of the request (its "pipelined
-//! prefix", parsed before any read), so the read count per request is unchanged.
+//! the socket, reads the rest of the head under the listener's `request_header_timeout` (checked
+//! by src/proxy/head.rs), then hands the bytes to pingora as the start of the request (its
+//! "pipelined prefix", parsed before any read), so the read count per request is unchanged.
 //!
 //! The first bytes also decide h2c: pingora waited for 24 bytes (the preface's length) first,
-//! which a shorter HTTP/1.0 request never sends. TLS and HTTP/2 connections are pingora's loop.
+//! which a shorter HTTP/1.0 request never sends. HTTP/2 connections (h2c, or TLS with ALPN h2)
+//! are pingora's loop.
 
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tokio::io::ReadBuf;
+use tokio::io::{AsyncWriteExt, ReadBuf};
 
-use super::Gateway;
+use super::head::{self, HeadCheck, Refusal};
+use super::respond::{self, ErrorWire};
+use super::{log, Gateway};
+use crate::config::ClientLimits;
+use crate::snapshot::Snapshot;
 
 /// How long a keep-alive connection may sit idle; pingora's default, kept.
 const KEEPALIVE_SECS: u64 = 60;
 /// Size of the first read of a request: pingora's initial header buffer.
 const FIRST_READ: usize = 4096;
+/// Room for the request line and framing beyond the configured header-bytes limit, so that the
+/// pipeline, not this loop, answers requests just over the limits with its precise 414 / 431.
+const HEAD_SLACK: usize = 1024;
+/// Longest wait for a client to take an error answer before the connection is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The listening service's app: pingora's proxy, with tollgate's HTTP/1.1 keep-alive loop.
+/// When a request's head began to arrive: handed to the request pipeline through pingora's
+/// per-connection user context, so a total `request_timeout` counts from the first byte.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadStarted(pub Instant);
+
+/// One listener's app: pingora's proxy, with tollgate's HTTP/1.x connection loop.
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     h2c: bool,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    listener: Arc<str>,
 }
 
 impl Front {
-    pub fn new(proxy: HttpProxy<Gateway>) -> Self {
+    /// The app of listener `listener`, reading its limits from the live snapshot.
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        listener: Arc<str>,
+    ) -> Self {
         let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
         Front {
             proxy: Arc::new(proxy),
             h2c,
+            snapshot,
+            listener,
         }
+    }
+
+    /// The listener's limits now (a reload may change them), and the largest head accepted.
+    fn limits(&self) -> (ClientLimits, usize) {
+        let snap = self.snapshot.load();
+        let limits = snap.config.client_limits(&self.listener);
+        let server = &snap.config.server;
+        let max_head = server
+            .max_request_header_bytes
+            .saturating_add(server.max_uri_bytes)
+            .saturating_add(HEAD_SLACK);
+        (limits, max_head)
     }
 }
 
@@ -57,14 +96,19 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if stream.get_ssl_digest().is_some() {
+        let tls = stream.get_ssl_digest().is_some();
+        if tls && matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
+        let accepted = Instant::now();
+        let (mut limits, mut max_head) = self.limits();
         let mut shutdown = shutdown.clone();
         // A connection accepted before shutdown began gets its first request served, even when
-        // the bytes arrive after: its client has done nothing wrong.
-        let mut head = next_request(&mut stream, None).await?;
-        if self.h2c && maybe_h2c_preface(&head) {
+        // the bytes arrive after: its client has done nothing wrong. Its head deadline runs
+        // from the accept, so a connection that never sends a byte is closed at it too.
+        let mut deadline = accepted + limits.request_header_timeout;
+        let mut head = next_request(&mut stream, Wait::Until(deadline)).await?;
+        if !tls && self.h2c && maybe_h2c_preface(&head) {
             // Given back to the socket, the bytes reach pingora's loop, which peeks for the whole
             // preface and serves HTTP/2. Plaintext listeners only make L4 streams.
             let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
@@ -79,7 +123,23 @@ impl ServerApp for Front {
             .and_then(|o| o.keepalive_request_limit);
         let mut settings = None;
         let mut first = true;
+        let mut started = accepted;
         loop {
+            let read = complete_head(
+                &mut stream,
+                &mut head,
+                deadline,
+                limits.request_header_timeout,
+                max_head,
+            );
+            match read.await {
+                Read::Whole => {}
+                Read::Closed => return None,
+                Read::Refused(refusal) => {
+                    self.refuse(&mut stream, refusal, started).await;
+                    return None;
+                }
+            }
             let mut session = ServerSession::new_http1(stream);
             if first {
                 first = false;
@@ -88,6 +148,7 @@ impl ServerApp for Front {
             } else if let Some(settings) = settings.take() {
                 HttpPersistentSettings::apply_to_session(settings, &mut session);
             }
+            session.set_connection_user_context(Some(Box::new(HeadStarted(started))));
             // tollgate never enables pingora's pipelining, so the settings carry no prefix of
             // their own that this one would have to follow.
             session.set_pipelined_prefix(head);
@@ -96,12 +157,109 @@ impl ServerApp for Front {
                 .process_new_http(session, &shutdown)
                 .await?
                 .consume();
-            head = next_request(&mut stream, Some(&mut shutdown)).await?;
+            head = next_request(&mut stream, Wait::Idle(&mut shutdown)).await?;
+            started = Instant::now();
+            (limits, max_head) = self.limits();
+            deadline = started + limits.request_header_timeout;
         }
     }
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+impl Front {
+    /// Answers a refused head in the shape its client reads, logs and counts it, and leaves
+    /// the connection to be closed: after a bad head nothing on it can be trusted.
+    async fn refuse(&self, stream: &mut Stream, r: Refusal, started: Instant) {
+        let request_id = r
+            .request_id
+            .clone()
+            .unwrap_or_else(tollgate_plugin_api::generate_request_id);
+        let wire = r
+            .content_type
+            .as_deref()
+            .map_or(ErrorWire::Json, ErrorWire::of_content_type);
+        let rendered = respond::render(&r.error, wire, &request_id);
+        let mut out = Vec::with_capacity(256 + rendered.body.len());
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\n",
+                rendered.status.as_str(),
+                rendered.status.canonical_reason().unwrap_or("")
+            )
+            .as_bytes(),
+        );
+        for (name, value) in &rendered.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(
+            format!(
+                "content-length: {}\r\nconnection: close\r\n\r\n",
+                rendered.body.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&rendered.body);
+        let write = async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        };
+        let written = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write).await;
+        let status = r.error.status.as_u16();
+        let sent = if matches!(written, Ok(Ok(()))) {
+            status
+        } else {
+            0
+        };
+
+        let elapsed = started.elapsed();
+        let method = http::Method::from_bytes(r.method.as_bytes()).unwrap_or(http::Method::GET);
+        log::count_unrouted(&method, status, elapsed);
+        tracing::debug!(request_id = %request_id, status, code = r.error.code,
+            message = %r.error.message, "request head refused");
+        if crate::telemetry::access_log::enabled() {
+            let snap = self.snapshot.load();
+            let (path, query) = match r.target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (r.target.as_str(), None),
+            };
+            let client_ip = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().cloned())
+                .and_then(|a| a.as_inet().map(|a| a.ip()));
+            log::access_log(
+                &snap.config.access_log.fields,
+                &log::Entry {
+                    request_id: &request_id,
+                    trace_id: None,
+                    client_ip,
+                    method: &r.method,
+                    host: None,
+                    path,
+                    query,
+                    protocol: "HTTP/1.1",
+                    route: "",
+                    upstream: "",
+                    target: None,
+                    status: sent,
+                    bytes_sent: if sent == 0 {
+                        0
+                    } else {
+                        rendered.body.len() as u64
+                    },
+                    bytes_received: 0,
+                    duration: elapsed,
+                    upstream_time: Duration::ZERO,
+                    attempts: 0,
+                    error: Some(r.error.code),
+                },
+            );
+        }
     }
 }
 
@@ -113,29 +271,72 @@ fn maybe_h2c_preface(head: &[u8]) -> bool {
     head[..n] == H2_PREFACE[..n]
 }
 
-/// Waits for a request's first bytes and returns them; `None` when the client closes, the
-/// keep-alive time runs out or, for an idle keep-alive connection (`shutdown` given), the server
-/// shuts down — the cases where pingora's loop closes the connection too. Bytes already there
-/// win over shutdown.
-async fn next_request(
-    stream: &mut Stream,
-    shutdown: Option<&mut ShutdownWatch>,
-) -> Option<BytesMut> {
-    let read = tokio::time::timeout(
-        Duration::from_secs(KEEPALIVE_SECS),
-        poll_fn(|cx| poll_first_read(stream, cx)),
-    );
-    let Some(shutdown) = shutdown else {
-        return read.await.ok()?;
-    };
-    tokio::select! {
-        biased;
-        head = read => head.ok()?,
-        _ = shutdown.changed() => None,
+/// How long to wait for a request's first bytes.
+enum Wait<'a> {
+    /// The first request of a connection: until its head deadline.
+    Until(Instant),
+    /// An idle keep-alive connection: the keep-alive time, or until the server shuts down.
+    Idle(&'a mut ShutdownWatch),
+}
+
+/// Waits for a request's first bytes and returns them; `None` when the client closes, the wait
+/// runs out or, for an idle keep-alive connection, the server shuts down — the cases where
+/// pingora's loop closes the connection too. Bytes already there win over shutdown.
+async fn next_request(stream: &mut Stream, wait: Wait<'_>) -> Option<BytesMut> {
+    let read = poll_fn(|cx| poll_read_new(stream, cx));
+    match wait {
+        Wait::Until(deadline) => tokio::time::timeout_at(deadline.into(), read).await.ok()?,
+        Wait::Idle(shutdown) => {
+            let read = tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECS), read);
+            tokio::select! {
+                biased;
+                head = read => head.ok()?,
+                _ = shutdown.changed() => None,
+            }
+        }
     }
 }
 
-fn poll_first_read(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<Option<BytesMut>> {
+/// How reading a head ended.
+enum Read {
+    /// The head is whole in the buffer: pingora takes it from here.
+    Whole,
+    /// The client went away mid-head.
+    Closed,
+    /// The head is refused (late, too large, malformed).
+    Refused(Refusal),
+}
+
+/// Reads until `head` holds a whole request head, by `deadline` and within `max` bytes.
+async fn complete_head(
+    stream: &mut Stream,
+    head: &mut BytesMut,
+    deadline: Instant,
+    timeout: Duration,
+    max: usize,
+) -> Read {
+    loop {
+        match head::check(head) {
+            HeadCheck::Complete => return Read::Whole,
+            HeadCheck::Refused(r) => return Read::Refused(r),
+            HeadCheck::Partial => {}
+        }
+        if head.len() > max {
+            return Read::Refused(head::too_large(max));
+        }
+        let more = tokio::time::timeout_at(
+            deadline.into(),
+            poll_fn(|cx| poll_read_more(stream, head, cx)),
+        );
+        match more.await {
+            Ok(true) => {}
+            Ok(false) => return Read::Closed,
+            Err(_) => return Read::Refused(head::header_timeout(timeout, head)),
+        }
+    }
+}
+
+fn poll_read_new(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<Option<BytesMut>> {
     // On the stack only for the length of one poll: the waiting connection holds no buffer.
     let mut buf = [MaybeUninit::<u8>::uninit(); FIRST_READ];
     let mut read = ReadBuf::uninit(&mut buf);
@@ -148,5 +349,19 @@ fn poll_first_read(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<Option<Byt
         }
         // End of stream or a read error before a request started: the client is gone.
         Poll::Ready(_) => Poll::Ready(None),
+    }
+}
+
+/// Appends what the socket has to `head`; `false` when the client closed or failed.
+fn poll_read_more(stream: &mut Stream, head: &mut BytesMut, cx: &mut Context<'_>) -> Poll<bool> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+    let mut read = ReadBuf::uninit(&mut buf);
+    match Pin::new(&mut **stream).poll_read(cx, &mut read) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+            head.extend_from_slice(read.filled());
+            Poll::Ready(true)
+        }
+        Poll::Ready(_) => Poll::Ready(false),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tollgate_plugin_api::{PluginError, RequestContext, Scheme};
 
-use crate::config::{PluginEntry, Route};
+use crate::config::{ClientLimits, PluginEntry, Route};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace::{AttemptSpan, RequestSpan};
@@ -79,8 +79,12 @@ pub struct RequestState {
     pub error: Option<PluginError>,
     /// Status sent to the client by the gateway itself (0 if none).
     pub gateway_status: u16,
-    /// When the request started.
+    /// When the request started (its pipeline did).
     pub started: Instant,
+    /// When the request's head began to arrive, when the connection loop knows it (HTTP/1.x).
+    pub head_started: Option<Instant>,
+    /// The listener's client deadlines and path rules.
+    pub limits: ClientLimits,
 }
 
 fn unrouted() -> Arc<str> {
@@ -115,7 +119,15 @@ impl RequestState {
             error: None,
             gateway_status: 0,
             started: Instant::now(),
+            head_started: None,
+            limits: ClientLimits::default(),
         }
+    }
+
+    /// When the whole request must have arrived (`request_timeout`), if it is bounded.
+    pub fn request_deadline(&self) -> Option<Instant> {
+        let limit = self.limits.request_timeout?;
+        Some(self.head_started.unwrap_or(self.started) + limit)
     }
 
     /// The matched route, if any.

@@ -4,8 +4,12 @@
 mod connection;
 mod context;
 mod forwarded;
+mod head;
+mod host;
+mod log;
 mod respond;
 mod rewrite;
+mod target;
 
 pub use rewrite::upstream_path;
 
@@ -38,15 +42,17 @@ use crate::upstream::{
     backoff, budget_allows, build_peer, hash64, Cluster, CounterGuard, FailureKind, TargetLoad,
 };
 
-/// The gateway's proxy logic. Holds only the pointer to the current snapshot.
+/// The gateway's proxy logic for one listener: the pointer to the current snapshot, and the
+/// listener's name (its client limits are read from the snapshot).
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    listener: Arc<str>,
 }
 
 impl Gateway {
     /// A gateway serving whatever snapshot `snapshot` points at, at each request's start.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self { snapshot }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, listener: Arc<str>) -> Self {
+        Self { snapshot, listener }
     }
 }
 
@@ -66,10 +72,12 @@ fn header_bytes(req: &RequestHeader) -> usize {
 }
 
 impl Gateway {
-    /// Everything of the request phase before plugins: identity, limits, path, route.
+    /// Everything of the request phase before plugins: identity, limits, the request target
+    /// and host, route.
     fn prepare(&self, session: &mut Session, st: &mut RequestState) -> Result<(), PluginError> {
         let snap = self.snapshot.load_full();
         let server = &snap.config.server;
+        st.limits = snap.config.client_limits(&self.listener);
         let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -91,13 +99,12 @@ impl Gateway {
             http::Version::HTTP_10 => "1.0",
             _ => "1.1",
         };
-        let server_address = req
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
-        st.span = RequestSpan::start(req, st.ctx.client_ip, server_address, version);
+        let host = host::request_host(req);
+        let span_host = host.as_ref().ok().copied().flatten();
+        st.span = RequestSpan::start(req, st.ctx.client_ip, span_host, version);
         st.ctx.trace = st.span.as_ref().and_then(RequestSpan::plugin_parent);
+        let host = host?;
+        st.ctx.host = host.map(|h| strip_port(h).to_ascii_lowercase());
 
         let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > server.max_uri_bytes {
@@ -122,19 +129,14 @@ impl Gateway {
             ));
         }
         let raw_path = req.uri.path();
-        let path = normalize_path(raw_path).map_err(|e| {
+        let unescaped = target::escaped_slashes(raw_path, st.limits.escaped_slashes)?;
+        let path = normalize_path(unescaped.as_deref().unwrap_or(raw_path)).map_err(|e| {
             PluginError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_path",
                 format!("invalid request path: {e}"),
             )
         })?;
-        let host = req
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()));
-        st.ctx.host = host.map(|h| strip_port(h).to_ascii_lowercase());
         let Some(m) = snap
             .config
             .table
@@ -165,24 +167,87 @@ impl Gateway {
             .into_iter()
             .filter_map(|(i, v)| route.param_names.get(i).map(|n| (n.clone(), v)))
             .collect();
-        if let std::borrow::Cow::Owned(normalised) = path {
-            // Later phases and the upstream see only the normalised path. Scheme and authority
-            // stay: an h2 request carries its host only in `:authority`.
-            let pq = match req.uri.query() {
-                Some(q) => format!("{normalised}?{q}"),
-                None => normalised,
-            };
-            let mut parts = req.uri.clone().into_parts();
-            parts.path_and_query = Some(pq.parse().map_err(|_| {
-                PluginError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid request path")
-            })?);
-            let uri = http::Uri::from_parts(parts).map_err(|_| {
-                PluginError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid request path")
-            })?;
+        // Later phases and the upstream see only the normalised path, in origin form (an
+        // absolute-form target's authority has served as the host).
+        let absolute = head::target_authority(req.raw_path()).is_some();
+        if unescaped.is_some() || matches!(path, std::borrow::Cow::Owned(_)) || absolute {
+            let uri = target::origin_form(&path, req.uri.query(), &req.uri, absolute)?;
             session.req_header_mut().set_uri(uri);
         }
+        target::collapse_content_length(session.req_header_mut());
+        self.arm_body_deadline(session, st)?;
         Ok(())
     }
+
+    /// Bounds the wait for each piece of the request body (`client_body_timeout`) and, when
+    /// set, for the whole request (`request_timeout`, counted from the head's first byte).
+    /// pingora applies the read timeout to HTTP/1.x bodies; an upgraded connection keeps
+    /// pingora's own idle timeout, since its "body" is a long-lived tunnel.
+    fn arm_body_deadline(
+        &self,
+        session: &mut Session,
+        st: &RequestState,
+    ) -> Result<(), PluginError> {
+        if session.is_upgrade_req() {
+            return Ok(());
+        }
+        let wait = match st.request_deadline() {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(client_timeout(&st.limits, "request_timeout"));
+                }
+                left.min(st.limits.client_body_timeout)
+            }
+            None => st.limits.client_body_timeout,
+        };
+        session.set_read_timeout(Some(wait));
+        Ok(())
+    }
+}
+
+/// A failure that is the client's doing, not the upstream's: its body did not arrive in time
+/// (the gateway's body read timed out, or the upstream timed out waiting while the body was
+/// still incomplete — each downstream piece restarts that wait, so only a stalled client lets
+/// it run out).
+fn client_fault(session: &mut Session, st: &RequestState, e: &Error) -> Option<PluginError> {
+    if *e.etype() != ErrorType::ReadTimedout {
+        return None;
+    }
+    match e.esource() {
+        ErrorSource::Downstream => Some(late_body(st)),
+        ErrorSource::Upstream if !session.is_body_done() => Some(late_body(st)),
+        _ => None,
+    }
+}
+
+/// The 408 of a request body that did not arrive in time, naming the limit it ran into.
+fn late_body(st: &RequestState) -> PluginError {
+    let past_deadline = st
+        .request_deadline()
+        .is_some_and(|d| d <= std::time::Instant::now());
+    let key = if past_deadline {
+        "request_timeout"
+    } else {
+        "client_body_timeout"
+    };
+    client_timeout(&st.limits, key)
+}
+
+/// The 408 of a client that took too long; `key` names the limit it ran into.
+fn client_timeout(limits: &crate::config::ClientLimits, key: &str) -> PluginError {
+    let limit = match key {
+        "request_timeout" => limits.request_timeout.unwrap_or_default(),
+        _ => limits.client_body_timeout,
+    };
+    PluginError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "client_timeout",
+        format!(
+            "the client did not send its request in time ({key} = {})",
+            humantime::format_duration(limit)
+        ),
+    )
 }
 
 fn strip_port(host: &str) -> &str {
@@ -202,6 +267,18 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Box<RequestState> {
         Box::new(RequestState::new())
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        st: &mut Box<RequestState>,
+        from_connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // The connection loop says when this request's head began to arrive.
+        if let Ok(started) = from_connection.downcast::<connection::HeadStarted>() {
+            st.head_started = Some(started.0);
+        }
     }
 
     // pingora's default adds its response-compression module switched off: a context built,
@@ -255,11 +332,17 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         st: &mut Box<RequestState>,
     ) -> Result<()> {
+        if !end_of_stream && st.limits.request_timeout.is_some() {
+            // The next read may wait only for what is left of the whole request's time.
+            if let Err(err) = self.arm_body_deadline(session, st) {
+                return Err(reject(st, err).into_down());
+            }
+        }
         let Some(plugins) = st.plugins() else {
             return Ok(());
         };
@@ -410,6 +493,24 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if st.error.is_some() || *e.esource() == ErrorSource::Downstream {
+            // The gateway refused the request mid-way (a plugin's body check), or the client
+            // failed or went away: nothing to say about the upstream, nothing to send again.
+            end_attempt(st, "client_error", None, None);
+            if let Some(err) = client_fault(session, st, &e) {
+                st.error = Some(err);
+            }
+            e.set_retry(false);
+            return e;
+        }
+        if let Some(err) = client_fault(session, st, &e) {
+            // The upstream timed out waiting for a body the client stopped sending: the
+            // client's fault, not reported against the target and never retried.
+            end_attempt(st, "client_timeout", None, Some("client_timeout"));
+            st.error = Some(err);
+            e.set_retry(false);
+            return e;
+        }
         end_attempt(st, "error", None, Some("upstream_error"));
         if std::mem::take(&mut st.status_retry) {
             // upstream_response_filter already decided this status is retried.
@@ -417,9 +518,8 @@ impl ProxyHttp for Gateway {
             return e;
         }
         let kind = FailureKind::of_proxy_error(&e);
-        let upstream_side = *e.esource() == ErrorSource::Upstream;
-        if let (Some(cluster), Some(target), Some(kind), true) =
-            (st.cluster.clone(), st.target.clone(), kind, upstream_side)
+        if let (Some(cluster), Some(target), Some(kind)) =
+            (st.cluster.clone(), st.target.clone(), kind)
         {
             // A reused pooled connection that turns out closed says nothing about the target.
             if !(client_reused && kind == FailureKind::Reset) {
@@ -494,6 +594,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let upstream = snap.config.upstreams.get(route.upstream).cloned();
+        target::upstream_origin_form(up);
         let path = up.uri.path();
         let new_path = rewrite::upstream_path(&route.rewrite, path, st.prefix_len, &st.ctx.params);
         if let std::borrow::Cow::Owned(p) = new_path {
@@ -587,22 +688,31 @@ impl ProxyHttp for Gateway {
         st: &mut Box<RequestState>,
     ) -> FailToProxy {
         let upstream = st.ctx.upstream.clone();
-        let err = st.error.take().or_else(|| respond::classify(e, &upstream));
+        let mut err = st.error.take();
+        if err.is_none() {
+            err = client_fault(session, st, e).or_else(|| respond::classify(e, &upstream));
+        }
         // pingora closes the client connection after a failed proxy attempt whatever we return
         // here, so say so in the response: a client told `Connection: close` won't race us by
         // sending its next request on a connection about to close.
         session.set_keepalive(None);
         let mut code = 0;
         if let Some(err) = err {
-            tracing::warn!(
-                request_id = %st.ctx.request_id,
-                route = %st.ctx.route,
-                upstream = %upstream,
-                status = err.status.as_u16(),
-                code = err.code,
-                error = %e,
-                "request failed"
-            );
+            if err.status.is_client_error() {
+                // The client's doing: no operator needs a warning per misbehaving client.
+                tracing::debug!(request_id = %st.ctx.request_id, route = %st.ctx.route,
+                    status = err.status.as_u16(), code = err.code, error = %e, "request refused");
+            } else {
+                tracing::warn!(
+                    request_id = %st.ctx.request_id,
+                    route = %st.ctx.route,
+                    upstream = %upstream,
+                    status = err.status.as_u16(),
+                    code = err.code,
+                    error = %e,
+                    "request failed"
+                );
+            }
             code = err.status.as_u16();
             if session.response_written().is_none() {
                 code = respond::send_error(session, st, &err).await;
@@ -626,7 +736,7 @@ impl ProxyHttp for Gateway {
         end_attempt(st, "error", None, e.map(|_| "upstream_error"));
         let elapsed = st.started.elapsed();
         let route_label: &str = if st.ctx.route.is_empty() {
-            "(none)"
+            log::NO_ROUTE
         } else {
             &st.ctx.route
         };
@@ -638,19 +748,7 @@ impl ProxyHttp for Gateway {
                         .metrics
                         .record(m, route_label, req_method, status, elapsed.as_secs_f64())
                 }
-                None => {
-                    let method = crate::telemetry::metrics::method_label(req_method);
-                    m.requests
-                        .with_label_values(&[
-                            route_label,
-                            method,
-                            crate::telemetry::metrics::status_class(status),
-                        ])
-                        .inc();
-                    m.request_duration
-                        .with_label_values(&[route_label])
-                        .observe(elapsed.as_secs_f64());
-                }
+                None => log::count_unrouted(req_method, status, elapsed),
             }
             match (status, st.gateway_code) {
                 (429, Some(code)) if code.contains("rate_limit") => {
@@ -750,6 +848,10 @@ impl Gateway {
         let limit = transcoder.max_body_bytes().saturating_add(1);
         let mut body = bytes::BytesMut::new();
         loop {
+            if let Err(err) = self.arm_body_deadline(session, st) {
+                respond::send_error(session, st, &err).await;
+                return;
+            }
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     let room = limit.saturating_sub(body.len());
@@ -759,6 +861,12 @@ impl Gateway {
                     }
                 }
                 Ok(None) => break,
+                Err(e) if *e.etype() == ErrorType::ReadTimedout => {
+                    let err = late_body(st);
+                    session.set_keepalive(None);
+                    respond::send_error(session, st, &err).await;
+                    return;
+                }
                 Err(e) => {
                     let err = PluginError::new(
                         StatusCode::BAD_REQUEST,
@@ -877,55 +985,36 @@ impl Gateway {
         trace_id: Option<String>,
         e: Option<&Error>,
     ) {
-        use serde_json::Value;
         let fields: &[String] = st
             .snapshot
             .as_ref()
             .map_or(&[], |s| s.config.access_log.fields.as_slice());
         let req = session.req_header();
-        let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
-        let values: Vec<(&'static str, Value)> = vec![
-            (
-                "time",
-                Value::String(
-                    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                ),
-            ),
-            ("request_id", Value::String(st.ctx.request_id.clone())),
-            ("trace_id", opt(trace_id)),
-            ("client_ip", opt(st.ctx.client_ip.map(|ip| ip.to_string()))),
-            ("method", Value::String(req.method.to_string())),
-            ("host", opt(st.ctx.host.clone())),
-            ("path", Value::String(req.uri.path().to_string())),
-            ("query", opt(req.uri.query().map(str::to_string))),
-            ("protocol", Value::String(format!("{:?}", req.version))),
-            ("route", Value::String(st.ctx.route.to_string())),
-            ("upstream", Value::String(st.ctx.upstream.to_string())),
-            (
-                "target",
-                opt(st.target.as_ref().map(|t| t.address.to_string())),
-            ),
-            ("status", Value::from(status)),
-            ("bytes_sent", Value::from(session.body_bytes_sent() as u64)),
-            (
-                "bytes_received",
-                Value::from(session.body_bytes_read() as u64),
-            ),
-            ("duration_ms", Value::from(elapsed.as_secs_f64() * 1000.0)),
-            (
-                "upstream_ms",
-                Value::from(st.upstream_time.as_secs_f64() * 1000.0),
-            ),
-            ("attempts", Value::from(st.tried.len())),
-            (
-                "error",
-                opt(st
-                    .gateway_code
-                    .map(str::to_string)
-                    .or_else(|| e.map(|e| e.etype().as_str().to_string()))),
-            ),
-        ];
-        crate::telemetry::access_log::write(crate::telemetry::access_log::line(fields, &values));
+        let protocol = format!("{:?}", req.version);
+        let error = st.gateway_code.or_else(|| e.map(|e| e.etype().as_str()));
+        log::access_log(
+            fields,
+            &log::Entry {
+                request_id: &st.ctx.request_id,
+                trace_id,
+                client_ip: st.ctx.client_ip,
+                method: req.method.as_str(),
+                host: st.ctx.host.as_deref(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                protocol: &protocol,
+                route: &st.ctx.route,
+                upstream: &st.ctx.upstream,
+                target: st.target.as_ref().map(|t| t.address),
+                status,
+                bytes_sent: session.body_bytes_sent() as u64,
+                bytes_received: session.body_bytes_read() as u64,
+                duration: elapsed,
+                upstream_time: st.upstream_time,
+                attempts: st.tried.len(),
+                error,
+            },
+        );
     }
 
     /// Whether a failed attempt is tried again on another target: the policy retries the

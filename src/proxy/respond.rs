@@ -36,9 +36,13 @@ pub enum ErrorWire {
 impl ErrorWire {
     /// The wire a request's headers ask for.
     pub fn of(headers: &HeaderMap) -> Self {
-        let Some(ct) = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes) else {
-            return Self::Json;
-        };
+        headers
+            .get(CONTENT_TYPE)
+            .map_or(Self::Json, |ct| Self::of_content_type(ct.as_bytes()))
+    }
+
+    /// The wire a request's `content-type` value asks for.
+    pub fn of_content_type(ct: &[u8]) -> Self {
         let ct = trim_ascii(ct);
         let starts = |prefix: &[u8]| {
             ct.len() >= prefix.len() && ct[..prefix.len()].eq_ignore_ascii_case(prefix)

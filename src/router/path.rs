@@ -6,9 +6,11 @@
 //!   than silently becoming `/admin`;
 //! - dot segments are recognised after decoding, so `%2e%2e` is `..`;
 //! - `%2F` and `%5C` stay encoded: a client can never smuggle a separator past the router;
-//! - repeated slashes are merged, since most upstreams treat `//` as `/` and the router must agree.
+//! - repeated slashes are merged, since most upstreams treat `//` as `/` and the router must agree;
+//! - a raw `\` is an error: some backends treat it as a separator, so `/api/..\admin` could
+//!   climb out of a prefix the router granted.
 //!
-//! Anything else (including raw `\` and non-ASCII characters) is kept as written.
+//! Anything else (including non-ASCII characters) is kept as written.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -24,6 +26,8 @@ pub enum PathError {
     EscapesRoot,
     /// The path contains `%00` or a raw control character (bytes below 0x20, or 0x7F).
     ControlCharacter,
+    /// The path contains a raw backslash.
+    Backslash,
 }
 
 impl fmt::Display for PathError {
@@ -37,6 +41,7 @@ impl fmt::Display for PathError {
             PathError::ControlCharacter => {
                 "path contains a control character (raw, or encoded as `%00`)"
             }
+            PathError::Backslash => "path contains a backslash (`\\`); separate segments with `/`",
         })
     }
 }
@@ -80,6 +85,7 @@ fn scan(raw: &str) -> Result<bool, PathError> {
                 segment_start = i + 1;
             }
             b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
+            b'\\' => return Err(PathError::Backslash),
             _ => {}
         }
         i += 1;
@@ -210,10 +216,21 @@ mod tests {
             "/a/.../b",
             "/.well-known/x",
             "/a..b/..c",
-            "/a\\b",
             "/ä",
         ] {
             assert_borrowed(raw);
+        }
+    }
+
+    #[test]
+    fn raw_backslashes_are_refused() {
+        for raw in ["/a\\b", "/api/..\\admin/x", "\\", "/\\"] {
+            let want = if raw.starts_with('/') {
+                PathError::Backslash
+            } else {
+                PathError::NotAbsolute
+            };
+            assert_eq!(norm(raw), Err(want), "{raw:?}");
         }
     }
 
