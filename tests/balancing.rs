@@ -431,6 +431,46 @@ async fn retryable_status_goes_to_another_target() {
     assert!(saw_503, "a POST reached the bad target and was not retried");
 }
 
+/// A refused connect never reached the upstream: it goes to another target even with no retry
+/// budget at all, under concurrency, however often the dead target is picked (no outlier
+/// detection here to take it out of rotation).
+#[tokio::test]
+async fn refused_connects_are_retried_elsewhere_whatever_the_budget() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let dead = closed_addr();
+    let gw = Gateway::start(&upstream_cfg(
+        &format!("\"{}\", \"{}\", \"{dead}\"", a.addr, b.addr),
+        "outlier_detection = { enabled = false }\n\
+         retry = { attempts = 2, budget_ratio = 0.0, budget_min_retries = 0 }",
+    ))
+    .await;
+    let c = client();
+    let mut set = tokio::task::JoinSet::new();
+    for client_no in 0..16 {
+        let (c, url) = (c.clone(), gw.url(&format!("/c{client_no}")));
+        set.spawn(async move {
+            let mut failed = Vec::new();
+            for _ in 0..30 {
+                let status = c.get(&url).send().await.map(|r| r.status().as_u16());
+                if status.as_ref().map_or(true, |s| *s != 200) {
+                    failed.push(status.map_err(|e| e.to_string()));
+                }
+            }
+            failed
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = set.join_next().await {
+        failed.extend(r.expect("join"));
+    }
+    assert!(failed.is_empty(), "client-visible failures: {failed:?}");
+    assert_eq!(a.requests() + b.requests(), 16 * 30);
+    // The dead target was picked (round robin: a third of first tries) and every one retried.
+    let t = target_view(&gw, dead).await;
+    assert!(t["total_failures"].as_u64().unwrap_or(0) >= 100, "{t}");
+}
+
 #[tokio::test]
 async fn retry_budget_stops_retry_storms() {
     // Every target fails with a retryable status; a generous attempt count would multiply the

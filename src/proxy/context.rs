@@ -61,6 +61,8 @@ pub struct RequestState {
     pub retries: u32,
     /// The current attempt was ended by the gateway for a retryable status.
     pub status_retry: bool,
+    /// The next attempt retries a refused connect, which the retry budget does not count.
+    pub retry_after_connect_failure: bool,
     /// What the client gets if no further attempt can be made.
     pub last_failure: Option<PluginError>,
     /// Code of the error the gateway answered with, if it did (metrics, access log).
@@ -109,6 +111,7 @@ impl RequestState {
             retrying: None,
             retries: 0,
             status_retry: false,
+            retry_after_connect_failure: false,
             last_failure: None,
             gateway_code: None,
             span: None,

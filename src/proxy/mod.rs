@@ -390,7 +390,7 @@ impl ProxyHttp for Gateway {
             if let Some(m) = metrics() {
                 m.retries.with_label_values(&[cluster.name()]).inc();
             }
-            if st.retrying.is_none() {
+            if st.retrying.is_none() && !st.retry_after_connect_failure {
                 st.retrying = CounterGuard::acquire(&cluster.counters, |c| &c.retries, None);
             }
             let wait = backoff(&cluster.config.retry, st.retries);
@@ -464,6 +464,7 @@ impl ProxyHttp for Gateway {
             st.last_failure = respond::classify(&e, &st.ctx.upstream);
             // Nothing was sent yet, so another target is always safe to try.
             if self.may_retry(session, st, FailureKind::Connect) {
+                st.retry_after_connect_failure = true;
                 e.set_retry(true);
             }
         }
@@ -512,6 +513,7 @@ impl ProxyHttp for Gateway {
             return e;
         }
         end_attempt(st, "error", None, Some("upstream_error"));
+        st.retry_after_connect_failure = false;
         if std::mem::take(&mut st.status_retry) {
             // upstream_response_filter already decided this status is retried.
             e.set_retry(true);
@@ -1039,8 +1041,14 @@ impl Gateway {
         if cluster.len() <= st.tried.len() {
             return false;
         }
-        // A request already retrying holds its slot in the budget; only a first retry asks.
-        if st.retrying.is_none() && !budget_allows(policy, &cluster.counters) {
+        // The budget bounds the extra load retries put on an upstream. A refused connect sent
+        // nothing, so sending the request elsewhere adds none: it is always allowed (killing one
+        // of three targets under load must cost no client an error). A request already
+        // retrying holds its slot in the budget; only a first retry asks.
+        if kind != FailureKind::Connect
+            && st.retrying.is_none()
+            && !budget_allows(policy, &cluster.counters)
+        {
             tracing::warn!(upstream = %cluster.name(), "retry budget exhausted; not retrying");
             return false;
         }

@@ -292,6 +292,39 @@ mod tests {
         }
     }
 
+    /// docs/configuration.md: under `least_request`, weights set the proportions of requests in
+    /// flight; with one request at a time they are the traffic split.
+    #[test]
+    fn least_request_keeps_in_flight_counts_in_proportion_to_weights() {
+        let p = Picker::new(Algorithm::LeastRequest, &addrs(&[1, 2, 3]));
+        let cursor = AtomicUsize::new(0);
+        // Requests that never finish: every pick adds to a target's load.
+        let loads: Vec<std::cell::Cell<usize>> = (0..3).map(|_| Default::default()).collect();
+        for _ in 0..600 {
+            let i = p
+                .pick(Algorithm::LeastRequest, &cursor, None, &|_| true, &|i| {
+                    loads[i].get()
+                })
+                .expect("a target");
+            loads[i].set(loads[i].get() + 1);
+        }
+        for (i, want) in [100, 200, 300].into_iter().enumerate() {
+            let got = loads[i].get();
+            assert!(got.abs_diff(want) <= 10, "target {i}: {got} in flight, want ~{want}");
+        }
+        // One request at a time: all idle at every pick, so the split is the weights'.
+        let mut picks = [0usize; 3];
+        for _ in 0..60_000 {
+            let i = p
+                .pick(Algorithm::LeastRequest, &cursor, None, &|_| true, &|_| 0)
+                .expect("a target");
+            picks[i] += 1;
+        }
+        for (i, want) in [10_000, 20_000, 30_000].into_iter().enumerate() {
+            assert!(picks[i].abs_diff(want) <= 900, "target {i}: {} picks", picks[i]);
+        }
+    }
+
     #[test]
     fn ring_hash_remaps_only_the_removed_targets_keys() {
         let all = addrs(&[1, 1, 1, 1, 1]);
