@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::admin::AdminApp;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, Listener};
 use crate::proxy::{Front, Gateway};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
@@ -88,39 +88,45 @@ pub fn build(
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     let reloader = Arc::new(Reloader::new(path, registry, snapshot.clone()));
 
-    // One service per listener: pingora's h2c switch is per service, and each listener's
-    // connection loop and pipeline read that listener's own client limits.
-    for l in &listeners {
+    // pingora's h2c switch is per service, so listeners are grouped by it (TLS listeners don't
+    // care and join the first group): one service, one worker runtime per group. Each
+    // connection finds its listener's client limits by its local address.
+    let (with_h2c, without): (Vec<&Listener>, Vec<&Listener>) =
+        listeners.iter().partition(|l| l.h2c || l.tls.is_some());
+    for (group, h2c) in [(with_h2c, true), (without, false)] {
+        if group.is_empty() {
+            continue;
+        }
         let mut options = HttpServerOptions::default();
-        options.h2c = l.h2c && l.tls.is_none();
+        options.h2c = h2c;
         // An HTTP/2 connection with no stream open is closed like an idle HTTP/1.1 keep-alive
         // connection; it also bounds a client that trickles a HEADERS block that never ends.
         options.h2_idle_timeout = Some(std::time::Duration::from_secs(H2_IDLE_SECS));
-        let name: Arc<str> = Arc::from(l.name.as_str());
-        let gateway = Gateway::new(snapshot.clone(), name.clone());
-        let mut proxy = HttpProxy::new(gateway, conf.clone());
+        let mut proxy = HttpProxy::new(Gateway::new(snapshot.clone()), conf.clone());
         proxy.server_options = Some(options);
         proxy.handle_init_modules();
-        let app = Front::new(proxy, snapshot.clone(), name);
-        let mut service = Service::new(format!("tollgate {}", l.name), app);
-        let addr = l.address.to_string();
-        match &l.tls {
-            // No read buffer under plaintext HTTP: pingora reads request heads and bodies
-            // into buffers of its own, so a second 64 KiB one per connection saves no
-            // syscall (same instructions per request) and costs ~4 KiB of RSS per idle
-            // keep-alive connection (BENCHMARKS.md, optimisation log). TLS keeps it: records
-            // arrive in 16 KiB pieces and the buffer batches their reads.
-            None => service.add_listener(
-                ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
-            ),
-            Some(tls) => {
-                let mut settings = TlsSettings::intermediate("", "")
-                    .map_err(|e| format!("listener `{}`: {e}", l.name))?;
-                settings.set_cert_resolver(Arc::new(FixedCert(tls.certified_key.clone())));
-                if tls.h2 {
-                    settings.enable_h2();
+        let name = if h2c { "tollgate" } else { "tollgate-h1" };
+        let mut service = Service::new(name.to_string(), Front::new(proxy, snapshot.clone()));
+        for l in group {
+            let addr = l.address.to_string();
+            match &l.tls {
+                // No read buffer under plaintext HTTP: pingora reads request heads and bodies
+                // into buffers of its own, so a second 64 KiB one per connection saves no
+                // syscall (same instructions per request) and costs ~4 KiB of RSS per idle
+                // keep-alive connection (BENCHMARKS.md, optimisation log). TLS keeps it: records
+                // arrive in 16 KiB pieces and the buffer batches their reads.
+                None => service.add_listener(
+                    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
+                ),
+                Some(tls) => {
+                    let mut settings = TlsSettings::intermediate("", "")
+                        .map_err(|e| format!("listener `{}`: {e}", l.name))?;
+                    settings.set_cert_resolver(Arc::new(FixedCert(tls.certified_key.clone())));
+                    if tls.h2 {
+                        settings.enable_h2();
+                    }
+                    service.add_tls_with_settings(&addr, None, settings);
                 }
-                service.add_tls_with_settings(&addr, None, settings);
             }
         }
         server.add_service(service);

@@ -47,39 +47,40 @@ const HEAD_SLACK: usize = 1024;
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// When a request's head began to arrive: handed to the request pipeline through pingora's
-/// per-connection user context, so a total `request_timeout` counts from the first byte.
+/// What the connection loop knows of a request that pingora does not: when its head began to
+/// arrive (a total `request_timeout` counts from the first byte) and its listener's limits.
+/// Handed to the request pipeline through pingora's per-connection user context.
 #[derive(Debug, Clone, Copy)]
-pub struct HeadStarted(pub Instant);
+pub struct FromConnection {
+    /// When the request's first byte arrived (the accept, for a connection's first request).
+    pub started: Instant,
+    /// The client limits of the listener the connection came in on.
+    pub limits: ClientLimits,
+}
 
-/// One listener's app: pingora's proxy, with tollgate's HTTP/1.x connection loop.
+/// The listening services' app: pingora's proxy, with tollgate's HTTP/1.x connection loop.
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     h2c: bool,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    listener: Arc<str>,
 }
 
 impl Front {
-    /// The app of listener `listener`, reading its limits from the live snapshot.
-    pub fn new(
-        proxy: HttpProxy<Gateway>,
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        listener: Arc<str>,
-    ) -> Self {
+    /// The app of a group of listeners, reading their limits from the live snapshot.
+    pub fn new(proxy: HttpProxy<Gateway>, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
         let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
         Front {
             proxy: Arc::new(proxy),
             h2c,
             snapshot,
-            listener,
         }
     }
 
-    /// The listener's limits now (a reload may change them), and the largest head accepted.
-    fn limits(&self) -> (ClientLimits, usize) {
+    /// The limits of the listener at `local` now (a reload may change them), and the largest
+    /// head accepted.
+    fn limits(&self, local: Option<std::net::SocketAddr>) -> (ClientLimits, usize) {
         let snap = self.snapshot.load();
-        let limits = snap.config.client_limits(&self.listener);
+        let limits = snap.config.client_limits_at(local);
         let server = &snap.config.server;
         let max_head = server
             .max_request_header_bytes
@@ -101,7 +102,10 @@ impl ServerApp for Front {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let accepted = Instant::now();
-        let (mut limits, mut max_head) = self.limits();
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let (mut limits, mut max_head) = self.limits(local);
         let mut shutdown = shutdown.clone();
         // A connection accepted before shutdown began gets its first request served, even when
         // the bytes arrive after: its client has done nothing wrong. Its head deadline runs
@@ -148,7 +152,7 @@ impl ServerApp for Front {
             } else if let Some(settings) = settings.take() {
                 HttpPersistentSettings::apply_to_session(settings, &mut session);
             }
-            session.set_connection_user_context(Some(Box::new(HeadStarted(started))));
+            session.set_connection_user_context(Some(Box::new(FromConnection { started, limits })));
             // tollgate never enables pingora's pipelining, so the settings carry no prefix of
             // their own that this one would have to follow.
             session.set_pipelined_prefix(head);
@@ -159,7 +163,7 @@ impl ServerApp for Front {
                 .consume();
             head = next_request(&mut stream, Wait::Idle(&mut shutdown)).await?;
             started = Instant::now();
-            (limits, max_head) = self.limits();
+            (limits, max_head) = self.limits(local);
             deadline = started + limits.request_header_timeout;
         }
     }

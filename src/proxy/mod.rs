@@ -42,17 +42,15 @@ use crate::upstream::{
     backoff, budget_allows, build_peer, hash64, Cluster, CounterGuard, FailureKind, TargetLoad,
 };
 
-/// The gateway's proxy logic for one listener: the pointer to the current snapshot, and the
-/// listener's name (its client limits are read from the snapshot).
+/// The gateway's proxy logic. Holds only the pointer to the current snapshot.
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    listener: Arc<str>,
 }
 
 impl Gateway {
     /// A gateway serving whatever snapshot `snapshot` points at, at each request's start.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, listener: Arc<str>) -> Self {
-        Self { snapshot, listener }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        Self { snapshot }
     }
 }
 
@@ -77,7 +75,12 @@ impl Gateway {
     fn prepare(&self, session: &mut Session, st: &mut RequestState) -> Result<(), PluginError> {
         let snap = self.snapshot.load_full();
         let server = &snap.config.server;
-        st.limits = snap.config.client_limits(&self.listener);
+        // HTTP/1.x requests bring their listener's limits from the connection loop; HTTP/2
+        // streams find theirs by the connection's local address.
+        if st.head_started.is_none() {
+            let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+            st.limits = snap.config.client_limits_at(local);
+        }
         let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -275,9 +278,11 @@ impl ProxyHttp for Gateway {
         st: &mut Box<RequestState>,
         from_connection: Box<dyn std::any::Any + Send + Sync>,
     ) {
-        // The connection loop says when this request's head began to arrive.
-        if let Ok(started) = from_connection.downcast::<connection::HeadStarted>() {
-            st.head_started = Some(started.0);
+        // The connection loop says when this request's head began to arrive, and on which
+        // listener's terms.
+        if let Ok(from) = from_connection.downcast::<connection::FromConnection>() {
+            st.head_started = Some(from.started);
+            st.limits = from.limits;
         }
     }
 

@@ -310,7 +310,10 @@ mod tests {
         }
         for (i, want) in [100, 200, 300].into_iter().enumerate() {
             let got = loads[i].get();
-            assert!(got.abs_diff(want) <= 10, "target {i}: {got} in flight, want ~{want}");
+            assert!(
+                got.abs_diff(want) <= 10,
+                "target {i}: {got} in flight, want ~{want}"
+            );
         }
         // One request at a time: all idle at every pick, so the split is the weights'.
         let mut picks = [0usize; 3];
@@ -321,7 +324,11 @@ mod tests {
             picks[i] += 1;
         }
         for (i, want) in [10_000, 20_000, 30_000].into_iter().enumerate() {
-            assert!(picks[i].abs_diff(want) <= 900, "target {i}: {} picks", picks[i]);
+            assert!(
+                picks[i].abs_diff(want) <= 900,
+                "target {i}: {} picks",
+                picks[i]
+            );
         }
     }
 
