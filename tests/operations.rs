@@ -418,6 +418,28 @@ async fn admin_token_guards_everything_but_health_probes() {
         .await
         .expect("req");
     assert_eq!(resp.status(), 200);
+    let status = |value: &'static str| {
+        let admin = gw.admin;
+        async move {
+            client()
+                .get(format!("http://{admin}/upstreams"))
+                .header("authorization", value)
+                .send()
+                .await
+                .expect("req")
+                .status()
+                .as_u16()
+        }
+    };
+    // Schemes are case-insensitive (RFC 9110 §11.1), and any run of blanks may follow them.
+    assert_eq!(status("bearer s3cret-token").await, 200);
+    assert_eq!(status("BEARER s3cret-token").await, 200);
+    assert_eq!(status("Bearer \t s3cret-token").await, 200);
+    // A wrong token of the same length, a prefix of the token, the token with more after it.
+    assert_eq!(status("Bearer s3cret-tokem").await, 401);
+    assert_eq!(status("Bearer s3cret").await, 401);
+    assert_eq!(status("Bearer s3cret-token2").await, 401);
+    assert_eq!(status("Basic s3cret-token").await, 401);
 }
 
 #[tokio::test]

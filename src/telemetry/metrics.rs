@@ -158,6 +158,12 @@ pub struct RouteMetrics {
     duration: OnceLock<prometheus::Histogram>,
 }
 
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").finish_non_exhaustive()
+    }
+}
+
 impl RouteMetrics {
     /// Counts one request of `route` and records its duration.
     pub fn record(
