@@ -356,6 +356,8 @@ upstream = "users"
 
 [routes.user.plugins.key-auth]
 consumers = [{{ name = "ops", key_sha256 = "{}" }}]
+
+[plugins.request-id]
 "#,
         up.addr,
         "a".repeat(64)
@@ -371,13 +373,26 @@ consumers = [{{ name = "ops", key_sha256 = "{}" }}]
     assert_eq!(v["upstream"], "users");
     assert_eq!(v["upstream_path"], "/users/7");
     assert_eq!(v["params"]["id"], "7");
-    assert!(v["plugins"].to_string().contains("key-auth"), "{v}");
+    assert_eq!(
+        v["plugins"],
+        serde_json::json!([
+            {"name": "request-id", "priority": 10000, "global": true},
+            {"name": "key-auth", "priority": 8100, "global": false},
+        ]),
+        "{v}"
+    );
     let v: serde_json::Value = admin_get(&gw, "/routes/explain?path=/nope")
         .await
         .json()
         .await
         .expect("json");
     assert_eq!(v["matched"], false);
+    // The same shape when nothing matches: the global plugins a request would still meet.
+    assert_eq!(
+        v["plugins"],
+        serde_json::json!([{"name": "request-id", "priority": 10000, "global": true}]),
+        "{v}"
+    );
     let resp = admin_get(&gw, "/routes/explain").await;
     assert_eq!(resp.status(), 400);
 

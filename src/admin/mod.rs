@@ -16,6 +16,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::config::PluginEntry;
 use crate::reload::Reloader;
 use crate::router::normalize_path;
 use crate::snapshot::Snapshot;
@@ -113,7 +114,7 @@ impl AdminApp {
             return json(
                 StatusCode::OK,
                 serde_json::json!({"matched": false, "normalized_path": path,
-                    "plugins": snap.config.global_plugins.iter().map(|p| p.name.to_string()).collect::<Vec<_>>()}),
+                    "plugins": plugin_views(&snap.config.global_plugins)}),
             );
         };
         let Some(route) = snap.config.routes.get(m.id) else {
@@ -139,9 +140,7 @@ impl AdminApp {
                 "upstream": &*route.upstream_name,
                 "upstream_path": upstream_path,
                 "params": params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
-                "plugins": route.plugins.iter().map(|p| serde_json::json!({
-                    "name": &*p.name, "priority": p.priority, "global": p.global
-                })).collect::<Vec<_>>(),
+                "plugins": plugin_views(&route.plugins),
                 "note": "header matchers are not evaluated here (no headers are given)",
             }),
         )
@@ -158,6 +157,15 @@ impl AdminApp {
             }),
         )
     }
+}
+
+/// A chain of plugins as `/routes/explain` shows it, the same shape whether a route matched
+/// (its chain) or not (the global plugins).
+fn plugin_views(plugins: &[PluginEntry]) -> Vec<serde_json::Value> {
+    plugins
+        .iter()
+        .map(|p| serde_json::json!({"name": &*p.name, "priority": p.priority, "global": p.global}))
+        .collect()
 }
 
 #[async_trait]
