@@ -501,6 +501,31 @@ async fn access_log_writes_one_json_line_per_request() {
 }
 
 #[tokio::test]
+async fn access_log_fields_keep_the_configured_order() {
+    let up = Upstream::echo("a").await;
+    let gw = Gateway::start(&format!(
+        "[access_log]\npath = \"access.log\"\nfields = [\"status\", \"time\", \"route\"]\n\
+         [upstreams.a]\ntargets = [\"{}\"]\n[routes.a]\nprefix = \"/a\"\nupstream = \"a\"\n",
+        up.addr
+    ))
+    .await;
+    let resp = client().get(gw.url("/a")).send().await.expect("req");
+    assert_eq!(resp.status(), 200);
+    let file = gw.dir.path().join("access.log");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.ends_with('\n') {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = text.lines().next().expect("one line");
+    assert!(line.starts_with(r#"{"status":200,"time":""#), "{line}");
+    assert!(line.ends_with(r#"","route":"a"}"#), "{line}");
+}
+
+#[tokio::test]
 async fn sigterm_lets_requests_in_flight_finish() {
     let started = Arc::new(AtomicUsize::new(0));
     let s = started.clone();
