@@ -318,8 +318,12 @@ deny = ["10.0.0.0/8"]
         let value = line.rsplit(' ').next().unwrap_or_default();
         assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
     }
-    // promtool (Debian package `prometheus`, installed by scripts/install-prereqs.sh) checks the
-    // exposition format and Prometheus' naming rules.
+    promtool_check(&text);
+}
+
+/// promtool (Debian package `prometheus`, installed by scripts/install-prereqs.sh) checks the
+/// exposition format and Prometheus' naming rules.
+fn promtool_check(text: &str) {
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -523,6 +527,54 @@ async fn access_log_fields_keep_the_configured_order() {
     let line = text.lines().next().expect("one line");
     assert!(line.starts_with(r#"{"status":200,"time":""#), "{line}");
     assert!(line.ends_with(r#"","route":"a"}"#), "{line}");
+}
+
+#[tokio::test]
+async fn metrics_of_configured_upstreams_and_routes_exist_at_zero_from_start() {
+    let up = Upstream::echo("a").await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.a]\ntargets = [\"{0}\"]\n[upstreams.b]\ntargets = [\"{0}\"]\n\
+         [routes.a]\nprefix = \"/a\"\nupstream = \"a\"\n[routes.b]\nprefix = \"/b\"\nupstream = \"b\"\n",
+        up.addr
+    ))
+    .await;
+    let text = admin_get(&gw, "/metrics").await.text().await.expect("text");
+    for series in [
+        r#"tollgate_config_reloads_total{result="ok"} 0"#,
+        r#"tollgate_config_reloads_total{result="failed"} 0"#,
+        r#"tollgate_retries_total{upstream="a"} 0"#,
+        r#"tollgate_retries_total{upstream="b"} 0"#,
+        r#"tollgate_target_ejections_total{upstream="a"} 0"#,
+        r#"tollgate_target_ejections_total{upstream="b"} 0"#,
+        r#"tollgate_rate_limited_total{route="a"} 0"#,
+        r#"tollgate_rate_limited_total{route="b"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing:\n{text}"
+        );
+    }
+    promtool_check(&text);
+
+    // A reload with a new upstream adds its series at 0 too, before any event.
+    gw.write_config(&format!(
+        "[upstreams.a]\ntargets = [\"{0}\"]\n[upstreams.c]\ntargets = [\"{0}\"]\n\
+         [routes.a]\nprefix = \"/a\"\nupstream = \"c\"\n",
+        up.addr
+    ));
+    assert_eq!(reload(&gw).await.status(), 200);
+    let text = admin_get(&gw, "/metrics").await.text().await.expect("text");
+    for series in [
+        r#"tollgate_config_reloads_total{result="ok"} 1"#,
+        r#"tollgate_config_reloads_total{result="failed"} 0"#,
+        r#"tollgate_retries_total{upstream="c"} 0"#,
+        r#"tollgate_target_ejections_total{upstream="c"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]
