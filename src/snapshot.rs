@@ -23,6 +23,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the runtime state for a validated config. Nothing runs until `start_tasks`.
     pub fn new(config: GatewayConfig, generation: u64) -> Self {
+        crate::telemetry::metrics::create_config_series(&config);
         let clusters = config
             .upstreams
             .iter()

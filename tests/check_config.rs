@@ -1149,6 +1149,23 @@ discovery = { type = "consul", service = "b", address = "consul:8500" }
 }
 
 #[test]
+fn consul_address_with_credentials_is_refused_without_quoting_them() {
+    let out = check(
+        r#"[upstreams.a]
+discovery = { type = "consul", service = "a", address = "http://ops:s3cret@consul:8500" }
+"#,
+    );
+    assert_eq!(out.0, 1);
+    assert_reported(
+        &out.1,
+        2,
+        Some(57),
+        "Consul address `http://ops:<redacted>@consul:8500` carries credentials, which are not sent; give the ACL token as `token`",
+    );
+    assert!(!out.1.contains("s3cret"), "{}", out.1);
+}
+
+#[test]
 fn circuit_breaker_and_outlier_limits_are_validated() {
     let out = check(
         r#"[upstreams.a]

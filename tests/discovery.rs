@@ -820,7 +820,7 @@ async fn consul_index_going_backwards_resets_to_zero() {
 async fn consul_token_datacenter_and_tag_are_sent() {
     let consul = FakeConsul::start(ConsulState::healthy(1, json!([]))).await;
     let mut query = consul.query();
-    query.token = Some("b1gs33cr3t".into());
+    query.token = Some(tollgate_plugin_api::Secret::new("b1gs33cr3t".to_string()));
     query.datacenter = Some("eu-west".into());
     query.tag = Some("v1 canary".into());
     let (endpoints, index) = ConsulClient::new().fetch(&query, None, WAIT).await.unwrap();

@@ -318,8 +318,12 @@ deny = ["10.0.0.0/8"]
         let value = line.rsplit(' ').next().unwrap_or_default();
         assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
     }
-    // promtool (Debian package `prometheus`, installed by scripts/install-prereqs.sh) checks the
-    // exposition format and Prometheus' naming rules.
+    promtool_check(&text);
+}
+
+/// promtool (Debian package `prometheus`, installed by scripts/install-prereqs.sh) checks the
+/// exposition format and Prometheus' naming rules.
+fn promtool_check(text: &str) {
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -356,6 +360,8 @@ upstream = "users"
 
 [routes.user.plugins.key-auth]
 consumers = [{{ name = "ops", key_sha256 = "{}" }}]
+
+[plugins.request-id]
 "#,
         up.addr,
         "a".repeat(64)
@@ -371,13 +377,26 @@ consumers = [{{ name = "ops", key_sha256 = "{}" }}]
     assert_eq!(v["upstream"], "users");
     assert_eq!(v["upstream_path"], "/users/7");
     assert_eq!(v["params"]["id"], "7");
-    assert!(v["plugins"].to_string().contains("key-auth"), "{v}");
+    assert_eq!(
+        v["plugins"],
+        serde_json::json!([
+            {"name": "request-id", "priority": 10000, "global": true},
+            {"name": "key-auth", "priority": 8100, "global": false},
+        ]),
+        "{v}"
+    );
     let v: serde_json::Value = admin_get(&gw, "/routes/explain?path=/nope")
         .await
         .json()
         .await
         .expect("json");
     assert_eq!(v["matched"], false);
+    // The same shape when nothing matches: the global plugins a request would still meet.
+    assert_eq!(
+        v["plugins"],
+        serde_json::json!([{"name": "request-id", "priority": 10000, "global": true}]),
+        "{v}"
+    );
     let resp = admin_get(&gw, "/routes/explain").await;
     assert_eq!(resp.status(), 400);
 
@@ -418,6 +437,28 @@ async fn admin_token_guards_everything_but_health_probes() {
         .await
         .expect("req");
     assert_eq!(resp.status(), 200);
+    let status = |value: &'static str| {
+        let admin = gw.admin;
+        async move {
+            client()
+                .get(format!("http://{admin}/upstreams"))
+                .header("authorization", value)
+                .send()
+                .await
+                .expect("req")
+                .status()
+                .as_u16()
+        }
+    };
+    // Schemes are case-insensitive (RFC 9110 §11.1), and any run of blanks may follow them.
+    assert_eq!(status("bearer s3cret-token").await, 200);
+    assert_eq!(status("BEARER s3cret-token").await, 200);
+    assert_eq!(status("Bearer \t s3cret-token").await, 200);
+    // A wrong token of the same length, a prefix of the token, the token with more after it.
+    assert_eq!(status("Bearer s3cret-tokem").await, 401);
+    assert_eq!(status("Bearer s3cret").await, 401);
+    assert_eq!(status("Bearer s3cret-token2").await, 401);
+    assert_eq!(status("Basic s3cret-token").await, 401);
 }
 
 #[tokio::test]
@@ -461,6 +502,79 @@ async fn access_log_writes_one_json_line_per_request() {
     let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("json line");
     assert_eq!(second["status"], 404);
     assert_eq!(second["error"], "route_not_found");
+}
+
+#[tokio::test]
+async fn access_log_fields_keep_the_configured_order() {
+    let up = Upstream::echo("a").await;
+    let gw = Gateway::start(&format!(
+        "[access_log]\npath = \"access.log\"\nfields = [\"status\", \"time\", \"route\"]\n\
+         [upstreams.a]\ntargets = [\"{}\"]\n[routes.a]\nprefix = \"/a\"\nupstream = \"a\"\n",
+        up.addr
+    ))
+    .await;
+    let resp = client().get(gw.url("/a")).send().await.expect("req");
+    assert_eq!(resp.status(), 200);
+    let file = gw.dir.path().join("access.log");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.ends_with('\n') {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = text.lines().next().expect("one line");
+    assert!(line.starts_with(r#"{"status":200,"time":""#), "{line}");
+    assert!(line.ends_with(r#"","route":"a"}"#), "{line}");
+}
+
+#[tokio::test]
+async fn metrics_of_configured_upstreams_and_routes_exist_at_zero_from_start() {
+    let up = Upstream::echo("a").await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.a]\ntargets = [\"{0}\"]\n[upstreams.b]\ntargets = [\"{0}\"]\n\
+         [routes.a]\nprefix = \"/a\"\nupstream = \"a\"\n[routes.b]\nprefix = \"/b\"\nupstream = \"b\"\n",
+        up.addr
+    ))
+    .await;
+    let text = admin_get(&gw, "/metrics").await.text().await.expect("text");
+    for series in [
+        r#"tollgate_config_reloads_total{result="ok"} 0"#,
+        r#"tollgate_config_reloads_total{result="failed"} 0"#,
+        r#"tollgate_retries_total{upstream="a"} 0"#,
+        r#"tollgate_retries_total{upstream="b"} 0"#,
+        r#"tollgate_target_ejections_total{upstream="a"} 0"#,
+        r#"tollgate_target_ejections_total{upstream="b"} 0"#,
+        r#"tollgate_rate_limited_total{route="a"} 0"#,
+        r#"tollgate_rate_limited_total{route="b"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing:\n{text}"
+        );
+    }
+    promtool_check(&text);
+
+    // A reload with a new upstream adds its series at 0 too, before any event.
+    gw.write_config(&format!(
+        "[upstreams.a]\ntargets = [\"{0}\"]\n[upstreams.c]\ntargets = [\"{0}\"]\n\
+         [routes.a]\nprefix = \"/a\"\nupstream = \"c\"\n",
+        up.addr
+    ));
+    assert_eq!(reload(&gw).await.status(), 200);
+    let text = admin_get(&gw, "/metrics").await.text().await.expect("text");
+    for series in [
+        r#"tollgate_config_reloads_total{result="ok"} 1"#,
+        r#"tollgate_config_reloads_total{result="failed"} 0"#,
+        r#"tollgate_retries_total{upstream="c"} 0"#,
+        r#"tollgate_target_ejections_total{upstream="c"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -2,9 +2,11 @@
 //! token (`[admin] token_env`; `/healthz` and `/readyz` stay open for probes).
 //!
 //! `/healthz` live · `/readyz` ready (listeners bound, a snapshot live; reload status) ·
-//! `/metrics` Prometheus · `/upstreams` targets and their health · `/config` the effective
-//! config, secrets redacted · `/routes/explain?method=&host=&path=` which route, plugins and
-//! upstream a request would get · `POST /reload` reload the config file.
+//! `/metrics` Prometheus · `/upstreams` targets and their health · `/config` the loaded file,
+//! secrets redacted by type (`config/view.rs`) · `/routes/explain?method=&host=&path=` which
+//! route, plugins and upstream a request would get · `POST /reload` reload the config file.
+
+mod auth;
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::config::PluginEntry;
 use crate::reload::Reloader;
 use crate::router::normalize_path;
 use crate::snapshot::Snapshot;
@@ -65,63 +68,13 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         })
 }
 
-/// Keys whose values are never shown by `/config`.
-fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "secret",
-        "token",
-        "password",
-        "key_sha256",
-        "private",
-        "credential",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-}
-
-fn redact(value: &mut toml::Value) {
-    match value {
-        toml::Value::Table(t) => {
-            for (k, v) in t.iter_mut() {
-                if is_secret_key(k) && !k.ends_with("_env") && !k.ends_with("_file") {
-                    *v = toml::Value::String("<redacted>".into());
-                } else {
-                    redact(v);
-                }
-            }
-        }
-        toml::Value::Array(a) => a.iter_mut().for_each(redact),
-        toml::Value::String(s) if s.contains("://") && s.contains('@') => {
-            // URLs with credentials (redis://user:pass@host) keep only their host part.
-            if let Some((scheme, rest)) = s.split_once("://") {
-                if let Some((_, host)) = rest.rsplit_once('@') {
-                    *s = format!("{scheme}://<redacted>@{host}");
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 impl AdminApp {
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let snap = self.snapshot.load();
-        let Some(token) = snap.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
-            return true;
-        };
-        let presented = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Compare without an early exit so the time taken does not reveal a matching prefix.
-        presented.len() == token.len()
-            && presented
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        match snap.config.admin.as_ref().and_then(|a| a.token.as_ref()) {
+            None => true,
+            Some(token) => auth::bearer_matches(headers.get(http::header::AUTHORIZATION), token),
+        }
     }
 
     fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
@@ -161,7 +114,7 @@ impl AdminApp {
             return json(
                 StatusCode::OK,
                 serde_json::json!({"matched": false, "normalized_path": path,
-                    "plugins": snap.config.global_plugins.iter().map(|p| p.name.to_string()).collect::<Vec<_>>()}),
+                    "plugins": plugin_views(&snap.config.global_plugins)}),
             );
         };
         let Some(route) = snap.config.routes.get(m.id) else {
@@ -187,9 +140,7 @@ impl AdminApp {
                 "upstream": &*route.upstream_name,
                 "upstream_path": upstream_path,
                 "params": params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
-                "plugins": route.plugins.iter().map(|p| serde_json::json!({
-                    "name": &*p.name, "priority": p.priority, "global": p.global
-                })).collect::<Vec<_>>(),
+                "plugins": plugin_views(&route.plugins),
                 "note": "header matchers are not evaluated here (no headers are given)",
             }),
         )
@@ -197,26 +148,24 @@ impl AdminApp {
 
     fn config_view(&self) -> Response<Vec<u8>> {
         let snap = self.snapshot.load();
-        let mut value: toml::Value = match toml::from_str(&snap.config.source_text) {
-            Ok(v) => v,
-            Err(e) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    format!("cannot show the config: {e}"),
-                )
-            }
-        };
-        redact(&mut value);
         json(
             StatusCode::OK,
             serde_json::json!({
                 "generation": snap.generation,
                 "file": self.reloader.path().display().to_string(),
-                "config": value,
+                "config": &*snap.config.view,
             }),
         )
     }
+}
+
+/// A chain of plugins as `/routes/explain` shows it, the same shape whether a route matched
+/// (its chain) or not (the global plugins).
+fn plugin_views(plugins: &[PluginEntry]) -> Vec<serde_json::Value> {
+    plugins
+        .iter()
+        .map(|p| serde_json::json!({"name": &*p.name, "priority": p.priority, "global": p.global}))
+        .collect()
 }
 
 #[async_trait]

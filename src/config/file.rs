@@ -1,16 +1,19 @@
 //! The file format of gateway.toml, as serde reads it. These types mirror the file; the
 //! validated model the gateway runs on lives in `model.rs` (so the file can evolve on its own).
+//! They serialize back into the file's shape for the admin `/config` view (`view.rs`), with
+//! every `Secret` redacted by its type.
 
 use std::collections::BTreeMap;
 
 use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
+use tollgate_plugin_api::{Secret, SecretUrl};
 use toml::Spanned;
 
 use super::values::{ByteSize, Duration};
 
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -26,13 +29,14 @@ pub struct FileConfig {
     pub routes: BTreeMap<Spanned<String>, Spanned<RouteSection>>,
     pub access_log: Option<Spanned<AccessLogSection>>,
     pub tracing: Option<Spanned<crate::telemetry::trace::TracingSection>>,
-    /// Global plugins; their tables are read again with spans by the plugin registry.
-    #[serde(default)]
+    /// Global plugins; their tables are read again with spans by the plugin registry (and shown
+    /// through it).
+    #[serde(default, skip_serializing)]
     pub plugins: BTreeMap<Spanned<String>, IgnoredAny>,
 }
 
 /// `[server]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     pub threads: Option<Spanned<usize>>,
@@ -64,7 +68,7 @@ pub enum EscapedSlashes {
 }
 
 /// `[access_log]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogSection {
     pub enabled: Option<bool>,
@@ -73,7 +77,7 @@ pub struct AccessLogSection {
 }
 
 /// `[log]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     pub format: Option<LogFormat>,
@@ -81,7 +85,7 @@ pub struct LogSection {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -90,7 +94,7 @@ pub enum LogFormat {
 }
 
 /// One `[[listeners]]` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub name: Option<String>,
@@ -104,7 +108,7 @@ pub struct ListenerSection {
 }
 
 /// `tls = { cert_file, key_file, h2 }` of a listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     pub cert_file: Spanned<String>,
@@ -113,7 +117,7 @@ pub struct ListenerTls {
 }
 
 /// `[admin]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub address: Option<Spanned<String>>,
@@ -122,7 +126,7 @@ pub struct AdminSection {
 }
 
 /// `[upstreams.NAME]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub targets: Option<Spanned<Vec<Spanned<TargetEntry>>>>,
@@ -146,7 +150,7 @@ pub struct UpstreamSection {
 }
 
 /// `balance = "..."`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     RoundRobin,
@@ -157,7 +161,7 @@ pub enum Balance {
 
 /// `discovery = { type = "dns" | "dns_srv" | "consul", ... }`. One flat table rather than a tagged
 /// enum: serde's internally tagged enums lose the spans that errors point with.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoverySection {
     #[serde(rename = "type")]
@@ -166,16 +170,16 @@ pub struct DiscoverySection {
     pub port: Option<Spanned<u16>>,
     pub nameservers: Option<Vec<Spanned<String>>>,
     pub interval: Option<Spanned<Duration>>,
-    pub address: Option<Spanned<String>>,
+    pub address: Option<Spanned<SecretUrl>>,
     pub service: Option<Spanned<String>>,
     pub datacenter: Option<String>,
     pub tag: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<Secret<String>>,
     pub wait: Option<Spanned<Duration>>,
 }
 
 /// Discovery mechanisms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiscoveryKind {
     Dns,
@@ -184,7 +188,7 @@ pub enum DiscoveryKind {
 }
 
 /// `[upstreams.NAME.health_check]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
     #[serde(rename = "type")]
@@ -202,7 +206,7 @@ pub struct HealthCheckSection {
 }
 
 /// Active check types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheckKind {
     Http,
@@ -211,7 +215,7 @@ pub enum HealthCheckKind {
 }
 
 /// `[upstreams.NAME.outlier_detection]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierSection {
     pub enabled: Option<bool>,
@@ -223,7 +227,7 @@ pub struct OutlierSection {
 }
 
 /// `[upstreams.NAME.retry]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
     pub attempts: Option<u32>,
@@ -237,7 +241,7 @@ pub struct RetrySection {
 }
 
 /// `[upstreams.NAME.circuit_breaker]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerSection {
     pub max_in_flight: Option<Spanned<u32>>,
@@ -247,6 +251,17 @@ pub struct CircuitBreakerSection {
 /// A status or an inclusive range of statuses: `503`, `"503"` or `"500-599"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusRange(pub u16, pub u16);
+
+/// Written as a status (`503`) or a range (`"500-599"`), both of which read back the same.
+impl Serialize for StatusRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == self.1 {
+            s.serialize_u16(self.0)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.0, self.1))
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for StatusRange {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -292,7 +307,8 @@ impl<'de> Deserialize<'de> for StatusRange {
 }
 
 /// A target: `"host:port"` or `{ address = "host:port", weight = 2 }`.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
 pub enum TargetEntry {
     Address(String),
     Weighted(WeightedTarget),
@@ -324,7 +340,7 @@ impl<'de> Deserialize<'de> for TargetEntry {
 }
 
 /// The table form of a target.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedTarget {
     pub address: String,
@@ -332,7 +348,7 @@ pub struct WeightedTarget {
 }
 
 /// Upstream wire protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http1,
@@ -341,7 +357,7 @@ pub enum Protocol {
 }
 
 /// `tls = { sni, ca_file, verify }` of an upstream.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     pub sni: Option<String>,
@@ -350,7 +366,7 @@ pub struct UpstreamTls {
 }
 
 /// `[routes.NAME]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub exact: Option<Spanned<String>>,
@@ -372,13 +388,14 @@ pub struct RouteSection {
     pub retry_non_idempotent: Option<bool>,
     pub grpc: Option<Spanned<crate::grpc::GrpcSection>>,
     /// Route plugins. Only its presence is checked here; the registry reads the table again with
-    /// spans so plugin errors point into it.
+    /// spans so plugin errors point into it (and shows it).
     #[allow(dead_code)]
+    #[serde(skip_serializing)]
     pub plugins: Option<BTreeMap<String, IgnoredAny>>,
 }
 
 /// A header condition: an exact value, or `true` for "present with any value".
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum HeaderCondition {
     Equals(String),

@@ -7,6 +7,7 @@ mod file;
 pub mod model;
 mod tls;
 mod values;
+mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +19,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use serde::Deserialize;
-use tollgate_plugin_api::{BuildContext, PluginRegistry};
+use tollgate_plugin_api::{BuildContext, PluginRegistry, Secret};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -83,7 +84,7 @@ pub fn load_str(
         registry,
         root: root.get_ref(),
     }
-    .validate(file, path, src);
+    .validate(file, path);
     c.finish()?;
     built.ok_or_else(|| ConfigErrors(Vec::new()))
 }
@@ -172,7 +173,7 @@ const MAX_WEIGHT: i64 = 1000;
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Validator<'_, '_> {
-    fn validate(mut self, file: FileConfig, path: &Path, src: &str) -> Option<GatewayConfig> {
+    fn validate(mut self, file: FileConfig, path: &Path) -> Option<GatewayConfig> {
         let access_log = self.access_log(file.access_log.as_ref());
         let tracing = match &file.tracing {
             Some(t) => match t.get_ref().validate() {
@@ -251,7 +252,7 @@ impl Validator<'_, '_> {
             },
             access_log,
             tracing,
-            source_text: Arc::from(src),
+            view: Arc::new(view::render(&file, self.root, self.registry)),
         })
     }
 
@@ -517,7 +518,7 @@ impl Validator<'_, '_> {
         let token = match a.and_then(|a| a.token_env.as_ref()) {
             None => None,
             Some(var) => match std::env::var(var.get_ref()) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                Ok(t) if !t.trim().is_empty() => Some(Secret::new(t.trim().to_string())),
                 _ => {
                     self.c.at(
                         var.span(),
@@ -779,19 +780,27 @@ impl Validator<'_, '_> {
                     missing(self.c, "service");
                     return None;
                 };
-                let address = s
-                    .address
-                    .as_ref()
-                    .map_or("http://127.0.0.1:8500", |a| a.get_ref().as_str());
-                let base = match address.parse::<http::Uri>() {
+                let default = tollgate_plugin_api::SecretUrl::new("http://127.0.0.1:8500");
+                let address = s.address.as_ref().map_or(&default, |a| a.get_ref());
+                let span = || s.address.as_ref().map_or(d.span(), |a| a.span());
+                let shown = address.redacted();
+                let base = match address.expose().parse::<http::Uri>() {
+                    // Credentials in the URL would not be sent, only logged with the address.
+                    Ok(_) if address.has_user_info() => {
+                        self.c.at(
+                            span(),
+                            format!(
+                                "Consul address `{shown}` carries credentials, which are not \
+                                 sent; give the ACL token as `token`"
+                            ),
+                        );
+                        return None;
+                    }
                     Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
                     _ => {
-                        let span = s.address.as_ref().map_or(d.span(), |a| a.span());
                         self.c.at(
-                            span,
-                            format!(
-                                "invalid Consul address `{address}`: expected http://HOST:PORT"
-                            ),
+                            span(),
+                            format!("invalid Consul address `{shown}`: expected http://HOST:PORT"),
                         );
                         return None;
                     }

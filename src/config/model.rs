@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use ipnet::IpNet;
-use tollgate_plugin_api::Plugin;
+use tollgate_plugin_api::{Plugin, Secret};
 
 use crate::router::RouteTable;
 
 pub use super::file::{EscapedSlashes, LogFormat, Protocol};
 
-/// One complete, valid configuration.
-#[derive(Clone)]
+/// One complete, valid configuration. Its `Debug` shows no secret: every credential it holds is
+/// a [`Secret`] (or inside a plugin instance, which shows only its name).
+#[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// The file it was read from.
     pub source: PathBuf,
@@ -39,8 +40,9 @@ pub struct GatewayConfig {
     pub access_log: crate::telemetry::access_log::AccessLogSettings,
     /// Tracing.
     pub tracing: crate::telemetry::trace::TracingSettings,
-    /// The file's text, for the admin `/config` view (shown with secrets redacted).
-    pub source_text: Arc<str>,
+    /// The admin `/config` view of the file: its sections as written and every plugin's typed
+    /// config, secrets redacted (see `config/view.rs`). The file's text itself is not kept.
+    pub view: Arc<serde_json::Value>,
 }
 
 impl GatewayConfig {
@@ -157,7 +159,7 @@ pub struct AdminSettings {
     /// Socket address to bind (loopback by default).
     pub address: SocketAddr,
     /// Bearer token required by every admin endpoint but `/healthz` and `/readyz`, if set.
-    pub token: Option<String>,
+    pub token: Option<Secret<String>>,
 }
 
 /// A named upstream service.
@@ -373,7 +375,7 @@ pub struct Timeouts {
 }
 
 /// A route, with everything resolved.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// Its name in gateway.toml.
     pub name: Arc<str>,
@@ -415,6 +417,17 @@ pub struct PluginEntry {
     pub global: bool,
     /// The instance.
     pub plugin: Arc<dyn Plugin>,
+}
+
+// The instance is left out: plugins hold keys and secrets, and `Plugin` asks for no `Debug`.
+impl std::fmt::Debug for PluginEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEntry")
+            .field("name", &self.name)
+            .field("priority", &self.priority)
+            .field("global", &self.global)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a route changes the path before proxying.

@@ -1,7 +1,7 @@
 //! Value types of the config file that carry their own parsing, so that a bad value is reported
 //! by serde with the exact position of the value.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A duration written as `"250ms"`, `"5s"`, `"1m 30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,13 @@ impl<'de> Deserialize<'de> for Duration {
                 "invalid duration `{s}`: {e} (write e.g. \"250ms\", \"5s\", \"1m\")"
             ))
         })
+    }
+}
+
+/// Written as humantime writes it (`"1m 30s"`), which reads back the same.
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
     }
 }
 

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tollgate_plugin_api::ByteSize;
 
 /// The route's `grpc` table: where the schema comes from and how JSON is mapped.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcSection {
     /// `.proto` files to compile at start-up, relative to the config file's folder or to an
@@ -55,10 +55,18 @@ pub struct GrpcSection {
     /// The deepest JSON nesting accepted in a request.
     pub max_depth: Option<usize>,
     /// Deadline of a call when the client sends no `grpc-timeout`.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "write_duration"
+    )]
     pub timeout: Option<Duration>,
     /// Time to open the HTTP/2 connection to the upstream.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "duration",
+        serialize_with = "write_duration"
+    )]
     pub connect_timeout: Option<Duration>,
     /// Request headers sent on as gRPC metadata.
     pub forward_headers: Option<Vec<String>>,
@@ -86,8 +94,16 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     })
 }
 
+/// Written as humantime writes it (`"1m 30s"`), which reads back the same.
+fn write_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(&humantime::format_duration(*d)),
+        None => s.serialize_none(),
+    }
+}
+
 /// Field names of response JSON.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JsonNames {
     /// `displayName`, as the proto3 JSON mapping says.
@@ -98,7 +114,7 @@ pub enum JsonNames {
 }
 
 /// What an unknown JSON field or query parameter does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownFields {
     /// 400 naming the field.
@@ -109,7 +125,7 @@ pub enum UnknownFields {
 }
 
 /// How server-streaming responses are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamFormat {
     /// `[{...},{...}]`, each element sent as its message arrives.

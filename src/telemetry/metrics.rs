@@ -9,6 +9,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::config::GatewayConfig;
 use crate::snapshot::Snapshot;
 use crate::upstream::now_ms;
 
@@ -110,11 +111,18 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Requests refused by authentication or authorization, by reason",
             &["route", "reason"],
         )?,
-        reloads: counter(
-            "tollgate_config_reloads_total",
-            "Config reloads, by result",
-            &["result"],
-        )?,
+        reloads: {
+            let reloads = counter(
+                "tollgate_config_reloads_total",
+                "Config reloads, by result",
+                &["result"],
+            )?;
+            // Both results exist from the start, so the first failed reload is an increase.
+            for result in RELOAD_RESULTS {
+                reloads.with_label_values(&[result]);
+            }
+            reloads
+        },
         generation: gauge(
             "tollgate_config_generation",
             "Generation of the live config",
@@ -122,6 +130,30 @@ fn build() -> Result<Metrics, prometheus::Error> {
         target_healthy,
         registry,
     })
+}
+
+/// The `result` labels of `tollgate_config_reloads_total`.
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
+
+/// Creates at 0 every series whose labels the config fixes, so that `increase()` and `rate()`
+/// count the first event of each: a series that first appears at 1 has no increase. Called for
+/// every snapshot built (start and reloads); series of a previous config stay, as they would
+/// once incremented.
+///
+/// Per upstream: retries and ejections. Per route: rate-limit refusals. Series with a label the
+/// config does not fix (an error code as `reason`, a method, a status class) are left to their
+/// first event, which keeps the count of series bounded by the config.
+pub fn create_config_series(config: &GatewayConfig) {
+    let Some(m) = metrics() else {
+        return;
+    };
+    for u in &config.upstreams {
+        m.retries.with_label_values(&[&*u.name]);
+        m.ejections.with_label_values(&[&*u.name]);
+    }
+    for r in &config.routes {
+        m.rate_limited.with_label_values(&[&*r.name]);
+    }
 }
 
 /// The process's metrics. Registration cannot fail for these fixed, distinct names; if it ever
@@ -156,6 +188,12 @@ const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 pub struct RouteMetrics {
     requests: [[OnceLock<prometheus::IntCounter>; CLASSES.len()]; METHODS.len()],
     duration: OnceLock<prometheus::Histogram>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").finish_non_exhaustive()
+    }
 }
 
 impl RouteMetrics {

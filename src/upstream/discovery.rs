@@ -26,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::task::JoinSet;
+use tollgate_plugin_api::Secret;
 
 /// One discovered endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -311,7 +312,7 @@ impl fmt::Debug for ConsulClient {
 }
 
 /// What to ask Consul for.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConsulQuery {
     /// The agent's address, e.g. `http://127.0.0.1:8500`; a path prefix is kept.
     pub base: http::Uri,
@@ -322,20 +323,7 @@ pub struct ConsulQuery {
     /// `tag=`: only instances carrying this tag.
     pub tag: Option<String>,
     /// Sent as `X-Consul-Token`.
-    pub token: Option<String>,
-}
-
-// By hand so the ACL token never reaches a log line.
-impl fmt::Debug for ConsulQuery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulQuery")
-            .field("base", &self.base)
-            .field("service", &self.service)
-            .field("datacenter", &self.datacenter)
-            .field("tag", &self.tag)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub token: Option<Secret<String>>,
 }
 
 impl Default for ConsulClient {
@@ -378,9 +366,11 @@ impl ConsulClient {
 
         let mut request = http::Request::get(uri);
         if let Some(token) = &q.token {
-            let value = http::HeaderValue::from_str(token).map_err(|_| {
+            let mut value = http::HeaderValue::from_str(token.expose()).map_err(|_| {
                 format!("{ctx}: the ACL token contains characters not allowed in a header")
             })?;
+            // Kept out of HTTP/2 header tables and printed as `Sensitive` by `Debug`.
+            value.set_sensitive(true);
             request = request.header("X-Consul-Token", value);
         }
         let request = request
@@ -811,7 +801,7 @@ mod tests {
     #[test]
     fn query_debug_hides_the_token() {
         let mut q = query("http://c:8500", "s");
-        q.token = Some("secret-token".into());
+        q.token = Some(Secret::new("secret-token".to_string()));
         assert!(!format!("{q:?}").contains("secret-token"));
     }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde::{Serialize, Serializer};
 
 /// A number of bytes, from an integer or a string with a unit (KB/MB/GB are powers of 1000,
 /// KiB/MiB/GiB powers of 1024).
@@ -98,6 +99,13 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
 
         d.deserialize_any(ByteSizeVisitor)
+    }
+}
+
+/// Written as the number of bytes, which reads back as the same size.
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 

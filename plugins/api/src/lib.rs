@@ -29,6 +29,7 @@ mod byte_size;
 mod context;
 mod error;
 mod registry;
+mod secret;
 pub mod trace;
 pub mod util;
 
@@ -42,6 +43,7 @@ pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use registry::{
     BuildContext, BuildError, BuildErrorKind, PluginFactory, PluginRegistry, PluginSpec,
 };
+pub use secret::{redact_url, Secret, SecretUrl, REDACTED};
 pub use trace::{IoSpan, TraceParent};
 pub use util::{decode_query_value, generate_request_id, is_sane_request_id, push_ip};
 

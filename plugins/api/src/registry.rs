@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
 
@@ -14,14 +15,16 @@ use crate::Plugin;
 /// Builds one kind of plugin from its typed config.
 ///
 /// `Config` should derive `Deserialize` with `#[serde(deny_unknown_fields)]` so that a typo in
-/// gateway.toml is an error with its line and column, never a silent default.
+/// gateway.toml is an error with its line and column, never a silent default. Its `Serialize` is
+/// how the admin `/config` view shows the plugin: every field that can hold a credential must be
+/// a [`Secret`](crate::Secret) or [`SecretUrl`](crate::SecretUrl), which serialize redacted.
 pub trait PluginFactory: Send + Sync + 'static {
     /// The name used in gateway.toml (`[routes.x.plugins.NAME]`).
     const NAME: &'static str;
     /// Plugins of a request run in descending priority; ties run in name order.
     const PRIORITY: i32;
-    /// The plugin's config, deserialized from its TOML table.
-    type Config: DeserializeOwned;
+    /// The plugin's config, deserialized from its TOML table and serialized (redacted) for display.
+    type Config: DeserializeOwned + Serialize;
 
     /// Validates the config and builds the plugin. The message of an error is shown to the user
     /// with the position of the plugin's table.
@@ -71,6 +74,7 @@ pub struct BuildError {
 
 type BuildFn =
     for<'i> fn(Spanned<DeValue<'i>>, &BuildContext) -> Result<Arc<dyn Plugin>, BuildError>;
+type RenderFn = for<'i> fn(Spanned<DeValue<'i>>) -> Result<serde_json::Value, BuildError>;
 
 /// A registered plugin kind.
 #[derive(Clone)]
@@ -80,6 +84,7 @@ pub struct PluginSpec {
     /// Execution priority (higher runs first).
     pub priority: i32,
     build: BuildFn,
+    render: RenderFn,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -91,20 +96,38 @@ impl std::fmt::Debug for PluginSpec {
     }
 }
 
+fn typed_config<F: PluginFactory>(value: Spanned<DeValue<'_>>) -> Result<F::Config, BuildError> {
+    let span = value.span();
+    F::Config::deserialize(ValueDeserializer::from(value)).map_err(|e| BuildError {
+        kind: BuildErrorKind::Config,
+        message: format!("plugin `{}`: {}", F::NAME, e.message()),
+        span: e.span().or(Some(span)),
+    })
+}
+
 fn build_typed<F: PluginFactory>(
     value: Spanned<DeValue<'_>>,
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Plugin>, BuildError> {
     let span = value.span();
-    let config =
-        F::Config::deserialize(ValueDeserializer::from(value)).map_err(|e| BuildError {
-            kind: BuildErrorKind::Config,
-            message: format!("plugin `{}`: {}", F::NAME, e.message()),
-            span: e.span().or(Some(span.clone())),
-        })?;
+    let config = typed_config::<F>(value)?;
     F::build(config, ctx).map_err(|message| BuildError {
         kind: BuildErrorKind::Invalid,
         message: format!("plugin `{}`: {message}", F::NAME),
+        span: Some(span),
+    })
+}
+
+/// The config as the plugin reads it, defaults filled in and secrets redacted: read through the
+/// typed config rather than guessed from key names, so a field is redacted because of its type.
+fn render_typed<F: PluginFactory>(
+    value: Spanned<DeValue<'_>>,
+) -> Result<serde_json::Value, BuildError> {
+    let span = value.span();
+    let config = typed_config::<F>(value)?;
+    serde_json::to_value(&config).map_err(|e| BuildError {
+        kind: BuildErrorKind::Invalid,
+        message: format!("plugin `{}`: the config cannot be shown: {e}", F::NAME),
         span: Some(span),
     })
 }
@@ -132,6 +155,7 @@ impl PluginRegistry {
                 name: F::NAME,
                 priority: F::PRIORITY,
                 build: build_typed::<F>,
+                render: render_typed::<F>,
             },
         );
         self
@@ -166,5 +190,23 @@ impl PluginRegistry {
             });
         };
         (spec.build)(value, ctx).map(|p| (p, spec.priority))
+    }
+
+    /// The config of a plugin of kind `name` as it may be shown (admin `/config`): deserialized
+    /// into the plugin's typed config, defaults applied, and serialized back with every
+    /// [`Secret`](crate::Secret) redacted.
+    pub fn render(
+        &self,
+        name: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> Result<serde_json::Value, BuildError> {
+        let Some(spec) = self.specs.get(name) else {
+            return Err(BuildError {
+                kind: BuildErrorKind::Unknown,
+                message: format!("unknown plugin `{name}`"),
+                span: None,
+            });
+        };
+        (spec.render)(value)
     }
 }

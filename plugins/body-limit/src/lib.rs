@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{
     async_trait, BuildContext, ByteSize, Flow, Plugin, PluginError, PluginFactory, RequestContext,
     RequestHeader,
 };
 
 /// Configuration of the `body-limit` plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct BodyLimitConfig {
     /// The largest request body let through.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{
     async_trait, BuildContext, Flow, Plugin, PluginError, PluginFactory, RequestContext,
     RequestHeader, Response, ResponseHeader,
@@ -31,7 +31,7 @@ use tollgate_plugin_api::{
 use crate::origin::OriginRule;
 
 /// Configuration of the `cors` plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct CorsConfig {
     /// Allowed origins: `"*"`, exact origins, or `"scheme://*.host"` subdomain patterns.

@@ -9,6 +9,10 @@
 //!
 //! `add` appends a value and keeps existing ones, `set` replaces all values, `remove` deletes the
 //! header; they apply in the order remove, set, add.
+//!
+//! Values added to the request are secrets: they are how a gateway hands an upstream its
+//! credentials (`authorization`, `x-api-key`), so `/config` and error messages never show them.
+//! Response values go to every client anyway and are shown.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,32 +20,54 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use http::{header, HeaderName, HeaderValue, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{
     async_trait, BuildContext, Plugin, PluginError, PluginFactory, RequestContext, RequestHeader,
-    ResponseHeader,
+    ResponseHeader, Secret,
 };
 
 /// Configuration of the `headers` plugin.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
 pub struct HeadersConfig {
-    /// Changes to the request sent upstream.
-    pub request: HeaderOpsConfig,
+    /// Changes to the request sent upstream (values are secret: they often carry credentials).
+    pub request: HeaderOpsConfig<Secret<String>>,
     /// Changes to the response sent to the client.
-    pub response: HeaderOpsConfig,
+    pub response: HeaderOpsConfig<String>,
 }
 
-/// Header changes of one direction, as written in the config.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Header changes of one direction, as written in the config; `V` is how a value is held.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
-pub struct HeaderOpsConfig {
+pub struct HeaderOpsConfig<V> {
     /// Headers to append, keeping existing values.
-    pub add: BTreeMap<String, String>,
+    pub add: BTreeMap<String, V>,
     /// Headers to replace.
-    pub set: BTreeMap<String, String>,
+    pub set: BTreeMap<String, V>,
     /// Headers to delete.
     pub remove: Vec<String>,
+}
+
+/// A configured header value: its text, and whether an error message may quote it.
+trait ValueText {
+    /// Whether the value may appear in messages.
+    const SHOWN: bool;
+    /// The value's text.
+    fn text(&self) -> &str;
+}
+
+impl ValueText for String {
+    const SHOWN: bool = true;
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+impl ValueText for Secret<String> {
+    const SHOWN: bool = false;
+    fn text(&self) -> &str {
+        self.expose()
+    }
 }
 
 /// Factory of the `headers` plugin.
@@ -72,7 +98,7 @@ struct HeaderOps {
 }
 
 impl HeaderOps {
-    fn compile(direction: &str, config: HeaderOpsConfig) -> Result<Self, String> {
+    fn compile<V: ValueText>(direction: &str, config: HeaderOpsConfig<V>) -> Result<Self, String> {
         let mut remove = Vec::with_capacity(config.remove.len());
         let mut seen = HashSet::new();
         for name in &config.remove {
@@ -93,9 +119,9 @@ impl HeaderOps {
     }
 }
 
-fn compile_pairs(
+fn compile_pairs<V: ValueText>(
     key: &str,
-    pairs: BTreeMap<String, String>,
+    pairs: BTreeMap<String, V>,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     let mut out: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
@@ -106,12 +132,22 @@ fn compile_pairs(
                 "{key}: header `{parsed}` is listed more than once (header names ignore case)"
             ));
         }
-        let value = HeaderValue::from_str(&value).map_err(|_| {
+        let mut value = HeaderValue::from_str(value.text()).map_err(|_| {
+            let shown = if V::SHOWN {
+                format!(": {:?}", value.text())
+            } else {
+                String::new()
+            };
             format!(
                 "{key}: the value of `{name}` is not a valid header value \
-                 (visible ASCII characters, spaces and tabs only): {value:?}"
+                 (visible ASCII characters, spaces and tabs only){shown}"
             )
         })?;
+        if !V::SHOWN {
+            // `Debug` of the header map (pingora logs requests at debug level) then prints
+            // `Sensitive`, and HTTP/2 never puts the value in its compression tables.
+            value.set_sensitive(true);
+        }
         out.push((parsed, value));
     }
     Ok(out)
@@ -345,6 +381,38 @@ mod tests {
                 .contains("response.add: the value of `x-a` is not a valid header value"),
             "{}",
             err.message
+        );
+    }
+
+    #[test]
+    fn a_bad_request_value_is_rejected_without_quoting_it() {
+        let err = build_err(r#"{ request = { set = { authorization = "Bearer s3cr3t\n" } } }"#);
+        assert!(
+            err.message
+                .contains("request.set: the value of `authorization` is not a valid header value"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("s3cr3t"), "{}", err.message);
+    }
+
+    #[test]
+    fn request_values_are_shown_redacted_and_response_values_as_written() {
+        let mut registry = PluginRegistry::new();
+        registry.register::<HeadersPlugin>();
+        let value = DeValue::parse(
+            r#"{ request = { set = { authorization = "Bearer s3cr3t" }, add = { x-api-key = "k3y" } },
+                 response = { set = { cache-control = "no-store" } } }"#,
+        )
+        .unwrap();
+        let shown = registry.render("headers", value).unwrap();
+        assert_eq!(
+            shown,
+            serde_json::json!({
+                "request": {"add": {"x-api-key": "<redacted>"},
+                            "set": {"authorization": "<redacted>"}, "remove": []},
+                "response": {"add": {}, "set": {"cache-control": "no-store"}, "remove": []},
+            })
         );
     }
 

@@ -17,14 +17,14 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{
     async_trait, BuildContext, Flow, Plugin, PluginError, PluginFactory, RequestContext,
     RequestHeader,
 };
 
 /// Configuration of the `ip-restriction` plugin.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
 pub struct IpRestrictionConfig {
     /// Allowed CIDR blocks or addresses; when non-empty, every other client is refused.

@@ -7,11 +7,11 @@ use std::fmt;
 
 use jsonwebtoken::Algorithm;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-use tollgate_plugin_api::ByteSize;
+use serde::{Deserialize, Serialize, Serializer};
+use tollgate_plugin_api::{ByteSize, SecretUrl};
 
 /// Configuration of the `jwt-auth` plugin (`[routes.x.plugins.jwt-auth]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtAuthConfig {
     /// Who issues accepted tokens and with which keys; a token is matched to one by its `iss`.
@@ -58,8 +58,9 @@ pub struct JwtAuthConfig {
     pub realm: String,
 }
 
-/// One issuer of tokens and where its verification keys come from.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One issuer of tokens and where its verification keys come from. HMAC secrets are never
+/// written here, only where they are read from (`secret_env`, `secret_file`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// The `iss` of its tokens; optional only when it is the sole provider.
@@ -76,14 +77,15 @@ pub struct ProviderConfig {
     /// The secret is written in base64 (standard or URL-safe alphabet).
     #[serde(default)]
     pub secret_base64: bool,
-    /// Never accepted: present only to explain why, at its position.
+    /// Never accepted: present only to explain why, at its position (and never shown).
+    #[serde(skip_serializing)]
     pub secret: Option<IgnoredAny>,
     /// PEM file of an RSA, EC (P-256/P-384) or Ed25519 public key.
     pub public_key_file: Option<String>,
     /// File holding a JWKS (`{"keys": [...]}`).
     pub jwks_file: Option<String>,
     /// URL of a JWKS, fetched before the route serves and refreshed while it does.
-    pub jwks_url: Option<String>,
+    pub jwks_url: Option<SecretUrl>,
     /// Shortest time between two scheduled JWKS fetches.
     pub jwks_min_refresh: Option<Duration>,
     /// Longest time between two scheduled JWKS fetches.
@@ -136,6 +138,12 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
 /// The names accepted in `algorithms`, in the spelling of RFC 7518.
 pub(crate) const ALGORITHM_NAMES: &str =
     "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
@@ -165,8 +173,14 @@ impl<'de> Deserialize<'de> for AlgorithmName {
     }
 }
 
+impl Serialize for AlgorithmName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
 /// One place a token may be carried in.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TokenSourceConfig {
     /// A request header; `authorization` expects the `Bearer` scheme.
@@ -184,6 +198,13 @@ pub struct TokenFrom(pub Vec<TokenSourceConfig>);
 impl Default for TokenFrom {
     fn default() -> Self {
         Self(vec![TokenSourceConfig::Header("authorization".to_owned())])
+    }
+}
+
+/// Written as the list form, which reads back the same.
+impl Serialize for TokenFrom {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
@@ -275,6 +296,31 @@ mod tests {
         let err = toml::from_str::<JwtAuthConfig>(src).unwrap_err();
         // The list holding the bad name (toml does not track spans of array items).
         assert_eq!(&src[err.span().unwrap()], "[\"rs256\"]");
+    }
+
+    #[test]
+    fn the_config_is_shown_in_its_own_syntax_with_url_credentials_redacted() {
+        let c = parse(
+            "providers = [{ jwks_url = \"https://u:pw@idp.example/jwks\", algorithms = [\"RS256\", \"EdDSA\"] }]\n\
+             leeway = \"90s\"\ntoken_from = { cookie = \"jwt\" }",
+        )
+        .unwrap();
+        let shown = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            shown["providers"][0]["jwks_url"],
+            "https://u:<redacted>@idp.example/jwks"
+        );
+        assert_eq!(
+            shown["providers"][0]["algorithms"],
+            serde_json::json!(["RS256", "EdDSA"])
+        );
+        assert_eq!(shown["leeway"], "1m 30s");
+        assert_eq!(shown["token_from"], serde_json::json!([{"cookie": "jwt"}]));
+        assert!(shown["providers"][0].get("secret").is_none());
+        // What is shown reads back as the same config.
+        let again: JwtAuthConfig = serde_json::from_value(shown).unwrap();
+        assert_eq!(again.leeway, c.leeway);
+        assert_eq!(again.token_from, c.token_from);
     }
 
     #[test]

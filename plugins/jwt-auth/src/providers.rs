@@ -227,16 +227,28 @@ fn read_secret(
 }
 
 fn jwks_settings(p: &ProviderConfig, algorithms: Vec<Algorithm>) -> Result<JwksSettings, String> {
-    let raw = p.jwks_url.as_deref().unwrap_or_default();
-    let url: reqwest::Url = raw
+    let Some(configured) = p.jwks_url.as_ref() else {
+        return Err("jwks_url is not set".to_owned());
+    };
+    // Messages quote the URL with any credentials redacted.
+    let shown = configured.redacted();
+    let url: reqwest::Url = configured
+        .expose()
         .parse()
-        .map_err(|e| format!("jwks_url: `{raw}` is not a URL ({e})"))?;
+        .map_err(|e| format!("jwks_url: `{shown}` is not a URL ({e})"))?;
+    if configured.has_user_info() {
+        // The URL is logged and traced (`url.full`) on every fetch, and a JWKS holds public keys
+        // that need no credentials.
+        return Err(format!(
+            "jwks_url: `{shown}` carries credentials; a JWKS is public, fetch it without them"
+        ));
+    }
     match url.scheme() {
         "https" => {}
         "http" if p.jwks_allow_http || is_loopback(&url) => {}
         "http" => {
             return Err(format!(
-                "jwks_url: `{raw}` is plain http, so anyone on the path could swap the keys; use \
+                "jwks_url: `{shown}` is plain http, so anyone on the path could swap the keys; use \
                  https, or set jwks_allow_http = true for a trusted network"
             ))
         }

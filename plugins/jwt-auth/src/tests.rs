@@ -442,6 +442,7 @@ fn bad_configs_are_refused_with_a_clear_message() {
         (r#"providers = [{ jwks_url = "http://idp.example/jwks" }]"#.into(), "plain http"),
         (r#"providers = [{ jwks_url = "ftp://idp.example/jwks" }]"#.into(), "scheme `ftp`"),
         (r#"providers = [{ jwks_url = "not a url" }]"#.into(), "not a URL"),
+        (r#"providers = [{ jwks_url = "https://u:pw@idp.example/jwks" }]"#.into(), "`https://u:<redacted>@idp.example/jwks` carries credentials"),
         (r#"providers = [{ jwks_url = "https://i/", jwks_min_refresh = "10m", jwks_max_refresh = "1m" }]"#.into(), "jwks_max_refresh"),
         (r#"providers = [{ jwks_url = "https://i/", jwks_refetch_interval = "10ms" }]"#.into(), "at least \"1s\""),
         (r#"providers = [{ secret_file = "secret", jwks_timeout = "1s" }]"#.into(), "apply to jwks_url only"),

@@ -24,15 +24,15 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tollgate_plugin_api::{
     async_trait, decode_query_value, BuildContext, Flow, Plugin, PluginError, PluginFactory,
-    RequestContext, RequestHeader,
+    RequestContext, RequestHeader, Secret,
 };
 
 /// Configuration of the `key-auth` plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyAuthConfig {
     /// Header the key is read from.
@@ -66,13 +66,14 @@ impl Default for KeyAuthConfig {
 }
 
 /// One consumer in the config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerEntry {
     /// Consumer name (forwarded upstream, usable as a rate-limit key).
     pub name: String,
-    /// Hex SHA-256 of the key.
-    pub key_sha256: String,
+    /// Hex SHA-256 of the key. Secret too: a hash of a short or guessable key can be reversed
+    /// by trying candidates, and it is all an attacker needs to check them offline.
+    pub key_sha256: Secret<String>,
 }
 
 /// Factory of the `key-auth` plugin.
@@ -107,7 +108,9 @@ impl PluginFactory for KeyAuthPlugin {
                 ));
             }
             let digest = parse_sha256(hash).ok_or_else(|| {
-                format!("{origin}: `{hash}` is not a SHA-256 hash (64 hex digits)")
+                format!(
+                    "{origin}: the key of consumer `{name}` is not a SHA-256 hash (64 hex digits)"
+                )
             })?;
             if keys.insert(digest, Arc::from(name)).is_some() {
                 return Err(format!(
@@ -117,7 +120,7 @@ impl PluginFactory for KeyAuthPlugin {
             Ok(())
         };
         for c in &config.consumers {
-            add(&c.name, &c.key_sha256, "consumers")?;
+            add(&c.name, c.key_sha256.expose(), "consumers")?;
         }
         if let Some(file) = &config.keys_file {
             let path = ctx.resolve(file);
@@ -376,12 +379,33 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("not a SHA-256"), "{e}");
+        assert!(!e.contains("abc"), "a key hash is never quoted: {e}");
         let twice = format!(
             "consumers = [{{ name = \"a\", key_sha256 = \"{0}\" }}, {{ name = \"b\", key_sha256 = \"{0}\" }}]",
             sha("k")
         );
         assert!(build(&twice).err().unwrap().contains("twice"));
         assert!(build("header = \"bad header\"\nconsumers = []").is_err());
+    }
+
+    #[test]
+    fn key_hashes_are_shown_redacted() {
+        let mut registry = tollgate_plugin_api::PluginRegistry::new();
+        registry.register::<KeyAuthPlugin>();
+        let hash = sha("s3cret");
+        let src = format!("{{ consumers = [{{ name = \"alice\", key_sha256 = \"{hash}\" }}] }}");
+        let value = toml::de::DeValue::parse(&src).unwrap();
+        let shown = registry.render("key-auth", value).unwrap();
+        assert_eq!(
+            shown["consumers"],
+            serde_json::json!([{"name": "alice", "key_sha256": "<redacted>"}])
+        );
+        assert_eq!(shown["header"], "x-api-key", "defaults are shown: {shown}");
+        let config: KeyAuthConfig = toml::from_str(&format!(
+            "consumers = [{{ name = \"a\", key_sha256 = \"{hash}\" }}]"
+        ))
+        .unwrap();
+        assert!(!format!("{config:?}").contains(&hash));
     }
 
     #[test]

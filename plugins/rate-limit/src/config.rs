@@ -6,13 +6,14 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
+use tollgate_plugin_api::SecretUrl;
 
 use crate::key::{KeySpec, MissingKey};
 use crate::rate::Rate;
 
 /// `[routes.x.plugins.rate-limit]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// The limits; a request is admitted only when every one of them admits it. Required.
@@ -33,7 +34,7 @@ fn default_max_keys() -> usize {
 }
 
 /// One limit: `{ rate = "10/s", burst = 20, key = "client_ip" }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Sustained rate, e.g. `"100/s"`. Required.
@@ -54,7 +55,8 @@ pub struct LimitConfig {
 }
 
 /// A burst size, at least 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct Burst(pub NonZeroU32);
 
 impl<'de> Deserialize<'de> for Burst {
@@ -75,7 +77,7 @@ impl<'de> Deserialize<'de> for Burst {
 }
 
 /// Which rate-limit headers to send.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeaderMode {
     /// `RateLimit-Policy` and `RateLimit` of draft-ietf-httpapi-ratelimit-headers-10.
@@ -88,7 +90,7 @@ pub enum HeaderMode {
 }
 
 /// Where the counting happens: `"local"` or `{ redis = ... }`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum BackendConfig {
     /// In this process; each gateway instance counts on its own.
@@ -98,18 +100,22 @@ pub enum BackendConfig {
     Redis(Box<RedisConfig>),
 }
 
-/// `backend = { redis = "redis://host:6379/0" }` or a table with the options below.
-#[derive(Debug)]
+/// `backend = { redis = "redis://host:6379/0" }` or a table with the options below; written
+/// (for `/config`) as the table.
+#[derive(Debug, Serialize)]
 pub struct RedisConfig {
     /// The server, parsed.
     pub url: RedisUrl,
     /// Prepended to every Redis key.
     pub prefix: String,
     /// Longest wait of a request for Redis, dialling included.
+    #[serde(serialize_with = "write_duration")]
     pub timeout: Duration,
     /// Longest a connection attempt may take (requests never wait longer than `timeout`).
+    #[serde(serialize_with = "write_duration")]
     pub connect_timeout: Duration,
     /// After a failure, how long Redis is left alone (requests get `on_error` meanwhile).
+    #[serde(serialize_with = "write_duration")]
     pub retry_interval: Duration,
     /// The answer while Redis cannot decide.
     pub on_error: OnError,
@@ -118,7 +124,7 @@ pub struct RedisConfig {
 }
 
 /// What requests get while Redis cannot decide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// Fail open: admit (limited by the local pre-check if enabled).
@@ -208,17 +214,44 @@ impl<'de> Deserialize<'de> for RedisConfig {
     }
 }
 
-/// A Redis URL, parsed (no network involved).
-#[derive(Debug, Clone)]
+/// A Redis URL, parsed (no network involved). Shown (`Debug`, `Serialize`) with its password
+/// redacted: `redis://user:<redacted>@host:6379/0`.
+#[derive(Clone)]
 pub struct RedisUrl {
     /// The client for it.
     pub client: redis::Client,
+    /// The URL as written; its password is secret.
+    pub url: SecretUrl,
 }
 
 impl RedisUrl {
     fn parse(s: &str) -> Result<Self, String> {
-        crate::remote::parse_url(s).map(|client| RedisUrl { client })
+        crate::remote::parse_url(s).map(|client| RedisUrl {
+            client,
+            url: secret_redis_url(s),
+        })
     }
+}
+
+/// A Redis URL whose password is secret, in the user info or (for `unix://` sockets) in `pass=`.
+pub(crate) fn secret_redis_url(url: &str) -> SecretUrl {
+    SecretUrl::with_secret_query(url, &["pass", "password"])
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.url, f)
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.url.serialize(s)
+    }
+}
+
+fn write_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
 }
 
 impl<'de> Deserialize<'de> for RedisUrl {
@@ -253,6 +286,44 @@ mod tests {
 
     fn parse(src: &str) -> Result<RateLimitConfig, String> {
         toml::from_str(src).map_err(|e| e.message().to_owned())
+    }
+
+    #[test]
+    fn the_config_is_shown_in_its_own_syntax_with_the_redis_password_redacted() {
+        let c = parse(
+            r#"limits = [{ rate = "6000/min", burst = 5, key = ["consumer", "header:x-tenant"] }]
+               backend = { redis = "redis://app:s3cret@cache.internal:6380/2" }"#,
+        )
+        .unwrap();
+        let shown = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            shown["backend"]["redis"]["url"],
+            "redis://app:<redacted>@cache.internal:6380/2"
+        );
+        assert_eq!(shown["backend"]["redis"]["timeout"], "100ms");
+        assert_eq!(
+            shown["limits"][0],
+            serde_json::json!({"rate": "6000/min", "burst": 5, "key": ["consumer", "header:x-tenant"],
+                               "name": null, "missing": "client_ip"})
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let unix = parse(
+            r#"limits = [{ rate = "1/s" }]
+                            backend = { redis = "redis+unix:///run/redis.sock?db=1&pass=s3cret" }"#,
+        )
+        .unwrap();
+        let shown = serde_json::to_string(&unix).unwrap();
+        assert!(
+            shown.contains("pass=<redacted>") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        // A config without secrets reads back from what is shown.
+        let local = parse(r#"limits = [{ rate = "10/s", key = "route" }]"#).unwrap();
+        let again: RateLimitConfig =
+            serde_json::from_value(serde_json::to_value(&local).unwrap()).unwrap();
+        assert_eq!(again.limits[0].rate, local.limits[0].rate);
+        assert_eq!(again.limits[0].key, local.limits[0].key);
+        assert!(matches!(again.backend, BackendConfig::Local));
     }
 
     #[test]

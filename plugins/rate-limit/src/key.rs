@@ -5,7 +5,7 @@ use std::fmt;
 
 use http::HeaderName;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize as DeriveDeserialize;
+use serde::{Deserialize as DeriveDeserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use tollgate_plugin_api::{push_ip, RequestContext, RequestHeader};
 
@@ -122,6 +122,13 @@ impl fmt::Display for KeySpec {
     }
 }
 
+/// Written as the list form, which reads back the same.
+impl Serialize for KeySpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.parts.iter().map(ToString::to_string))
+    }
+}
+
 impl<'de> Deserialize<'de> for KeySpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
@@ -154,7 +161,7 @@ impl<'de> Deserialize<'de> for KeySpec {
 
 /// What a limit does with a request that lacks a part of its key (no such header, no consumer,
 /// no such claim or parameter, unknown client address).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, DeriveDeserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, DeriveDeserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingKey {
     /// Count the request by its client address in place of the missing part (default): a limit

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer};
+use serde::{Serialize, Serializer};
 
 /// Requests per window. The GCRA admits one request every `window / count` on average.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,13 @@ impl FromStr for Rate {
             }
         };
         Rate::new(count, window).map_err(|e| format!("invalid rate `{s}`: {e}"))
+    }
+}
+
+/// Written as `COUNT/UNIT`, which reads back the same.
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -137,9 +137,11 @@ impl fmt::Debug for RedisLink {
 /// Parses a Redis URL without touching the network.
 pub fn parse_url(url: &str) -> Result<redis::Client, String> {
     let hint = "write redis://[USER:PASSWORD@]HOST[:PORT][/DB] or redis+unix:///PATH";
+    // Messages quote the URL without its password: they end up in `tollgate check` output.
+    let shown = crate::config::secret_redis_url(url);
     if url.starts_with("rediss://") {
         return Err(format!(
-            "Redis URL `{url}`: TLS (rediss://) is not supported by this build; {hint}"
+            "Redis URL `{shown}`: TLS (rediss://) is not supported by this build; {hint}"
         ));
     }
     if !["redis://", "redis+unix://", "unix://"]
@@ -147,12 +149,12 @@ pub fn parse_url(url: &str) -> Result<redis::Client, String> {
         .any(|scheme| url.starts_with(scheme))
     {
         return Err(format!(
-            "invalid Redis URL `{url}`: it must start with redis:// or redis+unix://; {hint}"
+            "invalid Redis URL `{shown}`: it must start with redis:// or redis+unix://; {hint}"
         ));
     }
     redis::Client::open(url).map_err(|e| {
         let why = e.detail().unwrap_or("not a valid URL");
-        format!("invalid Redis URL `{url}`: {why}; {hint}")
+        format!("invalid Redis URL `{shown}`: {why}; {hint}")
     })
 }
 
@@ -478,6 +480,13 @@ pub(crate) mod tests {
         parse_url("redis://127.0.0.1:6379/0").unwrap();
         parse_url("redis://user:secret@cache.internal:6380/2").unwrap();
         parse_url("redis+unix:///run/redis.sock").unwrap();
+        let err = parse_url("rediss://user:s3cret@cache:6380/0").unwrap_err();
+        assert!(
+            err.contains("`rediss://user:<redacted>@cache:6380/0`"),
+            "{err}"
+        );
+        let err = parse_url("redis://user:s3cret@cache:port").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

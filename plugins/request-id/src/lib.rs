@@ -16,14 +16,14 @@
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{
     async_trait, generate_request_id, is_sane_request_id, BuildContext, Flow, Plugin, PluginError,
     PluginFactory, RequestContext, RequestHeader, ResponseHeader,
 };
 
 /// Configuration of the `request-id` plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
 pub struct RequestIdConfig {
     /// Header the id is read from, forwarded in and echoed in.

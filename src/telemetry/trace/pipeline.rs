@@ -171,10 +171,11 @@ fn build_exporter(s: &ExportSettings) -> Result<opentelemetry_otlp::SpanExporter
             for (name, value) in &s.headers {
                 // Names and values were checked by validate(); one that fails here anyway is
                 // left out rather than failing the whole exporter.
-                if let (Ok(k), Ok(v)) = (
+                if let (Ok(k), Ok(mut v)) = (
                     http::HeaderName::from_bytes(name.as_bytes()),
-                    http::HeaderValue::from_str(value),
+                    http::HeaderValue::from_str(value.expose()),
                 ) {
+                    v.set_sensitive(true);
                     headers.insert(k, v);
                 }
             }
@@ -199,7 +200,12 @@ fn build_exporter(s: &ExportSettings) -> Result<opentelemetry_otlp::SpanExporter
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(s.endpoint.clone())
             .with_timeout(s.timeout)
-            .with_headers(s.headers.iter().cloned().collect())
+            .with_headers(
+                s.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().clone()))
+                    .collect(),
+            )
             .build(),
     };
     built.map_err(|e| format!("cannot start the trace exporter for `{}`: {e}", s.endpoint))

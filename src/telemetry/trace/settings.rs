@@ -8,23 +8,24 @@
 //! tracing on; `OTEL_SDK_DISABLED=true` turns it off whatever the file says.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
 use http::{HeaderName, HeaderValue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use tollgate_plugin_api::{redact_url, Secret, SecretUrl};
 
-/// `[tracing]` of gateway.toml as serde reads it.
-#[derive(Debug, Default, Deserialize)]
+/// `[tracing]` of gateway.toml as serde reads it (and `/config` shows it, secrets redacted).
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingSection {
     /// Exports traces when true; nothing else turns tracing on.
     #[serde(default)]
     pub enabled: bool,
     /// Collector URL, `http://` or `https://`. For `http/protobuf` it is the base URL and
-    /// `/v1/traces` is appended unless the path already ends with it.
-    pub endpoint: Option<String>,
+    /// `/v1/traces` is appended unless the path already ends with it. Credentials in it
+    /// (`https://user:password@host`) are secret.
+    pub endpoint: Option<SecretUrl>,
     /// `"grpc"` or `"http/protobuf"`.
     pub protocol: Option<String>,
     /// `service.name` of the exported resource.
@@ -35,9 +36,10 @@ pub struct TracingSection {
     pub ratio: Option<f64>,
     /// Deadline of one export, retries included (`"10s"`, `"500ms"`).
     pub timeout: Option<String>,
-    /// Extra headers (gRPC metadata) sent with every export, e.g. an API key.
+    /// Extra headers (gRPC metadata) sent with every export, e.g. an API key; the values are
+    /// secret.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret<String>>,
     /// Finished spans buffered for export; past it spans are dropped, never waited for.
     pub max_queue_size: Option<usize>,
     /// Most spans in one export request.
@@ -81,38 +83,22 @@ pub(super) enum RootSampler {
     Ratio(f64),
 }
 
-/// Everything the exporter pipeline needs, already checked.
-#[derive(Clone, PartialEq)]
+/// Everything the exporter pipeline needs, already checked. Header values and the endpoint's
+/// credentials are secrets, so `Debug` never shows them.
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct ExportSettings {
     pub(super) protocol: Protocol,
-    /// The full URL: for HTTP including `/v1/traces`.
+    /// The full URL: for HTTP including `/v1/traces`; never with credentials (they are moved
+    /// to an `authorization` header).
     pub(super) endpoint: String,
     pub(super) service_name: String,
     pub(super) sampler: SamplerChoice,
     pub(super) timeout: Duration,
     /// Lower-case names, values checked to be valid header values.
-    pub(super) headers: Vec<(String, String)>,
+    pub(super) headers: Vec<(String, Secret<String>)>,
     pub(super) max_queue_size: usize,
     pub(super) max_export_batch_size: usize,
     pub(super) scheduled_delay: Duration,
-}
-
-// Header values are often credentials; they must never reach a log line through `{:?}`.
-impl fmt::Debug for ExportSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
-        f.debug_struct("ExportSettings")
-            .field("protocol", &self.protocol)
-            .field("endpoint", &self.endpoint)
-            .field("service_name", &self.service_name)
-            .field("sampler", &self.sampler)
-            .field("timeout", &self.timeout)
-            .field("headers", &header_names)
-            .field("max_queue_size", &self.max_queue_size)
-            .field("max_export_batch_size", &self.max_export_batch_size)
-            .field("scheduled_delay", &self.scheduled_delay)
-            .finish()
-    }
 }
 
 /// Sampler names accepted in `sampler` and `OTEL_TRACES_SAMPLER`.
@@ -168,7 +154,9 @@ impl TracingSection {
         };
 
         let endpoint = match &self.endpoint {
-            Some(e) => endpoint_url(e, protocol, true).map_err(|m| format!("endpoint: {m}"))?,
+            Some(e) => {
+                endpoint_url(e.expose(), protocol, true).map_err(|m| format!("endpoint: {m}"))?
+            }
             None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
                 // The signal-specific variable is the full URL, taken as written.
                 Some(e) => endpoint_url(&e, protocol, false)
@@ -241,9 +229,19 @@ impl TracingSection {
             },
         };
 
-        let mut headers = Vec::with_capacity(self.headers.len());
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
         for (name, value) in &self.headers {
-            headers.push(check_header(name, value, protocol)?);
+            headers.push(check_header(name, value.expose(), protocol)?);
+        }
+        if let Some(basic) = endpoint.basic {
+            if headers.iter().any(|(name, _)| name == "authorization") {
+                return Err(
+                    "endpoint: credentials in the URL and an `authorization` header are \
+                            both given; keep one"
+                        .to_string(),
+                );
+            }
+            headers.push(("authorization".to_string(), basic));
         }
 
         let max_queue_size = self.max_queue_size.unwrap_or(DEFAULT_MAX_QUEUE_SIZE);
@@ -269,7 +267,7 @@ impl TracingSection {
         Ok(TracingSettings {
             export: Some(ExportSettings {
                 protocol,
-                endpoint,
+                endpoint: endpoint.url,
                 service_name,
                 sampler,
                 timeout,
@@ -312,15 +310,28 @@ fn parse_protocol(p: &str) -> Result<Protocol, String> {
     }
 }
 
+/// A checked collector URL, without credentials, and the credentials it was written with.
+struct Endpoint {
+    url: String,
+    /// `Basic` credentials from the URL's user info, sent as the `authorization` header.
+    basic: Option<Secret<String>>,
+}
+
 /// Checks a collector URL and, for HTTP with `append_path`, adds `/v1/traces` as the spec does
-/// for the base endpoint.
-fn endpoint_url(raw: &str, protocol: Protocol, append_path: bool) -> Result<String, String> {
-    let raw = raw.trim();
+/// for the base endpoint. Messages quote it with its credentials redacted.
+///
+/// Credentials in the URL (`https://user:password@host`) are taken out of it and sent as an
+/// `Authorization: Basic` header instead: the exporters' HTTP clients log the URL's authority
+/// at debug level (a connection pool's key), password included.
+fn endpoint_url(raw: &str, protocol: Protocol, append_path: bool) -> Result<Endpoint, String> {
+    let written = raw.trim();
+    let shown = redact_url(written, &[]);
+    let raw = shown.as_str();
     let hint = match protocol {
         Protocol::Grpc => "write e.g. \"http://127.0.0.1:4317\"",
         Protocol::HttpProtobuf => "write e.g. \"http://127.0.0.1:4318\"",
     };
-    let uri: Uri = raw
+    let uri: Uri = written
         .parse()
         .map_err(|e| format!("`{raw}` is not a URL ({e}); {hint}"))?;
     match uri.scheme() {
@@ -340,14 +351,43 @@ fn endpoint_url(raw: &str, protocol: Protocol, append_path: bool) -> Result<Stri
             "`{raw}`: a collector endpoint takes no query string"
         ));
     }
-    if protocol == Protocol::HttpProtobuf && append_path {
-        let base = raw.trim_end_matches('/');
+    let (written, basic) = take_credentials(written);
+    let url = if protocol == Protocol::HttpProtobuf && append_path {
+        let base = written.trim_end_matches('/');
         if uri.path().trim_end_matches('/').ends_with(HTTP_TRACES_PATH) {
-            return Ok(base.to_string());
+            base.to_string()
+        } else {
+            format!("{base}{HTTP_TRACES_PATH}")
         }
-        return Ok(format!("{base}{HTTP_TRACES_PATH}"));
-    }
-    Ok(raw.to_string())
+    } else {
+        written
+    };
+    Ok(Endpoint { url, basic })
+}
+
+/// Splits the user info off a URL that parsed as one: the URL without it, and the
+/// `Basic` credentials it held (percent escapes decoded).
+fn take_credentials(url: &str) -> (String, Option<Secret<String>>) {
+    use base64::Engine as _;
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some((userinfo, host)) = rest[..authority_end].rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let pair = format!("{}:{}", decode(user), decode(password));
+    let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+    (
+        format!("{scheme}://{host}{}", &rest[authority_end..]),
+        Some(Secret::new(format!("Basic {basic}"))),
+    )
 }
 
 fn check_ratio(r: f64) -> Result<f64, String> {
@@ -386,7 +426,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Checks one configured header; the value is never echoed, it is often a secret.
-fn check_header(name: &str, value: &str, protocol: Protocol) -> Result<(String, String), String> {
+fn check_header(
+    name: &str,
+    value: &str,
+    protocol: Protocol,
+) -> Result<(String, Secret<String>), String> {
     let header = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("headers: `{name}` is not a valid header name"))?;
     if HeaderValue::from_str(value).is_err() {
@@ -399,7 +443,7 @@ fn check_header(name: &str, value: &str, protocol: Protocol) -> Result<(String, 
             "headers: `{name}`: binary (`-bin`) gRPC metadata is not supported"
         ));
     }
-    Ok((header.as_str().to_string(), value.to_string()))
+    Ok((header.as_str().to_string(), Secret::new(value.to_string())))
 }
 
 #[cfg(test)]
@@ -680,7 +724,10 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("-bin"), "{err}");
         let s = validate("enabled = true\nheaders = { \"X-Api-Key\" = \"k\" }", &[]).unwrap();
-        assert_eq!(s.headers, vec![("x-api-key".to_string(), "k".to_string())]);
+        assert_eq!(
+            s.headers,
+            vec![("x-api-key".to_string(), Secret::new("k".to_string()))]
+        );
     }
 
     #[test]
@@ -693,6 +740,46 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(shown.contains("authorization"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn endpoint_credentials_become_a_basic_authorization_header() {
+        let s = validate(
+            "enabled = true\nendpoint = \"https://u%40x:p%3Aw@c:4318\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.endpoint, "https://c:4318/v1/traces");
+        // base64("u@x:p:w")
+        assert_eq!(
+            s.headers,
+            vec![(
+                "authorization".to_string(),
+                Secret::new("Basic dUB4OnA6dw==".to_string())
+            )]
+        );
+        assert!(!format!("{s:?}").contains("dUB4OnA6dw"), "{s:?}");
+        let err = validate(
+            "enabled = true\nendpoint = \"https://u:pw@c\"\nheaders = { Authorization = \"x\" }",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("keep one"), "{err}");
+        let err = validate("enabled = true\nendpoint = \"ftp://u:pw@c:21\"", &[]).unwrap_err();
+        assert!(err.contains("`ftp://u:<redacted>@c:21`"), "{err}");
+    }
+
+    #[test]
+    fn the_section_is_shown_with_header_values_and_url_credentials_redacted() {
+        let section =
+            section("enabled = true\nendpoint = \"https://u:pw@c\"\nheaders = { k = \"v4lue\" }");
+        assert_eq!(
+            serde_json::to_value(&section).unwrap(),
+            serde_json::json!({"enabled": true, "endpoint": "https://u:<redacted>@c",
+                               "headers": {"k": "<redacted>"}, "protocol": null, "service_name": null,
+                               "sampler": null, "ratio": null, "timeout": null, "max_queue_size": null,
+                               "max_export_batch_size": null, "scheduled_delay": null})
+        );
     }
 
     #[test]
