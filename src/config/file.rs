@@ -55,7 +55,7 @@ pub struct ServerSection {
 }
 
 /// `escaped_slashes = "..."`: what a request path with `%2F` or `%5C` gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum EscapedSlashes {
     /// 400 `bad_path`: nothing can pass a prefix rule by hiding a separator.
