@@ -320,3 +320,77 @@ async fn a_client_stalling_its_body_never_counts_against_the_upstream() {
         .unwrap_or_default();
     assert!(line.ends_with(" 6"), "{line}\n{metrics}");
 }
+
+/// TLS connections speaking HTTP/1.1 go through the same connection loop: the head deadline
+/// holds for them too.
+#[tokio::test]
+async fn tls_http1_heads_have_the_same_deadline() {
+    use std::sync::Arc;
+    let up = Upstream::echo("svc").await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem())
+        .expect("write key");
+    let tls_port = common::free_port();
+    let gw = Gateway::start_in(
+        dir,
+        &format!(
+            r#"
+[[listeners]]
+name = "tls"
+address = "127.0.0.1:{tls_port}"
+tls = {{ cert_file = "cert.pem", key_file = "key.pem" }}
+{}"#,
+            one_route(up.addr, "request_header_timeout = \"400ms\"", "")
+        ),
+    )
+    .await;
+    common::install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connect = |config: Arc<rustls::ClientConfig>| async move {
+        let tcp = TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("handshake")
+    };
+    let config = Arc::new(config);
+    // A whole request is served...
+    let mut tls = connect(config.clone()).await;
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw))
+        .await
+        .expect("answered")
+        .ok();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // ...a half-sent one is cut at the deadline.
+    let mut tls = connect(config).await;
+    tls.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw))
+        .await
+        .expect("cut in time")
+        .ok();
+    let (status, _, body) = parse(&raw);
+    assert_eq!(status, 408);
+    assert_eq!(body["error"]["code"], "client_timeout", "{body}");
+    let _ = gw;
+}
