@@ -635,7 +635,8 @@ pub(crate) mod tests {
             link.check(&l).await,
             Err(RemoteError::Unavailable)
         ));
-        assert!(started.elapsed() < Duration::from_secs(2));
+        // A refused connection is known at once; the bound only catches a hang.
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]
