@@ -6,13 +6,10 @@
 #   docker run --rm -p 8080:8080 -p 9901:9901 tollgate:dev
 #
 # Every package listed in PACKAGES is built in release mode and its binary (named like the
-# package) lands in /usr/local/bin. To ship another workspace binary, e.g. the gRPC sample
-# `examples/sample-grpc` once it exists, add it here (or pass --build-arg PACKAGES=...):
-#
-#   ARG PACKAGES="tollgate sample-http sample-grpc"
-#
-# and run it from docker-compose.yml with `entrypoint: ["sample-grpc"]`, as users/orders do.
-# protoc is already installed below for a tonic/prost build script.
+# package) lands in /usr/local/bin. To ship another workspace binary, add its package here (or
+# pass --build-arg PACKAGES=...) and run it from docker-compose.yml with `entrypoint: [NAME]`, as
+# the users/orders (`sample-http`) and greeter (`sample-grpc`) services do. protoc is installed
+# below for tonic/prost build scripts such as sample-grpc's.
 
 ARG PACKAGES="tollgate sample-http sample-grpc"
 
@@ -60,8 +57,8 @@ RUN groupadd --system --gid 10001 tollgate \
 
 COPY --from=builder /out/ /usr/local/bin/
 # A default config that listens on 0.0.0.0 (the repo's gateway.toml binds 127.0.0.1, which is
-# unreachable from outside a container). Its targets are the compose services users/orders;
-# mount your own file over it to run the image elsewhere.
+# unreachable from outside a container). Its targets are the compose services users, orders and
+# greeter; mount your own file over it to run the image elsewhere.
 COPY deploy/gateway.compose.toml /etc/tollgate/gateway.toml
 # The greeter route compiles proto/greeter.proto at start-up (paths relative to the config).
 COPY proto /etc/tollgate/proto

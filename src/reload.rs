@@ -134,7 +134,7 @@ impl Reloader {
             s.pending_restart = pending.clone();
         }
         for p in &pending {
-            tracing::warn!(change = %p, "config change needs a restart or binary upgrade (docs/operations/upgrade.md)");
+            tracing::warn!(change = %p, "config change needs a restart or binary upgrade (docs/operations/admin-reload-upgrade.md)");
         }
         tracing::info!(trigger, generation, "config reloaded");
         Ok(generation)

@@ -117,35 +117,47 @@ async fn ring_hash_respects_weights() {
 }
 
 #[tokio::test]
-async fn least_request_prefers_the_idle_target() {
-    let slow = Upstream::start(|req| async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        common::describe("slow", req).await
-    })
-    .await;
-    let fast = Upstream::echo("fast").await;
+async fn least_request_sends_each_request_to_the_target_with_fewer_in_flight() {
+    // Both targets hold every request until the test releases them, so the gateway's count of
+    // requests in flight to each is exactly what it has received: every pick is then decided by
+    // the counts (equal counts, either target), not by how fast anything ran.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = |name: &'static str| {
+        let release = release.clone();
+        Upstream::start(move |req| {
+            let release = release.clone();
+            async move {
+                release.acquire().await.expect("semaphore").forget();
+                common::describe(name, req).await
+            }
+        })
+    };
+    let (a, b) = (held("a").await, held("b").await);
     let gw = Gateway::start(&upstream_cfg(
-        &format!("\"{}\", \"{}\"", slow.addr, fast.addr),
+        &format!("\"{}\", \"{}\"", a.addr, b.addr),
         "balance = \"least_request\"",
     ))
     .await;
     let c = client();
-    // 40 concurrent requests: the slow target holds its requests, so new picks go to the fast one.
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..40 {
+    for sent in 1..=20 {
         let (c, url) = (c.clone(), gw.url("/lr"));
         set.spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) });
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        eventually("the request reaches a target", || async {
+            a.requests() + b.requests() == sent
+        })
+        .await;
+        assert!(
+            a.requests().abs_diff(b.requests()) <= 1,
+            "after {sent}: a holds {}, b holds {}",
+            a.requests(),
+            b.requests()
+        );
     }
+    release.add_permits(20);
     while let Some(r) = set.join_next().await {
         assert_eq!(r.expect("join").expect("request"), 200);
     }
-    assert!(
-        fast.requests() > slow.requests() * 3,
-        "fast {} slow {}",
-        fast.requests(),
-        slow.requests()
-    );
 }
 
 #[tokio::test]
@@ -634,11 +646,13 @@ async fn per_try_timeout_moves_a_slow_attempt_to_another_target() {
     let fast = Upstream::echo("fast").await;
     let gw = Gateway::start(&upstream_cfg(
         &format!("\"{}\", \"{}\"", slow.addr, fast.addr),
-        "[upstreams.svc.retry]\non = [\"timeout\"]\nper_try_timeout = \"1s\"\nbackoff_base = \"1ms\"\n",
+        // Long enough for any answer of the fast target on a loaded machine.
+        "[upstreams.svc.retry]\non = [\"timeout\"]\nper_try_timeout = \"3s\"\nbackoff_base = \"1ms\"\n",
     ))
     .await;
     let c = client();
-    for _ in 0..4 {
+    // Round robin over two targets: at least one of two first tries goes to the slow one.
+    for _ in 0..2 {
         let v: serde_json::Value = c
             .get(gw.url("/t"))
             .send()

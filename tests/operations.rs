@@ -579,13 +579,18 @@ async fn metrics_of_configured_upstreams_and_routes_exist_at_zero_from_start() {
 
 #[tokio::test]
 async fn sigterm_lets_requests_in_flight_finish() {
+    // `/slow` requests are held until the test releases them: they are certainly in flight
+    // when the gateway gets SIGTERM.
     let started = Arc::new(AtomicUsize::new(0));
-    let s = started.clone();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (s, r) = (started.clone(), release.clone());
     let up = Upstream::start(move |req| {
-        let s = s.clone();
+        let (s, r) = (s.clone(), r.clone());
         async move {
-            s.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            if req.uri().path() == "/slow" {
+                s.fetch_add(1, Ordering::SeqCst);
+                r.acquire().await.expect("semaphore").forget();
+            }
             common::describe("slow", req).await
         }
     })
@@ -613,16 +618,19 @@ async fn sigterm_lets_requests_in_flight_finish() {
             client().get(url).send().await.map(|r| r.status().as_u16())
         }));
     }
-    for _ in 0..200 {
-        if started.load(Ordering::SeqCst) == 6 {
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while started.load(Ordering::SeqCst) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slow requests did not start"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(started.load(Ordering::SeqCst), 6);
     gw.signal("TERM");
     // The idle connection is closed by the shutdown (its client sees the end of the stream).
     assert!(common::read_raw_response(&mut idle).await.is_none());
+    // Shutting down, with five requests in flight: they finish.
+    release.add_permits(5);
     for h in inflight {
         assert_eq!(h.await.expect("join").expect("request"), 200);
     }
@@ -644,14 +652,16 @@ impl Drop for Reaped {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_upgrade_hands_over_the_sockets_and_drains_the_old_process() {
+    // `/slow` requests are held until the test releases them, after the hand-over began.
     let started = Arc::new(AtomicUsize::new(0));
-    let s = started.clone();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (s, r) = (started.clone(), release.clone());
     let up = Upstream::start(move |req| {
-        let s = s.clone();
+        let (s, r) = (s.clone(), r.clone());
         async move {
             if req.uri().path() == "/slow" {
                 s.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                r.acquire().await.expect("semaphore").forget();
             }
             common::describe("svc", req).await
         }
@@ -678,7 +688,7 @@ async fn binary_upgrade_hands_over_the_sockets_and_drains_the_old_process() {
             client().get(url).send().await.map(|r| r.status().as_u16())
         }));
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while started.load(Ordering::SeqCst) < 5 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -732,6 +742,7 @@ async fn binary_upgrade_hands_over_the_sockets_and_drains_the_old_process() {
     old.signal("QUIT");
 
     // The old process finishes what it had, then exits.
+    release.add_permits(5);
     for h in inflight {
         assert_eq!(h.await.expect("join").expect("in-flight request"), 200);
     }

@@ -1,9 +1,11 @@
 //! The `rate-limit` plugin through the real gateway binary: GCRA counts, the response headers,
 //! keys, the key cap, Redis shared by several gateways, Redis failures, and `tollgate check`.
 //!
-//! Counts are asserted exactly where no time can pass that matters (slow rates such as 1/min),
-//! and with tolerances derived from the measured elapsed time where the rate itself is tested.
-//! Wall-clock bounds only catch hangs.
+//! Every assertion holds however slow the machine is. Counts are exact because no unit can come
+//! back during the test (rates of 1/min and slower), or because the test waits for a whole
+//! interval before it expects one. Waits the gateway reports (`t`, `Retry-After`) are checked
+//! against bounds from the measured time since the request that started them. Wall-clock bounds
+//! only catch hangs.
 
 mod common;
 
@@ -44,8 +46,38 @@ async fn statuses(c: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
     out
 }
 
-fn count(statuses: &[u16], status: u16) -> usize {
-    statuses.iter().filter(|s| **s == status).count()
+/// A header holding a whole number of seconds.
+fn seconds(resp: &reqwest::Response, name: &str) -> u64 {
+    let v = header(resp, name).unwrap_or_else(|| panic!("no `{name}` header"));
+    v.parse()
+        .unwrap_or_else(|_| panic!("`{name}: {v}` is not whole seconds"))
+}
+
+/// The `r` and `t` of a one-item `RateLimit` field of policy `name`: `"name";r=R;t=T`.
+fn ratelimit_item(resp: &reqwest::Response, name: &str) -> (u64, u64) {
+    let v = header(resp, "ratelimit").expect("a RateLimit header");
+    let rest = v
+        .strip_prefix(&format!("\"{name}\";"))
+        .unwrap_or_else(|| panic!("RateLimit `{v}` is not for `{name}`"));
+    let param = |key: &str| -> u64 {
+        rest.split(';')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no `{key}` in RateLimit `{v}`"))
+    };
+    (param("r"), param("t"))
+}
+
+/// A wait in whole seconds (rounded up) that the gateway computed as `interval` minus the time
+/// since it decided a request sent after `since`: between `interval` minus the time that has
+/// passed since `since` (rounded up), and `interval`.
+#[track_caller]
+fn assert_wait(got: u64, interval: u64, since: Instant) {
+    let passed = since.elapsed().as_secs_f64().ceil() as u64;
+    let lowest = interval.saturating_sub(passed);
+    assert!(
+        (lowest..=interval).contains(&got),
+        "a wait of {got} s, expected {lowest}..={interval} ({passed} s passed)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -53,89 +85,96 @@ fn count(statuses: &[u16], status: u16) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn burst_then_steady_rate_follow_the_gcra() {
+async fn a_full_bucket_admits_the_burst_at_once_then_refuses() {
     let up = Upstream::echo("svc").await;
-    // 4/s: one unit per 250 ms, far longer than six requests over loopback take.
+    // 1/min: no unit comes back during the test, so exactly the burst is admitted.
     let gw = Gateway::start(&cfg(
         &up,
         r#"
 [routes.api.plugins.rate-limit]
-limits = [{ rate = "4/s", burst = 5 }]
+limits = [{ rate = "1/min", burst = 5 }]
 "#,
     ))
     .await;
     let c = client();
     let url = gw.url("/api/x");
-
-    // Six at once: the burst of five passes, the sixth is refused. Sent concurrently so that
-    // they are all decided within a few milliseconds, far less than one interval (250 ms); the
-    // slack only covers a machine so loaded that the batch takes longer than that.
     let started = Instant::now();
     let sends = (0..6).map(|_| c.get(&url).send());
     let mut refusals = Vec::new();
-    let mut admitted = 0;
     for resp in futures_util::future::join_all(sends).await {
         let resp = resp.expect("request");
-        match resp.status().as_u16() {
-            200 => admitted += 1,
-            _ => refusals.push(resp),
+        if resp.status() != 200 {
+            refusals.push(resp);
         }
     }
-    let slack = (started.elapsed().as_millis() / 250) as usize;
-    assert!(
-        (5..=5 + slack).contains(&admitted),
-        "{admitted} of 6 admitted"
-    );
-    assert_eq!(admitted + refusals.len(), 6);
-    // The bucket is empty now: the next request is refused, with the wait rounded up to 1 s.
-    let mut next = refusals.pop();
-    for _ in 0..10 {
-        if next.is_some() {
-            break;
-        }
-        let resp = c.get(&url).send().await.expect("request");
-        if resp.status() == 200 {
-            admitted += 1;
-        } else {
-            next = Some(resp);
-        }
-    }
-    let resp = next.expect("a refusal once the burst is spent");
-    assert_eq!(header(&resp, "retry-after").as_deref(), Some("1"));
+    assert_eq!(refusals.len(), 1, "six at once against a burst of five");
+    let resp = refusals.remove(0);
+    // The next unit comes one interval after the first admission.
+    assert_wait(seconds(&resp, "retry-after"), 60, started);
     expect_error(resp, 429, "rate_limited").await;
     assert_eq!(
         up.requests(),
-        admitted,
+        5,
         "refused requests never reach the upstream"
     );
+}
 
-    // One second refills 4 units (the bucket holds 5): a quick batch gets exactly those, plus
-    // at most one more if the batch itself took over 250 ms.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let started = Instant::now();
-    let batch = statuses(&c, &url, 12).await;
-    let extra = usize::from(started.elapsed() > Duration::from_millis(200));
-    let admitted = count(&batch, 200);
-    assert!(
-        (4..=4 + extra + 1).contains(&admitted),
-        "admitted {admitted} after 1 s: {batch:?}"
-    );
-    assert_eq!(count(&batch, 429), 12 - admitted);
-
-    // Steady offered load well above the rate: admissions follow the rate.
-    let started = Instant::now();
-    let mut admitted = 0usize;
-    while started.elapsed() < Duration::from_millis(2_000) {
-        if c.get(&url).send().await.expect("request").status() == 200 {
-            admitted += 1;
+#[tokio::test]
+async fn after_the_burst_one_request_is_admitted_per_interval() {
+    let up = Upstream::echo("svc").await;
+    let gw = Gateway::start(&cfg(
+        &up,
+        r#"
+[routes.api.plugins.rate-limit]
+limits = [{ rate = "2/s", burst = 1 }]
+"#,
+    ))
+    .await;
+    let c = client();
+    let url = gw.url("/api/x");
+    let interval = Duration::from_millis(500);
+    // With a burst of one the GCRA admits a request exactly when one interval has passed since
+    // the last admission. The client knows each decision only to within its request's send and
+    // receive times, so: a request sent an interval after the last admission's answer must be
+    // admitted, one answered within an interval of the last admission's sending must be
+    // refused, and one in between may go either way.
+    let first = Instant::now();
+    let resp = c.get(&url).send().await.expect("request");
+    assert_eq!(resp.status(), 200, "the first request finds a full bucket");
+    let mut last = (first, Instant::now());
+    let mut admitted = 1;
+    for round in 0..4 {
+        for wait in [false, true] {
+            if wait {
+                tokio::time::sleep_until((last.1 + interval).into()).await;
+            }
+            let sent = Instant::now();
+            let resp = c.get(&url).send().await.expect("request");
+            let answered = Instant::now();
+            if resp.status() == 200 {
+                assert!(
+                    answered >= last.0 + interval,
+                    "round {round}: admitted within one interval of the last admission"
+                );
+                admitted += 1;
+                last = (sent, answered);
+            } else {
+                assert!(
+                    sent < last.1 + interval,
+                    "round {round}: refused a whole interval after the last admission"
+                );
+                // Less than an interval to wait, rounded up.
+                assert_eq!(header(&resp, "retry-after").as_deref(), Some("1"));
+                expect_error(resp, 429, "rate_limited").await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let expected = 4.0 * started.elapsed().as_secs_f64();
+    let intervals = first.elapsed().as_millis() / interval.as_millis();
     assert!(
-        (admitted as f64 - expected).abs() <= 3.0,
-        "admitted {admitted}, expected about {expected:.1}"
+        admitted as u128 <= 1 + intervals,
+        "{admitted} admitted in {intervals} intervals"
     );
+    assert_eq!(up.requests(), admitted);
 }
 
 #[tokio::test]
@@ -150,7 +189,9 @@ limits = [{ rate = "1/min", burst = 2 }]
     ))
     .await;
     let c = client();
-    // 1/min: the next unit is 60 s away for the whole test, so every value is exact.
+    // 1/min: no unit comes back during the test, so every `r` is exact; `t` counts down from
+    // the first request.
+    let started = Instant::now();
     for remaining in [1, 0] {
         let resp = c.get(gw.url("/api/x")).send().await.expect("request");
         assert_eq!(resp.status(), 200);
@@ -158,23 +199,21 @@ limits = [{ rate = "1/min", burst = 2 }]
             header(&resp, "ratelimit-policy").as_deref(),
             Some("\"default\";q=1;w=60")
         );
-        assert_eq!(
-            header(&resp, "ratelimit"),
-            Some(format!("\"default\";r={remaining};t=60"))
-        );
+        let (r, t) = ratelimit_item(&resp, "default");
+        assert_eq!(r, remaining);
+        assert_wait(t, 60, started);
         let body: serde_json::Value = resp.json().await.expect("echo body");
         assert_eq!(body["upstream"], "svc", "the upstream's own response");
     }
     let resp = c.get(gw.url("/api/x")).send().await.expect("request");
-    assert_eq!(header(&resp, "retry-after").as_deref(), Some("60"));
+    assert_wait(seconds(&resp, "retry-after"), 60, started);
     assert_eq!(
         header(&resp, "ratelimit-policy").as_deref(),
         Some("\"default\";q=1;w=60")
     );
-    assert_eq!(
-        header(&resp, "ratelimit").as_deref(),
-        Some("\"default\";r=0;t=60")
-    );
+    let (r, t) = ratelimit_item(&resp, "default");
+    assert_eq!(r, 0);
+    assert_wait(t, 60, started);
     let body = expect_error(resp, 429, "rate_limited").await;
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains("`default` (1/min, burst 2)"), "{message}");
@@ -187,23 +226,25 @@ async fn legacy_headers_option() {
         &up,
         r#"
 [routes.api.plugins.rate-limit]
-limits = [{ rate = "6/min", burst = 2 }]
+limits = [{ rate = "60/h", burst = 2 }]
 headers = "legacy"
 "#,
     ))
     .await;
     let c = client();
+    // One unit per minute: none comes back during the test.
+    let started = Instant::now();
     let resp = c.get(gw.url("/api/x")).send().await.expect("request");
     assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-ratelimit-limit").as_deref(), Some("6"));
+    assert_eq!(header(&resp, "x-ratelimit-limit").as_deref(), Some("60"));
     assert_eq!(header(&resp, "x-ratelimit-remaining").as_deref(), Some("1"));
-    assert_eq!(header(&resp, "x-ratelimit-reset").as_deref(), Some("10"));
+    assert_wait(seconds(&resp, "x-ratelimit-reset"), 60, started);
     assert_eq!(header(&resp, "ratelimit"), None);
     assert_eq!(header(&resp, "ratelimit-policy"), None);
     c.get(gw.url("/api/x")).send().await.expect("request");
     let resp = c.get(gw.url("/api/x")).send().await.expect("request");
     assert_eq!(header(&resp, "x-ratelimit-remaining").as_deref(), Some("0"));
-    assert_eq!(header(&resp, "retry-after").as_deref(), Some("10"));
+    assert_wait(seconds(&resp, "retry-after"), 60, started);
     expect_error(resp, 429, "rate_limited").await;
 }
 
@@ -355,11 +396,12 @@ limits = [{{ rate = "1/min", burst = 1, key = "param:id" }}]
 #[tokio::test]
 async fn a_flood_of_distinct_keys_is_bounded_and_keeps_busy_keys() {
     let up = Upstream::echo("svc").await;
+    // 1/d: the busy key's bucket stays empty however long the 2000 requests take.
     let gw = Gateway::start(&cfg(
         &up,
         r#"
 [routes.api.plugins.rate-limit]
-limits = [{ rate = "1/min", burst = 2, key = "header:x-client" }]
+limits = [{ rate = "1/d", burst = 2, key = "header:x-client" }]
 max_keys = 50
 "#,
     ))
@@ -421,12 +463,9 @@ url = "{url}"
     )
 }
 
-/// Three gateways on one Redis, hammered together for about `window` by two clients each:
-/// returns (admitted, refused, seconds from the first request sent to the last answer).
-///
-/// Clients connect (through the unlimited `/warm` route) before the clock starts, so that the
-/// window measures rate-limited traffic only.
-async fn hammer_three(gateways: &[Gateway], window: Duration) -> (usize, usize, f64) {
+/// Three gateways on one Redis, each sent `per_client` requests by each of two clients at
+/// once: returns (admitted, refused). Clients connect through the unlimited `/warm` route first.
+async fn hammer_three(gateways: &[Gateway], per_client: usize) -> (usize, usize) {
     let clients = 2 * gateways.len();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients));
     let mut tasks = Vec::new();
@@ -438,51 +477,65 @@ async fn hammer_three(gateways: &[Gateway], window: Duration) -> (usize, usize, 
                 let c = client();
                 assert_eq!(c.get(&warm).send().await.expect("warm-up").status(), 200);
                 barrier.wait().await;
-                let first = Instant::now();
-                let deadline = first + window;
                 let (mut ok, mut refused) = (0usize, 0usize);
-                // Bounded by time and by count.
-                for _ in 0..100_000 {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    match c.get(&url).send().await.expect("request").status().as_u16() {
+                for _ in 0..per_client {
+                    let resp = c.get(&url).send().await.expect("request");
+                    match resp.status().as_u16() {
                         200 => ok += 1,
                         429 => refused += 1,
-                        other => panic!("unexpected status {other}"),
+                        other => panic!(
+                            "unexpected status {other}: {}",
+                            resp.text().await.unwrap_or_default()
+                        ),
                     }
                 }
-                (ok, refused, first, Instant::now())
+                (ok, refused)
             }));
         }
     }
     let (mut ok, mut refused) = (0, 0);
-    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     for t in tasks {
-        let (o, r, f, l) = t.await.expect("task");
+        let (o, r) = t.await.expect("task");
         ok += o;
         refused += r;
-        first = Some(first.map_or(f, |x| x.min(f)));
-        last = Some(last.map_or(l, |x| x.max(l)));
     }
-    let span = match (first, last) {
-        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-        _ => 0.0,
-    };
-    (ok, refused, span)
+    (ok, refused)
 }
 
-async fn shared_budget_within_five_percent(options: &str) {
+/// Scripts Redis ran to the end: EVALSHA and EVAL calls less the failed ones (an EVALSHA that
+/// met an empty script cache is failed and followed by an EVAL).
+fn script_runs(redis: &RedisServer) -> u64 {
+    let stats = redis.info("commandstats");
+    ["evalsha", "eval"]
+        .iter()
+        .filter_map(|cmd| {
+            let line = stats
+                .lines()
+                .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))?;
+            let field = |name: &str| -> u64 {
+                line.split([':', ','])
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                    .unwrap_or(0)
+            };
+            Some(field("calls") - field("failed_calls"))
+        })
+        .sum()
+}
+
+/// Three gateways share one budget of 100 (a burst of 100 at 1/d, so nothing refills during
+/// the test) and are sent 600 requests at once: exactly 100 are admitted, whatever the timing.
+/// Returns how many decisions reached Redis.
+async fn three_gateways_share_one_budget(options: &str) -> u64 {
     let redis = RedisServer::start();
     let up = Upstream::echo("svc").await;
     let body = cfg(
         &up,
         &redis_limit(
             &redis.url(),
-            // A burst of one second's worth: a scheduling stall of the test machine shorter than
-            // that wastes no unit, so the load stays "continuous" for the GCRA.
-            r#"{ rate = "100/s", burst = 100, key = "route" }"#,
-            options,
+            r#"{ rate = "1/d", burst = 100, key = "route" }"#,
+            // Redis decides every request: a slow answer must not turn into an admission or a
+            // refusal of its own (a timeout would answer 503 here, failing the test loudly).
+            &format!("timeout = \"30s\"\non_error = \"deny\"\n{options}"),
         ),
     );
     let body = format!("{body}\n[routes.warm]\nprefix = \"/warm\"\nupstream = \"svc\"\n");
@@ -491,35 +544,32 @@ async fn shared_budget_within_five_percent(options: &str) {
         Gateway::start(&body).await,
         Gateway::start(&body).await,
     ];
-    let (admitted, refused, elapsed) = hammer_three(&gateways, Duration::from_secs(3)).await;
-    // GCRA: the burst, then one per interval, over the time the requests were being decided.
-    let budget = 100.0 + 100.0 * elapsed;
-    let error = (admitted as f64 - budget).abs() / budget;
-    eprintln!("shared budget: {admitted} admitted, {refused} refused in {elapsed:.3} s; budget {budget:.1}");
-    assert!(
-        refused > admitted,
-        "the load must exceed the rate: {admitted} admitted, {refused} refused"
-    );
-    assert!(
-        error <= 0.05,
-        "admitted {admitted} ({refused} refused) in {elapsed:.2} s, budget {budget:.0} ({:.1}% off)",
-        error * 100.0
+    let (admitted, refused) = hammer_three(&gateways, 100).await;
+    assert_eq!(
+        (admitted, refused),
+        (100, 500),
+        "admitted, refused of 600 against one budget of 100"
     );
     assert_eq!(
         up.requests(),
         admitted + gateways.len() * 2,
         "admitted and warm-up requests"
     );
+    script_runs(&redis)
 }
 
 #[tokio::test]
-async fn three_gateways_on_one_redis_admit_the_budget_within_five_percent() {
-    shared_budget_within_five_percent("").await;
+async fn three_gateways_on_one_redis_admit_exactly_one_budget() {
+    let runs = three_gateways_share_one_budget("").await;
+    assert_eq!(runs, 600, "Redis decides every request");
 }
 
 #[tokio::test]
-async fn local_precheck_keeps_the_shared_budget_within_five_percent() {
-    shared_budget_within_five_percent("local_precheck = true").await;
+async fn local_precheck_refuses_without_redis_and_keeps_the_shared_budget_exact() {
+    let runs = three_gateways_share_one_budget("local_precheck = true").await;
+    // Each gateway's own bucket (the same burst of 100) lets its first 100 of 200 through to
+    // Redis and refuses the rest itself.
+    assert_eq!(runs, 300, "decisions that reached Redis");
 }
 
 #[tokio::test]
@@ -528,12 +578,15 @@ async fn redis_killed_fails_open_or_closed_quickly_and_recovers() {
     let port = redis.port;
     let up = Upstream::echo("svc").await;
     let limits = r#"{ rate = "1/min", burst = 3, key = "route" }"#;
+    // A timeout far above any answer of a live Redis, however loaded the machine: only a dead
+    // Redis makes the gateway fall back, and a dead one is known at once (connection refused),
+    // not after the timeout.
     let open = Gateway::start(&cfg(
         &up,
         &redis_limit(
             &redis.url(),
             limits,
-            "prefix = \"open:\"\nretry_interval = \"300ms\"",
+            "prefix = \"open:\"\ntimeout = \"30s\"\nretry_interval = \"300ms\"",
         ),
     ))
     .await;
@@ -542,7 +595,7 @@ async fn redis_killed_fails_open_or_closed_quickly_and_recovers() {
         &redis_limit(
             &redis.url(),
             limits,
-            "prefix = \"closed:\"\nretry_interval = \"300ms\"\non_error = \"deny\"",
+            "prefix = \"closed:\"\ntimeout = \"30s\"\nretry_interval = \"300ms\"\non_error = \"deny\"",
         ),
     ))
     .await;
@@ -562,18 +615,24 @@ async fn redis_killed_fails_open_or_closed_quickly_and_recovers() {
         let resp = c.get(open.url("/api/x")).send().await.expect("request");
         assert_eq!(resp.status(), 200, "fail-open admits");
         assert_eq!(header(&resp, "ratelimit"), None, "no state to report");
-        assert!(started.elapsed() < Duration::from_secs(2), "hang");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the timeout"
+        );
 
         let started = Instant::now();
         let resp = c.get(closed.url("/api/x")).send().await.expect("request");
         assert_eq!(header(&resp, "retry-after").as_deref(), Some("1"));
         expect_error(resp, 503, "rate_limit_unavailable").await;
-        assert!(started.elapsed() < Duration::from_secs(2), "hang");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the timeout"
+        );
     }
 
     // Back (empty: nothing was saved), it is used again within a few retry intervals.
     let _redis = RedisServer::start_on(port);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = c
             .get(closed.url("/api/x"))
@@ -604,21 +663,25 @@ async fn hung_redis_costs_at_most_the_timeout() {
     ))
     .await;
     let c = client();
-    assert_eq!(
-        c.get(gw.url("/api/x")).send().await.expect("req").status(),
-        200
-    );
+    // Redis in use: a loaded machine may miss the 100 ms now and then (a 503), so this waits
+    // for one answer in time instead of expecting the first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get(gw.url("/api/x")).send().await.expect("req").status() != 200 {
+        assert!(Instant::now() < deadline, "Redis never answered in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
-    // Stopped: connections are accepted by the kernel, nothing is ever answered.
+    // Stopped: connections are accepted by the kernel, nothing is ever answered, so without
+    // the timeout these requests would wait forever.
     redis.signal("-STOP");
     for _ in 0..5 {
         let started = Instant::now();
         let resp = c.get(gw.url("/api/x")).send().await.expect("request");
         expect_error(resp, 503, "rate_limit_unavailable").await;
-        assert!(started.elapsed() < Duration::from_secs(2), "hang");
+        assert!(started.elapsed() < Duration::from_secs(10), "hang");
     }
     redis.signal("-CONT");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while c.get(gw.url("/api/x")).send().await.expect("req").status() != 200 {
         assert!(Instant::now() < deadline, "the gateway did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -784,7 +784,8 @@ upstream = "svc"
 
     // An unsampled caller: nothing exported, the flag passed on.
     let unsampled = "0af7651916cd43dd8448eb211c80319c";
-    let v: serde_json::Value = common::client()
+    let c = common::client();
+    let v: serde_json::Value = c
         .get(gw.url("/api/items"))
         .header("traceparent", format!("00-{unsampled}-b7ad6b7169203331-00"))
         .send()
@@ -801,8 +802,32 @@ upstream = "svc"
         tp.starts_with(&format!("00-{unsampled}-")) && tp.ends_with("-00"),
         "{tp}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (later, _) = rx.drain();
+    // Then a sampled request on the same keep-alive connection (so its spans end after the
+    // unsampled one's): once they have arrived, spans of the unsampled request would have too,
+    // from the same export queue. No time is guessed.
+    let marker = "5a3c1e0f9b2d4c6e8f7a1b3c5d7e9f01";
+    let resp = c
+        .get(gw.url("/api/items"))
+        .header("traceparent", format!("00-{marker}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + NO_HANG;
+    let mut later = Vec::new();
+    while later
+        .iter()
+        .filter(|s: &&Stored| hex(&s.span.trace_id) == marker)
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sampled request's spans never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        later.extend(rx.drain().0);
+    }
     assert!(
         later.iter().all(|s| hex(&s.span.trace_id) != unsampled),
         "an unsampled trace was exported"

@@ -416,6 +416,25 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The text of `INFO section` (`commandstats`, `keyspace`, ...).
+    pub fn info(&self, section: &str) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        write!(s, "*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len()).expect("write INFO");
+        let mut reader = BufReader::new(s);
+        let mut head = String::new();
+        reader.read_line(&mut head).expect("INFO reply");
+        let len: usize = head
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("INFO: unexpected reply {head:?}"));
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).expect("INFO body");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])

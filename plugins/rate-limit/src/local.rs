@@ -53,6 +53,10 @@ impl Verdict {
 #[derive(Debug, Clone)]
 struct MonoClock {
     base: Instant,
+    /// Unit tests only: when set, the clock reads these nanoseconds instead of `base` and moves
+    /// only when a test says so, which makes their GCRA arithmetic exact on any machine.
+    #[cfg(test)]
+    manual: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A reading of [`MonoClock`].
@@ -81,6 +85,10 @@ impl Clock for MonoClock {
     type Instant = Tick;
 
     fn now(&self) -> Tick {
+        #[cfg(test)]
+        if let Some(manual) = &self.manual {
+            return Tick(manual.load(std::sync::atomic::Ordering::SeqCst));
+        }
         // u64 nanoseconds last 584 years.
         Tick(u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
@@ -105,12 +113,23 @@ impl LocalLimiter {
     /// A limiter admitting `burst` requests at once and one per `rate.interval()` after that,
     /// per key, for at most `max_keys` keys.
     pub fn new(rate: Rate, burst: NonZeroU32, max_keys: usize) -> Result<Self, String> {
+        let clock = MonoClock {
+            base: Instant::now(),
+            #[cfg(test)]
+            manual: None,
+        };
+        Self::with_clock(rate, burst, max_keys, clock)
+    }
+
+    fn with_clock(
+        rate: Rate,
+        burst: NonZeroU32,
+        max_keys: usize,
+        clock: MonoClock,
+    ) -> Result<Self, String> {
         let quota = Quota::with_period(rate.interval())
             .ok_or_else(|| format!("rate {rate} has a zero emission interval"))?
             .allow_burst(burst);
-        let clock = MonoClock {
-            base: Instant::now(),
-        };
         let start = clock.now();
         let limiter = RateLimiter::new(quota, BoundedStore::new(max_keys), clock.clone());
         Ok(LocalLimiter {
@@ -166,18 +185,45 @@ impl LocalLimiter {
 mod tests {
     use super::*;
 
-    fn limiter(rate: &str, burst: u32, max_keys: usize) -> LocalLimiter {
-        LocalLimiter::new(
+    /// A limiter on a clock that stands still until the test moves it (`advance`).
+    struct Manual {
+        limiter: LocalLimiter,
+        now: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Manual {
+        fn advance(&self, by: Duration) {
+            let nanos = u64::try_from(by.as_nanos()).unwrap();
+            self.now
+                .fetch_add(nanos, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl std::ops::Deref for Manual {
+        type Target = LocalLimiter;
+        fn deref(&self) -> &LocalLimiter {
+            &self.limiter
+        }
+    }
+
+    fn limiter(rate: &str, burst: u32, max_keys: usize) -> Manual {
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let clock = MonoClock {
+            base: Instant::now(),
+            manual: Some(now.clone()),
+        };
+        let limiter = LocalLimiter::with_clock(
             rate.parse().unwrap(),
             NonZeroU32::new(burst).unwrap(),
             max_keys,
+            clock,
         )
-        .unwrap()
+        .unwrap();
+        Manual { limiter, now }
     }
 
     #[test]
     fn burst_then_refusal_with_exact_counts() {
-        // 1/min: no refill can happen during the test, so the counts are exact.
         let l = limiter("1/min", 5, 100);
         let key = b"k".to_vec();
         let remaining: Vec<u64> = (0..5)
@@ -192,8 +238,9 @@ mod tests {
         assert!(!refused.allowed);
         assert_eq!(refused.remaining, 0);
         // The next unit comes one emission interval after the first request.
-        assert!(refused.refill_in <= Duration::from_secs(60));
-        assert!(refused.refill_in > Duration::from_secs(59), "{refused:?}");
+        assert_eq!(refused.refill_in, Duration::from_secs(60));
+        l.advance(Duration::from_secs(15));
+        assert_eq!(l.check(&key).refill_in, Duration::from_secs(45));
         // Other keys have their own buckets.
         assert!(l.check(&b"other".to_vec()).allowed);
     }
@@ -204,7 +251,7 @@ mod tests {
         let v = l.check(&b"k".to_vec());
         assert_eq!(v.remaining, 2);
         // One unit was taken just now; it comes back one interval later.
-        assert!(v.refill_in > Duration::from_secs(59) && v.refill_in <= Duration::from_secs(60));
+        assert_eq!(v.refill_in, Duration::from_secs(60));
     }
 
     #[test]
@@ -212,12 +259,17 @@ mod tests {
         let l = limiter("20/s", 1, 100);
         let key = b"k".to_vec();
         assert!(l.check(&key).allowed);
-        assert!(!l.check(&key).allowed);
-        std::thread::sleep(Duration::from_millis(60));
+        let refused = l.check(&key);
+        assert!(!refused.allowed);
+        assert_eq!(refused.refill_in, Duration::from_millis(50));
+        l.advance(Duration::from_millis(49));
+        assert!(!l.check(&key).allowed, "49 ms: still within the interval");
+        l.advance(Duration::from_millis(1));
         assert!(
             l.check(&key).allowed,
             "one interval (50 ms) later a unit is back"
         );
+        assert!(!l.check(&key).allowed, "and only one");
     }
 
     #[test]
@@ -243,7 +295,14 @@ mod tests {
             l.check(&format!("k{i}").into_bytes());
         }
         assert_eq!(l.len(), 50);
-        std::thread::sleep(Duration::from_millis(5));
+        l.sweep();
+        assert_eq!(l.len(), 50, "no bucket is full yet");
+        // One interval (1 ms) later every bucket is full again; governor's `retain_recent`
+        // drops a key one interval after that.
+        l.advance(Duration::from_millis(1));
+        l.sweep();
+        assert_eq!(l.len(), 50, "full for no time yet");
+        l.advance(Duration::from_millis(1));
         l.sweep();
         assert!(l.is_empty(), "{} keys left", l.len());
     }
