@@ -53,6 +53,11 @@ pub(crate) struct Collector<'a> {
     file: &'a Path,
     src: &'a str,
     pub errors: Vec<ConfigError>,
+    /// Errors shown after the sorted ones whatever their position (summaries of what is left out).
+    last: Vec<ConfigError>,
+    /// Byte offset of every line start, built at the first error: a file with thousands of
+    /// errors must not be scanned from its start for each of them.
+    lines: Vec<usize>,
 }
 
 impl<'a> Collector<'a> {
@@ -61,32 +66,65 @@ impl<'a> Collector<'a> {
             file,
             src,
             errors: Vec::new(),
+            last: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
     pub fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = line_col(self.src, span.start);
-        self.errors.push(ConfigError {
+        let error = self.error(span, message.into());
+        self.errors.push(error);
+    }
+
+    /// Like `at`, for an error that goes after all others, whatever its position.
+    pub fn at_end(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let error = self.error(span, message.into());
+        self.last.push(error);
+    }
+
+    fn error(&mut self, span: Range<usize>, message: String) -> ConfigError {
+        if self.lines.is_empty() {
+            self.lines = std::iter::once(0)
+                .chain(self.src.match_indices('\n').map(|(at, _)| at + 1))
+                .collect();
+        }
+        let (line, col) = line_col_indexed(self.src, &self.lines, span.start);
+        ConfigError {
             file: self.file.to_path_buf(),
             line,
             col,
-            message: message.into(),
-        });
+            message,
+        }
     }
 
     pub fn finish(mut self) -> Result<(), ConfigErrors> {
-        if self.errors.is_empty() {
+        if self.errors.is_empty() && self.last.is_empty() {
             Ok(())
         } else {
             self.errors.sort_by_key(|e| (e.line, e.col));
             self.errors.dedup();
+            self.errors.append(&mut self.last);
             Err(ConfigErrors(self.errors))
         }
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of a byte offset, given where `src`'s lines start.
+fn line_col_indexed(src: &str, lines: &[usize], offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(src.len());
+    while !src.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let line = lines.partition_point(|&start| start <= offset).max(1);
+    let line_start = lines.get(line - 1).copied().unwrap_or(0);
+    let col = src[line_start..offset].chars().count() + 1;
+    (line, col)
+}
+
+/// 1-based line and column (in characters) of a byte offset, the obvious way; the tests check
+/// the indexed one against it.
+#[cfg(test)]
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(src.len());
     while !src.is_char_boundary(offset) {
         offset -= 1;
@@ -109,5 +147,13 @@ mod tests {
         assert_eq!(line_col(src, 6), (2, 1));
         assert_eq!(line_col(src, 9), (2, 3));
         assert_eq!(line_col(src, 999), (3, 1));
+        let lines = [0, 6, 14];
+        for offset in [0, 6, 8, 9, 13, 14, 999] {
+            assert_eq!(
+                line_col_indexed(src, &lines, offset),
+                line_col(src, offset),
+                "offset {offset}"
+            );
+        }
     }
 }
