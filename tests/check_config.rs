@@ -800,6 +800,50 @@ alow_origins = ["*"]
     assert_eq!(lines, [2, 5, 13, 16, 24], "{out}");
 }
 
+/// Values echoed in errors are escaped, so a value cannot end its error line and forge another
+/// `FILE:LINE:COL:` line, nor send escape sequences to the terminal (`run_check` also asserts
+/// that every output line has the error form).
+#[test]
+fn control_characters_in_echoed_values_are_escaped() {
+    let (code, out) = check(
+        r#"[upstreams.u]
+targets = ["127.0.0.1:3000"]
+
+[routes.r]
+host = "a\r\ngateway.toml:1:1: all good \u001b[2J"
+prefix = "/"
+upstream = "u"
+
+[routes."a\nb"]
+exact = "/x"
+upstream = "u"
+
+[routes."a\u001bb"]
+exact = "/x"
+upstream = "u"
+"#,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(errors(&out).len(), 2, "{out}");
+    assert_reported(
+        &out,
+        5,
+        Some(8),
+        r"route `r`: invalid host `a\r\ngateway.toml:1:1: all good \x1b[2J`",
+    );
+    assert_reported(
+        &out,
+        14,
+        Some(9),
+        r"route `a\x1bb` conflicts with route `a\nb`",
+    );
+    assert!(!out.contains('\u{1b}') && !out.contains('\r'));
+    // Messages of the toml crate and serde too.
+    let (_, out) = check("[server]\n\"x\\u0085y\" = 1\n");
+    assert_reported(&out, 2, Some(1), r"unknown field `x\u{85}y`");
+    assert!(!out.contains('\u{85}'));
+}
+
 #[test]
 fn columns_count_characters_not_bytes() {
     // `é` is two bytes; the second entry starts at character 25 (byte 26).

@@ -1,4 +1,6 @@
-//! Config errors: every one carries the file and the position of the value it is about.
+//! Config errors: every one carries the file and the position of the value it is about, and is
+//! shown on one line: values echoed from the file are escaped when the error is displayed, so no
+//! value can end the line early, forge another `FILE:LINE:COL:` line or drive the terminal.
 
 use std::fmt;
 use std::ops::Range;
@@ -22,12 +24,40 @@ impl fmt::Display for ConfigError {
         write!(
             f,
             "{}:{}:{}: {}",
-            self.file.display(),
+            Escaped(&self.file.display().to_string()),
             self.line,
             self.col,
-            self.message
+            Escaped(&self.message)
         )
     }
+}
+
+/// Displays text on one line with its control characters escaped the way Rust writes them in
+/// string literals (`\n`, `\r`, `\t`, `\x1b`, `\u{85}`): C0 controls, DEL, C1 controls, and
+/// the Unicode line and paragraph separators, which some viewers break lines at. Everything
+/// else, backslashes included, is shown as is.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some((at, c)) = rest.char_indices().find(|&(_, c)| needs_escape(c)) {
+            f.write_str(&rest[..at])?;
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if (c as u32) < 0x80 => write!(f, "\\x{:02x}", c as u32)?,
+                c => write!(f, "\\u{{{:x}}}", c as u32)?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// All errors found in one config file (at least one).
@@ -155,5 +185,42 @@ mod tests {
                 "offset {offset}"
             );
         }
+    }
+
+    fn error(message: &str) -> String {
+        ConfigError {
+            file: "gateway.toml".into(),
+            line: 3,
+            col: 7,
+            message: message.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn control_characters_in_messages_are_escaped() {
+        assert_eq!(
+            error("invalid host `a\r\ngateway.toml:1:1: all good\u{1b}[2J`"),
+            "gateway.toml:3:7: invalid host `a\\r\\ngateway.toml:1:1: all good\\x1b[2J`"
+        );
+        assert_eq!(
+            error("tab\there, nul\0, del\u{7f}, c1\u{85}, ls\u{2028}"),
+            "gateway.toml:3:7: tab\\there, nul\\x00, del\\x7f, c1\\u{85}, ls\\u{2028}"
+        );
+        assert_eq!(
+            error("plain `C:\\dir` and é"),
+            "gateway.toml:3:7: plain `C:\\dir` and é"
+        );
+    }
+
+    #[test]
+    fn a_file_name_with_a_newline_stays_on_one_line() {
+        let e = ConfigError {
+            file: "a\nb.toml".into(),
+            line: 1,
+            col: 1,
+            message: "m".into(),
+        };
+        assert_eq!(e.to_string(), "a\\nb.toml:1:1: m");
     }
 }

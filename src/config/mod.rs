@@ -22,7 +22,7 @@ use tollgate_plugin_api::{BuildContext, PluginRegistry};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, Escaped};
 pub use model::*;
 
 use crate::router::{self, HeaderMatch, HostMatch, PathMatch, RouteSpec, RouteTable};
