@@ -78,7 +78,6 @@ pub fn build(
     let listeners = config.listeners.clone();
     let admin = config.admin.clone();
     crate::telemetry::access_log::configure(config.access_log.sink.as_ref())?;
-    let watch_config = config.server.watch_config;
     let tracing_settings = config.tracing.clone();
     let first = Snapshot::new(config, 1);
     prime(&first)?;
@@ -130,7 +129,6 @@ pub fn build(
         Background {
             snapshot: snapshot.clone(),
             reloader: reloader.clone(),
-            watch_config,
             tracing: tracing_settings,
         },
     ));
@@ -185,7 +183,6 @@ fn prime(snapshot: &Snapshot) -> Result<(), String> {
 struct Background {
     snapshot: Arc<ArcSwap<Snapshot>>,
     reloader: Arc<Reloader>,
-    watch_config: bool,
     tracing: crate::telemetry::trace::TracingSettings,
 }
 
@@ -198,9 +195,8 @@ impl BackgroundService for Background {
         }
         self.snapshot.load().start_tasks();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if self.watch_config {
-            tokio::spawn(self.reloader.clone().watch_file(stop_rx.clone()));
-        }
+        self.reloader
+            .start_watching(tokio::runtime::Handle::current());
         // Listening before readiness is reported: a SIGHUP sent right after must not be lost
         // (nor, inherited as ignored, dropped) while the task has yet to run.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -210,6 +206,7 @@ impl BackgroundService for Background {
         let _ = shutdown.changed().await;
         let graceful = *shutdown.borrow();
         let _ = stop_tx.send(true);
+        self.reloader.stop_watching();
         self.snapshot.load().stop_tasks();
         if graceful {
             drain().await;

@@ -5,6 +5,7 @@
 mod error;
 mod file;
 pub mod model;
+mod restart_only;
 mod tls;
 mod values;
 
@@ -24,6 +25,7 @@ use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors, Escaped};
 pub use model::*;
+pub use restart_only::ProcessSettings;
 
 use crate::router::{self, HeaderMatch, HostMatch, PathMatch, RouteSpec, RouteTable};
 use error::Collector;

@@ -111,8 +111,10 @@ impl Gateway {
             let stderr_path = dir_ref.path().join("stderr.log");
             let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+            // The config's `[log] level` decides, whatever the test's environment says.
             cmd.arg("-c")
                 .arg(&path)
+                .env_remove("RUST_LOG")
                 .stdout(Stdio::null())
                 .stderr(stderr);
             for (k, v) in env {
