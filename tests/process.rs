@@ -1,11 +1,14 @@
 //! Process-wide settings: what a reload applies to the running process (`watch_config`, the log
-//! level) and what it cannot (`pending_restart`).
+//! level) and what it cannot (`pending_restart`), and one process per admin address and upgrade
+//! socket.
 
 mod common;
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{client, Gateway, Upstream};
+use common::{client, free_port, Gateway, Upstream};
 
 fn routes(a: std::net::SocketAddr, with_b: bool) -> String {
     let mut cfg = format!(
@@ -170,4 +173,102 @@ async fn log_level_changes_apply_on_reload() {
     });
     reload(&gw).await;
     assert_eq!(infos(&gw), quiet + 1, "{}", gw.logs());
+}
+
+/// Runs tollgate (`run`) on `config` written into `dir`, expecting it to refuse to start.
+fn run_expecting_failure(dir: &Path, config: &str) -> Output {
+    let path = dir.join("second.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("-c")
+        .arg(&path)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tollgate");
+    // A start that wrongly succeeds must not hang the test.
+    for _ in 0..600 {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    panic!(
+        "the second instance started:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn second_config(listener: u16, admin: String, upgrade_sock: &Path) -> String {
+    format!(
+        "[server]\nupgrade_sock = \"{}\"\n\n[[listeners]]\nname = \"second\"\n\
+         address = \"127.0.0.1:{listener}\"\n\n[admin]\naddress = \"{admin}\"\n\n\
+         [upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n\n[routes.r]\nprefix = \"/\"\nupstream = \"u\"\n",
+        upgrade_sock.display()
+    )
+}
+
+#[tokio::test]
+async fn a_second_instance_on_the_same_admin_address_fails_start_up() {
+    let a = Upstream::echo("a").await;
+    let first = Gateway::start(&routes(a.addr, false)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The second one's listener port was free a moment ago; if something took it since, the
+    // refusal is about the listener, and the test tries another.
+    for _ in 0..5 {
+        let config = second_config(
+            free_port(),
+            first.admin.to_string(),
+            &dir.path().join("upgrade.sock"),
+        );
+        let out = run_expecting_failure(dir.path(), &config);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        if text.contains("listener `second`") {
+            continue;
+        }
+        assert!(
+            text.contains(&format!(
+                "the admin listener (`[admin] address`): {} is already in use",
+                first.admin
+            )),
+            "{text}"
+        );
+        assert!(text.contains("`[server] upgrade_sock`"), "{text}");
+        assert_eq!(status(&first, "/a").await, 200);
+        return;
+    }
+    panic!("no free port for the second instance's listener");
+}
+
+#[tokio::test]
+async fn a_second_instance_on_the_same_upgrade_socket_fails_start_up() {
+    let a = Upstream::echo("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("shared.sock");
+    let first = Gateway::start(&format!(
+        "[server]\nupgrade_sock = \"{}\"\n{}",
+        sock.display(),
+        routes(a.addr, false)
+    ))
+    .await;
+    // Its own listener and admin ports: only the upgrade socket is shared.
+    let config = second_config(free_port(), format!("127.0.0.1:{}", free_port()), &sock);
+    let out = run_expecting_failure(dir.path(), &config);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "upgrade socket {} is in use by a running tollgate (pid {}",
+            sock.display(),
+            first.pid()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("`[admin] address`"), "{text}");
+    assert_eq!(status(&first, "/a").await, 200);
 }
