@@ -17,4 +17,5 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod upgrade_lock;
 pub mod upstream;

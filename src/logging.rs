@@ -1,19 +1,48 @@
-//! Process logging through `tracing`: level from `RUST_LOG` (else the config), text or JSON lines.
+//! Process logging through `tracing`: level from `RUST_LOG` (else the config, changeable by
+//! reload), text or JSON lines.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
+
+/// Swaps the installed filter; set once the subscriber is installed.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// Installs the global subscriber. pingora's own `log` records are bridged into it.
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let (filter, handle) = reload::Layer::new(filter);
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => lines.boxed(),
     };
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .try_init()
+        .is_ok()
+    {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Applies a reloaded `[log] level`. `RUST_LOG`, when set, keeps winning over the config.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if EnvFilter::try_from_default_env().is_ok() {
+        return Ok(());
+    }
+    let Some(handle) = FILTER.get() else {
+        return Ok(());
+    };
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level: {e}"))?;
+    handle
+        .reload(filter)
+        .map_err(|e| format!("log level not applied: {e}"))
 }

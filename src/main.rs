@@ -89,7 +89,10 @@ fn main() -> ExitCode {
             match tollgate::server::build(config, cli.config.clone(), registry, cli.upgrade) {
                 Ok(server) => server.run_forever(),
                 Err(e) => {
-                    eprintln!("{}: {e}", cli.config.display());
+                    // Start-up errors name listeners and paths from the file: escaped like
+                    // config errors, so each stays one line.
+                    let path = cli.config.display().to_string();
+                    eprintln!("{}: {}", config::Escaped(&path), config::Escaped(&e));
                     ExitCode::from(1)
                 }
             }

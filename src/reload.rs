@@ -5,6 +5,10 @@
 //!
 //! Triggers: `POST /reload` on the admin listener, SIGHUP, and (with `server.watch_config`) a
 //! change of the file's modification time.
+//!
+//! Keys that only a restart applies (`config::ProcessSettings` classifies them) are compared with
+//! the config the process started with: a change is logged once and listed in `pending_restart`
+//! until it is reverted or the process restarts.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tollgate_plugin_api::PluginRegistry;
 
-use crate::config::{self, AdminSettings, GatewayConfig, Listener};
+use crate::config::{self, ProcessSettings};
 use crate::snapshot::Snapshot;
 use crate::telemetry::{access_log, metrics::metrics};
 
@@ -25,7 +29,8 @@ pub struct ReloadStatus {
     pub generation: u64,
     /// Error of the last failed reload, cleared by a successful one.
     pub last_error: Option<String>,
-    /// Settings that changed in the file but need a restart or upgrade to apply.
+    /// Keys (`server.threads`, `listeners.public.address`, ...) that changed in the file but
+    /// need a restart or upgrade to apply.
     pub pending_restart: Vec<String>,
 }
 
@@ -34,38 +39,52 @@ pub struct Reloader {
     path: PathBuf,
     registry: PluginRegistry,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    /// The listeners and admin the process bound at start (they cannot change in place).
-    bound_listeners: Vec<Listener>,
-    bound_admin: Option<AdminSettings>,
+    /// The restart-only settings the process runs with (those of the config it started with).
+    running: ProcessSettings,
     /// One reload at a time; a trigger during a reload waits for it.
     serial: tokio::sync::Mutex<()>,
     status: Mutex<ReloadStatus>,
     ready: AtomicBool,
+    watcher: Mutex<Watcher>,
+}
+
+/// The file watcher, on or off as the live config's `server.watch_config` says.
+#[derive(Default)]
+struct Watcher {
+    /// Whether the live config asks for it.
+    wanted: bool,
+    /// Where it runs: the background runtime, once started (none after shutdown).
+    runtime: Option<tokio::runtime::Handle>,
+    /// Stops the running watcher.
+    stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Reloader {
     /// A reloader for the config at `path`, currently live in `snapshot`.
     pub fn new(path: PathBuf, registry: PluginRegistry, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
-        let (bound_listeners, bound_admin, generation) = {
+        let (running, generation, watch) = {
             let s = snapshot.load();
             (
-                s.config.listeners.clone(),
-                s.config.admin.clone(),
+                ProcessSettings::of(&s.config),
                 s.generation,
+                s.config.server.watch_config,
             )
         };
         Self {
             path,
             registry,
             snapshot,
-            bound_listeners,
-            bound_admin,
+            running,
             serial: tokio::sync::Mutex::new(()),
             status: Mutex::new(ReloadStatus {
                 generation,
                 ..ReloadStatus::default()
             }),
             ready: AtomicBool::new(false),
+            watcher: Mutex::new(Watcher {
+                wanted: watch,
+                ..Watcher::default()
+            }),
         }
     }
 
@@ -91,7 +110,7 @@ impl Reloader {
 
     /// Loads the file again and, if it is valid, makes it live. Returns the new generation, or
     /// every error of the file (the old config keeps serving).
-    pub async fn reload(&self, trigger: &str) -> Result<u64, String> {
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, String> {
         let _serial = self.serial.lock().await;
         let (path, registry) = (self.path.clone(), self.registry.clone());
         let loaded = tokio::task::spawn_blocking(move || config::load(&path, &registry))
@@ -102,7 +121,9 @@ impl Reloader {
             Ok(Err(errors)) => return Err(self.failed(trigger, errors.to_string())),
             Err(e) => return Err(self.failed(trigger, e)),
         };
-        let pending = self.restart_only_changes(&config);
+        let pending = self
+            .running
+            .restart_only_changes(&ProcessSettings::of(&config));
         if let Err(e) = access_log::configure(config.access_log.sink.as_ref()) {
             return Err(self.failed(trigger, e));
         }
@@ -112,6 +133,10 @@ impl Reloader {
         // already sees healthy targets.
         next.prime().await;
         next.start_tasks();
+        let (level, watch) = (
+            next.config.log.level.clone(),
+            next.config.server.watch_config,
+        );
         let tracing_changed = next.config.tracing != self.snapshot.load().config.tracing;
         let new_tracing = tracing_changed.then(|| next.config.tracing.clone());
         let old = self.snapshot.swap(Arc::new(next));
@@ -123,18 +148,34 @@ impl Reloader {
                 tracing::error!(error = %e, "tracing settings not applied; the previous exporter keeps running");
             }
         }
+        if level != old.config.log.level {
+            if let Err(e) = crate::logging::set_level(&level) {
+                tracing::error!(error = %e, "the previous log level stays");
+            }
+        }
+        self.set_watching(watch);
         if let Some(m) = metrics() {
             m.reloads.with_label_values(&["ok"]).inc();
             m.generation
                 .set(i64::try_from(generation).unwrap_or(i64::MAX));
         }
-        if let Ok(mut s) = self.status.lock() {
-            s.generation = generation;
-            s.last_error = None;
-            s.pending_restart = pending.clone();
-        }
-        for p in &pending {
-            tracing::warn!(change = %p, "config change needs a restart or binary upgrade (docs/operations/admin-reload-upgrade.md)");
+        let newly_pending: Vec<String> = match self.status.lock() {
+            Ok(mut s) => {
+                s.generation = generation;
+                s.last_error = None;
+                let new = pending
+                    .iter()
+                    .filter(|p| !s.pending_restart.contains(p))
+                    .cloned()
+                    .collect();
+                s.pending_restart = pending;
+                new
+            }
+            Err(_) => pending,
+        };
+        // Once per change, not on every reload while it stays pending.
+        for key in &newly_pending {
+            tracing::warn!(key = %key, "config change not applied: it needs a restart or a binary upgrade (docs/operations/admin-reload-upgrade.md)");
         }
         tracing::info!(trigger, generation, "config reloaded");
         Ok(generation)
@@ -151,25 +192,59 @@ impl Reloader {
         error
     }
 
-    /// Changes that cannot apply to a running process.
-    fn restart_only_changes(&self, next: &GatewayConfig) -> Vec<String> {
-        let mut out = Vec::new();
-        let describe = |ls: &[Listener]| -> Vec<String> {
-            let mut v: Vec<String> = ls
-                .iter()
-                .map(|l| format!("{} h2c={} tls={}", l.address, l.h2c, l.tls.is_some()))
-                .collect();
-            v.sort();
-            v
+    /// Starts the file watcher on `runtime` if the live config asks for it, and keeps it in step
+    /// with `server.watch_config` from then on.
+    pub fn start_watching(self: &Arc<Self>, runtime: tokio::runtime::Handle) {
+        if let Ok(mut w) = self.watcher.lock() {
+            w.runtime = Some(runtime);
+        }
+        self.reconcile_watcher();
+    }
+
+    /// Stops the file watcher for good (shutdown).
+    pub fn stop_watching(&self) {
+        if let Ok(mut w) = self.watcher.lock() {
+            w.runtime = None;
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(true);
+            }
+        }
+    }
+
+    /// Whether the file watcher runs.
+    pub fn is_watching(&self) -> bool {
+        self.watcher.lock().is_ok_and(|w| w.stop.is_some())
+    }
+
+    fn set_watching(self: &Arc<Self>, wanted: bool) {
+        if let Ok(mut w) = self.watcher.lock() {
+            w.wanted = wanted;
+        }
+        self.reconcile_watcher();
+    }
+
+    fn reconcile_watcher(self: &Arc<Self>) {
+        let Ok(mut w) = self.watcher.lock() else {
+            return;
         };
-        if describe(&self.bound_listeners) != describe(&next.listeners) {
-            out.push("listeners changed".to_string());
+        match (w.wanted, w.stop.is_some(), w.runtime.clone()) {
+            (true, false, Some(runtime)) => {
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                // Created here, so the baseline modification time is the file just loaded.
+                runtime.spawn(self.clone().watch_file(stopped));
+                w.stop = Some(stop);
+                tracing::info!(path = %self.path.display(), "watching the config file for changes");
+            }
+            (false, true, _) => {
+                // The watcher may be the caller (its reload turned watching off): it sees the
+                // stop once that reload returns.
+                if let Some(stop) = w.stop.take() {
+                    let _ = stop.send(true);
+                }
+                tracing::info!(path = %self.path.display(), "no longer watching the config file");
+            }
+            _ => {}
         }
-        let admin = |a: &Option<AdminSettings>| a.as_ref().map(|a| a.address);
-        if admin(&self.bound_admin) != admin(&next.admin) {
-            out.push("admin address changed".to_string());
-        }
-        out
     }
 
     /// Reloads whenever the file's modification time changes (polled: no platform watcher to

@@ -61,12 +61,19 @@ pub fn build(
     // Retries are decided by the proxy (retry policy); this is only pingora's hard ceiling.
     conf.max_retries = 16;
     conf.upgrade_sock = config.server.upgrade_sock.display().to_string();
+    // First: a second instance started by mistake is told so, whatever else it shares.
+    crate::upgrade_lock::acquire(&config.server.upgrade_sock, upgrade)?;
     if !upgrade {
-        let admin_addr = config.admin.as_ref().map(|a| ("admin", a.address));
+        let admin_addr = config.admin.as_ref().map(|a| {
+            (
+                "the admin listener (`[admin] address`)".to_string(),
+                a.address,
+            )
+        });
         let addrs = config
             .listeners
             .iter()
-            .map(|l| (l.name.as_str(), l.address))
+            .map(|l| (format!("listener `{}`", l.name), l.address))
             .chain(admin_addr);
         check_bindable(addrs)?;
     }
@@ -81,7 +88,6 @@ pub fn build(
     let listeners = config.listeners.clone();
     let admin = config.admin.clone();
     crate::telemetry::access_log::configure(config.access_log.sink.as_ref())?;
-    let watch_config = config.server.watch_config;
     let tracing_settings = config.tracing.clone();
     let first = Snapshot::new(config, 1);
     prime(&first)?;
@@ -137,7 +143,6 @@ pub fn build(
         Background {
             snapshot: snapshot.clone(),
             reloader: reloader.clone(),
-            watch_config,
             tracing: tracing_settings,
         },
     ));
@@ -157,19 +162,20 @@ pub fn build(
 /// a minute and meanwhile the admin API answers, so a second gateway (or anything else) on the
 /// port would otherwise look like a healthy start while its clients reach the other process.
 /// Not for `--upgrade`, where the old process holds the ports on purpose.
-fn check_bindable<'a>(
-    addrs: impl Iterator<Item = (&'a str, std::net::SocketAddr)>,
+fn check_bindable(
+    addrs: impl Iterator<Item = (String, std::net::SocketAddr)>,
 ) -> Result<(), String> {
-    for (name, addr) in addrs {
+    for (what, addr) in addrs {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "is already in use (another process listens there; for a zero-downtime \
-                 replacement use `tollgate --upgrade`)"
+                "is already in use (another process listens there; several tollgates on one \
+                 host each need their own listener addresses, `[admin] address` and \
+                 `[server] upgrade_sock`; for a zero-downtime replacement use `tollgate --upgrade`)"
                     .to_string()
             } else {
                 format!("cannot be bound: {e}")
             };
-            return Err(format!("listener `{name}`: {addr} {why}"));
+            return Err(format!("{what}: {addr} {why}"));
         }
     }
     Ok(())
@@ -192,7 +198,6 @@ fn prime(snapshot: &Snapshot) -> Result<(), String> {
 struct Background {
     snapshot: Arc<ArcSwap<Snapshot>>,
     reloader: Arc<Reloader>,
-    watch_config: bool,
     tracing: crate::telemetry::trace::TracingSettings,
 }
 
@@ -205,9 +210,8 @@ impl BackgroundService for Background {
         }
         self.snapshot.load().start_tasks();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if self.watch_config {
-            tokio::spawn(self.reloader.clone().watch_file(stop_rx.clone()));
-        }
+        self.reloader
+            .start_watching(tokio::runtime::Handle::current());
         // Listening before readiness is reported: a SIGHUP sent right after must not be lost
         // (nor, inherited as ignored, dropped) while the task has yet to run.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -217,6 +221,7 @@ impl BackgroundService for Background {
         let _ = shutdown.changed().await;
         let graceful = *shutdown.borrow();
         let _ = stop_tx.send(true);
+        self.reloader.stop_watching();
         self.snapshot.load().stop_tasks();
         if graceful {
             drain().await;

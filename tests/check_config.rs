@@ -432,6 +432,41 @@ upstream = "u"
     );
 }
 
+/// A thousand copies of one route are half a million conflicting pairs: the first twenty are
+/// described, then one line counts the rest (it was 499,500 lines, 240 MB and 25 s).
+#[test]
+fn a_thousand_identical_routes_report_twenty_conflicts_and_count_the_rest() {
+    let mut toml = String::from("[upstreams.u]\ntargets = [\"127.0.0.1:3000\"]\n");
+    for n in 0..1000 {
+        toml.push_str(&format!(
+            "[routes.r{n:04}]\nprefix = \"/api\"\nupstream = \"u\"\n"
+        ));
+    }
+    let (code, out) = check(&toml);
+    assert_eq!(code, 1, "{out}");
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 21, "{out}");
+    // Route r0001 is on lines 6-8 (prefix on line 7), r0000 on lines 3-5.
+    assert_reported(
+        &out,
+        7,
+        Some(10),
+        "route `r0001` conflicts with route `r0000`: both match any method on prefix /api",
+    );
+    assert!(
+        errors[20].ends_with(
+            ": 499480 more conflicting pairs of routes are not listed, starting with route \
+             `r0006` and route `r0005`; only the first 20 are shown"
+        ),
+        "{out}"
+    );
+    // The summary closes the report, at the first unlisted pair's later route (r0006, line 22).
+    assert!(
+        errors[20].contains(&format!("{FILE_NAME}:22:10: ")),
+        "{out}"
+    );
+}
+
 #[test]
 fn identical_prefixes_with_disjoint_methods_are_not_a_conflict() {
     let (code, out) = check(
@@ -763,6 +798,50 @@ alow_origins = ["*"]
         })
         .collect();
     assert_eq!(lines, [2, 5, 13, 16, 24], "{out}");
+}
+
+/// Values echoed in errors are escaped, so a value cannot end its error line and forge another
+/// `FILE:LINE:COL:` line, nor send escape sequences to the terminal (`run_check` also asserts
+/// that every output line has the error form).
+#[test]
+fn control_characters_in_echoed_values_are_escaped() {
+    let (code, out) = check(
+        r#"[upstreams.u]
+targets = ["127.0.0.1:3000"]
+
+[routes.r]
+host = "a\r\ngateway.toml:1:1: all good \u001b[2J"
+prefix = "/"
+upstream = "u"
+
+[routes."a\nb"]
+exact = "/x"
+upstream = "u"
+
+[routes."a\u001bb"]
+exact = "/x"
+upstream = "u"
+"#,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(errors(&out).len(), 2, "{out}");
+    assert_reported(
+        &out,
+        5,
+        Some(8),
+        r"route `r`: invalid host `a\r\ngateway.toml:1:1: all good \x1b[2J`",
+    );
+    assert_reported(
+        &out,
+        14,
+        Some(9),
+        r"route `a\x1bb` conflicts with route `a\nb`",
+    );
+    assert!(!out.contains('\u{1b}') && !out.contains('\r'));
+    // Messages of the toml crate and serde too.
+    let (_, out) = check("[server]\n\"x\\u0085y\" = 1\n");
+    assert_reported(&out, 2, Some(1), r"unknown field `x\u{85}y`");
+    assert!(!out.contains('\u{85}'));
 }
 
 #[test]

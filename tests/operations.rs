@@ -771,6 +771,27 @@ async fn binary_upgrade_hands_over_the_sockets_and_drains_the_old_process() {
         new.0.try_wait().expect("try_wait").is_none(),
         "the new process exited"
     );
+
+    // The new process took over the upgrade socket's lock from the old one (it writes its pid
+    // there once it holds it), so a third instance on the same socket is refused.
+    let lock = sock.with_file_name("upgrade.sock.lock");
+    let new_pid = new.0.id().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != new_pid {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was not taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let third = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("-c")
+        .arg(old.config_path())
+        .output()
+        .expect("run a third tollgate");
+    let text = String::from_utf8_lossy(&third.stderr);
+    assert_eq!(third.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("(pid {new_pid}")), "{text}");
 }
 
 /// A listening address another process holds is a start-up error naming the listener, not a
@@ -784,8 +805,10 @@ fn a_taken_listener_address_fails_start_up_at_once() {
     std::fs::write(
         &path,
         format!(
-            "[admin]\nenabled = false\n\n[[listeners]]\nname = \"public\"\naddress = \"{addr}\"\n\n\
-             [upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n\n[routes.r]\nprefix = \"/\"\nupstream = \"u\"\n"
+            "[server]\nupgrade_sock = \"{}\"\n\n[admin]\nenabled = false\n\n\
+             [[listeners]]\nname = \"public\"\naddress = \"{addr}\"\n\n\
+             [upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n\n[routes.r]\nprefix = \"/\"\nupstream = \"u\"\n",
+            dir.path().join("upgrade.sock").display()
         ),
     )
     .expect("write config");

@@ -5,6 +5,7 @@
 mod error;
 mod file;
 pub mod model;
+mod restart_only;
 mod tls;
 mod values;
 mod view;
@@ -23,8 +24,9 @@ use tollgate_plugin_api::{BuildContext, PluginRegistry, Secret};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, Escaped};
 pub use model::*;
+pub use restart_only::ProcessSettings;
 
 use crate::router::{self, HeaderMatch, HostMatch, PathMatch, RouteSpec, RouteTable};
 use error::Collector;
@@ -1557,15 +1559,18 @@ impl Validator<'_, '_> {
             Ok(t) => Some(t),
             Err(errors) => {
                 for e in errors {
-                    let (id, message) = match e {
-                        router::RouteError::InvalidTemplate { id, message }
-                        | router::RouteError::InvalidHost { id, message }
-                        | router::RouteError::InvalidMatcher { id, message }
-                        | router::RouteError::InvalidPath { id, message }
-                        | router::RouteError::Conflict { id, message, .. } => (id, message),
-                    };
-                    let span = spans.get(id).map(|s| s.1.clone()).unwrap_or(0..0);
-                    self.c.at(span, message);
+                    let span = spans.get(e.id()).map(|s| s.1.clone()).unwrap_or(0..0);
+                    match e {
+                        // The count of unlisted conflicts closes the report.
+                        router::RouteError::MoreConflicts { message, .. } => {
+                            self.c.at_end(span, message)
+                        }
+                        router::RouteError::InvalidTemplate { message, .. }
+                        | router::RouteError::InvalidHost { message, .. }
+                        | router::RouteError::InvalidMatcher { message, .. }
+                        | router::RouteError::InvalidPath { message, .. }
+                        | router::RouteError::Conflict { message, .. } => self.c.at(span, message),
+                    }
                 }
                 None
             }

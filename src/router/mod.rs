@@ -38,13 +38,17 @@
 //! and one request could match both: same host match, same path pattern (same exact path, same
 //! prefix, or templates of the same shape whatever their parameter names), same number of header
 //! matchers, both with or both without a method list, methods not disjoint, and no header that
-//! both require with different values.
+//! both require with different values. The first [`LISTED_CONFLICTS`] conflicting pairs (in spec
+//! order) are described one by one and the rest only counted, so that a thousand copies of one
+//! route (half a million pairs) give a short report, in time and memory linear in the routes.
 
+mod conflict;
 mod host;
 mod path;
 mod table;
 mod template;
 
+pub use conflict::LISTED_CONFLICTS;
 pub use host::HostMatch;
 pub use path::{normalize_path, PathError};
 pub use table::RouteTable;
@@ -140,6 +144,17 @@ pub enum RouteError {
         /// Which request both match.
         message: String,
     },
+    /// The conflicting pairs after the first [`LISTED_CONFLICTS`], counted but not described.
+    MoreConflicts {
+        /// The later route of the first pair not described.
+        id: usize,
+        /// The earlier route of that pair.
+        other: usize,
+        /// How many pairs are not described.
+        count: u64,
+        /// How many, and where they start.
+        message: String,
+    },
 }
 
 impl RouteError {
@@ -150,7 +165,8 @@ impl RouteError {
             | RouteError::InvalidPath { id, .. }
             | RouteError::InvalidTemplate { id, .. }
             | RouteError::InvalidMatcher { id, .. }
-            | RouteError::Conflict { id, .. } => *id,
+            | RouteError::Conflict { id, .. }
+            | RouteError::MoreConflicts { id, .. } => *id,
         }
     }
 
@@ -161,7 +177,8 @@ impl RouteError {
             | RouteError::InvalidPath { message, .. }
             | RouteError::InvalidTemplate { message, .. }
             | RouteError::InvalidMatcher { message, .. }
-            | RouteError::Conflict { message, .. } => message,
+            | RouteError::Conflict { message, .. }
+            | RouteError::MoreConflicts { message, .. } => message,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use http::{HeaderMap, Method};
 
+use super::conflict::{Filters, Tally, LISTED_CONFLICTS};
 use super::host::{has_wildcard_suffix, request_host, with_lowercase, HostMatch};
 use super::path::normalize_path;
 use super::template::{parse_template, Segment, TrieNode};
@@ -42,6 +43,13 @@ impl Route {
                     .iter()
                     .any(|got| got.as_bytes() == want.as_bytes()),
             })
+    }
+
+    fn filters(&self) -> Filters<'_> {
+        Filters {
+            methods: self.methods.as_deref(),
+            headers: &self.headers,
+        }
     }
 
     /// Orders routes sharing a path pattern: more header matchers, then a method list, first.
@@ -161,12 +169,16 @@ struct Compiled<'a> {
 }
 
 impl RouteTable {
-    /// Compiles `specs`, or returns every problem found (invalid routes and all conflicting pairs).
+    /// Compiles `specs`, or returns every problem found: invalid routes, and conflicting pairs
+    /// (the first [`LISTED_CONFLICTS`] in spec order, then one [`RouteError::MoreConflicts`]).
     pub fn build(specs: Vec<RouteSpec>) -> Result<RouteTable, Vec<RouteError>> {
         let mut errors = Vec::new();
         let mut table = RouteTable::default();
         // Parallel to `table.routes`: where each route came from, for conflict messages.
         let mut sources: Vec<(&RouteSpec, Option<HostMatch>)> = Vec::new();
+        // Position of each wildcard suffix in `table.wildcard_hosts` (a search per route would
+        // make many wildcard hosts quadratic).
+        let mut wildcards: HashMap<String, usize> = HashMap::new();
         for spec in &specs {
             let compiled = match compile(spec) {
                 Ok(compiled) => compiled,
@@ -176,7 +188,7 @@ impl RouteTable {
                 }
             };
             let index = table.routes.len();
-            let group = table.group_mut(compiled.host.as_ref());
+            let group = table.group_mut(compiled.host.as_ref(), &mut wildcards);
             match &spec.path {
                 PathMatch::Exact(path) => group
                     .exact
@@ -211,9 +223,9 @@ impl RouteTable {
             .sort_by_key(|(suffix, _)| Reverse(suffix.len()));
 
         let routes = &table.routes;
-        let mut clashes = Vec::new();
+        let mut tally = Tally::default();
         let mut finish = |candidates: &mut Vec<usize>| {
-            clashes.extend(conflicts(routes, &sources, candidates));
+            tally.add_group(candidates, |at| routes[at].filters());
             candidates.sort_by_key(|&i| routes[i].tie_break_key(i));
         };
         let groups = table
@@ -226,9 +238,7 @@ impl RouteTable {
             group.prefixes.values_mut().for_each(&mut finish);
             group.templates.for_each_mut(&mut finish);
         }
-        // Hash-map order must not leak into what the user reads: report in spec order.
-        clashes.sort_by_key(|&(later, earlier, _)| (later, earlier));
-        errors.extend(clashes.into_iter().map(|(_, _, error)| error));
+        errors.extend(conflict_errors(&table.routes, &sources, tally));
 
         if errors.is_empty() {
             Ok(table)
@@ -237,7 +247,11 @@ impl RouteTable {
         }
     }
 
-    fn group_mut(&mut self, host: Option<&HostMatch>) -> &mut PathIndex {
+    fn group_mut(
+        &mut self,
+        host: Option<&HostMatch>,
+        wildcards: &mut HashMap<String, usize>,
+    ) -> &mut PathIndex {
         match host {
             None => &mut self.any_host,
             Some(HostMatch::Exact(host)) => self
@@ -245,18 +259,11 @@ impl RouteTable {
                 .entry(Box::from(host.as_str()))
                 .or_default(),
             Some(HostMatch::Wildcard(suffix)) => {
-                let at = match self
-                    .wildcard_hosts
-                    .iter()
-                    .position(|(s, _)| **s == **suffix)
-                {
-                    Some(at) => at,
-                    None => {
-                        self.wildcard_hosts
-                            .push((Box::from(suffix.as_str()), PathIndex::default()));
-                        self.wildcard_hosts.len() - 1
-                    }
-                };
+                let at = *wildcards.entry(suffix.clone()).or_insert_with(|| {
+                    self.wildcard_hosts
+                        .push((Box::from(suffix.as_str()), PathIndex::default()));
+                    self.wildcard_hosts.len() - 1
+                });
                 &mut self.wildcard_hosts[at].1
             }
         }
@@ -389,64 +396,68 @@ fn check_normal(path: &str, what: &str) -> Result<(), String> {
     }
 }
 
-/// Reports every pair among `candidates` (routes sharing a host match and path pattern, in spec
-/// order) that the tie-break rules cannot order and that one request could match, with the
-/// positions of the later and earlier route.
-fn conflicts(
+/// The conflicts to report: the first pairs one by one, then how many more there are.
+fn conflict_errors(
     routes: &[Route],
     sources: &[(&RouteSpec, Option<HostMatch>)],
-    candidates: &[usize],
-) -> Vec<(usize, usize, RouteError)> {
-    let mut errors = Vec::new();
-    for (n, &later) in candidates.iter().enumerate() {
-        for &earlier in &candidates[..n] {
-            let (a, b) = (&routes[earlier], &routes[later]);
-            if a.tie_break_key(0) != b.tie_break_key(0) || !can_both_match(a, b) {
-                continue;
-            }
-            let (spec_a, spec_b) = (sources[earlier].0, sources[later].0);
-            let method = match (&a.methods, &b.methods) {
-                (Some(ma), Some(mb)) => ma
-                    .iter()
-                    .find(|m| mb.contains(m))
-                    .map_or_else(String::new, |m| format!("{m} ")),
-                _ => "any method on ".to_owned(),
-            };
-            let pattern = match &spec_b.path {
-                PathMatch::Exact(path) | PathMatch::Template(path) => path.clone(),
-                PathMatch::Prefix(prefix) => format!("prefix {prefix}"),
-            };
-            let host = match &sources[later].1 {
-                Some(host) => format!(" on host `{}`", host.display()),
-                None => String::new(),
-            };
-            let message = format!(
-                "route `{}` conflicts with route `{}`: both match {method}{pattern}{host} with equal specificity; give them disjoint methods or distinguishing header matchers, or remove one",
-                spec_b.name, spec_a.name
-            );
-            let error = RouteError::Conflict {
-                id: b.id,
-                other: a.id,
-                message,
-            };
-            errors.push((later, earlier, error));
-        }
+    tally: Tally,
+) -> Vec<RouteError> {
+    let total = tally.total();
+    let first = tally.first_pairs();
+    let mut errors: Vec<RouteError> = first
+        .iter()
+        .take(LISTED_CONFLICTS)
+        .map(|&(later, earlier)| conflict_error(routes, sources, later, earlier))
+        .collect();
+    if let Some(&(later, earlier)) = first.get(LISTED_CONFLICTS) {
+        let count = total.saturating_sub(LISTED_CONFLICTS as u64);
+        let message = format!(
+            "{count} more conflicting pairs of routes are not listed, starting with route `{}` and route `{}`; only the first {LISTED_CONFLICTS} are shown",
+            sources[later].0.name, sources[earlier].0.name
+        );
+        errors.push(RouteError::MoreConflicts {
+            id: routes[later].id,
+            other: routes[earlier].id,
+            count,
+            message,
+        });
     }
     errors
 }
 
-/// Whether some request passes both routes' method and header filters.
-fn can_both_match(a: &Route, b: &Route) -> bool {
-    let methods_overlap = match (&a.methods, &b.methods) {
-        (Some(ma), Some(mb)) => ma.iter().any(|m| mb.contains(m)),
-        _ => true,
+/// Describes one conflicting pair (positions of the later and the earlier route).
+fn conflict_error(
+    routes: &[Route],
+    sources: &[(&RouteSpec, Option<HostMatch>)],
+    later: usize,
+    earlier: usize,
+) -> RouteError {
+    let (a, b) = (&routes[earlier], &routes[later]);
+    let (spec_a, spec_b) = (sources[earlier].0, sources[later].0);
+    let method = match (&a.methods, &b.methods) {
+        (Some(ma), Some(mb)) => ma
+            .iter()
+            .find(|m| mb.contains(m))
+            .map_or_else(String::new, |m| format!("{m} ")),
+        _ => "any method on ".to_owned(),
     };
-    let headers_exclusive = a.headers.iter().any(|ha| {
-        b.headers.iter().any(|hb| {
-            ha.name == hb.name && matches!((&ha.value, &hb.value), (Some(va), Some(vb)) if va != vb)
-        })
-    });
-    methods_overlap && !headers_exclusive
+    let pattern = match &spec_b.path {
+        PathMatch::Exact(path) | PathMatch::Template(path) => path.clone(),
+        PathMatch::Prefix(prefix) => format!("prefix {prefix}"),
+    };
+    let host = match &sources[later].1 {
+        Some(host) => format!(" on host `{}`", host.display()),
+        None => String::new(),
+    };
+    let message = format!(
+        "route `{}` conflicts with route `{}`: both match {method}{pattern}{host} with equal specificity; give them disjoint methods or distinguishing header matchers, or remove one",
+        spec_b.name, spec_a.name
+    );
+    RouteError::Conflict {
+        id: b.id,
+        other: a.id,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -783,6 +794,52 @@ mod tests {
     }
 
     #[test]
+    fn a_thousand_identical_routes_list_twenty_conflicts_and_count_the_rest() {
+        let errors = build_errors((0..1000).map(|id| prefix(id, "/api")).collect());
+        assert_eq!(errors.len(), LISTED_CONFLICTS + 1);
+        let pairs = conflict_pairs(&errors[..LISTED_CONFLICTS]);
+        assert_eq!(&pairs[..4], [(1, 0), (2, 0), (2, 1), (3, 0)]);
+        assert_eq!(pairs[LISTED_CONFLICTS - 1], (6, 4));
+        match &errors[LISTED_CONFLICTS] {
+            RouteError::MoreConflicts {
+                id,
+                other,
+                count,
+                message,
+            } => {
+                assert_eq!((*id, *other, *count), (6, 5, 499_500 - 20));
+                assert_eq!(
+                    message,
+                    "499480 more conflicting pairs of routes are not listed, starting with route `r6` and route `r5`; only the first 20 are shown"
+                );
+            }
+            other => panic!("no summary: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn conflicts_are_listed_in_spec_order_across_hosts_and_patterns() {
+        let errors = build_errors(vec![
+            prefix(0, "/b"),
+            on_host(exact(1, "/a"), "x.example.com"),
+            prefix(2, "/b"),
+            on_host(exact(3, "/a"), "x.example.com"),
+            prefix(4, "/b"),
+        ]);
+        assert_eq!(conflict_pairs(&errors), [(2, 0), (3, 1), (4, 0), (4, 2)]);
+    }
+
+    fn conflict_pairs(errors: &[RouteError]) -> Vec<(usize, usize)> {
+        errors
+            .iter()
+            .map(|e| match e {
+                RouteError::Conflict { id, other, .. } => (*id, *other),
+                other => panic!("not a conflict: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
     fn conflict_messages_name_host_and_prefix() {
         let errors = build_errors(vec![
             on_host(prefix(1, "/api"), "*.example.com"),
@@ -858,7 +915,7 @@ mod tests {
                     RouteError::InvalidPath { .. } => "path",
                     RouteError::InvalidTemplate { .. } => "template",
                     RouteError::InvalidMatcher { .. } => "matcher",
-                    RouteError::Conflict { .. } => "conflict",
+                    RouteError::Conflict { .. } | RouteError::MoreConflicts { .. } => "conflict",
                 };
                 (e.id(), kind)
             })

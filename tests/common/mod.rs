@@ -70,6 +70,23 @@ pub struct Gateway {
     stderr_path: PathBuf,
     header: String,
     path: PathBuf,
+    upgrade_sock: PathBuf,
+}
+
+/// The config text: `header`, then `body` with an upgrade socket of the test's own (unless it
+/// sets one), so that gateways of tests running side by side are not one another's instance.
+fn own_upgrade_sock(header: &str, body: &str, sock: &std::path::Path) -> String {
+    if body.contains("upgrade_sock") {
+        return format!("{header}{body}\n");
+    }
+    let line = format!("upgrade_sock = \"{}\"\n", sock.display());
+    match body.find("[server]\n") {
+        Some(at) => {
+            let after = at + "[server]\n".len();
+            format!("{header}{}{line}{}\n", &body[..after], &body[after..])
+        }
+        None => format!("[server]\n{line}\n{header}{body}\n"),
+    }
 }
 
 impl Gateway {
@@ -107,12 +124,16 @@ impl Gateway {
                 .as_ref()
                 .expect("the directory stays until the gateway starts");
             let path = dir_ref.path().join("gateway.toml");
-            std::fs::write(&path, format!("{header}{body}\n")).expect("write config");
+            let upgrade_sock = dir_ref.path().join("upgrade.sock");
+            std::fs::write(&path, own_upgrade_sock(&header, body, &upgrade_sock))
+                .expect("write config");
             let stderr_path = dir_ref.path().join("stderr.log");
             let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+            // The config's `[log] level` decides, whatever the test's environment says.
             cmd.arg("-c")
                 .arg(&path)
+                .env_remove("RUST_LOG")
                 .stdout(Stdio::null())
                 .stderr(stderr);
             for (k, v) in env {
@@ -129,6 +150,7 @@ impl Gateway {
                         stderr_path,
                         header,
                         path,
+                        upgrade_sock,
                     }
                 }
                 Err(logs) if attempts < 5 && logs.contains("already in use") => continue,
@@ -140,7 +162,8 @@ impl Gateway {
     /// Replaces the config file's body (the generated listener and admin stay).
     pub fn write_config(&self, body: &str) {
         let tmp = self.path.with_extension("toml.tmp");
-        std::fs::write(&tmp, format!("{}{body}\n", self.header)).expect("write config");
+        let text = own_upgrade_sock(&self.header, body, &self.upgrade_sock);
+        std::fs::write(&tmp, text).expect("write config");
         // Rename, so a reload never reads a half-written file.
         std::fs::rename(&tmp, &self.path).expect("replace config");
     }
