@@ -394,3 +394,49 @@ tls = {{ cert_file = "cert.pem", key_file = "key.pem" }}
     assert_eq!(body["error"]["code"], "client_timeout", "{body}");
     let _ = gw;
 }
+
+/// Over HTTP/2 the body of a stalled stream is not timed by pingora; the upstream's read timeout
+/// runs out instead, and that too is the client's fault while the body is incomplete.
+#[tokio::test]
+async fn an_http2_client_stalling_its_body_gets_408_and_the_target_no_blame() {
+    let up = Upstream::echo("svc").await;
+    let gw = Gateway::start(&one_route(
+        up.addr,
+        "",
+        "read_timeout = \"300ms\"\noutlier_detection = { consecutive_failures = 1 }",
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://t/stall"))
+        .header("content-length", "100")
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send.send_request(req, false).expect("send");
+    body.send_data(bytes::Bytes::from_static(b"0123456789"), false)
+        .expect("part of the body");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("answered in time")
+        .expect("response");
+    assert_eq!(resp.status(), 408);
+    let mut data = resp.into_body();
+    let mut raw = Vec::new();
+    while let Some(chunk) = data.data().await {
+        raw.extend_from_slice(&chunk.expect("chunk"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
+    assert_eq!(v["error"]["code"], "client_timeout", "{v}");
+    let ups: serde_json::Value = common::client()
+        .get(format!("http://{}/upstreams", gw.admin))
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    let target = &ups["upstreams"][0]["targets"][0];
+    assert_eq!(target["total_failures"], 0, "{ups}");
+    assert_eq!(target["available"], true, "{ups}");
+}
