@@ -409,7 +409,7 @@ async fn an_http2_client_stalling_its_body_gets_408_and_the_target_no_blame() {
     let tcp = TcpStream::connect(gw.addr).await.expect("connect");
     let (mut send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(conn);
-    let req = http::Request::post(format!("http://t/stall"))
+    let req = http::Request::post("http://t/stall")
         .header("content-length", "100")
         .body(())
         .expect("request");
