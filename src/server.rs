@@ -18,7 +18,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::admin::AdminApp;
 use crate::config::{GatewayConfig, Listener};
-use crate::proxy::{Front, Gateway};
+use crate::proxy::{BoundListeners, Front, Gateway};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
@@ -97,6 +97,7 @@ pub fn build(
     // pingora's h2c switch is per service, so listeners are grouped by it (TLS listeners don't
     // care and join the first group): one service, one worker runtime per group. Each
     // connection finds its listener's client limits by its local address.
+    let bound = Arc::new(BoundListeners::new(&listeners));
     let (with_h2c, without): (Vec<&Listener>, Vec<&Listener>) =
         listeners.iter().partition(|l| l.h2c || l.tls.is_some());
     for (group, h2c) in [(with_h2c, true), (without, false)] {
@@ -108,11 +109,15 @@ pub fn build(
         // An HTTP/2 connection with no stream open is closed like an idle HTTP/1.1 keep-alive
         // connection; it also bounds a client that trickles a HEADERS block that never ends.
         options.h2_idle_timeout = Some(std::time::Duration::from_secs(H2_IDLE_SECS));
-        let mut proxy = HttpProxy::new(Gateway::new(snapshot.clone()), conf.clone());
+        let gateway = Gateway::new(snapshot.clone(), bound.clone());
+        let mut proxy = HttpProxy::new(gateway, conf.clone());
         proxy.server_options = Some(options);
         proxy.handle_init_modules();
         let name = if h2c { "tollgate" } else { "tollgate-h1" };
-        let mut service = Service::new(name.to_string(), Front::new(proxy, snapshot.clone()));
+        let mut service = Service::new(
+            name.to_string(),
+            Front::new(proxy, snapshot.clone(), bound.clone()),
+        );
         for l in group {
             let addr = l.address.to_string();
             match &l.tls {

@@ -440,3 +440,48 @@ async fn an_http2_client_stalling_its_body_gets_408_and_the_target_no_blame() {
     assert_eq!(target["total_failures"], 0, "{ups}");
     assert_eq!(target["available"], true, "{ups}");
 }
+
+/// A reload that changes a listener's address (which needs a restart) leaves the bound socket
+/// with that listener's own limits, not the server's.
+#[tokio::test]
+async fn a_listener_keeps_its_limits_while_its_new_address_waits_for_a_restart() {
+    let up = Upstream::echo("svc").await;
+    let (strict, moved) = (common::free_port(), common::free_port());
+    let config = |port: u16| {
+        format!(
+            r#"
+[[listeners]]
+name = "strict"
+address = "127.0.0.1:{port}"
+request_header_timeout = "300ms"
+{}
+"#,
+            one_route(up.addr, "request_header_timeout = \"1h\"", "")
+        )
+    };
+    let gw = Gateway::start(&config(strict)).await;
+    gw.write_config(&config(moved));
+    let answer: serde_json::Value = common::client()
+        .post(format!("http://{}/reload", gw.admin))
+        .send()
+        .await
+        .expect("reload")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["reloaded"], true, "{answer}");
+    assert!(
+        answer["pending_restart"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|k| k == "listeners.strict.address")),
+        "{answer}"
+    );
+    // Still bound where it started, and still strict: a half-sent head is cut (with the
+    // server's hour it would hang past the 10 s guard).
+    let mut s = TcpStream::connect(("127.0.0.1", strict))
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    let (status, _, body) = parse(&read_to_close(&mut s).await);
+    assert_eq!(status, 408, "{body}");
+}

@@ -499,3 +499,89 @@ async fn the_clients_grpc_timeout_is_deadline_exceeded() {
         assert!(message.contains("upstream_timeout"), "{message}");
     }
 }
+
+/// An h2 upstream that answers a call's headers and one message, then resets the stream when
+/// told to: the upstream breaking off mid-call.
+async fn breaking_upstream(reset: Arc<tokio::sync::Notify>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let reset = reset.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let reset = reset.clone();
+                    tokio::spawn(async move {
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("head");
+                        let Ok(mut send) = respond.send_response(head, false) else {
+                            return;
+                        };
+                        let _ = send
+                            .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]), false);
+                        reset.notified().await;
+                        send.send_reset(h2::Reason::CANCEL);
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_call_the_upstream_breaks_off_ends_with_a_status_not_a_reset() {
+    let reset = Arc::new(tokio::sync::Notify::new());
+    let up = breaking_upstream(reset.clone()).await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.breaking]\ntargets = [\"{up}\"]\nprotocol = \"h2c\"\n\
+         [routes.breaking]\nprefix = \"/\"\nupstream = \"breaking\"\n"
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::post("http://breaking.internal/shop.v1.Orders/Watch")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send.send_request(req, false).expect("send");
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("body");
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("answered in time")
+        .expect("response headers");
+    assert_eq!(resp.status(), 200);
+    let mut data = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(20), data.data())
+        .await
+        .expect("the first message in time")
+        .expect("a message")
+        .expect("data");
+    assert_eq!(&first[..], &[0, 0, 0, 0, 2, 8, 1]);
+    // Now the upstream breaks off.
+    reset.notify_one();
+    let trailers = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = data.data().await {
+            chunk.expect("no reset, only more data");
+        }
+        data.trailers().await
+    })
+    .await
+    .expect("the stream ends in time")
+    .expect("trailers, not a stream reset")
+    .expect("trailers");
+    assert_eq!(trailers["grpc-status"], "14", "UNAVAILABLE: {trailers:?}");
+}

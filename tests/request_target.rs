@@ -196,9 +196,37 @@ async fn raw_backslashes_spaces_and_controls_in_the_target_are_bad_paths() {
         assert_error(raw(&gw, None, request).await, 400, "bad_path");
     }
     assert_eq!(admin.requests() + public.requests(), 0);
-    // Bytes a target may not hold but that mean nothing to routing are encoded and passed on.
+    // Bytes a URI cannot hold, and targets that are not paths, get the JSON shape too (pingora
+    // answered the first with an empty 400, and routed the second as `/` while forwarding it
+    // as written).
+    for request in [
+        &b"GET /a<b HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"GET /a?q=\"x\" HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET x/admin HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET t:80/../admin HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        assert_error(raw(&gw, None, request).await, 400, "bad_path");
+    }
+    assert_eq!(admin.requests() + public.requests(), 0);
+    // Bytes the URI parser takes are forwarded as sent.
     let (status, v) = raw(&gw, None, b"GET /q?x={1} HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert_eq!(status, 200, "{v}");
+    // A HEAD request refused before routing gets the headers only.
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(b"HEAD /a\tb HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw_answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_end(&mut raw_answer),
+    )
+    .await
+    .expect("closed in time")
+    .expect("read");
+    let text = String::from_utf8_lossy(&raw_answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text}");
 }
 
 #[tokio::test]
@@ -234,13 +262,20 @@ upstream = "other"
     assert_eq!(status, 200);
     let head = wire.last_head();
     assert!(head.starts_with("GET /api/abs?q=1 HTTP/1.1\r\n"), "{head}");
-    // HTTP/1.0 may leave Host out: the target's authority routes it.
+    // HTTP/1.0 may leave Host out: the target's authority routes it, and goes upstream as Host.
     let (status, _) = raw(&gw, None, b"GET http://abs.example/v10 HTTP/1.0\r\n\r\n").await;
     assert_eq!(status, 200);
+    let head = wire.last_head();
+    assert!(head.starts_with("GET /v10 HTTP/1.1\r\n"), "{head}");
     assert!(
-        wire.last_head().starts_with("GET /v10 HTTP/1.1\r\n"),
-        "{}",
-        wire.last_head()
+        head.to_ascii_lowercase().contains("\r\nhost: abs.example"),
+        "{head}"
+    );
+    // HTTP/1.1 needs Host, also with an absolute-form target.
+    assert_error(
+        raw(&gw, None, b"GET http://abs.example/x HTTP/1.1\r\n\r\n").await,
+        400,
+        "bad_host",
     );
     // A Host that contradicts the target is refused, in the JSON shape.
     assert_error(
@@ -274,9 +309,16 @@ async fn missing_empty_repeated_and_malformed_hosts_are_bad_hosts() {
         assert_error(raw(&gw, None, request).await, 400, "bad_host");
     }
     assert_eq!(up.requests(), 0);
-    // HTTP/1.0 needs no Host.
-    let (status, _) = raw(&gw, None, b"GET /old HTTP/1.0\r\n\r\n").await;
+    // HTTP/1.0 needs no Host; the upstream, spoken to in HTTP/1.1, gets the target's address.
+    let (status, body) = raw(&gw, None, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert_eq!(status, 200);
+    assert_eq!(body["headers"]["host"], up.addr.to_string(), "{body}");
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+    ] {
+        assert_error(raw(&gw, None, request).await, 400, "bad_host");
+    }
 }
 
 #[tokio::test]
@@ -301,7 +343,8 @@ async fn content_lengths_are_forwarded_as_one_and_unknown_codings_refused() {
         assert_eq!(lengths, vec!["content-length: 5"], "{head}");
     }
     for request in [
-        &b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 6\r\n\r\nhello!"[..],
+        &b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n"[..],
+        b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 6\r\n\r\nhello!",
         b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
     ] {
         assert_error(raw(&gw, None, request).await, 400, "bad_content_length");

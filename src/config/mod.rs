@@ -343,9 +343,14 @@ impl Validator<'_, '_> {
         let mut positive = |v: Option<&Spanned<values::Duration>>, key: &str| {
             let v = v?;
             if v.get_ref().0.is_zero() {
+                let instead = if key == "request_timeout" {
+                    "leave it out to have none"
+                } else {
+                    "leave it out for the default"
+                };
                 self.c.at(
                     v.span(),
-                    format!("`{key}` must be longer than 0s (leave it out for the default)"),
+                    format!("`{key}` must be longer than 0s ({instead})"),
                 );
                 return None;
             }

@@ -45,29 +45,6 @@ pub struct GatewayConfig {
     pub view: Arc<serde_json::Value>,
 }
 
-impl GatewayConfig {
-    /// The listener a connection accepted on `local` belongs to: the one bound to that address,
-    /// else one bound to the unspecified address (`0.0.0.0`, `[::]`) on its port.
-    pub fn listener_at(&self, local: SocketAddr) -> Option<&Listener> {
-        self.listeners
-            .iter()
-            .find(|l| l.address == local)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|l| l.address.port() == local.port() && l.address.ip().is_unspecified())
-            })
-    }
-
-    /// The client limits of the connection accepted on `local` (the server's defaults when
-    /// its listener is unknown, e.g. gone from a reloaded config).
-    pub fn client_limits_at(&self, local: Option<SocketAddr>) -> ClientLimits {
-        local
-            .and_then(|a| self.listener_at(a))
-            .map_or(self.server.client, |l| l.client)
-    }
-}
-
 /// `[server]`, with defaults applied.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {

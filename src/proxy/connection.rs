@@ -14,6 +14,7 @@
 
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,7 +34,7 @@ use tokio::io::{AsyncWriteExt, ReadBuf};
 use super::head::{self, HeadCheck, Refusal};
 use super::respond::{self, ErrorWire};
 use super::{log, Gateway};
-use crate::config::ClientLimits;
+use crate::config::{ClientLimits, GatewayConfig, Listener};
 use crate::snapshot::Snapshot;
 
 /// How long a keep-alive connection may sit idle; pingora's default, kept.
@@ -58,29 +59,75 @@ pub struct FromConnection {
     pub limits: ClientLimits,
 }
 
+/// The listeners as they were bound at start: a connection's local address says which one it
+/// came in on. Bindings outlive reloads (a new address needs a restart), so a listener is found
+/// here and its current limits then by name in the live config.
+#[derive(Debug)]
+pub struct BoundListeners(Vec<(SocketAddr, Arc<str>, ClientLimits)>);
+
+impl BoundListeners {
+    /// The listeners of the config the process started with.
+    pub fn new(listeners: &[Listener]) -> Self {
+        Self(
+            listeners
+                .iter()
+                .map(|l| (l.address, Arc::from(l.name.as_str()), l.client))
+                .collect(),
+        )
+    }
+
+    /// The limits now of the listener that accepted a connection on `local`: the one bound to
+    /// that address, else to the unspecified address (`0.0.0.0`, `[::]`) on its port. A listener
+    /// renamed by a reload (which needs a restart to take effect) keeps the limits it started
+    /// with; an unknown one gets the server's.
+    pub fn limits(&self, config: &GatewayConfig, local: Option<SocketAddr>) -> ClientLimits {
+        let bound = local.and_then(|local| {
+            self.0.iter().find(|(a, ..)| *a == local).or_else(|| {
+                self.0
+                    .iter()
+                    .find(|(a, ..)| a.port() == local.port() && a.ip().is_unspecified())
+            })
+        });
+        let Some((_, name, started_with)) = bound else {
+            return config.server.client;
+        };
+        config
+            .listeners
+            .iter()
+            .find(|l| *l.name == **name)
+            .map_or(*started_with, |l| l.client)
+    }
+}
+
 /// The listening services' app: pingora's proxy, with tollgate's HTTP/1.x connection loop.
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     h2c: bool,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    listeners: Arc<BoundListeners>,
 }
 
 impl Front {
     /// The app of a group of listeners, reading their limits from the live snapshot.
-    pub fn new(proxy: HttpProxy<Gateway>, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        listeners: Arc<BoundListeners>,
+    ) -> Self {
         let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
         Front {
             proxy: Arc::new(proxy),
             h2c,
             snapshot,
+            listeners,
         }
     }
 
     /// The limits of the listener at `local` now (a reload may change them), and the largest
     /// head accepted.
-    fn limits(&self, local: Option<std::net::SocketAddr>) -> (ClientLimits, usize) {
+    fn limits(&self, local: Option<SocketAddr>) -> (ClientLimits, usize) {
         let snap = self.snapshot.load();
-        let limits = snap.config.client_limits_at(local);
+        let limits = self.listeners.limits(&snap.config, local);
         let server = &snap.config.server;
         let max_head = server
             .max_request_header_bytes
@@ -208,7 +255,11 @@ impl Front {
             )
             .as_bytes(),
         );
-        out.extend_from_slice(&rendered.body);
+        // A HEAD request gets the headers only, as everywhere else.
+        let head_only = r.method == "HEAD";
+        if !head_only {
+            out.extend_from_slice(&rendered.body);
+        }
         let write = async {
             stream.write_all(&out).await?;
             stream.flush().await
@@ -251,7 +302,7 @@ impl Front {
                     upstream: "",
                     target: None,
                     status: sent,
-                    bytes_sent: if sent == 0 {
+                    bytes_sent: if sent == 0 || head_only {
                         0
                     } else {
                         rendered.body.len() as u64

@@ -54,12 +54,46 @@ impl Refusal {
             content_type: None,
         }
     }
+
+    /// A refusal of the head in `buf`, with whatever of its request line and headers can be
+    /// read: a gRPC client still gets its error as a gRPC status, and the log its request id.
+    fn of_raw(error: PluginError, buf: &[u8]) -> Self {
+        let (method, target) = request_line(buf).unwrap_or_default();
+        let mut r = Self {
+            error,
+            method: String::from_utf8_lossy(method).into_owned(),
+            target: String::from_utf8_lossy(target).into_owned(),
+            request_id: None,
+            content_type: None,
+        };
+        r.read_headers(buf);
+        r
+    }
+
+    fn read_headers(&mut self, buf: &[u8]) {
+        self.request_id = raw_header(buf, b"x-request-id")
+            .filter(|v| tollgate_plugin_api::is_sane_request_id(v))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        self.content_type = raw_header(buf, b"content-type").map(<[u8]>::to_vec);
+    }
+}
+
+/// A header's value read from raw head lines, for heads httparse refused; only used to word
+/// and shape a refusal, never to decide anything.
+fn raw_header<'a>(buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    buf.split(|b| *b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| trim(&line[colon + 1..]))
+    })
 }
 
 /// Error for a head that did not arrive within `timeout`.
 pub fn header_timeout(timeout: Duration, partial: &[u8]) -> Refusal {
     let (method, target) = request_line(partial).unwrap_or_default();
-    Refusal {
+    let mut r = Refusal {
         error: PluginError::new(
             StatusCode::REQUEST_TIMEOUT,
             "client_timeout",
@@ -72,7 +106,9 @@ pub fn header_timeout(timeout: Duration, partial: &[u8]) -> Refusal {
         target: String::from_utf8_lossy(target).into_owned(),
         request_id: None,
         content_type: None,
-    }
+    };
+    r.read_headers(partial);
+    r
 }
 
 /// Error for a head that outgrew `limit` bytes before it ended.
@@ -105,65 +141,121 @@ pub fn check(buf: &BytesMut) -> HeadCheck {
             }),
         },
         Err(httparse::Error::Token | httparse::Error::Version) => bad_request_line(buf),
-        Err(e) => HeadCheck::Refused(Refusal::bare(PluginError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the request head is not valid HTTP/1.1: {e}"),
-        ))),
+        Err(e) => HeadCheck::Refused(Refusal::of_raw(
+            PluginError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the request head is not valid HTTP/1.1: {e}"),
+            ),
+            buf,
+        )),
     }
 }
 
-/// httparse stops at a request line it cannot read. A target with a raw space or control
-/// character is refused (pingora would percent-encode it and go on); other bytes a target may
-/// not hold (`<`, `"`, `{`, ...) are left to pingora, which encodes them, once the head is whole.
+/// httparse stops at a request line it cannot read: a method that is not a token, a version
+/// other than HTTP/1.x, or a target with a byte it does not take (a space, a control character,
+/// `<`, `>`, `` ` ``, invalid UTF-8, ...). Each is refused here in the JSON shape; pingora would
+/// percent-encode some and answer others with an empty 400.
 fn bad_request_line(buf: &[u8]) -> HeadCheck {
-    let Some((method, target)) = request_line(buf) else {
+    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
         // The line is not complete yet.
         return HeadCheck::Partial;
     };
-    if let Some(b) = target.iter().find(|b| is_forbidden_in_target(**b)) {
-        let what = match b {
-            b' ' => "a space".to_owned(),
-            b'\t' => "a tab".to_owned(),
-            b => format!("the control character 0x{b:02X}"),
-        };
-        return HeadCheck::Refused(Refusal {
-            error: PluginError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_path",
-                format!("the request target contains {what}; encode it (e.g. `%20`)"),
-            ),
-            method: String::from_utf8_lossy(method).into_owned(),
-            target: String::from_utf8_lossy(target).into_owned(),
-            request_id: None,
-            content_type: None,
-        });
-    }
-    if !method.iter().all(|b| is_token_byte(*b)) {
-        return HeadCheck::Refused(Refusal::bare(PluginError::new(
-            StatusCode::BAD_REQUEST,
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let refuse = |code: &'static str, message: String| {
+        HeadCheck::Refused(Refusal::of_raw(
+            PluginError::new(StatusCode::BAD_REQUEST, code, message),
+            buf,
+        ))
+    };
+    let (Some(first), Some(last)) = (
+        line.iter().position(|b| *b == b' '),
+        line.iter().rposition(|b| *b == b' '),
+    ) else {
+        return refuse(
             "bad_request",
-            "the request line is not `METHOD TARGET HTTP/1.1`",
-        )));
+            "the request line is not `METHOD TARGET HTTP/1.1`".to_owned(),
+        );
+    };
+    let (method, version) = (&line[..first], &line[last + 1..]);
+    if first == last || method.is_empty() || !method.iter().all(|b| is_token_byte(*b)) {
+        return refuse(
+            "bad_request",
+            "the request line is not `METHOD TARGET HTTP/1.1`".to_owned(),
+        );
     }
-    if head_ended(buf) {
-        HeadCheck::Complete
+    if version != b"HTTP/1.1" && version != b"HTTP/1.0" {
+        return refuse(
+            "bad_request",
+            format!(
+                "`{}` is not an HTTP/1.x version (HTTP/2 is spoken with its own preface or \
+                 negotiated by TLS)",
+                String::from_utf8_lossy(version).escape_debug()
+            ),
+        );
+    }
+    let what = first_unfit(&line[first + 1..last]);
+    refuse(
+        "bad_path",
+        format!("the request target contains {what}; percent-encode it (e.g. `%20` for a space)"),
+    )
+}
+
+/// The request target's form and bytes: origin form (`/path?query`) that the URI parser pingora
+/// builds the request with accepts; absolute form (`http://host/path`); `*` for `OPTIONS`;
+/// authority form for `CONNECT`. pingora would route anything else as `/` while forwarding it
+/// as written, and refuse a target its URI parser rejects with an empty 400.
+fn check_target(method: &str, target: &str) -> Result<(), PluginError> {
+    let bad = |message: String| {
+        Err(PluginError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            message,
+        ))
+    };
+    if target.starts_with('/') {
+        if http::uri::PathAndQuery::try_from(target).is_err() {
+            return bad(format!(
+                "the request target contains {}; percent-encode it",
+                first_unfit(target.as_bytes())
+            ));
+        }
+        return Ok(());
+    }
+    let fits = match (method, target) {
+        ("OPTIONS", "*") | ("CONNECT", _) => true,
+        _ => target_authority(target.as_bytes()).is_some() && http::Uri::try_from(target).is_ok(),
+    };
+    if fits {
+        Ok(())
     } else {
-        HeadCheck::Partial
+        bad(format!(
+            "the request target `{}` is neither a path (`/...`) nor an absolute URL",
+            target.escape_debug()
+        ))
     }
 }
 
-fn is_forbidden_in_target(b: u8) -> bool {
-    b <= b' ' || b == 0x7f
+/// The first byte of a target that a URI cannot hold as it is, named for a message.
+fn first_unfit(target: &[u8]) -> String {
+    match target.iter().find(|b| !is_uri_byte(**b)) {
+        Some(b' ') => "a space".to_owned(),
+        Some(b'\t') => "a tab".to_owned(),
+        Some(b'`') => "a backtick".to_owned(),
+        Some(b) if *b < 0x20 || *b == 0x7f => format!("the control character 0x{b:02X}"),
+        Some(b) if b.is_ascii() => format!("`{}`", char::from(*b)),
+        Some(b) => format!("the byte 0x{b:02X}"),
+        None => "a character that is not allowed".to_owned(),
+    }
+}
+
+/// RFC 3986's unreserved and reserved characters and `%`.
+fn is_uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b)
 }
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Whether the blank line ending a head is in `buf` (bare LF line ends count, as in httparse).
-fn head_ended(buf: &[u8]) -> bool {
-    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Method and target of the first line, once the line is complete: what lies before the first
@@ -203,6 +295,7 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
         Err(PluginError::new(StatusCode::BAD_REQUEST, code, message))
     };
     let http11 = req.version == Some(1);
+    check_target(req.method.unwrap_or_default(), req.path.unwrap_or_default())?;
     let mut hosts = req
         .headers
         .iter()
@@ -271,13 +364,29 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
     }
     let mut length: Option<&[u8]> = None;
     for v in lengths {
-        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        if v.is_empty() {
+            return bad(
+                "bad_content_length",
+                "the request has an empty Content-Length value".to_owned(),
+            );
+        }
+        if !v.iter().all(u8::is_ascii_digit) {
             return bad(
                 "bad_content_length",
                 format!(
                     "Content-Length `{}` is not a number of bytes",
                     String::from_utf8_lossy(v).escape_debug()
                 ),
+            );
+        }
+        if std::str::from_utf8(trim_zeros(v))
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok().or((n.is_empty()).then_some(0)))
+            .is_none()
+        {
+            return bad(
+                "bad_content_length",
+                "the request's Content-Length is too large".to_owned(),
             );
         }
         match length {
@@ -362,6 +471,53 @@ mod tests {
     }
 
     #[test]
+    fn bytes_httparse_refuses_in_the_target_are_bad_paths_with_the_byte_named() {
+        for (head, named) in [
+            (&b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n"[..], "`<`"),
+            (b"GET /a>b HTTP/1.1\r\nHost: x\r\n\r\n", "`>`"),
+            (b"GET /a`b HTTP/1.1\r\nHost: x\r\n\r\n", "a backtick"),
+            (b"GET /a?q=\"x\" HTTP/1.1\r\nHost: x\r\n\r\n", "`\"`"),
+            (b"GET x/admin HTTP/1.1\r\nHost: x\r\n\r\n", "neither a path"),
+            (b"GET a:1%2Fb HTTP/1.1\r\nHost: x\r\n\r\n", "neither a path"),
+            (b"GET /a\x80b HTTP/1.1\r\nHost: x\r\n\r\n", "0x80"),
+        ] {
+            match check(&BytesMut::from(head)) {
+                HeadCheck::Refused(r) => {
+                    assert_eq!(r.error.code, "bad_path", "{head:?}");
+                    assert!(
+                        r.error.message.contains(named),
+                        "{head:?}: {}",
+                        r.error.message
+                    );
+                }
+                other => panic!("{head:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_http1_versions_are_read_as_heads() {
+        assert_eq!(
+            refused("GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            (400, "bad_request")
+        );
+        assert_eq!(refused("GET /\r\n\r\n"), (400, "bad_request"));
+    }
+
+    #[test]
+    fn grpc_clients_of_refused_lines_keep_their_content_type() {
+        match run(
+            "POST /a b HTTP/1.1\r\ncontent-type: application/grpc\r\nx-request-id: r1\r\n\r\n",
+        ) {
+            HeadCheck::Refused(r) => {
+                assert_eq!(r.content_type.as_deref(), Some(&b"application/grpc"[..]));
+                assert_eq!(r.request_id.as_deref(), Some("r1"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn raw_spaces_and_controls_in_the_target_are_bad_paths() {
         assert_eq!(
             refused("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"),
@@ -384,6 +540,16 @@ mod tests {
         );
         assert_eq!(
             refused("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+            (400, "bad_content_length")
+        );
+        assert_eq!(
+            refused(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n"
+            ),
+            (400, "bad_content_length")
+        );
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5,\r\n\r\n"),
             (400, "bad_content_length")
         );
         assert_eq!(

@@ -28,6 +28,13 @@ pub fn request_host(req: &RequestHeader) -> Result<Option<&str>, PluginError> {
         .authority()
         .map(|a| a.as_str().as_bytes())
         .or_else(|| super::head::target_authority(req.raw_path()));
+    if header.is_none() && req.version == http::Version::HTTP_11 {
+        return Err(bad_host(
+            "the request has no Host header (HTTP/1.1 requires one, also with an absolute-form \
+             target)"
+                .to_owned(),
+        ));
+    }
     let host: &[u8] = match (authority, header) {
         (Some(authority), _) => authority,
         (None, Some(h)) => h.as_bytes(),
@@ -75,7 +82,9 @@ fn is_valid_host(h: &[u8]) -> bool {
             port,
         )
     };
-    name_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+    name_ok
+        && port.iter().all(u8::is_ascii_digit)
+        && (port.is_empty() || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()))
 }
 
 fn is_reg_name_byte(b: u8) -> bool {
@@ -154,6 +163,7 @@ mod tests {
         assert_eq!(host(V::HTTP_11, "/", &[]), Err("bad_host"));
         assert_eq!(host(V::HTTP_2, "/", &[]), Err("bad_host"));
         assert_eq!(host(V::HTTP_11, "http:///x", &[]), Err("bad_host"));
+        assert_eq!(host(V::HTTP_11, "http://a.example/x", &[]), Err("bad_host"));
         assert_eq!(host(V::HTTP_11, "/", &["a", "b"]), Err("bad_host"));
         for h in [
             "",

@@ -26,7 +26,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tollgate_plugin_api::{generate_request_id, is_sane_request_id, Flow, PluginError, Scheme};
 
-pub use connection::Front;
+pub use connection::{BoundListeners, Front};
 pub use context::RequestState;
 
 use crate::config::{Algorithm, HashOn};
@@ -42,15 +42,20 @@ use crate::upstream::{
     backoff, budget_allows, build_peer, hash64, Cluster, CounterGuard, FailureKind, TargetLoad,
 };
 
-/// The gateway's proxy logic. Holds only the pointer to the current snapshot.
+/// The gateway's proxy logic: the pointer to the current snapshot, and the listeners as bound
+/// (whose limits HTTP/2 streams look up).
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
+    listeners: Arc<BoundListeners>,
 }
 
 impl Gateway {
     /// A gateway serving whatever snapshot `snapshot` points at, at each request's start.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self { snapshot }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, listeners: Arc<BoundListeners>) -> Self {
+        Self {
+            snapshot,
+            listeners,
+        }
     }
 }
 
@@ -79,7 +84,7 @@ impl Gateway {
         // streams find theirs by the connection's local address.
         if st.head_started.is_none() {
             let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-            st.limits = snap.config.client_limits_at(local);
+            st.limits = self.listeners.limits(&snap.config, local);
         }
         let peer_ip = session
             .client_addr()
@@ -108,6 +113,12 @@ impl Gateway {
         st.ctx.trace = st.span.as_ref().and_then(RequestSpan::plugin_parent);
         let host = host?;
         st.ctx.host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        // An HTTP/1.0 absolute-form target without Host: its authority becomes the Host that
+        // later phases and the upstream see.
+        let host_to_add = match (host, req.headers.contains_key(HOST), req.uri.authority()) {
+            (Some(h), false, None) => HeaderValue::from_str(h).ok(),
+            _ => None,
+        };
 
         let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > server.max_uri_bytes {
@@ -129,6 +140,19 @@ impl Gateway {
                     "request headers are {head} bytes; the limit is {}",
                     server.max_request_header_bytes
                 ),
+            ));
+        }
+        // pingora keeps a target it cannot place (`x/admin`) whole for the wire and routes it as
+        // `/`: such a target would skip every path rule here.
+        let raw_target = req.raw_path();
+        if !raw_target.starts_with(b"/")
+            && head::target_authority(raw_target).is_none()
+            && req.method != http::Method::CONNECT
+        {
+            return Err(PluginError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "the request target is neither a path (`/...`) nor an absolute URL",
             ));
         }
         let raw_path = req.uri.path();
@@ -177,6 +201,9 @@ impl Gateway {
             let uri = target::origin_form(&path, req.uri.query(), &req.uri, absolute)?;
             session.req_header_mut().set_uri(uri);
         }
+        if let Some(h) = host_to_add {
+            let _ = session.req_header_mut().insert_header(HOST, h);
+        }
         target::collapse_content_length(session.req_header_mut());
         self.arm_body_deadline(session, st)?;
         Ok(())
@@ -219,7 +246,15 @@ fn client_fault(session: &mut Session, st: &RequestState, e: &Error) -> Option<P
     }
     match e.esource() {
         ErrorSource::Downstream => Some(late_body(st)),
-        ErrorSource::Upstream if !session.is_body_done() => Some(late_body(st)),
+        ErrorSource::Upstream if !session.is_body_done() => Some(PluginError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "client_timeout",
+            format!(
+                "the request body stopped arriving: upstream `{}` waited for the rest of it \
+                 until its read_timeout ran out",
+                st.ctx.upstream
+            ),
+        )),
         _ => None,
     }
 }
@@ -632,8 +667,16 @@ impl ProxyHttp for Gateway {
         if let Some(h) = upstream.as_ref().and_then(|u| u.host_header.clone()) {
             let _ = up.insert_header(HOST, h);
         } else if up.headers.get(HOST).is_none() {
-            if let Some(a) = authority {
-                let _ = up.insert_header(HOST, a);
+            // The client's authority (HTTP/2, or an absolute-form target); an HTTP/1.0 request
+            // without any host gets the target's address, as nginx sends its upstream's name:
+            // an HTTP/1.1 upstream must not get a request without Host.
+            let host = authority.or_else(|| {
+                st.target
+                    .as_ref()
+                    .and_then(|t| HeaderValue::from_str(&t.address.to_string()).ok())
+            });
+            if let Some(h) = host {
+                let _ = up.insert_header(HOST, h);
             }
         }
         self.forwarded_headers(session, up, st, &snap);
@@ -723,6 +766,8 @@ impl ProxyHttp for Gateway {
             code = err.status.as_u16();
             if session.response_written().is_none() {
                 code = respond::send_error(session, st, &err).await;
+            } else {
+                respond::end_grpc_stream(session, &err).await;
             }
         }
         FailToProxy {

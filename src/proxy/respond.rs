@@ -142,6 +142,30 @@ pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &Plug
     st.gateway_status
 }
 
+/// Ends a gRPC response that had started when the call failed (the upstream broke off
+/// mid-stream) with trailers carrying the error's gRPC status: over HTTP/2 a client then reads a
+/// status (e.g. UNAVAILABLE) instead of a stream reset (CANCELLED). Other responses are left to
+/// pingora, which cuts them off, since a half-sent body cannot be completed.
+pub async fn end_grpc_stream(session: &mut Session, err: &PluginError) {
+    if session.req_header().version != http::Version::HTTP_2
+        || ErrorWire::of(&session.req_header().headers) != ErrorWire::Grpc
+    {
+        return;
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert(
+        GRPC_STATUS,
+        HeaderValue::from(crate::grpc::code_for_gateway_status(err.status)),
+    );
+    let message = format!("{} ({})", err.message, err.code);
+    if let Ok(v) = HeaderValue::from_str(&crate::grpc::encode_message(&message)) {
+        trailers.insert(GRPC_MESSAGE, v);
+    }
+    let _ = session
+        .write_response_tasks(vec![HttpTask::Trailer(Some(Box::new(trailers)))])
+        .await;
+}
+
 /// Sends a response made by a plugin or the gateway. Returns the status sent (0 if the client
 /// could not be written to).
 ///

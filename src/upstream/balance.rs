@@ -86,11 +86,18 @@ impl Picker {
         if len == 0 {
             return None;
         }
-        let start = cursor.fetch_add(1, Ordering::Relaxed);
-        // One pass over the schedule visits every target at least once.
-        (0..len)
-            .map(|step| self.schedule[(start.wrapping_add(step)) % len])
-            .find(|&i| ok(i))
+        // Every pick takes slots off the shared cursor until one holds an acceptable target: a
+        // skipped slot is used up, so the next pick does not land on the same neighbour. Walking
+        // on from one slot instead gave an unavailable target's whole share to the target after
+        // it in the schedule. One pass visits every target at least once.
+        for _ in 0..len {
+            let slot = cursor.fetch_add(1, Ordering::Relaxed);
+            let i = self.schedule[slot % len];
+            if ok(i) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     fn weighted_random_index(&self, rng: &mut impl Rng) -> usize {
@@ -290,6 +297,20 @@ mod tests {
             });
             assert_eq!(i, Some(1));
         }
+    }
+
+    #[test]
+    fn round_robin_spreads_an_unavailable_targets_share_evenly() {
+        let p = Picker::new(Algorithm::RoundRobin, &addrs(&[1, 1, 1]));
+        let cursor = AtomicUsize::new(0);
+        let mut picks = [0usize; 3];
+        for _ in 0..3000 {
+            let i = p
+                .pick(Algorithm::RoundRobin, &cursor, None, &|i| i != 1, &|_| 0)
+                .expect("a target");
+            picks[i] += 1;
+        }
+        assert_eq!(picks, [1500, 0, 1500]);
     }
 
     /// docs/configuration.md: under `least_request`, weights set the proportions of requests in
