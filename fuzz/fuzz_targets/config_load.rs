@@ -23,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(src) = std::str::from_utf8(data) else {
         return;
     };
+    if has_field_filter_log_level(src) {
+        return;
+    }
     let path = Path::new(CONFIG_PATH);
     let Err(errors) = load_str(path, src, registry()) else {
         return;
@@ -30,16 +33,16 @@ fuzz_target!(|data: &[u8]| {
     assert!(!errors.0.is_empty(), "a refused config must say why");
     let lines: Vec<&str> = src.split('\n').collect();
     for e in &errors.0 {
-        // A message may also point into another file (a .proto's own position).
-        if e.file != path {
-            continue;
-        }
         assert!(
             !e.message.trim().is_empty(),
             "empty message at {}:{}",
             e.line,
             e.col
         );
+        // A message may also point into another file (a .proto's own position).
+        if e.file != path {
+            continue;
+        }
         let line = e.line.checked_sub(1).and_then(|i| lines.get(i));
         let width = line.map_or(0, |l| l.chars().count());
         assert!(
@@ -52,3 +55,16 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+/// `[log] level` with a `{field=value}` filter: tracing-subscriber compiles the value into a
+/// dense DFA, which takes exponential time for some patterns (docs/fuzzing.md, findings). It is
+/// the operator's own file, not request input, so the target leaves that dependency alone.
+fn has_field_filter_log_level(src: &str) -> bool {
+    let Ok(doc) = src.parse::<toml::Table>() else {
+        return false;
+    };
+    doc.get("log")
+        .and_then(|log| log.get("level"))
+        .and_then(toml::Value::as_str)
+        .is_some_and(|level| level.contains('{'))
+}
