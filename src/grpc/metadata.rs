@@ -141,7 +141,9 @@ pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Parses `grpc-timeout` (`1S`, `250m`, up to 8 digits and a unit of H M S m u n).
 pub fn parse_timeout(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if value.len() < 2 || value.len() > 9 {
+    // Byte lengths and the unit split below assume ASCII; a multi-byte last character made
+    // `split_at` panic (found by fuzz/grpc_web_framing; header values reach here as ASCII only).
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -207,6 +209,12 @@ mod tests {
         assert_eq!(parse_timeout("S"), None);
         assert_eq!(parse_timeout("-1S"), None);
         assert_eq!(parse_timeout("1x"), None);
+    }
+
+    #[test]
+    fn grpc_timeout_with_a_multibyte_unit_is_refused_not_a_panic() {
+        assert_eq!(parse_timeout("9999999\u{177}"), None);
+        assert_eq!(parse_timeout("1\u{e9}"), None);
     }
 
     #[test]

@@ -41,6 +41,16 @@ pub use target::{client_config, Target};
 pub use transcoder::Transcoder;
 pub use web::is_grpc_web;
 
+/// Internals the fuzz targets in fuzz/ drive directly; not an API, may change at any time.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::framing::{encode, Frame, FrameDecoder, FrameError, HEADER_LEN, TRAILERS};
+    pub use super::matcher::{decode_variable, split_path, PathTrie};
+    pub use super::status::{decode_message, encode_message};
+    pub use super::template::{Segment, Template, Variable};
+    pub use super::web::decode_text;
+}
+
 /// Compiles `.proto` files with the built-in `google/api` and `google/rpc` files available and
 /// returns an encoded FileDescriptorSet with imports (for tests, benches and tooling).
 pub fn compile_descriptor_set(

@@ -295,6 +295,45 @@ pub fn parse_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::{GrpcSection, Transcoder};
+    use http::Method;
+
+    /// `Everything.dbl` (field 5, fixed64) of the first framed message, after `name` (field 1,
+    /// a short string) when the path set it.
+    fn dbl_of(framed: &[u8]) -> f64 {
+        let mut msg = &framed[5..];
+        if msg[0] == 0x0a {
+            msg = &msg[2 + usize::from(msg[1])..];
+        }
+        assert_eq!(msg[0], 0x29, "field 5 with wire type fixed64");
+        f64::from_le_bytes(msg[1..9].try_into().unwrap())
+    }
+
+    #[test]
+    fn json_doubles_reach_the_message_exactly() {
+        // serde_json's default float parser can be one ulp off; found by fuzz/json_to_protobuf
+        // as a double that changed on a JSON -> protobuf -> JSON -> protobuf round trip.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let section: GrpcSection = toml::from_str(
+            "protos = [\"tollgate/test/v1/test.proto\"]\ninclude_paths = [\"proto\"]",
+        )
+        .unwrap();
+        let t = Transcoder::build(&section, root).unwrap();
+        for text in ["7.777777777777777e+120", "0.1", "2.2250738585072014e-308"] {
+            let body = format!("{{\"dbl\": {text}}}");
+            let want: f64 = text.parse().unwrap();
+            // Straight from the body, and through the general path (a path variable).
+            for path in ["/v1/echo", "/v1/search/q"] {
+                let method = if path == "/v1/echo" {
+                    Method::POST
+                } else {
+                    Method::from_bytes(b"SEARCH").unwrap()
+                };
+                let (_, framed) = t.encode_request(&method, path, body.as_bytes()).unwrap();
+                assert_eq!(dbl_of(&framed), want, "{text} via {path}");
+            }
+        }
+    }
 
     #[test]
     fn text_depth_scan_agrees_with_the_parsed_tree() {
