@@ -7,16 +7,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
-use crate::config::LogFormat;
+use crate::config::{log_filter, LogFormat};
 
 /// Swaps the installed filter; set once the subscriber is installed.
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// Installs the global subscriber. pingora's own `log` records are bridged into it.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(default_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = from_env()
+        .or_else(|| log_filter(default_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let lines = match format {
@@ -35,14 +35,21 @@ pub fn init(format: LogFormat, default_level: &str) {
 
 /// Applies a reloaded `[log] level`. `RUST_LOG`, when set, keeps winning over the config.
 pub fn set_level(level: &str) -> Result<(), String> {
-    if EnvFilter::try_from_default_env().is_ok() {
+    if from_env().is_some() {
         return Ok(());
     }
     let Some(handle) = FILTER.get() else {
         return Ok(());
     };
-    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level: {e}"))?;
+    let filter = log_filter(level).map_err(|e| format!("invalid log level: {e}"))?;
     handle
         .reload(filter)
         .map_err(|e| format!("log level not applied: {e}"))
+}
+
+/// The filter `RUST_LOG` asks for, when it is set and valid.
+fn from_env() -> Option<EnvFilter> {
+    std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .and_then(|v| log_filter(&v).ok())
 }

@@ -32,6 +32,18 @@ use crate::router::{self, HeaderMatch, HostMatch, PathMatch, RouteSpec, RouteTab
 use error::Collector;
 use file::{FileConfig, HeaderCondition, TargetEntry};
 
+/// The log filter of a `[log] level` (or `RUST_LOG`) directive. Field values in `{name=value}`
+/// filters match literally: as regexes, tracing-subscriber compiles them into a DFA that takes
+/// exponential time for some patterns (found by fuzz/config_load), so a level could hang a
+/// start, a reload or `tollgate check`.
+pub fn log_filter(
+    level: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(level)
+}
+
 /// Default admin address when `[admin]` is absent.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
@@ -493,7 +505,7 @@ impl Validator<'_, '_> {
         let Some(level) = level else {
             return "info".to_string();
         };
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+        if let Err(e) = log_filter(level.get_ref()) {
             self.c.at(
                 level.span(),
                 format!(
@@ -1616,4 +1628,19 @@ fn parse_rewrite(value: &str, params: &[Arc<str>]) -> Result<Vec<RewritePart>, S
         parts.push(RewritePart::Literal(rest.to_string()));
     }
     Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fuzz/config_load found a field filter whose value, compiled as a regex, took minutes;
+    /// matched literally, it is read at once.
+    #[test]
+    fn log_levels_with_field_filters_are_read_literally_and_at_once() {
+        let level = format!("app[span{{field=a{}b}}]=debug", ".".repeat(90));
+        assert!(log_filter(&level).is_ok());
+        assert!(log_filter("info,tollgate=debug").is_ok());
+        assert!(log_filter("info,[{").is_err());
+    }
 }
