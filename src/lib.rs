@@ -8,7 +8,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod error;
 pub mod grpc;
+pub mod handler;
 pub mod logging;
 pub mod plugins;
 pub mod proxy;

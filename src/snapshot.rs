@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{GatewayConfig, PluginEntry};
+use crate::handler::grpc::GrpcHandler;
+use crate::handler::Handler;
 use crate::upstream::{tasks, Cluster};
 
 /// Everything a request needs, from one config version.
@@ -16,6 +18,8 @@ pub struct Snapshot {
     pub config: GatewayConfig,
     /// Runtime state of each upstream, same index as `config.upstreams`.
     pub clusters: Vec<Arc<Cluster>>,
+    /// The handler of each route, same index as `config.routes`.
+    pub handlers: Vec<Handler>,
     /// Stops the snapshot's background tasks (health checks, discovery) when set or dropped.
     stop: watch::Sender<bool>,
 }
@@ -30,11 +34,20 @@ impl Snapshot {
             .cloned()
             .map(|u| Arc::new(Cluster::new(u)))
             .collect();
+        let handlers = config
+            .routes
+            .iter()
+            .map(|r| match &r.grpc {
+                Some(t) => Handler::Serve(Arc::new(GrpcHandler::new(t.clone()))),
+                None => Handler::Proxy,
+            })
+            .collect();
         let (stop, _) = watch::channel(false);
         Self {
             generation,
             config,
             clusters,
+            handlers,
             stop,
         }
     }

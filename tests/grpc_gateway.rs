@@ -386,3 +386,179 @@ allow_methods = ["POST"]
     );
     assert!(!trailers.contains("grpc-status: 0"), "{trailers}");
 }
+
+// ---- transcoded routes pick and retry targets like proxied ones (upstream::Attempt) ----
+
+/// A TCP front to `backend` counting the connections it accepts: which target the gateway's
+/// calls go to (it keeps one HTTP/2 connection per target).
+async fn counted_front(
+    backend: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+fn two_target_config(
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    upstream_extra: &str,
+) -> String {
+    format!(
+        r#"
+[upstreams.test]
+targets = ["{a}", "{b}"]
+protocol = "h2c"
+{upstream_extra}
+
+[routes.api]
+prefix = "/v1"
+upstream = "test"
+
+[routes.api.grpc]
+protos = ["tollgate/test/v1/test.proto"]
+include_paths = ["{}/proto"]
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test]
+async fn transcoded_calls_retry_a_refused_connect_on_another_target() {
+    let up = start_upstream(Reflection::None).await;
+    let dead = common::closed_addr();
+    let gw = common::Gateway::start(&two_target_config(
+        dead,
+        up.addr,
+        "outlier_detection = { enabled = false }",
+    ))
+    .await;
+    let c = common::client();
+    // Round robin sends every other first try to the dead target; each is sent on.
+    for i in 0..10 {
+        let resp = c
+            .get(gw.url(&format!("/v1/shelves/s{i}/books/b1")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn transcoded_calls_follow_the_ring_hash_key() {
+    use std::sync::atomic::Ordering;
+    let up = start_upstream(Reflection::None).await;
+    let (a, to_a) = counted_front(up.addr).await;
+    let (b, to_b) = counted_front(up.addr).await;
+    let gw = common::Gateway::start(&two_target_config(
+        a,
+        b,
+        "balance = \"ring_hash\"\nhash_on = \"header:x-user\"",
+    ))
+    .await;
+    let c = common::client();
+    for i in 0..20 {
+        let resp = c
+            .get(gw.url(&format!("/v1/shelves/s{i}/books/b1")))
+            .header("x-user", "alice")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+    }
+    // One key, one target: only one of the two was ever connected to.
+    let (na, nb) = (to_a.load(Ordering::SeqCst), to_b.load(Ordering::SeqCst));
+    assert!(
+        (na == 0) != (nb == 0),
+        "alice's calls went to both targets: {na} / {nb}"
+    );
+}
+
+/// An HTTP/2 server answering every call with HTTP `status` (not gRPC).
+async fn plain_status_upstream(status: u16) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let resp = http::Response::builder()
+                        .status(status)
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .expect("response");
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn outlier_failure_statuses_hold_for_transcoded_routes() {
+    let busy = plain_status_upstream(503).await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[upstreams.test]
+targets = ["{busy}"]
+protocol = "h2c"
+outlier_detection = {{ consecutive_failures = 1, failure_statuses = [500] }}
+
+[routes.api]
+prefix = "/v1"
+upstream = "test"
+
+[routes.api.grpc]
+protos = ["tollgate/test/v1/test.proto"]
+include_paths = ["{}/proto"]
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .await;
+    let c = common::client();
+    for _ in 0..3 {
+        let resp = c
+            .get(gw.url("/v1/shelves/s/books/b1"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 503);
+    }
+    // 503 is not in failure_statuses: no failure counted, nothing ejected.
+    let view: serde_json::Value = common::client()
+        .get(format!("http://{}/upstreams", gw.admin))
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    let target = &view["upstreams"][0]["targets"][0];
+    assert_eq!(target["total_failures"], 0, "{view}");
+    assert_eq!(target["times_ejected"], 0, "{view}");
+}

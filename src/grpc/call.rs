@@ -79,17 +79,33 @@ impl Call<'_> {
         let upstream = match sent {
             Ok(r) => r,
             Err(CallError::ConnectTimeout(a)) => {
-                return self.error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_connect_timeout",
-                    format!("timed out connecting to upstream {a}"),
+                return failure(
+                    self.error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_connect_timeout",
+                        format!("timed out connecting to upstream {a}"),
+                    ),
+                    CallFailure::ConnectTimeout,
+                )
+            }
+            Err(e @ CallError::Connect(..)) => {
+                return failure(
+                    self.error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unreachable",
+                        e.to_string(),
+                    ),
+                    CallFailure::Connect,
                 )
             }
             Err(e) => {
-                return self.error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    e.to_string(),
+                return failure(
+                    self.error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unreachable",
+                        e.to_string(),
+                    ),
+                    CallFailure::Reset,
                 )
             }
         };
@@ -242,7 +258,10 @@ impl Call<'_> {
             status::DEADLINE_EXCEEDED,
             "deadline exceeded before the upstream answered",
         );
-        status_response(&s, Some(&self.schema.pool))
+        failure(
+            status_response(&s, Some(&self.schema.pool)),
+            CallFailure::Timeout,
+        )
     }
 
     fn read_failed(&self, e: ReadError) -> Response<ResponseBody> {
@@ -255,4 +274,24 @@ impl Call<'_> {
             ),
         }
     }
+}
+
+/// How a call failed before the upstream answered, marked on the response the engine makes for
+/// it (an extension), so that the handler that picked the target can tell an upstream failure
+/// (report it, maybe try another target) from an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFailure {
+    /// No connection could be made; nothing was sent.
+    Connect,
+    /// Connecting timed out; nothing was sent.
+    ConnectTimeout,
+    /// The stream failed after the call was sent.
+    Reset,
+    /// No answer before the deadline.
+    Timeout,
+}
+
+fn failure(mut resp: Response<ResponseBody>, why: CallFailure) -> Response<ResponseBody> {
+    resp.extensions_mut().insert(why);
+    resp
 }

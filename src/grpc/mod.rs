@@ -31,6 +31,7 @@ mod transcoder;
 mod web;
 
 pub use body::ResponseBody;
+pub use call::CallFailure;
 pub use config::{GrpcSection, JsonNames, StreamFormat, UnknownFields};
 pub use metadata::{format_timeout, parse_timeout};
 pub use status::{

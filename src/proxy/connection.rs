@@ -265,7 +265,7 @@ impl Front {
             stream.flush().await
         };
         let written = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, write).await;
-        let status = r.error.status.as_u16();
+        let status = r.error.status().as_u16();
         let sent = if matches!(written, Ok(Ok(()))) {
             status
         } else {
@@ -275,8 +275,8 @@ impl Front {
         let elapsed = started.elapsed();
         let method = http::Method::from_bytes(r.method.as_bytes()).unwrap_or(http::Method::GET);
         log::count_unrouted(&method, status, elapsed);
-        tracing::debug!(request_id = %request_id, status, code = r.error.code,
-            message = %r.error.message, "request head refused");
+        tracing::debug!(request_id = %request_id, status, code = r.error.code(),
+            message = %r.error, "request head refused");
         if crate::telemetry::access_log::enabled() {
             let snap = self.snapshot.load();
             let (path, query) = match r.target.split_once('?') {
@@ -311,7 +311,7 @@ impl Front {
                     duration: elapsed,
                     upstream_time: Duration::ZERO,
                     attempts: 0,
-                    error: Some(r.error.code),
+                    error: Some(r.error.code()),
                 },
             );
         }

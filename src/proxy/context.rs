@@ -1,16 +1,16 @@
 //! Per-request state of the proxy dispatcher.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use tollgate_plugin_api::{PluginError, RequestContext, Scheme};
+use tollgate_plugin_api::{RequestContext, Scheme};
 
 use crate::config::{ClientLimits, PluginEntry, Route};
+use crate::error::GatewayError;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace::{AttemptSpan, RequestSpan};
-use crate::upstream::{Cluster, CounterGuard, Target, TargetLoad};
+use crate::upstream::{Attempt, Target};
 
 /// Holds one unit of the in-flight gauge for the life of a request, whatever path it ends on.
 struct InFlightMetric;
@@ -42,51 +42,28 @@ pub struct RequestState {
     pub ctx: RequestContext,
     /// Bytes of the path the route's prefix matched.
     pub prefix_len: usize,
-    /// The route's upstream, once a target is being chosen.
-    pub cluster: Option<Arc<Cluster>>,
-    /// Addresses already tried, in order (inline: most requests make one attempt, and a heap
-    /// allocation for it showed in every request's profile).
-    pub tried: smallvec::SmallVec<[SocketAddr; 2]>,
-    /// The target of the current attempt.
-    pub target: Option<Arc<Target>>,
-    /// Counts this request on the current target (least request).
-    pub target_load: Option<TargetLoad>,
-    /// Counts this request in flight on the upstream (circuit breaker, retry budget).
-    pub in_flight: Option<CounterGuard>,
-    /// Counts this attempt as waiting for a connection.
-    pub pending: Option<CounterGuard>,
-    /// Counts this request as a retry in flight (retry budget).
-    pub retrying: Option<CounterGuard>,
-    /// Retries made so far.
-    pub retries: u32,
-    /// The current attempt was ended by the gateway for a retryable status.
+    /// The tries at the route's upstream, once the handler sends the request there.
+    pub attempt: Option<Attempt>,
+    /// The current try was ended by the gateway for a retryable status.
     pub status_retry: bool,
-    /// The next attempt retries a refused connect, which the retry budget does not count.
-    pub retry_after_connect_failure: bool,
-    /// What the client gets if no further attempt can be made.
-    pub last_failure: Option<PluginError>,
+    /// An error decided by the gateway, answered by `fail_to_proxy`.
+    pub error: Option<GatewayError>,
     /// Code of the error the gateway answered with, if it did (metrics, access log).
     pub gateway_code: Option<&'static str>,
-    /// The request's server span, when traced.
-    pub span: Option<RequestSpan>,
-    /// The current upstream attempt's client span.
-    pub attempt_span: Option<AttemptSpan>,
-    /// When the current upstream attempt started.
-    pub attempt_started: Option<Instant>,
-    /// Time spent in upstream attempts so far.
-    pub upstream_time: std::time::Duration,
-    /// Counts the request in `tollgate_requests_in_flight` while it lives.
-    _in_flight: InFlightMetric,
-    /// An error decided by the gateway, answered by `fail_to_proxy`.
-    pub error: Option<PluginError>,
     /// Status sent to the client by the gateway itself (0 if none).
     pub gateway_status: u16,
+    /// The request's server span, when traced.
+    pub span: Option<RequestSpan>,
+    /// The current upstream try's client span.
+    pub attempt_span: Option<AttemptSpan>,
     /// When the request started (its pipeline did).
     pub started: Instant,
     /// When the request's head began to arrive, when the connection loop knows it (HTTP/1.x).
     pub head_started: Option<Instant>,
     /// The listener's client deadlines and path rules.
     pub limits: ClientLimits,
+    /// Counts the request in `tollgate_requests_in_flight` while it lives.
+    _in_flight: InFlightMetric,
 }
 
 fn unrouted() -> Arc<str> {
@@ -102,28 +79,17 @@ impl RequestState {
             route: None,
             ctx: RequestContext::new(String::new(), Scheme::Http, unrouted(), unrouted()),
             prefix_len: 0,
-            cluster: None,
-            tried: smallvec::SmallVec::new(),
-            target: None,
-            target_load: None,
-            in_flight: None,
-            pending: None,
-            retrying: None,
-            retries: 0,
+            attempt: None,
             status_retry: false,
-            retry_after_connect_failure: false,
-            last_failure: None,
+            error: None,
             gateway_code: None,
+            gateway_status: 0,
             span: None,
             attempt_span: None,
-            attempt_started: None,
-            upstream_time: std::time::Duration::ZERO,
-            _in_flight: InFlightMetric::new(),
-            error: None,
-            gateway_status: 0,
             started: Instant::now(),
             head_started: None,
             limits: ClientLimits::default(),
+            _in_flight: InFlightMetric::new(),
         }
     }
 
@@ -147,6 +113,11 @@ impl RequestState {
             Some(r) => Some(r.plugins.clone()),
             None => Some(snap.config.global_plugins.clone()),
         }
+    }
+
+    /// The target of the current (or last) upstream try.
+    pub fn target(&self) -> Option<&Arc<Target>> {
+        self.attempt.as_ref().and_then(Attempt::target)
     }
 }
 

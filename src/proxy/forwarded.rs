@@ -6,9 +6,11 @@
 
 use std::net::IpAddr;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
+use pingora_http::RequestHeader;
+use tollgate_plugin_api::RequestContext;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -80,6 +82,63 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// Sets the forwarded headers of the upstream request `up` of the client request `req`:
+/// `X-Forwarded-For` (a trusted proxy's chain extended with the peer), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (a trusted proxy's own kept).
+pub fn set_upstream_headers(
+    req: &RequestHeader,
+    up: &mut RequestHeader,
+    ctx: &RequestContext,
+    trusted_proxies: &[IpNet],
+) {
+    let trusted = ctx
+        .peer_ip
+        .is_some_and(|ip| is_trusted(ip, trusted_proxies));
+    if let Some(peer) = ctx.peer_ip {
+        // A trusted proxy's chain may arrive split over several header lines.
+        let prev: Vec<&str> = if trusted {
+            req.headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let xff = if prev.is_empty() {
+            ip_header_value(peer)
+        } else {
+            let peer = peer.to_canonical();
+            HeaderValue::from_str(&format!("{}, {peer}", prev.join(", "))).ok()
+        };
+        if let Some(v) = xff {
+            let _ = up.insert_header("x-forwarded-for", v);
+        }
+    }
+    let keep = |name: &HeaderName| trusted && req.headers.contains_key(name);
+    if !keep(&X_FORWARDED_PROTO) {
+        let _ = up.insert_header(
+            "x-forwarded-proto",
+            HeaderValue::from_static(ctx.scheme.as_str()),
+        );
+    }
+    if !keep(&X_FORWARDED_HOST) {
+        let host = req.headers.get(HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        match host {
+            Some(h) => {
+                let _ = up.insert_header("x-forwarded-host", h);
+            }
+            None => {
+                up.remove_header("x-forwarded-host");
+            }
+        }
     }
 }
 

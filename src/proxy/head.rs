@@ -10,9 +10,8 @@
 
 use std::time::Duration;
 
+use crate::error::GatewayError;
 use bytes::BytesMut;
-use http::StatusCode;
-use tollgate_plugin_api::PluginError;
 
 /// How many header lines the check parses; pingora's own limit.
 const MAX_HEADERS: usize = 256;
@@ -33,7 +32,7 @@ pub enum HeadCheck {
 #[derive(Debug)]
 pub struct Refusal {
     /// The answer.
-    pub error: PluginError,
+    pub error: GatewayError,
     /// Method and target as far as they could be read ("" when not).
     pub method: String,
     /// The raw request target, lossily decoded.
@@ -45,7 +44,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn bare(error: PluginError) -> Self {
+    fn bare(error: GatewayError) -> Self {
         Self {
             error,
             method: String::new(),
@@ -57,7 +56,7 @@ impl Refusal {
 
     /// A refusal of the head in `buf`, with whatever of its request line and headers can be
     /// read: a gRPC client still gets its error as a gRPC status, and the log its request id.
-    fn of_raw(error: PluginError, buf: &[u8]) -> Self {
+    fn of_raw(error: GatewayError, buf: &[u8]) -> Self {
         let (method, target) = request_line(buf).unwrap_or_default();
         let mut r = Self {
             error,
@@ -94,14 +93,10 @@ fn raw_header<'a>(buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 pub fn header_timeout(timeout: Duration, partial: &[u8]) -> Refusal {
     let (method, target) = request_line(partial).unwrap_or_default();
     let mut r = Refusal {
-        error: PluginError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "client_timeout",
-            format!(
-                "the request head did not arrive within {} (request_header_timeout)",
-                humantime::format_duration(timeout)
-            ),
-        ),
+        error: GatewayError::ClientTimeout(format!(
+            "the request head did not arrive within {} (request_header_timeout)",
+            humantime::format_duration(timeout)
+        )),
         method: String::from_utf8_lossy(method).into_owned(),
         target: String::from_utf8_lossy(target).into_owned(),
         request_id: None,
@@ -113,11 +108,9 @@ pub fn header_timeout(timeout: Duration, partial: &[u8]) -> Refusal {
 
 /// Error for a head that outgrew `limit` bytes before it ended.
 pub fn too_large(limit: usize) -> Refusal {
-    Refusal::bare(PluginError::new(
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "headers_too_large",
-        format!("the request head is larger than {limit} bytes"),
-    ))
+    Refusal::bare(GatewayError::HeadersTooLarge(format!(
+        "the request head is larger than {limit} bytes"
+    )))
 }
 
 /// Checks the bytes read so far.
@@ -142,11 +135,7 @@ pub fn check(buf: &BytesMut) -> HeadCheck {
         },
         Err(httparse::Error::Token | httparse::Error::Version) => bad_request_line(buf),
         Err(e) => HeadCheck::Refused(Refusal::of_raw(
-            PluginError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("the request head is not valid HTTP/1.1: {e}"),
-            ),
+            GatewayError::BadRequest(format!("the request head is not valid HTTP/1.1: {e}")),
             buf,
         )),
     }
@@ -162,31 +151,28 @@ fn bad_request_line(buf: &[u8]) -> HeadCheck {
         return HeadCheck::Partial;
     };
     let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-    let refuse = |code: &'static str, message: String| {
-        HeadCheck::Refused(Refusal::of_raw(
-            PluginError::new(StatusCode::BAD_REQUEST, code, message),
-            buf,
-        ))
+    let refuse = |error: fn(String) -> GatewayError, message: String| {
+        HeadCheck::Refused(Refusal::of_raw(error(message), buf))
     };
     let (Some(first), Some(last)) = (
         line.iter().position(|b| *b == b' '),
         line.iter().rposition(|b| *b == b' '),
     ) else {
         return refuse(
-            "bad_request",
+            GatewayError::BadRequest,
             "the request line is not `METHOD TARGET HTTP/1.1`".to_owned(),
         );
     };
     let (method, version) = (&line[..first], &line[last + 1..]);
     if first == last || method.is_empty() || !method.iter().all(|b| is_token_byte(*b)) {
         return refuse(
-            "bad_request",
+            GatewayError::BadRequest,
             "the request line is not `METHOD TARGET HTTP/1.1`".to_owned(),
         );
     }
     if version != b"HTTP/1.1" && version != b"HTTP/1.0" {
         return refuse(
-            "bad_request",
+            GatewayError::BadRequest,
             format!(
                 "`{}` is not an HTTP/1.x version (HTTP/2 is spoken with its own preface or \
                  negotiated by TLS)",
@@ -196,7 +182,7 @@ fn bad_request_line(buf: &[u8]) -> HeadCheck {
     }
     let what = first_unfit(&line[first + 1..last]);
     refuse(
-        "bad_path",
+        GatewayError::BadPath,
         format!("the request target contains {what}; percent-encode it (e.g. `%20` for a space)"),
     )
 }
@@ -205,14 +191,8 @@ fn bad_request_line(buf: &[u8]) -> HeadCheck {
 /// builds the request with accepts; absolute form (`http://host/path`); `*` for `OPTIONS`;
 /// authority form for `CONNECT`. pingora would route anything else as `/` while forwarding it
 /// as written, and refuse a target its URI parser rejects with an empty 400.
-fn check_target(method: &str, target: &str) -> Result<(), PluginError> {
-    let bad = |message: String| {
-        Err(PluginError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_path",
-            message,
-        ))
-    };
+fn check_target(method: &str, target: &str) -> Result<(), GatewayError> {
+    let bad = |message: String| Err(GatewayError::BadPath(message));
     if target.starts_with('/') {
         if http::uri::PathAndQuery::try_from(target).is_err() {
             return bad(format!(
@@ -290,10 +270,8 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 /// The checks of a complete head (RFC 9112 §3.2, §6.1, §6.3; RFC 9110 §8.6).
-fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
-    let bad = |code: &'static str, message: String| {
-        Err(PluginError::new(StatusCode::BAD_REQUEST, code, message))
-    };
+fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), GatewayError> {
+    let bad = |error: fn(String) -> GatewayError, message: String| Err(error(message));
     let http11 = req.version == Some(1);
     check_target(req.method.unwrap_or_default(), req.path.unwrap_or_default())?;
     let mut hosts = req
@@ -303,14 +281,14 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
     let host = hosts.next();
     if hosts.next().is_some() {
         return bad(
-            "bad_host",
+            GatewayError::BadHost,
             "the request has more than one Host header".to_owned(),
         );
     }
     if host.is_some_and(|h| h.value.contains(&b'@')) {
         // pingora refuses userinfo in Host too (without a body).
         return bad(
-            "bad_host",
+            GatewayError::BadHost,
             "the Host header contains userinfo (`@`)".to_owned(),
         );
     }
@@ -318,7 +296,7 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
         // pingora refuses these too (without a body); said here in the JSON shape.
         if authority != host.value {
             return bad(
-                "bad_host",
+                GatewayError::BadHost,
                 format!(
                     "Host `{}` differs from the authority `{}` of the request target",
                     String::from_utf8_lossy(host.value).escape_debug(),
@@ -339,7 +317,7 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
     if !codings.is_empty() {
         if !http11 {
             return bad(
-                "bad_request",
+                GatewayError::BadRequest,
                 "an HTTP/1.0 request cannot use Transfer-Encoding".to_owned(),
             );
         }
@@ -350,14 +328,10 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
                 .iter()
                 .map(|c| String::from_utf8_lossy(c).escape_debug().to_string())
                 .collect();
-            return Err(PluginError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "unsupported_transfer_encoding",
-                format!(
-                    "Transfer-Encoding `{}` is not supported; only `chunked` is",
-                    list.join(", ")
-                ),
-            ));
+            return Err(GatewayError::UnsupportedTransferEncoding(format!(
+                "Transfer-Encoding `{}` is not supported; only `chunked` is",
+                list.join(", ")
+            )));
         }
         // With Transfer-Encoding the length is ignored (and removed by pingora).
         return Ok(());
@@ -366,13 +340,13 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
     for v in lengths {
         if v.is_empty() {
             return bad(
-                "bad_content_length",
+                GatewayError::BadContentLength,
                 "the request has an empty Content-Length value".to_owned(),
             );
         }
         if !v.iter().all(u8::is_ascii_digit) {
             return bad(
-                "bad_content_length",
+                GatewayError::BadContentLength,
                 format!(
                     "Content-Length `{}` is not a number of bytes",
                     String::from_utf8_lossy(v).escape_debug()
@@ -385,14 +359,14 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), PluginError> {
             .is_none()
         {
             return bad(
-                "bad_content_length",
+                GatewayError::BadContentLength,
                 "the request's Content-Length is too large".to_owned(),
             );
         }
         match length {
             Some(first) if trim_zeros(first) != trim_zeros(v) => {
                 return bad(
-                    "bad_content_length",
+                    GatewayError::BadContentLength,
                     "the request has different Content-Length values".to_owned(),
                 )
             }
@@ -442,7 +416,7 @@ mod tests {
 
     fn refused(head: &str) -> (u16, &'static str) {
         match run(head) {
-            HeadCheck::Refused(r) => (r.error.status.as_u16(), r.error.code),
+            HeadCheck::Refused(r) => (r.error.status().as_u16(), r.error.code()),
             other => panic!("not refused: {other:?} for {head:?}"),
         }
     }
@@ -483,12 +457,8 @@ mod tests {
         ] {
             match check(&BytesMut::from(head)) {
                 HeadCheck::Refused(r) => {
-                    assert_eq!(r.error.code, "bad_path", "{head:?}");
-                    assert!(
-                        r.error.message.contains(named),
-                        "{head:?}: {}",
-                        r.error.message
-                    );
+                    assert_eq!(r.error.code(), "bad_path", "{head:?}");
+                    assert!(r.error.to_string().contains(named), "{head:?}: {}", r.error);
                 }
                 other => panic!("{head:?}: {other:?}"),
             }
@@ -603,7 +573,7 @@ mod tests {
     fn a_timed_out_head_keeps_what_was_read_for_the_log() {
         let r = header_timeout(Duration::from_secs(10), b"GET /slow HTTP/1.1\r\nHo");
         assert_eq!(
-            (r.error.status.as_u16(), r.error.code),
+            (r.error.status().as_u16(), r.error.code()),
             (408, "client_timeout")
         );
         assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/slow"));

@@ -3,17 +3,16 @@
 //! the `Host` header. A host that is missing (HTTP/1.1, HTTP/2), empty, repeated or not a host
 //! name, IP address or bracketed IPv6 address with an optional port is a 400 `bad_host`.
 
+use crate::error::GatewayError;
 use http::header::HOST;
-use http::StatusCode;
 use pingora_http::RequestHeader;
-use tollgate_plugin_api::PluginError;
 
-fn bad_host(message: String) -> PluginError {
-    PluginError::new(StatusCode::BAD_REQUEST, "bad_host", message)
+fn bad_host(message: String) -> GatewayError {
+    GatewayError::BadHost(message)
 }
 
 /// The request's host as sent (with its port), or `None` for an HTTP/1.0 request without one.
-pub fn request_host(req: &RequestHeader) -> Result<Option<&str>, PluginError> {
+pub fn request_host(req: &RequestHeader) -> Result<Option<&str>, GatewayError> {
     let mut hosts = req.headers.get_all(HOST).iter();
     let (header, again) = (hosts.next(), hosts.next());
     if again.is_some() {
@@ -121,7 +120,7 @@ mod tests {
     ) -> Result<Option<String>, &'static str> {
         request_host(&req(version, target, hosts))
             .map(|h| h.map(str::to_owned))
-            .map_err(|e| e.code)
+            .map_err(|e| e.code())
     }
 
     #[test]

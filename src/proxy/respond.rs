@@ -10,10 +10,11 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use pingora_core::protocols::http::HttpTask;
-use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use tollgate_plugin_api::{PluginError, Response};
+use tollgate_plugin_api::{ErrorBody, Response};
+
+use crate::error::GatewayError;
 
 use super::context::RequestState;
 
@@ -82,27 +83,29 @@ pub struct Rendered {
 }
 
 /// Renders `err` for a client that reads `wire`.
-pub fn render(err: &PluginError, wire: ErrorWire, request_id: &str) -> Rendered {
-    let mut headers = err.headers.clone();
+pub fn render(err: &GatewayError, wire: ErrorWire, request_id: &str) -> Rendered {
+    let mut headers = err.headers().to_vec();
+    let message = err.to_string();
     match wire {
         ErrorWire::Json => {
             headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+            let status = err.status();
+            let body = ErrorBody::new(status.as_u16(), err.code(), &message, request_id).to_json();
             Rendered {
-                status: err.status,
+                status,
                 headers,
-                body: Bytes::from(err.body(request_id).to_json()),
+                body: Bytes::from(body),
             }
         }
         ErrorWire::Grpc | ErrorWire::GrpcWeb { .. } => {
-            let code = crate::grpc::code_for_gateway_status(err.status);
-            let message = format!("{} ({})", err.message, err.code);
+            let message = format!("{message} ({})", err.code());
             let content_type = match wire {
                 ErrorWire::GrpcWeb { text: true } => "application/grpc-web-text+proto",
                 ErrorWire::GrpcWeb { text: false } => "application/grpc-web+proto",
                 _ => "application/grpc",
             };
             headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
-            headers.push((GRPC_STATUS, HeaderValue::from(code)));
+            headers.push((GRPC_STATUS, HeaderValue::from(err.grpc_code())));
             if let Ok(v) = HeaderValue::from_str(&crate::grpc::encode_message(&message)) {
                 headers.push((GRPC_MESSAGE, v));
             }
@@ -125,8 +128,8 @@ pub fn render(err: &PluginError, wire: ErrorWire, request_id: &str) -> Rendered 
 /// Sends `err` in the shape the client reads. Returns the gateway's status of the error (the
 /// HTTP status a JSON client would have seen; also for gRPC, where the wire says 200), or 0 when
 /// the client could not be written to.
-pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &PluginError) -> u16 {
-    st.gateway_code = Some(err.code);
+pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &GatewayError) -> u16 {
+    st.gateway_code = Some(err.code());
     let wire = ErrorWire::of(&session.req_header().headers);
     let rendered = render(err, wire, &st.ctx.request_id);
     let resp = Response {
@@ -138,7 +141,7 @@ pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &Plug
         return 0;
     }
     // Metrics and logs keep the gateway's decision, whatever status the wire carried.
-    st.gateway_status = err.status.as_u16();
+    st.gateway_status = err.status().as_u16();
     st.gateway_status
 }
 
@@ -146,18 +149,15 @@ pub async fn send_error(session: &mut Session, st: &mut RequestState, err: &Plug
 /// mid-stream) with trailers carrying the error's gRPC status: over HTTP/2 a client then reads a
 /// status (e.g. UNAVAILABLE) instead of a stream reset (CANCELLED). Other responses are left to
 /// pingora, which cuts them off, since a half-sent body cannot be completed.
-pub async fn end_grpc_stream(session: &mut Session, err: &PluginError) {
+pub async fn end_grpc_stream(session: &mut Session, err: &GatewayError) {
     if session.req_header().version != http::Version::HTTP_2
         || ErrorWire::of(&session.req_header().headers) != ErrorWire::Grpc
     {
         return;
     }
     let mut trailers = HeaderMap::new();
-    trailers.insert(
-        GRPC_STATUS,
-        HeaderValue::from(crate::grpc::code_for_gateway_status(err.status)),
-    );
-    let message = format!("{} ({})", err.message, err.code);
+    trailers.insert(GRPC_STATUS, HeaderValue::from(err.grpc_code()));
+    let message = format!("{err} ({})", err.code());
     if let Ok(v) = HeaderValue::from_str(&crate::grpc::encode_message(&message)) {
         trailers.insert(GRPC_MESSAGE, v);
     }
@@ -182,11 +182,7 @@ pub async fn send(session: &mut Session, st: &mut RequestState, resp: Response) 
         let _ = header.append_header(name, value);
     }
     let _ = header.insert_header(CONTENT_LENGTH, resp.body.len());
-    if let Some(plugins) = st.plugins() {
-        for p in plugins.iter() {
-            p.plugin.on_response(&mut header, &mut st.ctx);
-        }
-    }
+    super::chain::on_response(st, &mut header);
     let head_only = session.req_header().method == http::Method::HEAD;
     let tasks = if resp.body.is_empty() || head_only {
         vec![HttpTask::Header(Box::new(header), true)]
@@ -201,62 +197,4 @@ pub async fn send(session: &mut Session, st: &mut RequestState, resp: Response) 
     }
     st.gateway_status = status;
     status
-}
-
-/// The error a pingora failure means for the client; `None` when the client is gone.
-pub fn classify(e: &Error, upstream: &str) -> Option<PluginError> {
-    use ErrorType::*;
-    let etype = e.etype();
-    if *e.esource() == ErrorSource::Downstream {
-        return match etype {
-            ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
-            _ => Some(PluginError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request could not be read as valid HTTP",
-            )),
-        };
-    }
-    let (status, code, message) = match etype {
-        HTTPStatus(code) => {
-            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
-            (
-                status,
-                "upstream_error",
-                format!("upstream `{upstream}` failed"),
-            )
-        }
-        ConnectTimedout | TLSHandshakeTimedout => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_connect_timeout",
-            format!("timed out connecting to upstream `{upstream}`"),
-        ),
-        ReadTimedout | WriteTimedout => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            format!("upstream `{upstream}` did not answer in time"),
-        ),
-        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError => (
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            format!("could not connect to upstream `{upstream}`"),
-        ),
-        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => (
-            StatusCode::BAD_GATEWAY,
-            "upstream_tls_error",
-            format!("TLS handshake with upstream `{upstream}` failed"),
-        ),
-        ConnectionClosed | ReadError | WriteError | H1Error | H2Error | InvalidH2 | H2Downgrade
-        | InvalidHTTPHeader => (
-            StatusCode::BAD_GATEWAY,
-            "upstream_reset",
-            format!("upstream `{upstream}` closed or broke the connection"),
-        ),
-        _ => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "the gateway failed to handle the request".to_string(),
-        ),
-    };
-    Some(PluginError::new(status, code, message))
 }

@@ -2,14 +2,14 @@
 //! (`escaped_slashes`), the origin form every upstream receives, and one `Content-Length`.
 
 use http::header::CONTENT_LENGTH;
-use http::{StatusCode, Uri};
+use http::Uri;
 use pingora_http::RequestHeader;
-use tollgate_plugin_api::PluginError;
 
 use crate::config::EscapedSlashes;
+use crate::error::GatewayError;
 
-fn bad_path(message: impl Into<String>) -> PluginError {
-    PluginError::new(StatusCode::BAD_REQUEST, "bad_path", message)
+fn bad_path(message: impl Into<String>) -> GatewayError {
+    GatewayError::BadPath(message.into())
 }
 
 /// Applies the listener's `escaped_slashes` rule to a raw path. `Ok(Some(_))` is the path to
@@ -20,7 +20,7 @@ fn bad_path(message: impl Into<String>) -> PluginError {
 /// by default such a path is refused; `decode` routes (and forwards) the decoded path; `keep`
 /// passes it as written for backends that treat `%2F` as data. `%5C` is refused unless kept,
 /// since a decoded backslash is refused anyway.
-pub fn escaped_slashes(path: &str, mode: EscapedSlashes) -> Result<Option<String>, PluginError> {
+pub fn escaped_slashes(path: &str, mode: EscapedSlashes) -> Result<Option<String>, GatewayError> {
     if mode == EscapedSlashes::Keep || !path.contains('%') {
         return Ok(None);
     }
@@ -60,7 +60,7 @@ pub fn origin_form(
     query: Option<&str>,
     uri: &Uri,
     origin_only: bool,
-) -> Result<Uri, PluginError> {
+) -> Result<Uri, GatewayError> {
     let pq = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn encoded_slashes_follow_the_listener_rule() {
         use EscapedSlashes::*;
-        let code = |r: Result<Option<String>, PluginError>| r.map_err(|e| e.code);
+        let code = |r: Result<Option<String>, GatewayError>| r.map_err(|e| e.code());
         assert_eq!(
             code(escaped_slashes("/admin%2Fsecret", Reject)),
             Err("bad_path")

@@ -6,6 +6,7 @@
 //! `retry` decides whether a failed attempt is tried again, `peer` turns a target into a pingora
 //! peer.
 
+mod attempt;
 mod balance;
 pub mod discovery;
 mod health;
@@ -23,6 +24,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Algorithm, UpstreamConfig};
 
+pub use attempt::{Attempt, Verdict};
 pub use balance::hash64;
 pub use discovery::Endpoint;
 pub use health::{now_ms, HealthView, TargetHealth};

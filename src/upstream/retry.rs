@@ -1,4 +1,5 @@
-//! Whether a failed attempt is tried again, and how long to wait first.
+//! Why an attempt failed (`FailureKind`, the one classification of pingora's errors), whether
+//! it is tried again, and how long to wait first.
 //!
 //! A retry must go to a different target, fit the policy (cause, method, attempts left) and fit
 //! the budget: retries in flight may be at most `budget_ratio` of the requests in flight (but
@@ -8,61 +9,139 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pingora_core::{Error, ErrorType};
+use std::sync::Arc;
+
+use pingora_core::{Error, ErrorSource, ErrorType};
 use rand::Rng;
 
 use super::Counters;
 use crate::config::RetryConfig;
+use crate::error::GatewayError;
 
-/// Why an attempt failed, as far as retries and outlier detection care.
+/// Why an attempt failed: the one classification of pingora's errors that retries, outlier
+/// detection and the client's answer all follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
+    /// The client did not send its request body in time: its own fault, never the target's.
+    ClientTimeout,
+    /// The client failed or went away: nothing can be answered, nothing is the target's fault.
+    ClientGone,
+    /// The client's request could not be read as HTTP.
+    BadRequest,
     /// The connection could not be made; nothing was sent.
     Connect,
-    /// The connection broke before a response arrived.
+    /// Connecting (or the TLS handshake) timed out; nothing was sent.
+    ConnectTimeout,
+    /// The TLS handshake failed; nothing was sent.
+    Tls,
+    /// The connection broke, or the upstream sent something that is not HTTP, before a
+    /// response arrived.
     Reset,
     /// The upstream did not answer in time.
     Timeout,
-    /// The upstream answered with a status the policy retries.
+    /// The upstream answered with this status (the policy decides whether it is a failure).
     Status(u16),
+    /// The gateway itself failed.
+    Internal,
 }
 
 impl FailureKind {
-    /// Classifies a pingora error raised while proxying (after connecting).
-    pub fn of_proxy_error(e: &Error) -> Option<Self> {
+    /// Classifies a pingora error of an attempt. `request_body_done`: whether the client had
+    /// sent its whole body — pingora restarts the upstream read timeout on every piece of body,
+    /// so a read timeout with the body incomplete means the client stalled.
+    pub fn of(e: &Error, request_body_done: bool) -> Self {
         use ErrorType::*;
-        match e.etype() {
-            ReadTimedout | WriteTimedout => Some(Self::Timeout),
-            ConnectionClosed | ReadError | WriteError | H2Error | InvalidH2 | H2Downgrade => {
-                Some(Self::Reset)
-            }
-            ConnectTimedout | ConnectRefused | ConnectError | ConnectNoRoute
-            | TLSHandshakeFailure | TLSHandshakeTimedout | SocketError => Some(Self::Connect),
-            HTTPStatus(s) => Some(Self::Status(*s)),
-            _ => None,
+        if *e.esource() == ErrorSource::Downstream {
+            return match e.etype() {
+                ReadTimedout => Self::ClientTimeout,
+                ReadError | WriteError | ConnectionClosed | WriteTimedout => Self::ClientGone,
+                _ => Self::BadRequest,
+            };
         }
+        match e.etype() {
+            ReadTimedout if !request_body_done => Self::ClientTimeout,
+            ReadTimedout | WriteTimedout => Self::Timeout,
+            ConnectTimedout | TLSHandshakeTimedout => Self::ConnectTimeout,
+            ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError => {
+                Self::Connect
+            }
+            TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => Self::Tls,
+            ConnectionClosed | ReadError | WriteError | H1Error | H2Error | InvalidH2
+            | H2Downgrade | InvalidHTTPHeader => Self::Reset,
+            HTTPStatus(s) => Self::Status(*s),
+            _ => Self::Internal,
+        }
+    }
+
+    /// Whether nothing reached the upstream: another target is always safe to try, whatever
+    /// the method, and such a retry adds no load (the budget does not count it).
+    pub fn nothing_sent(self) -> bool {
+        matches!(self, Self::Connect | Self::ConnectTimeout | Self::Tls)
+    }
+
+    /// Whether the failure is the target's, for outlier detection (statuses are judged by the
+    /// upstream's `failure_statuses` instead).
+    pub fn counts_against_target(self) -> bool {
+        matches!(
+            self,
+            Self::Connect | Self::ConnectTimeout | Self::Tls | Self::Reset | Self::Timeout
+        )
     }
 
     /// Whether the policy retries this cause.
     pub fn retried_by(self, policy: &RetryConfig) -> bool {
         match self {
-            Self::Connect => policy.on_connect_failure,
+            Self::Connect | Self::ConnectTimeout | Self::Tls => policy.on_connect_failure,
             Self::Reset => policy.on_reset,
             Self::Timeout => policy.on_timeout,
             Self::Status(s) => policy
                 .statuses
                 .iter()
                 .any(|(lo, hi)| (*lo..=*hi).contains(&s)),
+            Self::ClientTimeout | Self::ClientGone | Self::BadRequest | Self::Internal => false,
         }
     }
 
-    /// Short text for logs and the admin view.
+    /// What the client is told, when no other attempt follows; `None` when the client is gone.
+    /// A client timeout's message depends on which wait ran out, so the caller words it.
+    pub fn error(self, upstream: &Arc<str>) -> Option<GatewayError> {
+        let u = upstream.clone();
+        Some(match self {
+            Self::ClientGone => return None,
+            Self::ClientTimeout => GatewayError::ClientTimeout(
+                "the client did not send its request in time".to_owned(),
+            ),
+            Self::BadRequest => {
+                GatewayError::BadRequest("the request could not be read as valid HTTP".to_owned())
+            }
+            Self::Connect => GatewayError::UpstreamUnreachable(u),
+            Self::ConnectTimeout => GatewayError::UpstreamConnectTimeout(u),
+            Self::Tls => GatewayError::UpstreamTls(u),
+            Self::Reset => GatewayError::UpstreamReset(u),
+            Self::Timeout => GatewayError::UpstreamTimeout(u),
+            Self::Status(s) => GatewayError::UpstreamStatus {
+                upstream: u,
+                status: http::StatusCode::from_u16(s).unwrap_or(http::StatusCode::BAD_GATEWAY),
+            },
+            Self::Internal => {
+                GatewayError::Internal("the gateway failed to handle the request".to_owned())
+            }
+        })
+    }
+
+    /// Short text for logs, the admin view and metric labels.
     pub fn describe(self) -> String {
         match self {
             Self::Connect => "connect failed".into(),
+            Self::ConnectTimeout => "connect timed out".into(),
+            Self::Tls => "TLS handshake failed".into(),
             Self::Reset => "connection reset".into(),
             Self::Timeout => "timed out".into(),
             Self::Status(s) => format!("status {s}"),
+            Self::ClientTimeout => "client timed out".into(),
+            Self::ClientGone => "client gone".into(),
+            Self::BadRequest => "bad request".into(),
+            Self::Internal => "internal error".into(),
         }
     }
 }
@@ -115,6 +194,35 @@ mod tests {
         assert!(!FailureKind::Timeout.retried_by(&p));
         assert!(FailureKind::Status(503).retried_by(&p));
         assert!(!FailureKind::Status(500).retried_by(&p));
+    }
+
+    #[test]
+    fn one_classification_feeds_retries_outliers_and_the_answer() {
+        let up: Arc<str> = Arc::from("svc");
+        let upstream = |t: ErrorType| {
+            let mut e = Error::new(t);
+            e.esource = ErrorSource::Upstream;
+            FailureKind::of(&e, true)
+        };
+        // An HTTP/1 protocol error from the upstream is a reset: reported, retried, answered 502
+        // (two classifiers once disagreed on it).
+        let h1 = upstream(ErrorType::H1Error);
+        assert_eq!(h1, FailureKind::Reset);
+        assert!(h1.counts_against_target() && h1.retried_by(&policy()));
+        assert_eq!(h1.error(&up).map(|e| e.code()), Some("upstream_reset"));
+        assert_eq!(upstream(ErrorType::ConnectRefused), FailureKind::Connect);
+        assert!(FailureKind::Connect.nothing_sent());
+        assert!(!FailureKind::Reset.nothing_sent());
+        // A read timeout while the client's body is incomplete is the client's.
+        let mut stalled = Error::new(ErrorType::ReadTimedout);
+        stalled.esource = ErrorSource::Upstream;
+        assert_eq!(FailureKind::of(&stalled, false), FailureKind::ClientTimeout);
+        assert_eq!(FailureKind::of(&stalled, true), FailureKind::Timeout);
+        let mut down = Error::new(ErrorType::ReadTimedout);
+        down.esource = ErrorSource::Downstream;
+        assert_eq!(FailureKind::of(&down, false), FailureKind::ClientTimeout);
+        assert!(!FailureKind::ClientTimeout.counts_against_target());
+        assert!(!FailureKind::ClientTimeout.retried_by(&policy()));
     }
 
     #[test]

@@ -76,7 +76,19 @@ struct ErrorDetail<'a> {
     request_id: &'a str,
 }
 
-impl ErrorBody<'_> {
+impl<'a> ErrorBody<'a> {
+    /// The body of any error the gateway answers with, in the one shape.
+    pub fn new(status: u16, code: &'a str, message: &'a str, request_id: &'a str) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                status,
+                code,
+                message,
+                request_id,
+            },
+        }
+    }
+
     /// Serialises the body. Serialising this shape cannot fail; the fallback keeps the signature
     /// infallible without an unwrap.
     pub fn to_json(&self) -> Vec<u8> {

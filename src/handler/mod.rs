@@ -1,0 +1,75 @@
+//! Route handlers: what serves a route's requests once the plugins let them through. Every
+//! route ends in exactly one handler.
+//!
+//! - [`Handler::Proxy`]: pingora proxies the request to the route's upstream, streaming both
+//!   ways; the shell's upstream phases (src/proxy/upstream.rs) pick targets and retry through
+//!   [`crate::upstream::Attempt`].
+//! - [`Handler::Serve`]: the gateway answers itself through a [`ServeHandler`] — today gRPC
+//!   transcoding (src/handler/grpc.rs); a new kind of route adds its own module here.
+//!
+//! The contract of a `ServeHandler`, in the order the pipeline calls it:
+//! 1. [`ServeHandler::takes`] — after routing and the plugins' request phase: whether this
+//!    request is the handler's. `false` sends it to the proxy path instead (a transcoding route
+//!    passes native gRPC through).
+//! 2. The pipeline reads the request body, whole, at most [`ServeHandler::max_body_bytes`] + 1
+//!    bytes (one more than the limit, so the handler can tell "too large" from "exactly full"),
+//!    under the listener's body deadlines. A late body is the client's 408; the handler never
+//!    sees it.
+//! 3. [`ServeHandler::serve`] — with the head, the body and the route's context (its upstream
+//!    tries, the request id, the ring-hash key, whether the request may be sent again). It
+//!    returns a response whose body the pipeline streams to the client (the plugins' response
+//!    phase runs on its head), or a [`GatewayError`] the pipeline renders in the client's
+//!    shape. A body that fails mid-stream cuts the client's response off.
+
+pub mod grpc;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::GatewayError;
+use crate::grpc::ResponseBody;
+use crate::upstream::Attempt;
+
+/// What serves a route's requests.
+#[derive(Clone)]
+pub enum Handler {
+    /// pingora proxies the request to the route's upstream.
+    Proxy,
+    /// The gateway answers itself.
+    Serve(Arc<dyn ServeHandler>),
+}
+
+/// What a serving handler gets of a request.
+pub struct HandlerRequest<'a> {
+    /// The request head.
+    pub head: &'a http::request::Parts,
+    /// The whole body (at most `max_body_bytes` + 1 bytes).
+    pub body: Bytes,
+    /// The gateway's id of the request (logs, error bodies, `x-request-id` upstream).
+    pub request_id: &'a str,
+    /// The tries at the route's upstream.
+    pub attempt: &'a mut Attempt,
+    /// The request's ring-hash key, when the upstream balances by one.
+    pub hash_key: Option<u64>,
+    /// Whether the request may be sent again after it reached an upstream (its method, or the
+    /// route's `retry_non_idempotent`).
+    pub replay: bool,
+}
+
+/// A handler that answers requests itself. See the module documentation for the contract.
+#[async_trait]
+pub trait ServeHandler: Send + Sync + 'static {
+    /// Whether this request is the handler's (else it is proxied).
+    fn takes(&self, head: &http::request::Parts) -> bool;
+
+    /// The largest request body the handler takes.
+    fn max_body_bytes(&self) -> usize;
+
+    /// Answers the request.
+    async fn serve(
+        &self,
+        req: HandlerRequest<'_>,
+    ) -> Result<http::Response<ResponseBody>, GatewayError>;
+}

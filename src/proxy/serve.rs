@@ -1,0 +1,156 @@
+//! A route whose handler answers itself (`handler::ServeHandler`): the body read whole under
+//! the listener's deadlines, the handler called with the route's upstream tries, and its
+//! response streamed to the client through the plugins' response phase.
+
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use pingora_core::ErrorType;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use super::context::RequestState;
+use super::{chain, prepare, respond, upstream, Gateway};
+use crate::error::GatewayError;
+use crate::handler::{HandlerRequest, ServeHandler};
+
+impl Gateway {
+    /// Serves the request with `handler`; every outcome, errors included, is answered here.
+    pub(super) async fn serve(
+        &self,
+        session: &mut Session,
+        st: &mut RequestState,
+        handler: &dyn ServeHandler,
+    ) {
+        if let Err(err) = self.try_serve(session, st, handler).await {
+            respond::send_error(session, st, &err).await;
+        }
+    }
+
+    async fn try_serve(
+        &self,
+        session: &mut Session,
+        st: &mut RequestState,
+        handler: &dyn ServeHandler,
+    ) -> Result<(), GatewayError> {
+        upstream::begin(st);
+        // Admitted before the body is read: an upstream at its limit refuses at once.
+        if let Some(attempt) = st.attempt.as_mut() {
+            attempt.admit()?;
+        }
+        let body = self
+            .read_body(session, st, handler.max_body_bytes())
+            .await?;
+        let hash_key = upstream::hash_key(session, st);
+        // The body is at hand, so only the method decides whether it may be sent again.
+        let replay = session.req_header().method.is_idempotent()
+            || st.route().is_some_and(|r| r.retry_non_idempotent);
+        let Some(attempt) = st.attempt.as_mut() else {
+            return Err(GatewayError::Internal(
+                "the route's upstream is missing".to_owned(),
+            ));
+        };
+        let head: &http::request::Parts = session.req_header();
+        let request = HandlerRequest {
+            head,
+            body: body.freeze(),
+            request_id: &st.ctx.request_id,
+            attempt,
+            hash_key,
+            replay,
+        };
+        let response = handler.serve(request).await?;
+        write_response(session, st, response).await;
+        Ok(())
+    }
+
+    /// Reads the whole body, at most `max + 1` bytes (one more than the limit, so the handler
+    /// can tell "too large" from "exactly full"), under the body deadlines.
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        st: &RequestState,
+        max: usize,
+    ) -> Result<BytesMut, GatewayError> {
+        let limit = max.saturating_add(1);
+        let mut body = BytesMut::new();
+        loop {
+            self.arm_body_deadline(session, st)?;
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    let room = limit.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= limit {
+                        return Ok(body);
+                    }
+                }
+                Ok(None) => return Ok(body),
+                Err(e) if *e.etype() == ErrorType::ReadTimedout => {
+                    session.set_keepalive(None);
+                    return Err(prepare::late_body(st));
+                }
+                Err(e) => return Err(GatewayError::BadRequestBody(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Streams a handler's response to the client: the head through the plugins' response phase,
+/// then the body as it comes; a body that breaks off cuts the client's response.
+async fn write_response(
+    session: &mut Session,
+    st: &mut RequestState,
+    response: http::Response<crate::grpc::ResponseBody>,
+) {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status.as_u16();
+    let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    // The handler's head becomes pingora's as it is (HTTP/1.1 names go out title-cased):
+    // copying header by header into a case-preserving map cost more than building it.
+    let mut header = ResponseHeader::from(parts);
+    // pingora frames an HTTP/1.1 body by these headers; with neither it would delimit the body
+    // by closing the connection while saying keep-alive.
+    if !has_length {
+        match hyper::body::Body::size_hint(&body).exact() {
+            Some(n) => {
+                let _ = header.insert_header(http::header::CONTENT_LENGTH, n);
+            }
+            None if session.req_header().version < http::Version::HTTP_2 => {
+                let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+            }
+            None => {}
+        }
+    }
+    chain::on_response(st, &mut header);
+    st.gateway_status = status;
+    if session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    // The last data ends the stream itself: a unary answer then goes out as one
+                    // HTTP/2 DATA frame, not a second, empty one.
+                    let end = hyper::body::Body::is_end_stream(&body);
+                    if session.write_response_body(Some(data), end).await.is_err() || end {
+                        return;
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                // The upstream broke off mid-stream: the client's response cannot be completed,
+                // so it is cut rather than ended as if whole.
+                tracing::warn!(request_id = %st.ctx.request_id, route = %st.ctx.route,
+                    upstream = %st.ctx.upstream, error = %e, "handler's response broken off");
+                session.shutdown().await;
+                return;
+            }
+            None => break,
+        }
+    }
+    let _ = session.write_response_body(None, true).await;
+}
