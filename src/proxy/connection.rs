@@ -199,7 +199,12 @@ impl ServerApp for Front {
             } else if let Some(settings) = settings.take() {
                 HttpPersistentSettings::apply_to_session(settings, &mut session);
             }
-            session.set_connection_user_context(Some(Box::new(FromConnection { started, limits })));
+            // Only a whole-request deadline needs the head's start from here; without one, the
+            // pipeline finds the listener's limits itself and no box is made per request.
+            if limits.request_timeout.is_some() {
+                let from = FromConnection { started, limits };
+                session.set_connection_user_context(Some(Box::new(from)));
+            }
             // tollgate never enables pingora's pipelining, so the settings carry no prefix of
             // their own that this one would have to follow.
             session.set_pipelined_prefix(head);

@@ -115,6 +115,108 @@ pub fn too_large(limit: usize) -> Refusal {
 
 /// Checks the bytes read so far.
 pub fn check(buf: &BytesMut) -> HeadCheck {
+    match glance(buf) {
+        Glance::Partial => HeadCheck::Partial,
+        Glance::Plain => HeadCheck::Complete,
+        Glance::Look => parse_and_check(buf),
+    }
+}
+
+/// What one pass over a head's bytes shows, before any parse.
+#[derive(Debug, PartialEq, Eq)]
+enum Glance {
+    /// The head has not ended yet (and its request line, if whole, looks plain).
+    Partial,
+    /// A whole head with nothing the checks care about: an origin-form target of plain URI
+    /// bytes, an HTTP/1.x version, no `Transfer-Encoding`, at most one plain `Content-Length`
+    /// and one `Host` without `@`, every header line a `name: value`.
+    Plain,
+    /// Something to look at with the full parse.
+    Look,
+}
+
+/// The common head costs a glance instead of a second full parse (pingora parses it again):
+/// only a head with something unusual goes through httparse and the checks. Lines are found
+/// with `memchr`, as httparse splits them (bare LF included), and only the first bytes of a line
+/// are read unless it is one of the three fields a check reads; a line httparse would refuse
+/// (a folded one, a bad name) reaches pingora, which refuses it itself.
+fn glance(buf: &[u8]) -> Glance {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return Glance::Partial;
+    };
+    let first = &buf[..end];
+    if !plain_request_line(first.strip_suffix(b"\r").unwrap_or(first)) {
+        return Glance::Look;
+    }
+    let (mut host, mut length) = (false, false);
+    let mut rest = &buf[end + 1..];
+    // Only lines that have ended count; what follows the last line feed is still arriving.
+    while let Some(end) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(&first) = line.first() else {
+            return Glance::Plain;
+        };
+        // `name:` with a token name, as httparse reads a field line; anything else (a folded
+        // line, a space before the colon) is the parse's to refuse.
+        let name_ok = memchr::memchr(b':', line)
+            .is_some_and(|colon| colon > 0 && line[..colon].iter().all(|b| is_token_byte(*b)));
+        if !name_ok {
+            return Glance::Look;
+        }
+        let field: &[u8] = match first | 0x20 {
+            b't' => b"transfer-encoding:",
+            b'c' => b"content-length:",
+            b'h' => b"host:",
+            _ => continue,
+        };
+        if line.len() < field.len() || !line[..field.len()].eq_ignore_ascii_case(field) {
+            continue;
+        }
+        let value = trim(&line[field.len()..]);
+        match field[0] {
+            b't' => return Glance::Look,
+            b'c' => {
+                if length
+                    || value.is_empty()
+                    || value.len() > 19
+                    || !value.iter().all(u8::is_ascii_digit)
+                {
+                    return Glance::Look;
+                }
+                length = true;
+            }
+            _ => {
+                if host || value.contains(&b'@') {
+                    return Glance::Look;
+                }
+                host = true;
+            }
+        }
+    }
+    Glance::Partial
+}
+
+/// `METHOD /target HTTP/1.x` with a token method and a target of plain URI bytes.
+fn plain_request_line(line: &[u8]) -> bool {
+    let Some(sp) = line.iter().position(|b| *b == b' ') else {
+        return false;
+    };
+    let (method, rest) = (&line[..sp], &line[sp + 1..]);
+    let Some(target) = rest
+        .strip_suffix(b" HTTP/1.1")
+        .or_else(|| rest.strip_suffix(b" HTTP/1.0"))
+    else {
+        return false;
+    };
+    !method.is_empty()
+        && method.iter().all(|b| is_token_byte(*b))
+        && target.first() == Some(&b'/')
+        && target.iter().all(|b| is_uri_byte(*b) && *b != b'#')
+}
+
+fn parse_and_check(buf: &[u8]) -> HeadCheck {
     // Uninitialised: filling 256 empty headers (8 KiB) first would cost more than the parse.
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -231,11 +333,33 @@ fn first_unfit(target: &[u8]) -> String {
 
 /// RFC 3986's unreserved and reserved characters and `%`.
 fn is_uri_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b)
+    URI[usize::from(b)]
 }
 
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TOKEN[usize::from(b)]
+}
+
+/// RFC 9110 `tchar`s, as a table: a request line's bytes are each looked up once.
+static TOKEN: [bool; 256] = byte_table(b"!#$%&'*+-.^_`|~");
+
+/// RFC 3986's unreserved and reserved characters and `%`, as a table.
+static URI: [bool; 256] = byte_table(b"-._~:/?#[]@!$&'()*+,;=%");
+
+const fn byte_table(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
 }
 
 /// Method and target of the first line, once the line is complete: what lies before the first
@@ -389,6 +513,10 @@ fn absolute_form_authority(target: Option<&str>) -> Option<&[u8]> {
 /// The authority of an absolute-form request target, `None` for other forms. pingora keeps
 /// such a target verbatim (`raw_path`) and puts only its path in the URI.
 pub fn target_authority(target: &[u8]) -> Option<&[u8]> {
+    // Nearly every target is a path: no need to look for a scheme in it.
+    if target.first() == Some(&b'/') {
+        return None;
+    }
     let sep = target.windows(3).position(|w| w == b"://")?;
     let scheme = &target[..sep];
     if scheme.is_empty()
@@ -418,6 +546,41 @@ mod tests {
         match run(head) {
             HeadCheck::Refused(r) => (r.error.status().as_u16(), r.error.code()),
             other => panic!("not refused: {other:?} for {head:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_head_is_passed_by_a_glance_and_anything_else_parsed() {
+        assert_eq!(
+            glance(b"GET /a?b=c HTTP/1.1\r\nHost: x:80\r\nAccept: */*\r\n\r\n"),
+            Glance::Plain
+        );
+        assert_eq!(
+            glance(b"POST /a HTTP/1.0\nContent-Length: 5\n\nhello"),
+            Glance::Plain
+        );
+        assert_eq!(glance(b"GET /a HTTP/1.1\r\nHost: x\r\n"), Glance::Partial);
+        assert_eq!(glance(b"GET /a HT"), Glance::Partial);
+        for head in [
+            &b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET /a HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nno colon\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 5\r\nContent-length: 5\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: u@a\r\n\r\n",
+            b"GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n",
+            b"GET /a<b HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+        ] {
+            assert_eq!(
+                glance(head),
+                Glance::Look,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 

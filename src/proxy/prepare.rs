@@ -33,8 +33,8 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let snap = self.snapshot.load_full();
         let server = &snap.config.server;
-        // HTTP/1.x requests bring their listener's limits from the connection loop; HTTP/2
-        // streams find theirs by the connection's local address.
+        // Requests with a whole-request deadline bring their listener's limits (and the head's
+        // start) from the connection loop; the others find them by the local address.
         if st.head_started.is_none() {
             let local = session.server_addr().and_then(|a| a.as_inet()).copied();
             st.limits = self.listeners.limits(&snap.config, local);
