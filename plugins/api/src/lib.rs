@@ -40,8 +40,8 @@
 //!
 //! Plugins of a request run in descending [`PluginFactory::PRIORITY`]; global plugins and route
 //! plugins are merged into one list (a route's config of a plugin replaces the global one).
-//! A plugin counts what the metrics should show with [`RequestContext::count`]. Plugins register
-//! themselves: see [`registry`](PluginRegistry) and docs/plugins.md.
+//! A plugin counts what the metrics should show with [`RequestContext::count`]. Its factory is
+//! registered from its own crate's Cargo.toml (docs/plugins.md, "Registration").
 
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]

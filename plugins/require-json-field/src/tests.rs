@@ -27,12 +27,16 @@ async fn an_object_with_every_field_passes_unchanged() {
 
 #[tokio::test]
 async fn a_missing_field_is_400_naming_it() {
-    let p = plugin(r#"{ fields = ["name", "email"] }"#);
-    let err = send(&p, "POST", br#"{"email": "ada@example.com"}"#)
+    let p = build::<RequireJsonFieldPlugin>(r#"{ fields = ["name", "email"] }"#).unwrap();
+    let mut req = request("POST", "/orders", &[]);
+    let body: &[&[u8]] = &[br#"{"email": "ada@example.com"}"#];
+    let err = run_body(&[p], &mut req, body, &mut ctx())
         .await
         .unwrap_err();
-    assert_eq!(err.status, StatusCode::BAD_REQUEST);
-    assert_eq!(err.code, "missing_field");
+    assert_eq!(
+        (err.status, err.code),
+        (StatusCode::BAD_REQUEST, "missing_field")
+    );
     assert_eq!(err.message, "the JSON body lacks `name`");
 }
 
