@@ -9,6 +9,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use tollgate_plugin_api::Count;
+
 use crate::config::GatewayConfig;
 use crate::snapshot::Snapshot;
 use crate::upstream::now_ms;
@@ -130,6 +132,23 @@ fn build() -> Result<Metrics, prometheus::Error> {
         target_healthy,
         registry,
     })
+}
+
+impl Metrics {
+    /// Records what the plugins of a request counted ([`RequestContext::counts`]) under its
+    /// route: the metric follows the plugin's own account, not the status or code it answered.
+    ///
+    /// [`RequestContext::counts`]: tollgate_plugin_api::RequestContext::counts
+    pub fn record_counts(&self, route: &str, counts: &[Count]) {
+        for count in counts {
+            match *count {
+                Count::RateLimited => self.rate_limited.with_label_values(&[route]).inc(),
+                Count::AuthFailure { reason } => {
+                    self.auth_failures.with_label_values(&[route, reason]).inc()
+                }
+            }
+        }
+    }
 }
 
 /// The `result` labels of `tollgate_config_reloads_total`.
@@ -276,6 +295,32 @@ pub fn render(snapshot: &Snapshot) -> String {
 #[cfg(test)]
 mod route_metrics_tests {
     use super::*;
+
+    #[test]
+    fn plugin_counts_go_to_their_families_under_the_route() {
+        let m = build().expect("metrics");
+        m.record_counts(
+            "orders",
+            &[
+                Count::RateLimited,
+                Count::AuthFailure {
+                    reason: "invalid_token",
+                },
+                Count::AuthFailure {
+                    reason: "invalid_token",
+                },
+            ],
+        );
+        m.record_counts("users", &[]);
+        assert_eq!(m.rate_limited.with_label_values(&["orders"]).get(), 1);
+        assert_eq!(
+            m.auth_failures
+                .with_label_values(&["orders", "invalid_token"])
+                .get(),
+            2
+        );
+        assert_eq!(m.rate_limited.with_label_values(&["users"]).get(), 0);
+    }
 
     #[test]
     fn labels_come_from_the_tables_by_status_class_and_method() {

@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::Count;
+
 /// The scheme the client used to reach the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -51,6 +53,8 @@ pub struct RequestContext {
     /// The request's span when the request is traced and sampled; plugins hand it to
     /// [`crate::IoSpan::start`] through the context.
     pub trace: Option<crate::TraceParent>,
+    /// What plugins counted for the metrics, read by the core when the request is over.
+    counts: Vec<Count>,
 }
 
 impl RequestContext {
@@ -68,7 +72,19 @@ impl RequestContext {
             vars: Vars::default(),
             extensions: http::Extensions::new(),
             trace: None,
+            counts: Vec::new(),
         }
+    }
+
+    /// Counts `what` for this request's route (e.g. [`Count::RateLimited`] when refusing); the
+    /// core records it in the metrics once the request is over, whatever the answer became.
+    pub fn count(&mut self, what: Count) {
+        self.counts.push(what);
+    }
+
+    /// What the plugins of this request counted, in order.
+    pub fn counts(&self) -> &[Count] {
+        &self.counts
     }
 
     /// The value of a path template parameter.
@@ -190,6 +206,25 @@ mod tests {
         assert_eq!(vars.get("jwt.sub"), Some("jwt-user"));
         assert!(!vars.contains_key("jwt.iss"));
         assert_eq!(vars.get("nope"), None);
+    }
+
+    #[test]
+    fn counts_are_kept_in_order() {
+        let mut ctx = RequestContext::new("id".into(), Scheme::Http, "r".into(), "u".into());
+        assert!(ctx.counts().is_empty());
+        ctx.count(Count::AuthFailure {
+            reason: "invalid_token",
+        });
+        ctx.count(Count::RateLimited);
+        assert_eq!(
+            ctx.counts(),
+            [
+                Count::AuthFailure {
+                    reason: "invalid_token"
+                },
+                Count::RateLimited
+            ]
+        );
     }
 
     #[test]

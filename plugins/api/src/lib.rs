@@ -2,31 +2,54 @@
 //!
 //! A reader learns the whole contract here: a [`Plugin`] is one value per configured use, built
 //! once per config snapshot by its [`PluginFactory`] from a typed config, and called at the phases
-//! of a request it cares about, in this order:
+//! of a request it cares about. The phases, in the order they run:
 //!
-//! 0. [`Plugin::prepare`] once before the plugin's config serves, and [`Plugin::background`]
-//!    for as long as it does (lifecycle, not per request).
-//! 1. [`Plugin::on_request`] — after routing, before an upstream target is chosen. May change the
-//!    request, stop it with an error, or answer it itself.
-//! 2. [`Plugin::on_upstream_request`] — on the request about to be sent upstream (after the path
-//!    rewrite and the forwarded headers), once per attempt.
-//! 3. [`Plugin::on_request_body`] — for every piece of the request body as it streams through,
-//!    after the upstream has the request head (bodies are never buffered whole). An error here
-//!    stops the stream; a check that must run before the upstream sees anything belongs in
-//!    `on_request` (e.g. a declared `Content-Length`).
+//! 0. Lifecycle, not per request: [`Plugin::prepare`] once before the plugin's config serves,
+//!    [`Plugin::background`] for as long as it does. [`Plugin::body_access`] is read once per
+//!    snapshot too: it decides, for every route the plugin is on, whether the body is buffered.
+//! 1. [`Plugin::on_request`] — after routing, before anything of the body is read and before an
+//!    upstream target is chosen. May change the request head, refuse it (`Err`) or answer it
+//!    (`Flow::Respond`).
+//! 2. The request body, in one of two ways, decided per route by its chain ([`BodyPlan`]):
+//!    - **Buffered**, when a plugin of the route asks ([`BodyAccess::Buffer`]): after every
+//!      `on_request`, before the handler, the gateway reads the whole body, passing each piece
+//!      through [`Plugin::on_request_body`] as it arrives; then every plugin that asked gets
+//!      [`Plugin::on_request_body_buffered`] with the whole body, in chain order. It may change
+//!      the head and the body, await I/O, refuse or answer; the upstream has seen nothing yet.
+//!      A body over the smallest `max_bytes` of the plugins that asked is refused with 413
+//!      `body_too_large` by the gateway (a declared `Content-Length` before any of it is read).
+//!    - **Streamed**, otherwise (the default, and always the case for gRPC and other streaming
+//!      calls unless a plugin on the route asks): the handler starts on the head, and
+//!      [`Plugin::on_request_body`] sees every piece as it is forwarded, after the upstream has
+//!      the head. An error stops the stream; a check that must run before the upstream sees
+//!      anything belongs in `on_request` (e.g. a declared `Content-Length`) or the buffered
+//!      phase.
+//!
+//!    Either way `on_request_body` sees every piece exactly once. A request that switches
+//!    protocols (WebSocket) has no request body: its body phase does not run.
+//! 3. The route's handler (proxy, gRPC, a broker). [`Plugin::on_upstream_request`] runs on the
+//!    request about to be sent upstream (after the path rewrite and the forwarded headers), once
+//!    per attempt.
 //! 4. [`Plugin::on_response`] — on the response headers, for every response: from the upstream, or
 //!    made by the gateway (errors, answers of plugins).
 //! 5. [`Plugin::on_response_body`] — for every piece of the response body.
 //! 6. [`Plugin::on_log`] — once, when the request is over, also after errors.
 //!
+//! After an answer or an error in phase 1 or 2, the later plugins' request and body phases do
+//! not run, the handler does not run, and every plugin of the chain still gets phases 4 and 6.
+//!
 //! Plugins of a request run in descending [`PluginFactory::PRIORITY`]; global plugins and route
 //! plugins are merged into one list (a route's config of a plugin replaces the global one).
+//! A plugin counts what the metrics should show with [`RequestContext::count`]. Its factory is
+//! registered from its own crate's Cargo.toml (docs/plugins.md, "Registration").
 
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod body;
 mod byte_size;
 mod context;
+mod count;
 mod error;
 mod registry;
 mod secret;
@@ -34,9 +57,11 @@ pub mod trace;
 pub mod util;
 
 pub use async_trait::async_trait;
+pub use body::{BodyAccess, BodyPlan};
 pub use byte_size::ByteSize;
 pub use bytes::Bytes;
 pub use context::{RequestContext, Scheme, VarSet, Vars};
+pub use count::Count;
 pub use error::{ErrorBody, PluginError};
 pub use http;
 pub use pingora_http::{RequestHeader, ResponseHeader};
@@ -47,10 +72,10 @@ pub use secret::{redact_url, Secret, SecretUrl, REDACTED};
 pub use trace::{IoSpan, TraceParent};
 pub use util::{decode_query_value, generate_request_id, is_sane_request_id, push_ip};
 
-/// What the request phase decided.
+/// What a request or buffered body phase decided.
 #[derive(Debug)]
 pub enum Flow {
-    /// Go on with the next plugin, then proxy the request.
+    /// Go on with the next plugin, then the handler.
     Continue,
     /// Answer the request at the edge with this response; the upstream is not contacted.
     Respond(Response),
@@ -105,7 +130,8 @@ pub trait Plugin: Send + Sync + 'static {
     /// turns `true` (or its sender is dropped).
     async fn background(&self, _stop: tokio::sync::watch::Receiver<bool>) {}
 
-    /// Request phase: runs after the route is matched, before an upstream target is chosen.
+    /// Request phase: runs after the route is matched, before anything of the body is read and
+    /// before an upstream target is chosen.
     ///
     /// `Ok(Flow::Continue)` goes on; `Ok(Flow::Respond(_))` answers at the edge and stops the
     /// plugins after this one; `Err(_)` answers with the gateway's JSON error shape.
@@ -117,9 +143,37 @@ pub trait Plugin: Send + Sync + 'static {
         Ok(Flow::Continue)
     }
 
-    /// Request body phase: called for every piece of the body; `chunk` is `None` at the end of a
-    /// body that had no final data piece. An error aborts the request (413 and the like when the
-    /// response has not started yet).
+    /// Body declaration: what this plugin needs of the request body. [`BodyAccess::Buffer`]
+    /// makes the gateway read the whole body of every request on the plugin's routes before
+    /// the handler, and call [`Plugin::on_request_body_buffered`]. Read once per config
+    /// snapshot, so it must not change for the life of the plugin.
+    fn body_access(&self) -> BodyAccess {
+        BodyAccess::Streamed
+    }
+
+    /// Buffered body phase: called once per request, with the whole body, when this plugin asked
+    /// for it ([`Plugin::body_access`]); after every plugin's `on_request` and after earlier
+    /// plugins' buffered phase, before the handler. `body` is empty for a request without one.
+    ///
+    /// The plugin may change `req` and `body` (the gateway fixes `Content-Length`) and await
+    /// I/O. `Ok(Flow::Continue)` goes on; `Ok(Flow::Respond(_))` answers at the edge;
+    /// `Err(_)` answers with the JSON error shape. Either answer stops the later plugins and
+    /// the handler: the upstream never sees the request.
+    async fn on_request_body_buffered(
+        &self,
+        _req: &mut RequestHeader,
+        _body: &mut Bytes,
+        _ctx: &mut RequestContext,
+    ) -> Result<Flow, PluginError> {
+        Ok(Flow::Continue)
+    }
+
+    /// Streamed body phase: called for every piece of the body, exactly once, in the order it
+    /// arrives; `chunk` is `None` at the end of a body that had no final data piece, and may be
+    /// changed or emptied. When the route buffers the body this runs as the gateway reads it,
+    /// before any buffered phase; otherwise as the body is forwarded, after the upstream has
+    /// the head. An error aborts the request (413 and the like when the response has not
+    /// started yet).
     fn on_request_body(
         &self,
         _chunk: &mut Option<Bytes>,

@@ -145,31 +145,20 @@ impl Plugin for BodyLimit {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use tollgate_plugin_api::{BuildError, BuildErrorKind, PluginRegistry, Scheme};
-    use toml::de::DeValue;
+    use tollgate_plugin_api::{BuildError, BuildErrorKind};
+    use tollgate_plugin_test::ctx;
 
     fn build(toml_src: &str) -> Result<Arc<dyn Plugin>, BuildError> {
-        let mut registry = PluginRegistry::new();
-        registry.register::<BodyLimitPlugin>();
-        let value = DeValue::parse(toml_src).unwrap();
-        registry
-            .build("body-limit", value, &BuildContext::default())
-            .map(|(p, _)| p)
+        tollgate_plugin_test::build::<BodyLimitPlugin>(toml_src)
     }
 
     fn build_err(toml_src: &str) -> BuildError {
-        build(toml_src).err().expect("config should be rejected")
-    }
-
-    fn ctx() -> RequestContext {
-        RequestContext::new("id".into(), Scheme::Http, Arc::from("r"), Arc::from("u"))
+        tollgate_plugin_test::build_err::<BodyLimitPlugin>(toml_src)
     }
 
     async fn check_lengths(p: &Arc<dyn Plugin>, lengths: &[&str]) -> Result<(), PluginError> {
-        let mut req = RequestHeader::build("POST", b"/upload", None).unwrap();
-        for l in lengths {
-            req.append_header("content-length", *l).unwrap();
-        }
+        let headers: Vec<_> = lengths.iter().map(|l| ("content-length", *l)).collect();
+        let mut req = tollgate_plugin_test::request("POST", "/upload", &headers);
         p.on_request(&mut req, &mut ctx()).await.map(|_| ())
     }
 

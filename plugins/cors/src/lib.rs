@@ -24,7 +24,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{
-    async_trait, BuildContext, Flow, Plugin, PluginError, PluginFactory, RequestContext,
+    async_trait, BuildContext, Count, Flow, Plugin, PluginError, PluginFactory, RequestContext,
     RequestHeader, Response, ResponseHeader,
 };
 
@@ -309,7 +309,14 @@ impl Plugin for Cors {
                 .headers
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            return self.preflight(req, origin);
+            let answer = self.preflight(req, origin);
+            if let Err(refusal) = &answer {
+                // An access decision like an address rule's: counted with the auth failures.
+                ctx.count(Count::AuthFailure {
+                    reason: refusal.code,
+                });
+            }
+            return answer;
         }
         if self.origin_allowed(origin) {
             ctx.extensions

@@ -1,37 +1,19 @@
 //! Behaviour of the `cors` plugin on real request and response headers.
 
 use super::*;
-use tollgate_plugin_api::{BuildError, BuildErrorKind, PluginRegistry, Scheme};
-use toml::de::DeValue;
+use tollgate_plugin_api::{BuildError, BuildErrorKind};
+use tollgate_plugin_test::{ctx, header_list as header};
 
 fn build(toml_src: &str) -> Result<Arc<dyn Plugin>, BuildError> {
-    let mut registry = PluginRegistry::new();
-    registry.register::<CorsPlugin>();
-    let value = DeValue::parse(toml_src).unwrap();
-    registry
-        .build("cors", value, &BuildContext::default())
-        .map(|(p, _)| p)
+    tollgate_plugin_test::build::<CorsPlugin>(toml_src)
 }
 
 fn build_err(toml_src: &str) -> BuildError {
-    build(toml_src).err().expect("config should be rejected")
-}
-
-fn ctx() -> RequestContext {
-    RequestContext::new(
-        "id".to_owned(),
-        Scheme::Https,
-        Arc::from("r"),
-        Arc::from("u"),
-    )
+    tollgate_plugin_test::build_err::<CorsPlugin>(toml_src)
 }
 
 fn request(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
-    let mut req = RequestHeader::build(method, b"/api", None).unwrap();
-    for (n, v) in headers {
-        req.append_header(n.to_string(), *v).unwrap();
-    }
-    req
+    tollgate_plugin_test::request(method, "/api", headers)
 }
 
 fn preflight(origin: &str, method: &str, extra: &[(&str, &str)]) -> RequestHeader {
@@ -43,19 +25,8 @@ fn preflight(origin: &str, method: &str, extra: &[(&str, &str)]) -> RequestHeade
     request("OPTIONS", &headers)
 }
 
-fn header<'a>(headers: &'a [(HeaderName, HeaderValue)], name: &str) -> Vec<&'a str> {
-    headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.to_str().unwrap())
-        .collect()
-}
-
 async fn answer(p: &Arc<dyn Plugin>, mut req: RequestHeader) -> Response {
-    match p.on_request(&mut req, &mut ctx()).await.unwrap() {
-        Flow::Respond(r) => r,
-        Flow::Continue => panic!("the preflight was not answered"),
-    }
+    tollgate_plugin_test::answer(p, &mut req, &mut ctx()).await
 }
 
 /// Runs an actual request through both phases and returns the response headers.
@@ -153,10 +124,17 @@ async fn preflight_from_unknown_origin_is_forbidden() {
         "https://example.org",
     ] {
         let mut req = preflight(origin, "GET", &[]);
-        let err = p.on_request(&mut req, &mut ctx()).await.unwrap_err();
+        let mut ctx = ctx();
+        let err = p.on_request(&mut req, &mut ctx).await.unwrap_err();
         assert_eq!(err.status, StatusCode::FORBIDDEN);
         assert_eq!(err.code, "cors_forbidden");
         assert!(err.message.contains(origin), "{}", err.message);
+        assert_eq!(
+            ctx.counts(),
+            [Count::AuthFailure {
+                reason: "cors_forbidden"
+            }]
+        );
     }
 }
 

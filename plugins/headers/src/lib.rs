@@ -264,36 +264,15 @@ impl Plugin for Headers {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use tollgate_plugin_api::{BuildError, BuildErrorKind, PluginRegistry, Scheme};
-    use toml::de::DeValue;
+    use tollgate_plugin_api::{BuildError, BuildErrorKind};
+    use tollgate_plugin_test::{ctx, header_values as values, request};
 
     fn build(toml_src: &str) -> Result<Arc<dyn Plugin>, BuildError> {
-        let mut registry = PluginRegistry::new();
-        registry.register::<HeadersPlugin>();
-        let value = DeValue::parse(toml_src).unwrap();
-        registry
-            .build("headers", value, &BuildContext::default())
-            .map(|(p, _)| p)
+        tollgate_plugin_test::build::<HeadersPlugin>(toml_src)
     }
 
     fn build_err(toml_src: &str) -> BuildError {
-        build(toml_src).err().expect("config should be rejected")
-    }
-
-    fn ctx() -> RequestContext {
-        RequestContext::new(
-            "id".to_owned(),
-            Scheme::Http,
-            Arc::from("r"),
-            Arc::from("u"),
-        )
-    }
-
-    fn values<'a>(map: &'a http::HeaderMap, name: &str) -> Vec<&'a str> {
-        map.get_all(name)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect()
+        tollgate_plugin_test::build_err::<HeadersPlugin>(toml_src)
     }
 
     #[test]
@@ -306,12 +285,17 @@ mod tests {
             } }"#,
         )
         .unwrap();
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("x-internal", "secret").unwrap();
-        req.append_header("x-set", "old").unwrap();
-        req.append_header("x-set", "older").unwrap();
-        req.append_header("x-add", "existing").unwrap();
-        req.append_header("x-both", "original").unwrap();
+        let mut req = request(
+            "GET",
+            "/",
+            &[
+                ("x-internal", "secret"),
+                ("x-set", "old"),
+                ("x-set", "older"),
+                ("x-add", "existing"),
+                ("x-both", "original"),
+            ],
+        );
         p.on_upstream_request(&mut req, &mut ctx()).unwrap();
         assert!(req.headers.get("x-internal").is_none());
         assert_eq!(values(&req.headers, "x-set"), ["new"]);
@@ -352,8 +336,7 @@ mod tests {
     #[test]
     fn empty_config_changes_nothing() {
         let p = build("{}").unwrap();
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("x-a", "1").unwrap();
+        let mut req = request("GET", "/", &[("x-a", "1")]);
         p.on_upstream_request(&mut req, &mut ctx()).unwrap();
         assert_eq!(values(&req.headers, "x-a"), ["1"]);
     }
@@ -398,14 +381,11 @@ mod tests {
 
     #[test]
     fn request_values_are_shown_redacted_and_response_values_as_written() {
-        let mut registry = PluginRegistry::new();
-        registry.register::<HeadersPlugin>();
-        let value = DeValue::parse(
+        let shown = tollgate_plugin_test::render::<HeadersPlugin>(
             r#"{ request = { set = { authorization = "Bearer s3cr3t" }, add = { x-api-key = "k3y" } },
                  response = { set = { cache-control = "no-store" } } }"#,
         )
         .unwrap();
-        let shown = registry.render("headers", value).unwrap();
         assert_eq!(
             shown,
             serde_json::json!({

@@ -19,7 +19,7 @@ use http::StatusCode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{
-    async_trait, BuildContext, Flow, Plugin, PluginError, PluginFactory, RequestContext,
+    async_trait, BuildContext, Count, Flow, Plugin, PluginError, PluginFactory, RequestContext,
     RequestHeader,
 };
 
@@ -161,6 +161,9 @@ impl Plugin for IpRestriction {
                             .to_owned()
                     }
                 };
+                ctx.count(Count::AuthFailure {
+                    reason: "ip_forbidden",
+                });
                 Err(PluginError::new(
                     StatusCode::FORBIDDEN,
                     "ip_forbidden",
@@ -175,27 +178,20 @@ impl Plugin for IpRestriction {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use tollgate_plugin_api::{BuildError, BuildErrorKind, PluginRegistry, Scheme};
-    use toml::de::DeValue;
+    use tollgate_plugin_api::{BuildError, BuildErrorKind};
+    use tollgate_plugin_test::{ctx, ctx_from, request};
 
     fn build(toml_src: &str) -> Result<Arc<dyn Plugin>, BuildError> {
-        let mut registry = PluginRegistry::new();
-        registry.register::<IpRestrictionPlugin>();
-        let value = DeValue::parse(toml_src).unwrap();
-        registry
-            .build("ip-restriction", value, &BuildContext::default())
-            .map(|(p, _)| p)
+        tollgate_plugin_test::build::<IpRestrictionPlugin>(toml_src)
     }
 
     fn build_err(toml_src: &str) -> BuildError {
-        build(toml_src).err().expect("config should be rejected")
+        tollgate_plugin_test::build_err::<IpRestrictionPlugin>(toml_src)
     }
 
     async fn check(p: &Arc<dyn Plugin>, client: Option<&str>) -> Result<(), PluginError> {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        let mut ctx =
-            RequestContext::new("id".into(), Scheme::Http, Arc::from("r"), Arc::from("u"));
-        ctx.client_ip = client.map(|c| c.parse().unwrap());
+        let mut req = request("GET", "/", &[]);
+        let mut ctx = client.map_or_else(ctx, ctx_from);
         p.on_request(&mut req, &mut ctx).await.map(|flow| {
             assert!(matches!(flow, Flow::Continue));
         })
@@ -221,6 +217,26 @@ mod tests {
                 format!("client address {ip} is not allowed on this route")
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_counted_as_an_auth_failure() {
+        let p = build(r#"{ allow = ["10.0.0.0/8"] }"#).unwrap();
+        let mut ctx = ctx_from("11.0.0.1");
+        p.on_request(&mut request("GET", "/", &[]), &mut ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            ctx.counts(),
+            [Count::AuthFailure {
+                reason: "ip_forbidden"
+            }]
+        );
+        let mut ctx = ctx_from("10.0.0.1");
+        p.on_request(&mut request("GET", "/", &[]), &mut ctx)
+            .await
+            .unwrap();
+        assert!(ctx.counts().is_empty());
     }
 
     #[tokio::test]

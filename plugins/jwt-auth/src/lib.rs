@@ -51,7 +51,7 @@ use http::header::HeaderName;
 use http::{HeaderValue, Method};
 use tokio::sync::watch;
 use tollgate_plugin_api::{
-    async_trait, BuildContext, Flow, Plugin, PluginError, PluginFactory, RequestContext,
+    async_trait, BuildContext, Count, Flow, Plugin, PluginError, PluginFactory, RequestContext,
     RequestHeader,
 };
 
@@ -118,6 +118,17 @@ struct JwtAuth {
 }
 
 impl JwtAuth {
+    /// The error answer to a refusal, counted as an auth failure unless the fault is the
+    /// gateway's (keys not loaded).
+    fn refuse(&self, e: AuthError, ctx: &mut RequestContext) -> PluginError {
+        let counted = !matches!(e, AuthError::KeysUnavailable { .. });
+        let err = e.into_plugin_error(&self.realm);
+        if counted {
+            ctx.count(Count::AuthFailure { reason: err.code });
+        }
+        err
+    }
+
     fn compile(
         config: JwtAuthConfig,
         ctx: &BuildContext,
@@ -338,14 +349,17 @@ impl Plugin for JwtAuth {
             .iter()
             .find_map(|s| s.find(req).map(|t| (t, s)))
         else {
-            return Err(AuthError::Missing.into_plugin_error(&self.realm));
+            return Err(self.refuse(AuthError::Missing, ctx));
         };
-        let claims = self
+        let claims = match self
             .verifier
             .verify(&token, Some(ctx))
             .await
             .and_then(|claims| self.check_requirements(&claims).map(|()| claims))
-            .map_err(|e| e.into_plugin_error(&self.realm))?;
+        {
+            Ok(claims) => claims,
+            Err(e) => return Err(self.refuse(e, ctx)),
+        };
         self.publish(&token, &claims, req, ctx);
         if self.strip_token {
             source.strip(req);

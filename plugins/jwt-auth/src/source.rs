@@ -178,11 +178,7 @@ mod tests {
     }
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
+        tollgate_plugin_test::request("GET", uri, headers)
     }
 
     #[test]

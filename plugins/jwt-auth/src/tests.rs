@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use http::StatusCode;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tollgate_plugin_api::{BuildErrorKind, PluginRegistry, Scheme};
-use toml::de::{DeTable, DeValue};
-use toml::Spanned;
+use tollgate_plugin_api::BuildErrorKind;
+use tollgate_plugin_test::{ctx, request};
 
 use super::*;
 
@@ -30,26 +29,7 @@ fn config_dir() -> tempfile::TempDir {
 }
 
 fn build_in(dir: &Path, src: &str) -> Result<Arc<dyn Plugin>, String> {
-    let mut registry = PluginRegistry::new();
-    registry.register::<JwtAuthPlugin>();
-    let value = document(src);
-    registry
-        .build(
-            "jwt-auth",
-            value,
-            &BuildContext {
-                base_dir: dir.to_owned(),
-            },
-        )
-        .map(|(p, _)| p)
-        .map_err(|e| e.message)
-}
-
-/// A whole TOML document as the plugin's table, as the gateway hands it over.
-fn document(src: &str) -> Spanned<DeValue<'_>> {
-    let table = DeTable::parse(src).unwrap();
-    let span = table.span();
-    Spanned::new(span, DeValue::Table(table.into_inner()))
+    tollgate_plugin_test::build_in::<JwtAuthPlugin>(dir, src).map_err(|e| e.message)
 }
 
 fn build(src: &str) -> Arc<dyn Plugin> {
@@ -63,10 +43,6 @@ fn build_err(src: &str) -> String {
         Ok(_) => panic!("built: {src}"),
         Err(e) => e,
     }
-}
-
-fn ctx() -> RequestContext {
-    RequestContext::new("id".into(), Scheme::Http, Arc::from("r"), Arc::from("u"))
 }
 
 fn now() -> u64 {
@@ -89,11 +65,7 @@ fn hs256(claims: Value) -> String {
 }
 
 fn get(headers: &[(&str, &str)]) -> RequestHeader {
-    let mut r = RequestHeader::build("GET", b"/x?a=1", None).unwrap();
-    for (k, v) in headers {
-        r.append_header(k.to_string(), *v).unwrap();
-    }
-    r
+    request("GET", "/x?a=1", headers)
 }
 
 fn bearer(token: &str) -> RequestHeader {
@@ -226,6 +198,33 @@ async fn required_scopes_and_claims_are_403() {
 }
 
 #[tokio::test]
+async fn refusals_are_counted_as_auth_failures_under_their_code() {
+    let p = build(&format!("{HS}\nrequired_scopes = [\"orders:write\"]"));
+    let counted = |token: Option<String>| {
+        let p = p.clone();
+        async move {
+            let mut req = match token {
+                Some(t) => bearer(&t),
+                None => get(&[]),
+            };
+            let mut c = ctx();
+            let _ = p.on_request(&mut req, &mut c).await;
+            c.counts().to_vec()
+        }
+    };
+    let reason = |reason| vec![Count::AuthFailure { reason }];
+    assert_eq!(counted(None).await, reason("missing_token"));
+    assert_eq!(
+        counted(Some("not.a.token".into())).await,
+        reason("invalid_token")
+    );
+    let read_only = hs256(json!({"iss": "me", "exp": now() + 60, "scope": "orders:read"}));
+    assert_eq!(counted(Some(read_only)).await, reason("insufficient_scope"));
+    let ok = hs256(json!({"iss": "me", "exp": now() + 60, "scope": "orders:write"}));
+    assert_eq!(counted(Some(ok)).await, []);
+}
+
+#[tokio::test]
 async fn tokens_are_read_from_the_configured_sources_in_order_and_stripped() {
     let p = build(&format!(
         "{HS}\ntoken_from = [{{ header = \"x-token\" }}, {{ query = \"access_token\" }}, \
@@ -236,12 +235,7 @@ async fn tokens_are_read_from_the_configured_sources_in_order_and_stripped() {
     run(&p, &mut req).await.unwrap();
     assert!(req.headers.get("x-token").is_none());
 
-    let mut req = RequestHeader::build(
-        "GET",
-        format!("/x?a=1&access_token={token}").as_bytes(),
-        None,
-    )
-    .unwrap();
+    let mut req = request("GET", &format!("/x?a=1&access_token={token}"), &[]);
     run(&p, &mut req).await.unwrap();
     assert_eq!(req.uri.to_string(), "/x?a=1");
 
@@ -257,11 +251,14 @@ async fn tokens_are_read_from_the_configured_sources_in_order_and_stripped() {
 #[tokio::test]
 async fn preflights_pass_without_a_token_unless_disabled() {
     let preflight = || {
-        let mut r = RequestHeader::build("OPTIONS", b"/x", None).unwrap();
-        r.append_header("origin", "https://app.example").unwrap();
-        r.append_header("access-control-request-method", "POST")
-            .unwrap();
-        r
+        request(
+            "OPTIONS",
+            "/x",
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        )
     };
     let p = build(HS);
     assert!(run(&p, &mut preflight()).await.is_ok());
@@ -494,13 +491,8 @@ fn loopback_jwks_urls_may_be_plain_http() {
 
 #[test]
 fn config_errors_carry_a_position() {
-    let mut registry = PluginRegistry::new();
-    registry.register::<JwtAuthPlugin>();
     let src = r#"providers = [{ secret_env = "S", algorithms = ["XX1"] }]"#;
-    let err = registry
-        .build("jwt-auth", document(src), &BuildContext::default())
-        .err()
-        .unwrap();
+    let err = tollgate_plugin_test::build_err::<JwtAuthPlugin>(src);
     assert_eq!(err.kind, BuildErrorKind::Config);
     assert_eq!(&src[err.span.unwrap()], "[\"XX1\"]");
 }
@@ -517,11 +509,14 @@ async fn an_unreachable_jwks_answers_503_until_it_loads() {
         Some("k"),
         &json!({"exp": now() + 60}),
     );
-    let e = run(&p, &mut bearer(&token)).await.unwrap_err();
+    let mut c = ctx();
+    let e = p.on_request(&mut bearer(&token), &mut c).await.unwrap_err();
     assert_eq!(
         (e.status, e.code),
         (StatusCode::SERVICE_UNAVAILABLE, "jwks_unavailable")
     );
+    // The gateway's fault, not the client's: no auth failure.
+    assert_eq!(c.counts(), []);
     assert!(e
         .headers
         .iter()

@@ -27,7 +27,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tollgate_plugin_api::{
-    async_trait, decode_query_value, BuildContext, Flow, Plugin, PluginError, PluginFactory,
+    async_trait, decode_query_value, BuildContext, Count, Flow, Plugin, PluginError, PluginFactory,
     RequestContext, RequestHeader, Secret,
 };
 
@@ -185,7 +185,9 @@ struct KeyAuth {
     allow_preflight: bool,
 }
 
-fn unauthorized(code: &'static str, message: &str) -> PluginError {
+/// A 401, counted as an auth failure under its code.
+fn unauthorized(code: &'static str, message: &str, ctx: &mut RequestContext) -> PluginError {
+    ctx.count(Count::AuthFailure { reason: code });
     PluginError::new(StatusCode::UNAUTHORIZED, code, message)
         .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"))
 }
@@ -253,11 +255,19 @@ impl Plugin for KeyAuth {
             return Ok(Flow::Continue);
         }
         let Some((key, from_query)) = self.presented_key(req) else {
-            return Err(unauthorized("missing_api_key", "an API key is required"));
+            return Err(unauthorized(
+                "missing_api_key",
+                "an API key is required",
+                ctx,
+            ));
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let Some(consumer) = self.keys.get(&digest) else {
-            return Err(unauthorized("invalid_api_key", "the API key is not valid"));
+            return Err(unauthorized(
+                "invalid_api_key",
+                "the API key is not valid",
+                ctx,
+            ));
         };
         ctx.vars.insert("consumer".into(), consumer.to_string());
         if self.strip_key {
@@ -277,24 +287,15 @@ impl Plugin for KeyAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_plugin_api::Scheme;
+    use tollgate_plugin_test::{ctx, request};
 
     fn sha(key: &str) -> String {
         hex::encode(Sha256::digest(key.as_bytes()))
     }
 
+    /// Builds the plugin through the registry; the error is the message `tollgate check` shows.
     fn build(toml_text: &str) -> Result<Arc<dyn Plugin>, String> {
-        let config: KeyAuthConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        KeyAuthPlugin::build(
-            config,
-            &BuildContext {
-                base_dir: ".".into(),
-            },
-        )
-    }
-
-    fn ctx() -> RequestContext {
-        RequestContext::new("id".into(), Scheme::Http, Arc::from("r"), Arc::from("u"))
+        tollgate_plugin_test::build::<KeyAuthPlugin>(toml_text).map_err(|e| e.message)
     }
 
     fn plugin() -> Arc<dyn Plugin> {
@@ -308,15 +309,18 @@ mod tests {
     #[tokio::test]
     async fn valid_key_in_header_names_the_consumer_and_is_stripped() {
         let p = plugin();
-        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
-        req.insert_header("x-api-key", "s3cret").unwrap();
-        req.insert_header("x-consumer", "mallory").unwrap();
+        let mut req = request(
+            "GET",
+            "/x",
+            &[("x-api-key", "s3cret"), ("x-consumer", "mallory")],
+        );
         let mut c = ctx();
         assert!(matches!(
             p.on_request(&mut req, &mut c).await,
             Ok(Flow::Continue)
         ));
         assert_eq!(c.vars.get("consumer"), Some("alice"));
+        assert!(c.counts().is_empty());
         assert!(req.headers.get("x-api-key").is_none());
         assert_eq!(req.headers["x-consumer"], "alice");
     }
@@ -324,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn key_in_query_is_accepted_and_removed_from_the_query() {
         let p = plugin();
-        let mut req = RequestHeader::build("GET", b"/x?a=1&api_key=s3cret&b=2", None).unwrap();
+        let mut req = request("GET", "/x?a=1&api_key=s3cret&b=2", &[]);
         let mut c = ctx();
         assert!(matches!(
             p.on_request(&mut req, &mut c).await,
@@ -336,23 +340,41 @@ mod tests {
     #[tokio::test]
     async fn missing_and_wrong_keys_are_401() {
         let p = plugin();
-        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
-        let err = p.on_request(&mut req, &mut ctx()).await.err().unwrap();
+        let mut req = request("GET", "/x", &[]);
+        let mut c = ctx();
+        let err = p.on_request(&mut req, &mut c).await.err().unwrap();
         assert_eq!(err.status, StatusCode::UNAUTHORIZED);
         assert_eq!(err.code, "missing_api_key");
+        assert_eq!(
+            c.counts(),
+            [Count::AuthFailure {
+                reason: "missing_api_key"
+            }]
+        );
         req.insert_header("x-api-key", "guess").unwrap();
-        let err = p.on_request(&mut req, &mut ctx()).await.err().unwrap();
+        let mut c = ctx();
+        let err = p.on_request(&mut req, &mut c).await.err().unwrap();
         assert_eq!(err.code, "invalid_api_key");
         assert!(err.headers.iter().any(|(n, _)| n == WWW_AUTHENTICATE));
+        assert_eq!(
+            c.counts(),
+            [Count::AuthFailure {
+                reason: "invalid_api_key"
+            }]
+        );
     }
 
     #[tokio::test]
     async fn preflight_passes_without_a_key() {
         let p = plugin();
-        let mut req = RequestHeader::build("OPTIONS", b"/x", None).unwrap();
-        req.insert_header("origin", "https://a.example").unwrap();
-        req.insert_header("access-control-request-method", "POST")
-            .unwrap();
+        let mut req = request(
+            "OPTIONS",
+            "/x",
+            &[
+                ("origin", "https://a.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        );
         assert!(matches!(
             p.on_request(&mut req, &mut ctx()).await,
             Ok(Flow::Continue)
@@ -390,12 +412,9 @@ mod tests {
 
     #[test]
     fn key_hashes_are_shown_redacted() {
-        let mut registry = tollgate_plugin_api::PluginRegistry::new();
-        registry.register::<KeyAuthPlugin>();
         let hash = sha("s3cret");
         let src = format!("{{ consumers = [{{ name = \"alice\", key_sha256 = \"{hash}\" }}] }}");
-        let value = toml::de::DeValue::parse(&src).unwrap();
-        let shown = registry.render("key-auth", value).unwrap();
+        let shown = tollgate_plugin_test::render::<KeyAuthPlugin>(&src).unwrap();
         assert_eq!(
             shown["consumers"],
             serde_json::json!([{"name": "alice", "key_sha256": "<redacted>"}])

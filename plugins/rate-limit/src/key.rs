@@ -279,7 +279,6 @@ fn push_escaped(out: &mut Vec<u8>, value: &[u8]) {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use tollgate_plugin_api::Scheme;
 
     fn spec(toml_value: &str) -> Result<KeySpec, String> {
         #[derive(serde::Deserialize)]
@@ -291,23 +290,15 @@ mod tests {
             .map_err(|e| e.message().to_owned())
     }
 
+    /// A request of client 192.0.2.7 on route `orders`.
     fn ctx() -> RequestContext {
-        let mut c = RequestContext::new(
-            "id".into(),
-            Scheme::Http,
-            Arc::from("orders"),
-            Arc::from("u"),
-        );
-        c.client_ip = Some("192.0.2.7".parse().unwrap());
+        let mut c = tollgate_plugin_test::ctx_from("192.0.2.7");
+        c.route = Arc::from("orders");
         c
     }
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
+        tollgate_plugin_test::request("GET", "/", headers)
     }
 
     fn key(s: &KeySpec, r: &RequestHeader, c: &RequestContext) -> Option<String> {

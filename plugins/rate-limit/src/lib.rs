@@ -31,7 +31,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, StatusCode};
 use tokio::sync::watch;
 use tollgate_plugin_api::{
-    async_trait, BuildContext, Flow, Plugin, PluginError, PluginFactory, RequestContext,
+    async_trait, BuildContext, Count, Flow, Plugin, PluginError, PluginFactory, RequestContext,
     RequestHeader, ResponseHeader,
 };
 
@@ -261,6 +261,7 @@ impl RateLimit {
             headers::ceil_secs(wait).max(1)
         );
         ctx.extensions.insert(Applied { verdicts: refused });
+        ctx.count(Count::RateLimited);
         PluginError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
             .with_header(header::RETRY_AFTER, headers::retry_after(wait))
     }

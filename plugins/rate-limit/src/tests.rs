@@ -2,33 +2,21 @@
 
 use super::*;
 use crate::remote::tests::TestRedis;
-use tollgate_plugin_api::{BuildError, BuildErrorKind, PluginRegistry, Scheme};
-use toml::de::DeValue;
+use tollgate_plugin_api::{BuildError, BuildErrorKind};
+use tollgate_plugin_test::{request, response_header as header};
 
 fn build(src: &str) -> Result<Arc<dyn Plugin>, BuildError> {
-    let mut registry = PluginRegistry::new();
-    registry.register::<RateLimitPlugin>();
-    registry
-        .build(
-            "rate-limit",
-            DeValue::parse(src).unwrap(),
-            &BuildContext::default(),
-        )
-        .map(|(p, _)| p)
+    tollgate_plugin_test::build::<RateLimitPlugin>(src)
 }
 
 fn build_err(src: &str) -> BuildError {
-    build(src).err().expect("config should be rejected")
+    tollgate_plugin_test::build_err::<RateLimitPlugin>(src)
 }
 
+/// A request of client `ip` on route `orders`.
 fn ctx(ip: &str) -> RequestContext {
-    let mut c = RequestContext::new(
-        "id".into(),
-        Scheme::Http,
-        Arc::from("orders"),
-        Arc::from("u"),
-    );
-    c.client_ip = Some(ip.parse().unwrap());
+    let mut c = tollgate_plugin_test::ctx_from(ip);
+    c.route = Arc::from("orders");
     c
 }
 
@@ -37,7 +25,7 @@ async fn run(
     p: &Arc<dyn Plugin>,
     ctx: &mut RequestContext,
 ) -> (Result<(), PluginError>, ResponseHeader) {
-    let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+    let mut req = request("GET", "/", &[]);
     let result = p.on_request(&mut req, ctx).await.map(|flow| {
         assert!(matches!(flow, Flow::Continue));
     });
@@ -51,12 +39,6 @@ async fn run(
     (result, resp)
 }
 
-fn header(resp: &ResponseHeader, name: &str) -> Option<String> {
-    resp.headers
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
 #[tokio::test]
 async fn burst_is_admitted_then_429_with_retry_after_and_headers() {
     let p = build(r#"{ limits = [{ rate = "1/min", burst = 3 }] }"#).unwrap();
@@ -64,6 +46,7 @@ async fn burst_is_admitted_then_429_with_retry_after_and_headers() {
         let mut c = ctx("192.0.2.1");
         let (result, resp) = run(&p, &mut c).await;
         result.unwrap();
+        assert!(c.counts().is_empty());
         assert_eq!(
             header(&resp, "ratelimit-policy").as_deref(),
             Some("\"default\";q=1;w=60")
@@ -78,6 +61,7 @@ async fn burst_is_admitted_then_429_with_retry_after_and_headers() {
     let err = result.unwrap_err();
     assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(err.code, "rate_limited");
+    assert_eq!(c.counts(), [Count::RateLimited]);
     assert!(
         err.message.contains("`default` (1/min, burst 3)"),
         "{}",
@@ -306,9 +290,12 @@ async fn unreachable_redis_fails_open_or_closed_as_configured() {
         assert!(header(&resp, "ratelimit").is_none(), "no state to report");
     }
     let closed = build(&redis_config(&dead_url(), r#", on_error = "deny""#)).unwrap();
-    let err = run(&closed, &mut ctx("192.0.2.1")).await.0.unwrap_err();
+    let mut c = ctx("192.0.2.1");
+    let err = run(&closed, &mut c).await.0.unwrap_err();
     assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(err.code, "rate_limit_unavailable");
+    // The limiter's fault, not a limit's verdict: not counted as rate limited.
+    assert!(c.counts().is_empty());
     assert!(err
         .headers
         .iter()

@@ -141,33 +141,21 @@ impl Plugin for RequestId {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use tollgate_plugin_api::{BuildErrorKind, PluginRegistry, Scheme};
-    use toml::de::DeValue;
+    use tollgate_plugin_api::{BuildError, BuildErrorKind};
 
-    fn build(toml_src: &str) -> Result<Arc<dyn Plugin>, tollgate_plugin_api::BuildError> {
-        let mut registry = PluginRegistry::new();
-        registry.register::<RequestIdPlugin>();
-        let value = DeValue::parse(toml_src).unwrap();
-        registry
-            .build("request-id", value, &BuildContext::default())
-            .map(|(p, _)| p)
+    fn build(toml_src: &str) -> Result<Arc<dyn Plugin>, BuildError> {
+        tollgate_plugin_test::build::<RequestIdPlugin>(toml_src)
     }
 
+    /// A context whose id the core chose: `core-id`.
     fn ctx() -> RequestContext {
-        RequestContext::new(
-            "core-id".to_owned(),
-            Scheme::Http,
-            Arc::from("r"),
-            Arc::from("u"),
-        )
+        let mut c = tollgate_plugin_test::ctx();
+        c.request_id = "core-id".to_owned();
+        c
     }
 
     fn request(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for (n, v) in headers {
-            req.append_header(n.to_string(), *v).unwrap();
-        }
-        req
+        tollgate_plugin_test::request("GET", "/", headers)
     }
 
     #[tokio::test]
