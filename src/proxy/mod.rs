@@ -355,7 +355,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let transcoder = st.route().and_then(|r| r.grpc.clone());
+        let transcoder = st.route_runtime().and_then(|r| r.transcoder.clone());
         if let Some(t) = transcoder {
             let req = session.req_header();
             // Native gRPC passes through; everything else on a transcoding route is the
@@ -794,7 +794,7 @@ impl ProxyHttp for Gateway {
         };
         if let Some(m) = metrics() {
             let req_method = &session.req_header().method;
-            match st.route() {
+            match st.route_runtime() {
                 Some(route) => {
                     route
                         .metrics
