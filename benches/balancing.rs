@@ -31,11 +31,11 @@ fn cluster(algorithm: &str) -> Arc<Cluster> {
         targets.join(", ")
     );
     let registry = tollgate::plugins::builtin_registry();
-    let config = match tollgate::config::load_str(Path::new("bench.toml"), &toml, &registry) {
+    let built = match tollgate::config::load_str(Path::new("bench.toml"), &toml, &registry) {
         Ok(c) => c,
         Err(e) => panic!("bench config: {e}"),
     };
-    Arc::new(Cluster::new(config.upstreams[0].clone()))
+    Arc::new(Cluster::new(built.config.upstreams[0].clone()))
 }
 
 fn eject_half(c: &Cluster) {

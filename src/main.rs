@@ -60,8 +60,8 @@ fn main() -> ExitCode {
     // fetch over HTTPS); installing fails only if one is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = tollgate::plugins::builtin_registry();
-    let config = match config::load(&cli.config, &registry) {
-        Ok(c) => c,
+    let built = match config::load(&cli.config, &registry) {
+        Ok(b) => b,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(1);
@@ -76,17 +76,17 @@ fn main() -> ExitCode {
             let format = match cli.log_format {
                 Some(CliLogFormat::Json) => LogFormat::Json,
                 Some(CliLogFormat::Text) => LogFormat::Text,
-                None => config.log.format,
+                None => built.config.log.format,
             };
-            tollgate::logging::init(format, &config.log.level);
+            tollgate::logging::init(format, &built.config.log.level);
             tracing::info!(
                 config = %cli.config.display(),
-                routes = config.routes.len(),
-                upstreams = config.upstreams.len(),
-                listeners = ?config.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
+                routes = built.config.routes.len(),
+                upstreams = built.config.upstreams.len(),
+                listeners = ?built.config.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
                 "starting tollgate {}", env!("CARGO_PKG_VERSION")
             );
-            match tollgate::server::build(config, cli.config.clone(), registry, cli.upgrade) {
+            match tollgate::server::build(built, cli.config.clone(), registry, cli.upgrade) {
                 Ok(server) => server.run_forever(),
                 Err(e) => {
                     // Start-up errors name listeners and paths from the file: escaped like

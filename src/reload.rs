@@ -116,19 +116,19 @@ impl Reloader {
         let loaded = tokio::task::spawn_blocking(move || config::load(&path, &registry))
             .await
             .map_err(|e| format!("reload task failed: {e}"));
-        let config = match loaded {
-            Ok(Ok(c)) => c,
+        let built = match loaded {
+            Ok(Ok(b)) => b,
             Ok(Err(errors)) => return Err(self.failed(trigger, errors.to_string())),
             Err(e) => return Err(self.failed(trigger, e)),
         };
         let pending = self
             .running
-            .restart_only_changes(&ProcessSettings::of(&config));
-        if let Err(e) = access_log::configure(config.access_log.sink.as_ref()) {
+            .restart_only_changes(&ProcessSettings::of(&built.config));
+        if let Err(e) = access_log::configure(built.config.access_log.sink.as_ref()) {
             return Err(self.failed(trigger, e));
         }
         let generation = self.snapshot.load().generation + 1;
-        let next = Snapshot::new(config, generation);
+        let next = Snapshot::new(built, generation);
         // Targets are discovered and checked before the swap, so the new config's first request
         // already sees healthy targets.
         next.prime().await;

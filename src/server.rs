@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::admin::AdminApp;
-use crate::config::{GatewayConfig, Listener};
+use crate::config::{Built, Listener};
 use crate::proxy::{BoundListeners, Front, Gateway};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
@@ -37,11 +37,12 @@ impl ResolvesServerCert for FixedCert {
 
 /// Builds the pingora server for a config. Listeners are bound when it runs.
 pub fn build(
-    config: GatewayConfig,
+    built: Built,
     path: std::path::PathBuf,
     registry: tollgate_plugin_api::PluginRegistry,
     upgrade: bool,
 ) -> Result<Server, String> {
+    let config = &built.config;
     let mut conf = ServerConf {
         threads: config.server.threads,
         upstream_keepalive_pool_size: config.server.keepalive_pool_size,
@@ -89,7 +90,7 @@ pub fn build(
     let admin = config.admin.clone();
     crate::telemetry::access_log::configure(config.access_log.sink.as_ref())?;
     let tracing_settings = config.tracing.clone();
-    let first = Snapshot::new(config, 1);
+    let first = Snapshot::new(built, 1);
     prime(&first)?;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));
     let reloader = Arc::new(Reloader::new(path, registry, snapshot.clone()));

@@ -1,14 +1,19 @@
-//! One config version as the proxy runs it: the validated config plus the runtime state built
-//! from it (upstream clusters). Immutable once built; swapped whole behind an `ArcSwap`.
+//! One config version as the proxy runs it: the validated config (plain data) and the runtime
+//! objects built from it — the upstream clusters, each route's plugin chain, transcoder and
+//! metric handles, the global plugin chain. Immutable once built; swapped whole behind an
+//! `ArcSwap`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::{GatewayConfig, PluginEntry};
+use crate::config::{Built, GatewayConfig, PluginEntry, Route};
+use crate::grpc::Transcoder;
 use crate::handler::grpc::GrpcHandler;
 use crate::handler::Handler;
-use crate::upstream::{tasks, Cluster};
+use crate::telemetry::metrics::{create_config_series, RouteMetrics};
+use crate::upstream::{now_ms, tasks, Cluster};
 
 /// Everything a request needs, from one config version.
 pub struct Snapshot {
@@ -18,28 +23,52 @@ pub struct Snapshot {
     pub config: GatewayConfig,
     /// Runtime state of each upstream, same index as `config.upstreams`.
     pub clusters: Vec<Arc<Cluster>>,
-    /// The handler of each route, same index as `config.routes`.
-    pub handlers: Vec<Handler>,
+    /// Runtime objects of each route, same index as `config.routes`.
+    routes: Vec<RouteRuntime>,
+    /// The global plugins in execution order: the chain of a request no route matched.
+    global_plugins: Arc<[PluginEntry]>,
     /// Stops the snapshot's background tasks (health checks, discovery) when set or dropped.
     stop: watch::Sender<bool>,
 }
 
+/// The runtime objects of one route.
+pub struct RouteRuntime {
+    /// Plugins of the route (global ones merged in), in execution order.
+    pub plugins: Arc<[PluginEntry]>,
+    /// HTTP/JSON → gRPC transcoding and gRPC-Web, when the route has a `grpc` table.
+    pub transcoder: Option<Arc<Transcoder>>,
+    /// What serves the route's requests.
+    pub handler: Handler,
+    /// Its metric series, resolved on first use.
+    pub metrics: RouteMetrics,
+}
+
 impl Snapshot {
-    /// Builds the runtime state for a validated config. Nothing runs until `start_tasks`.
-    pub fn new(config: GatewayConfig, generation: u64) -> Self {
-        crate::telemetry::metrics::create_config_series(&config);
+    /// Builds the runtime state of a loaded config, taking over the plugins and transcoders its
+    /// validation built. Nothing runs until `start_tasks`.
+    pub fn new(built: Built, generation: u64) -> Self {
+        let Built { config, instances } = built;
+        create_config_series(
+            config.upstreams.iter().map(|u| &*u.name),
+            config.routes.iter().map(|r| &*r.name),
+        );
         let clusters = config
             .upstreams
             .iter()
             .cloned()
             .map(|u| Arc::new(Cluster::new(u)))
             .collect();
-        let handlers = config
+        let routes = instances
             .routes
-            .iter()
-            .map(|r| match &r.grpc {
-                Some(t) => Handler::Serve(Arc::new(GrpcHandler::new(t.clone()))),
-                None => Handler::Proxy,
+            .into_iter()
+            .map(|r| RouteRuntime {
+                plugins: r.plugins.into(),
+                handler: match &r.transcoder {
+                    Some(t) => Handler::Serve(Arc::new(GrpcHandler::new(t.clone()))),
+                    None => Handler::Proxy,
+                },
+                transcoder: r.transcoder,
+                metrics: RouteMetrics::default(),
             })
             .collect();
         let (stop, _) = watch::channel(false);
@@ -47,9 +76,40 @@ impl Snapshot {
             generation,
             config,
             clusters,
-            handlers,
+            routes,
+            global_plugins: instances.global_plugins.into(),
             stop,
         }
+    }
+
+    /// Route `id` of the route table: its config and its runtime objects.
+    pub fn route(&self, id: usize) -> Option<(&Route, &RouteRuntime)> {
+        Some((self.config.routes.get(id)?, self.routes.get(id)?))
+    }
+
+    /// The plugin chain of a request: its route's, or the global one when no route matched.
+    pub fn plugins_for(&self, route: Option<usize>) -> Arc<[PluginEntry]> {
+        match route.and_then(|id| self.routes.get(id)) {
+            Some(r) => r.plugins.clone(),
+            None => self.global_plugins.clone(),
+        }
+    }
+
+    /// The global plugins, in execution order.
+    pub fn global_plugins(&self) -> &[PluginEntry] {
+        &self.global_plugins
+    }
+
+    /// Every target of every cluster as `(upstream, address, may take traffic now)`.
+    pub fn target_availability(&self) -> Vec<(&str, SocketAddr, bool)> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for c in &self.clusters {
+            for t in c.targets().targets.iter() {
+                out.push((c.name(), t.address, t.health.is_available(now)));
+            }
+        }
+        out
     }
 
     /// One round of discovery and health checks for every cluster, so the snapshot knows its
@@ -81,12 +141,13 @@ impl Snapshot {
     }
 
     /// Transcoding routes whose schema comes from reflection and is not loaded yet.
-    fn reflecting_routes(&self) -> Vec<(Arc<crate::grpc::Transcoder>, Arc<Cluster>)> {
+    fn reflecting_routes(&self) -> Vec<(Arc<Transcoder>, Arc<Cluster>)> {
         self.config
             .routes
             .iter()
-            .filter_map(|r| {
-                let t = r.grpc.clone()?;
+            .zip(&self.routes)
+            .filter_map(|(r, rt)| {
+                let t = rt.transcoder.clone()?;
                 let c = self.clusters.get(r.upstream)?.clone();
                 (t.needs_reflection() && !t.is_ready()).then_some((t, c))
             })
@@ -128,11 +189,10 @@ impl Snapshot {
     fn plugins(&self) -> Vec<PluginEntry> {
         let mut out: Vec<PluginEntry> = Vec::new();
         let chains = self
-            .config
             .routes
             .iter()
             .flat_map(|r| r.plugins.iter())
-            .chain(self.config.global_plugins.iter());
+            .chain(self.global_plugins.iter());
         for entry in chains {
             if !out.iter().any(|e| Arc::ptr_eq(&e.plugin, &entry.plugin)) {
                 out.push(entry.clone());
@@ -154,9 +214,79 @@ impl Drop for Snapshot {
 }
 
 /// Loads a route's gRPC schema from one of its upstream's targets.
-async fn load_reflection(t: &crate::grpc::Transcoder, c: &Cluster) -> Result<(), String> {
+async fn load_reflection(t: &Transcoder, c: &Cluster) -> Result<(), String> {
     let target = c
         .select(None, &[])
         .ok_or_else(|| format!("upstream `{}` has no target to ask", c.name()))?;
     t.prepare_with(&*c.grpc_target(&target)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::Snapshot;
+
+    fn snapshot(text: &str) -> Snapshot {
+        let registry = crate::plugins::builtin_registry();
+        match crate::config::load_str(Path::new("gateway.toml"), text, &registry) {
+            Ok(built) => Snapshot::new(built, 1),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    const TEXT: &str = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+                        [plugins.request-id]\n\
+                        [upstreams.u]\ntargets = [\"127.0.0.1:3000\", \"127.0.0.1:3001\"]\n\
+                        [routes.a]\nprefix = \"/a\"\nupstream = \"u\"\n\
+                        [routes.a.plugins.headers]\n\
+                        [routes.b]\nprefix = \"/b\"\nupstream = \"u\"\n";
+
+    #[test]
+    fn each_route_has_its_runtime_objects_and_unrouted_requests_get_the_globals() {
+        let snap = snapshot(TEXT);
+        let (a, runtime) = snap.route(0).expect("route a");
+        assert_eq!(&*a.name, "a");
+        let names = |chain: &[crate::config::PluginEntry]| -> Vec<String> {
+            chain.iter().map(|p| p.name.to_string()).collect()
+        };
+        assert_eq!(names(&runtime.plugins), ["request-id", "headers"]);
+        assert!(runtime.transcoder.is_none());
+        assert!(snap.route(2).is_none());
+        assert_eq!(names(&snap.plugins_for(None)), ["request-id"]);
+        assert_eq!(names(&snap.plugins_for(Some(1))), ["request-id"]);
+        assert_eq!(names(&snap.plugins_for(Some(7))), ["request-id"]);
+    }
+
+    /// A global plugin is one instance, whichever chain runs it (its state, such as rate-limit
+    /// buckets, is shared).
+    #[test]
+    fn a_global_plugin_is_one_instance_in_every_chain() {
+        let snap = snapshot(TEXT);
+        let global = &snap.global_plugins()[0].plugin;
+        for id in [0, 1] {
+            let chain = snap.plugins_for(Some(id));
+            assert!(chain.iter().any(|p| Arc::ptr_eq(&p.plugin, global)));
+        }
+        assert_eq!(snap.plugins().len(), 2);
+    }
+
+    #[test]
+    fn clusters_and_target_availability_follow_the_upstreams() {
+        let snap = snapshot(TEXT);
+        assert_eq!(snap.clusters.len(), 1);
+        let targets: Vec<(String, String, bool)> = snap
+            .target_availability()
+            .into_iter()
+            .map(|(u, a, ok)| (u.to_string(), a.to_string(), ok))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("u".to_string(), "127.0.0.1:3000".to_string(), true),
+                ("u".to_string(), "127.0.0.1:3001".to_string(), true),
+            ]
+        );
+    }
 }

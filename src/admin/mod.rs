@@ -114,10 +114,10 @@ impl AdminApp {
             return json(
                 StatusCode::OK,
                 serde_json::json!({"matched": false, "normalized_path": path,
-                    "plugins": plugin_views(&snap.config.global_plugins)}),
+                    "plugins": plugin_views(snap.global_plugins())}),
             );
         };
-        let Some(route) = snap.config.routes.get(m.id) else {
+        let Some((route, runtime)) = snap.route(m.id) else {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -140,7 +140,7 @@ impl AdminApp {
                 "upstream": &*route.upstream_name,
                 "upstream_path": upstream_path,
                 "params": params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
-                "plugins": plugin_views(&route.plugins),
+                "plugins": plugin_views(&runtime.plugins),
                 "note": "header matchers are not evaluated here (no headers are given)",
             }),
         )
@@ -214,7 +214,11 @@ impl ServeHttp for AdminApp {
             ("GET", "/metrics") => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                crate::telemetry::metrics::render(&self.snapshot.load()).into_bytes(),
+                {
+                    let snap = self.snapshot.load();
+                    crate::telemetry::metrics::render(snap.generation, snap.target_availability())
+                        .into_bytes()
+                },
             ),
             ("GET", "/upstreams") => {
                 let snap = self.snapshot.load();

@@ -37,7 +37,6 @@ impl ProcessSettings {
             upstreams: _,
             routes: _,
             table: _,
-            global_plugins: _,
             access_log: _,
             tracing: _,
             // Not settings.
@@ -193,7 +192,7 @@ mod tests {
             "{toml}\n[upstreams.u]\ntargets = [\"127.0.0.1:3000\"]\n[routes.r]\nprefix = \"/\"\nupstream = \"u\"\n"
         );
         match super::super::load_str(Path::new("gateway.toml"), &text, &registry) {
-            Ok(config) => ProcessSettings::of(&config),
+            Ok(built) => ProcessSettings::of(&built.config),
             Err(e) => panic!("{e}"),
         }
     }

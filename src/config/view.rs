@@ -112,7 +112,7 @@ mod tests {
         let registry = crate::plugins::builtin_registry();
         let config = super::super::load_str(Path::new("/tmp/gateway.toml"), src, &registry)
             .unwrap_or_else(|e| panic!("{e}"));
-        (*config.view).clone()
+        (*config.config.view).clone()
     }
 
     const BASE: &str = "[[listeners]]\naddress = \"127.0.0.1:1\"\n\

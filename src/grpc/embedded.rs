@@ -41,9 +41,9 @@ impl FileResolver for EmbeddedResolver {
     }
 }
 
-/// Compiles `names` from the embedded files and protobuf's well-known types, returning each
-/// file's descriptor bytes, dependencies first.
-pub fn compile(names: &[&str]) -> Result<Vec<(String, Vec<u8>)>, String> {
+/// Compiles `names` from the embedded files and protobuf's well-known types into an encoded
+/// FileDescriptorSet, with imports, dependencies first.
+pub fn compile(names: &[&str]) -> Result<Vec<u8>, String> {
     let mut chain = protox::file::ChainFileResolver::new();
     chain.add(EmbeddedResolver);
     chain.add(protox::file::GoogleFileResolver::new());
@@ -52,7 +52,7 @@ pub fn compile(names: &[&str]) -> Result<Vec<(String, Vec<u8>)>, String> {
     compiler
         .open_files(names)
         .map_err(|e| format!("built-in proto files: {e}"))?;
-    super::schema::split_set(&compiler.encode_file_descriptor_set())
+    Ok(compiler.encode_file_descriptor_set())
 }
 
 #[cfg(test)]
@@ -62,7 +62,7 @@ mod tests {
     #[test]
     fn every_embedded_file_compiles() {
         let names: Vec<&str> = FILES.iter().map(|(n, _)| *n).collect();
-        let files = compile(&names).unwrap();
+        let files = super::super::schema::split_set(&compile(&names).unwrap()).unwrap();
         let got: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         for n in names {
             assert!(got.contains(&n), "{n} missing from {got:?}");

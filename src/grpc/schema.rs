@@ -238,7 +238,7 @@ fn complete(mut files: Vec<(String, Vec<u8>)>) -> Result<Vec<(String, Vec<u8>)>,
         }
     }
     let names: Vec<&str> = missing.iter().map(String::as_str).collect();
-    for (name, bytes) in embedded::compile(&names)? {
+    for (name, bytes) in split_set(&embedded::compile(&names)?)? {
         if have.insert(name.clone()) {
             files.push((name, bytes));
         }

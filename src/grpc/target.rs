@@ -9,8 +9,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::config::UpstreamTls;
-
 /// The upstream of one call.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -120,21 +118,25 @@ impl From<SocketAddr> for Target {
 }
 
 /// The rustls client config of an upstream's TLS settings for calls the gateway makes itself
-/// (transcoding, reflection): its CAs or the system roots, verification on or off, ALPN `h2`.
-/// Build it once per upstream: loading the system roots reads the filesystem.
-pub fn client_config(tls: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, String> {
+/// (transcoding, reflection): the CAs given as DER (`ca_file`) or the system roots,
+/// verification on or off, ALPN `h2`. Build it once per upstream: loading the system roots
+/// reads the filesystem.
+pub fn client_config(
+    ca_certs: Option<&[Vec<u8>]>,
+    verify: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let mut config = if !tls.verify {
+    let mut config = if !verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match &tls.ca_certs {
+        match ca_certs {
             Some(cas) => {
                 for der in cas {
                     roots

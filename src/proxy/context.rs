@@ -7,7 +7,7 @@ use tollgate_plugin_api::{RequestContext, Scheme};
 
 use crate::config::{ClientLimits, PluginEntry, Route};
 use crate::error::GatewayError;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace::{AttemptSpan, RequestSpan};
 use crate::upstream::{Attempt, Target};
@@ -102,17 +102,20 @@ impl RequestState {
     /// The matched route, if any.
     pub fn route(&self) -> Option<&Route> {
         let snap = self.snapshot.as_ref()?;
-        snap.config.routes.get(self.route?)
+        snap.route(self.route?).map(|(r, _)| r)
+    }
+
+    /// The runtime objects of the matched route (transcoder, metric handles), if any.
+    pub fn route_runtime(&self) -> Option<&RouteRuntime> {
+        let snap = self.snapshot.as_ref()?;
+        snap.route(self.route?).map(|(_, rt)| rt)
     }
 
     /// The plugins that apply to this request: the route's chain, or the global plugins when no
     /// route matched.
     pub fn plugins(&self) -> Option<Arc<[PluginEntry]>> {
         let snap = self.snapshot.as_ref()?;
-        match self.route() {
-            Some(r) => Some(r.plugins.clone()),
-            None => Some(snap.config.global_plugins.clone()),
-        }
+        Some(snap.plugins_for(self.route))
     }
 
     /// The target of the current (or last) upstream try.

@@ -69,7 +69,7 @@ pub fn logging(session: &Session, e: Option<&Error>, st: &mut RequestState) {
     };
     if let Some(m) = metrics() {
         let req_method = &session.req_header().method;
-        match st.route() {
+        match st.route_runtime() {
             Some(route) => {
                 route
                     .metrics

@@ -109,11 +109,7 @@ impl ProxyHttp for Gateway {
         if chain::on_request(session, st).await {
             return Ok(true);
         }
-        let handler = st
-            .snapshot
-            .as_ref()
-            .zip(st.route)
-            .and_then(|(snap, route)| snap.handlers.get(route).cloned());
+        let handler = st.route_runtime().map(|r| r.handler.clone());
         match handler {
             Some(Handler::Serve(h)) if h.takes(session.req_header()) => {
                 // Boxed: inlined, a handler's future would make every request's

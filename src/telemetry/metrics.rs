@@ -2,6 +2,7 @@
 //! the text format on the admin listener's `/metrics`. Per-target health is read from the live
 //! snapshot at scrape time rather than mirrored on every change.
 
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -10,10 +11,6 @@ use prometheus::{
 };
 
 use tollgate_plugin_api::Count;
-
-use crate::config::GatewayConfig;
-use crate::snapshot::Snapshot;
-use crate::upstream::now_ms;
 
 /// Every metric family of the gateway.
 pub struct Metrics {
@@ -162,16 +159,19 @@ pub const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 /// Per upstream: retries and ejections. Per route: rate-limit refusals. Series with a label the
 /// config does not fix (an error code as `reason`, a method, a status class) are left to their
 /// first event, which keeps the count of series bounded by the config.
-pub fn create_config_series(config: &GatewayConfig) {
+pub fn create_config_series<'a>(
+    upstreams: impl IntoIterator<Item = &'a str>,
+    routes: impl IntoIterator<Item = &'a str>,
+) {
     let Some(m) = metrics() else {
         return;
     };
-    for u in &config.upstreams {
-        m.retries.with_label_values(&[&*u.name]);
-        m.ejections.with_label_values(&[&*u.name]);
+    for upstream in upstreams {
+        m.retries.with_label_values(&[upstream]);
+        m.ejections.with_label_values(&[upstream]);
     }
-    for r in &config.routes {
-        m.rate_limited.with_label_values(&[&*r.name]);
+    for route in routes {
+        m.rate_limited.with_label_values(&[route]);
     }
 }
 
@@ -266,22 +266,23 @@ pub fn method_label(m: &http::Method) -> &'static str {
     METHODS[method_index(m)]
 }
 
-/// The text exposition of every metric, with target health read from `snapshot`.
-pub fn render(snapshot: &Snapshot) -> String {
+/// The text exposition of every metric, with the live config's generation and the health of
+/// its targets, given as `(upstream, address, available)`.
+pub fn render<'a>(
+    generation: u64,
+    targets: impl IntoIterator<Item = (&'a str, SocketAddr, bool)>,
+) -> String {
     let Some(m) = metrics() else {
         return String::new();
     };
     m.target_healthy.reset();
-    let now = now_ms();
-    for c in &snapshot.clusters {
-        for t in c.targets().targets.iter() {
-            m.target_healthy
-                .with_label_values(&[c.name(), &t.address.to_string()])
-                .set(i64::from(t.health.is_available(now)));
-        }
+    for (upstream, address, available) in targets {
+        m.target_healthy
+            .with_label_values(&[upstream, &address.to_string()])
+            .set(i64::from(available));
     }
     m.generation
-        .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        .set(i64::try_from(generation).unwrap_or(i64::MAX));
     let mut out = Vec::new();
     if TextEncoder::new()
         .encode(&m.registry.gather(), &mut out)

@@ -26,7 +26,9 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::task::JoinSet;
-use tollgate_plugin_api::Secret;
+
+/// The discovery settings this module runs on are config data, defined with the model.
+pub use crate::config::{ConsulQuery, Nameservers};
 
 /// One discovered endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,15 +39,6 @@ pub struct Endpoint {
     pub weight: u32,
     /// The DNS name the address came from (for SNI / Host), when there was one.
     pub hostname: Option<String>,
-}
-
-/// Where DNS questions go: the system resolver (/etc/resolv.conf) or explicit name servers (UDP+TCP).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Nameservers {
-    /// The name servers, search list and options of /etc/resolv.conf, plus /etc/hosts.
-    System,
-    /// These name servers only, each asked over UDP and (for truncated answers) TCP on its port.
-    Explicit(Vec<SocketAddr>),
 }
 
 /// A DNS resolver built once per upstream.
@@ -309,21 +302,6 @@ impl fmt::Debug for ConsulClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsulClient").finish_non_exhaustive()
     }
-}
-
-/// What to ask Consul for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConsulQuery {
-    /// The agent's address, e.g. `http://127.0.0.1:8500`; a path prefix is kept.
-    pub base: http::Uri,
-    /// The service name as registered.
-    pub service: String,
-    /// `dc=`: the datacenter to ask; the agent's own when `None`.
-    pub datacenter: Option<String>,
-    /// `tag=`: only instances carrying this tag.
-    pub tag: Option<String>,
-    /// Sent as `X-Consul-Token`.
-    pub token: Option<Secret<String>>,
 }
 
 impl Default for ConsulClient {
@@ -627,6 +605,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_plugin_api::Secret;
 
     fn ep(addr: &str, weight: u32) -> Endpoint {
         Endpoint {

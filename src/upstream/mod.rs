@@ -101,7 +101,7 @@ impl Cluster {
             Some(tls) => {
                 let config = self
                     .grpc_tls
-                    .get_or_init(|| crate::grpc::client_config(tls))
+                    .get_or_init(|| crate::grpc::client_config(tls.ca_certs.as_deref(), tls.verify))
                     .clone()?;
                 let sni = tls
                     .sni

@@ -21,32 +21,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-/// What one active check does.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeKind {
-    /// HTTP request; healthy when the status is in one of `expected` (inclusive ranges).
-    Http {
-        /// Path (and query) requested, starting with `/`.
-        path: String,
-        /// Request method.
-        method: http::Method,
-        /// `Host` (HTTP/1.1) or `:authority` (h2c) sent; the target address when `None`.
-        host: Option<String>,
-        /// Inclusive status ranges that count as healthy.
-        expected: Vec<(u16, u16)>,
-        /// Speak HTTP/2 with prior knowledge instead of HTTP/1.1.
-        h2c: bool,
-    },
-    /// TCP connect succeeds.
-    Tcp,
-    /// grpc.health.v1.Health/Check over h2c with `service` ("" = whole server); healthy when SERVING.
-    Grpc {
-        /// Service asked about; "" asks about the whole server.
-        service: String,
-        /// `:authority` sent; the target address when `None`.
-        authority: Option<String>,
-    },
-}
+/// What a check does is config data, defined with the model.
+pub use crate::config::ProbeKind;
 
 /// Sent on every HTTP and gRPC probe so upstream logs can tell checks from traffic.
 const USER_AGENT: &str = "tollgate-health-check";
