@@ -14,6 +14,7 @@ use crate::handler::grpc::GrpcHandler;
 use crate::handler::Handler;
 use crate::telemetry::metrics::{create_config_series, RouteMetrics};
 use crate::upstream::{now_ms, tasks, Cluster};
+use tollgate_plugin_api::BodyPlan;
 
 /// Everything a request needs, from one config version.
 pub struct Snapshot {
@@ -39,6 +40,8 @@ pub struct RouteRuntime {
     pub transcoder: Option<Arc<Transcoder>>,
     /// What serves the route's requests.
     pub handler: Handler,
+    /// What the route's plugins need of the request body.
+    pub body_plan: BodyPlan,
     /// Its metric series, resolved on first use.
     pub metrics: RouteMetrics,
 }
@@ -62,6 +65,7 @@ impl Snapshot {
             .routes
             .into_iter()
             .map(|r| RouteRuntime {
+                body_plan: BodyPlan::of_chain(r.plugins.iter().map(|e| &*e.plugin)),
                 plugins: r.plugins.into(),
                 handler: match &r.transcoder {
                     Some(t) => Handler::Serve(Arc::new(GrpcHandler::new(t.clone()))),

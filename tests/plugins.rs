@@ -326,3 +326,83 @@ async fn key_auth_names_the_consumer_and_refuses_bad_keys() {
     expect_error(resp, 401, "invalid_api_key").await;
     assert_eq!(up.requests(), 2);
 }
+
+/// A plugin that reads the whole body before the handler (`require-json-field`): it answers
+/// before the upstream sees anything, and a body it lets through reaches the upstream whole —
+/// also when pingora sends it again to another target.
+#[tokio::test]
+async fn a_body_reading_plugin_answers_before_the_upstream_and_passes_the_body_on() {
+    let up = Upstream::echo("svc").await;
+    let dead = common::closed_addr();
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.svc]
+targets = ["{dead}", "{}"]
+outlier_detection = {{ enabled = false }}
+
+[routes.api]
+prefix = "/api"
+upstream = "svc"
+
+[routes.api.plugins.require-json-field]
+fields = ["name"]
+"#,
+        up.addr
+    ))
+    .await;
+    let c = client();
+    for _ in 0..4 {
+        // Round robin tries the dead target first every other time: the body is replayed.
+        let resp = c
+            .post(gw.url("/api/things"))
+            .header("content-type", "application/json")
+            .body(r#"{"name":"x","size":3}"#)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(v["body_len"], 21, "{v}");
+    }
+    let before = up.requests();
+    let resp = c
+        .post(gw.url("/api/things"))
+        .header("content-type", "application/json")
+        .body(r#"{"size":3}"#)
+        .send()
+        .await
+        .expect("request");
+    let body = expect_error(resp, 400, "missing_field").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("name")),
+        "{body}"
+    );
+    // Chunked, with no declared length: read whole all the same.
+    let chunks = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"not ")),
+        Ok(bytes::Bytes::from_static(b"json")),
+    ]);
+    let resp = c
+        .post(gw.url("/api/things"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("request");
+    expect_error(resp, 400, "invalid_json").await;
+    assert_eq!(
+        up.requests(),
+        before,
+        "the upstream saw none of the refused requests"
+    );
+    // A proxied route reads at most 64 KiB for its plugins (pingora's replay buffer).
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(70 * 1024));
+    let resp = c
+        .post(gw.url("/api/things"))
+        .body(big)
+        .send()
+        .await
+        .expect("request");
+    expect_error(resp, 413, "body_too_large").await;
+}

@@ -44,6 +44,8 @@ pub struct RequestState {
     pub prefix_len: usize,
     /// The tries at the route's upstream, once the handler sends the request there.
     pub attempt: Option<Attempt>,
+    /// The whole request body, when the route's plugins had it read before the handler.
+    pub buffered_body: Option<bytes::Bytes>,
     /// The current try was ended by the gateway for a retryable status.
     pub status_retry: bool,
     /// An error decided by the gateway, answered by `fail_to_proxy`.
@@ -80,6 +82,7 @@ impl RequestState {
             ctx: RequestContext::new(String::new(), Scheme::Http, unrouted(), unrouted()),
             prefix_len: 0,
             attempt: None,
+            buffered_body: None,
             status_retry: false,
             error: None,
             gateway_code: None,

@@ -77,17 +77,8 @@ pub fn logging(session: &Session, e: Option<&Error>, st: &mut RequestState) {
             }
             None => log::count_unrouted(req_method, status, elapsed),
         }
-        match (status, st.gateway_code) {
-            (429, Some(code)) if code.contains("rate_limit") => {
-                m.rate_limited.with_label_values(&[route_label]).inc();
-            }
-            (401 | 403, Some(code)) => {
-                m.auth_failures
-                    .with_label_values(&[route_label, code])
-                    .inc();
-            }
-            _ => {}
-        }
+        // What the plugins counted (rate-limit refusals, auth failures), as they said it.
+        m.record_counts(route_label, st.ctx.counts());
     }
     let error_type = match (e, st.gateway_code) {
         (_, Some(code)) if status >= 500 => Some(code),

@@ -12,6 +12,7 @@
 //! Every error the gateway makes is a `GatewayError`, rendered by respond.rs; every failure of
 //! an upstream try is classified once, by `FailureKind::of`.
 
+mod body;
 mod chain;
 mod connection;
 mod context;
@@ -109,6 +110,11 @@ impl ProxyHttp for Gateway {
         if chain::on_request(session, st).await {
             return Ok(true);
         }
+        // Boxed: only routes whose plugins read the body take this path; inlined, its future
+        // would make every request's `request_filter` future larger.
+        if Box::pin(self.buffer_for_plugins(session, st)).await {
+            return Ok(true);
+        }
         let handler = st.route_runtime().map(|r| r.handler.clone());
         match handler {
             Some(Handler::Serve(h)) if h.takes(session.req_header()) => {
@@ -131,6 +137,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         st: &mut Box<RequestState>,
     ) -> Result<()> {
+        if body::replace_replayed(st, body) {
+            // Read and seen by the plugins before the handler: pingora replays it, the plugins'
+            // version goes instead.
+            return Ok(());
+        }
         if !end_of_stream && st.limits.request_timeout.is_some() {
             // The next read may wait only for what is left of the whole request's time.
             if let Err(err) = self.arm_body_deadline(session, st) {

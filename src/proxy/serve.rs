@@ -72,6 +72,10 @@ impl Gateway {
         max: usize,
     ) -> Result<BytesMut, GatewayError> {
         let limit = max.saturating_add(1);
+        if let Some(whole) = st.buffered_body.as_ref() {
+            // Read for the plugins already; the handler gets what they left.
+            return Ok(BytesMut::from(&whole[..whole.len().min(limit)]));
+        }
         let mut body = BytesMut::new();
         loop {
             self.arm_body_deadline(session, st)?;
