@@ -12,7 +12,7 @@ mod call;
 mod client;
 mod config;
 mod embedded;
-mod framing;
+pub mod framing;
 mod matcher;
 mod metadata;
 mod prepass;
@@ -35,10 +35,19 @@ pub use call::CallFailure;
 pub use config::{GrpcSection, JsonNames, StreamFormat, UnknownFields};
 pub use metadata::{format_timeout, parse_timeout};
 pub use status::{
-    code_for_gateway_status, code_for_upstream_http, code_name, encode_message,
-    http_status_for_code, is_grpc_request, trailers_only_error, trailers_only_for_status,
+    code_for_gateway_status, code_for_upstream_http, code_name, decode_message, defined_code_name,
+    encode_message, http_status_for_code, is_grpc_request, trailers_only_error,
+    trailers_only_for_status, GrpcStatus,
 };
 pub use target::{client_config, Target};
+
+/// The gRPC status codes by name.
+pub mod code {
+    pub use super::status::{
+        CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, OK, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, UNKNOWN,
+    };
+}
 pub use transcoder::Transcoder;
 pub use web::is_grpc_web;
 

@@ -266,16 +266,17 @@ async fn check_round(cluster: &Cluster, hc: &HealthCheckConfig) {
         let Ok((t, result)) = joined else {
             continue;
         };
-        let reason = result.as_ref().err().cloned();
-        if let Some(now_healthy) =
-            t.health
-                .record_check(result, hc.healthy_threshold, hc.unhealthy_threshold)
-        {
+        if let Some(now_healthy) = t.health.record_check(
+            result.as_ref().map(drop),
+            hc.healthy_threshold,
+            hc.unhealthy_threshold,
+        ) {
             if now_healthy {
                 tracing::info!(upstream = %cluster.name(), target = %t.address, "target healthy");
             } else {
+                let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(upstream = %cluster.name(), target = %t.address,
-                    reason = reason.as_deref().unwrap_or(""), "target unhealthy");
+                    reason = %reason, "target unhealthy");
             }
         }
     }
