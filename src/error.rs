@@ -60,13 +60,13 @@ pub enum GatewayError {
     /// The TLS handshake with the upstream failed.
     #[error("TLS handshake with upstream `{0}` failed")]
     UpstreamTls(Arc<str>),
-    /// The TLS client for the upstream could not be set up.
+    /// The TLS client of the gateway's own gRPC calls to the upstream could not be set up.
     #[error("upstream `{upstream}`: {detail}")]
     UpstreamTlsSetup {
         /// The upstream.
         upstream: Arc<str>,
         /// What went wrong.
-        detail: String,
+        detail: crate::grpc::TargetError,
     },
     /// The upstream closed or broke the connection, or sent invalid HTTP.
     #[error("upstream `{0}` closed or broke the connection")]

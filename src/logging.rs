@@ -33,18 +33,27 @@ pub fn init(format: LogFormat, default_level: &str) {
     }
 }
 
+/// Why a reloaded level was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LevelError {
+    /// The level is not a filter `tracing` reads.
+    #[error("invalid log level: {0}")]
+    Invalid(tracing_subscriber::filter::ParseError),
+    /// The installed subscriber is gone.
+    #[error("log level not applied: {0}")]
+    NotApplied(reload::Error),
+}
+
 /// Applies a reloaded `[log] level`. `RUST_LOG`, when set, keeps winning over the config.
-pub fn set_level(level: &str) -> Result<(), String> {
+pub fn set_level(level: &str) -> Result<(), LevelError> {
     if from_env().is_some() {
         return Ok(());
     }
     let Some(handle) = FILTER.get() else {
         return Ok(());
     };
-    let filter = log_filter(level).map_err(|e| format!("invalid log level: {e}"))?;
-    handle
-        .reload(filter)
-        .map_err(|e| format!("log level not applied: {e}"))
+    let filter = log_filter(level).map_err(LevelError::Invalid)?;
+    handle.reload(filter).map_err(LevelError::NotApplied)
 }
 
 /// The filter `RUST_LOG` asks for, when it is set and valid.

@@ -92,7 +92,8 @@ fn main() -> ExitCode {
                     // Start-up errors name listeners and paths from the file: escaped like
                     // config errors, so each stays one line.
                     let path = cli.config.display().to_string();
-                    eprintln!("{}: {}", config::Escaped(&path), config::Escaped(&e));
+                    let message = e.to_string();
+                    eprintln!("{}: {}", config::Escaped(&path), config::Escaped(&message));
                     ExitCode::from(1)
                 }
             }

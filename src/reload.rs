@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tollgate_plugin_api::PluginRegistry;
 
-use crate::config::{self, ProcessSettings};
+use crate::config::{self, ConfigErrors, ProcessSettings};
 use crate::snapshot::Snapshot;
 use crate::telemetry::{access_log, metrics::metrics};
 
@@ -32,6 +32,20 @@ pub struct ReloadStatus {
     /// Keys (`server.threads`, `listeners.public.address`, ...) that changed in the file but
     /// need a restart or upgrade to apply.
     pub pending_restart: Vec<String>,
+}
+
+/// Why a reload changed nothing; the previous config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file has mistakes: every one of them, a line each.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// The task loading the file ended without an answer.
+    #[error("reload task failed: {0}")]
+    Task(tokio::task::JoinError),
+    /// The new access log could not be opened.
+    #[error("{0}")]
+    AccessLog(access_log::AccessLogError),
 }
 
 /// Owns reloading for the process.
@@ -110,22 +124,20 @@ impl Reloader {
 
     /// Loads the file again and, if it is valid, makes it live. Returns the new generation, or
     /// every error of the file (the old config keeps serving).
-    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, String> {
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ReloadError> {
         let _serial = self.serial.lock().await;
         let (path, registry) = (self.path.clone(), self.registry.clone());
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path, &registry))
-            .await
-            .map_err(|e| format!("reload task failed: {e}"));
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path, &registry)).await;
         let built = match loaded {
             Ok(Ok(b)) => b,
-            Ok(Err(errors)) => return Err(self.failed(trigger, errors.to_string())),
-            Err(e) => return Err(self.failed(trigger, e)),
+            Ok(Err(errors)) => return Err(self.failed(trigger, ReloadError::Config(errors))),
+            Err(e) => return Err(self.failed(trigger, ReloadError::Task(e))),
         };
         let pending = self
             .running
             .restart_only_changes(&ProcessSettings::of(&built.config));
         if let Err(e) = access_log::configure(built.config.access_log.sink.as_ref()) {
-            return Err(self.failed(trigger, e));
+            return Err(self.failed(trigger, ReloadError::AccessLog(e)));
         }
         let generation = self.snapshot.load().generation + 1;
         let next = Snapshot::new(built, generation);
@@ -181,13 +193,13 @@ impl Reloader {
         Ok(generation)
     }
 
-    fn failed(&self, trigger: &str, error: String) -> String {
+    fn failed(&self, trigger: &str, error: ReloadError) -> ReloadError {
         if let Some(m) = metrics() {
             m.reloads.with_label_values(&["failed"]).inc();
         }
         tracing::error!(trigger, error = %error, "config reload failed; the previous config keeps serving");
         if let Ok(mut s) = self.status.lock() {
-            s.last_error = Some(error.clone());
+            s.last_error = Some(error.to_string());
         }
         error
     }

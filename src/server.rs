@@ -35,13 +35,57 @@ impl ResolvesServerCert for FixedCert {
     }
 }
 
+/// Why the gateway cannot start; `main` prints it and exits.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another tollgate owns the upgrade socket.
+    #[error(transparent)]
+    UpgradeSocket(#[from] crate::upgrade_lock::SocketInUse),
+    /// A listening address is taken.
+    #[error(
+        "{what}: {addr} is already in use (another process listens there; several tollgates on \
+         one host each need their own listener addresses, `[admin] address` and \
+         `[server] upgrade_sock`; for a zero-downtime replacement use `tollgate --upgrade`)"
+    )]
+    AddressInUse {
+        /// Which listener.
+        what: String,
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
+    /// A listening address cannot be bound otherwise.
+    #[error("{what}: {addr} cannot be bound: {error}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The access log cannot be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::telemetry::access_log::AccessLogError),
+    /// The runtime that primes the first snapshot cannot start.
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+    /// pingora refused a listener's TLS settings.
+    #[error("listener `{listener}`: {error}")]
+    Tls {
+        /// The listener.
+        listener: String,
+        /// pingora's error.
+        error: Box<pingora_error::Error>,
+    },
+}
+
 /// Builds the pingora server for a config. Listeners are bound when it runs.
 pub fn build(
     built: Built,
     path: std::path::PathBuf,
     registry: tollgate_plugin_api::PluginRegistry,
     upgrade: bool,
-) -> Result<Server, String> {
+) -> Result<Server, StartError> {
     let config = &built.config;
     let mut conf = ServerConf {
         threads: config.server.threads,
@@ -131,8 +175,11 @@ pub fn build(
                     ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
                 ),
                 Some(tls) => {
-                    let mut settings = TlsSettings::intermediate("", "")
-                        .map_err(|e| format!("listener `{}`: {e}", l.name))?;
+                    let mut settings =
+                        TlsSettings::intermediate("", "").map_err(|error| StartError::Tls {
+                            listener: l.name.to_string(),
+                            error,
+                        })?;
                     settings.set_cert_resolver(Arc::new(FixedCert(tls.certified_key.clone())));
                     if tls.h2 {
                         settings.enable_h2();
@@ -170,18 +217,14 @@ pub fn build(
 /// Not for `--upgrade`, where the old process holds the ports on purpose.
 fn check_bindable(
     addrs: impl Iterator<Item = (String, std::net::SocketAddr)>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     for (what, addr) in addrs {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "is already in use (another process listens there; several tollgates on one \
-                 host each need their own listener addresses, `[admin] address` and \
-                 `[server] upgrade_sock`; for a zero-downtime replacement use `tollgate --upgrade`)"
-                    .to_string()
+        if let Err(error) = std::net::TcpListener::bind(addr) {
+            return Err(if error.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::AddressInUse { what, addr }
             } else {
-                format!("cannot be bound: {e}")
-            };
-            return Err(format!("{what}: {addr} {why}"));
+                StartError::Bind { what, addr, error }
+            });
         }
     }
     Ok(())
@@ -189,11 +232,11 @@ fn check_bindable(
 
 /// Discovers and checks the first snapshot's targets before any listener opens, so the first
 /// request already sees healthy targets (a temporary runtime: pingora's start later).
-fn prime(snapshot: &Snapshot) -> Result<(), String> {
+fn prime(snapshot: &Snapshot) -> Result<(), StartError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(StartError::Runtime)?;
     rt.block_on(snapshot.prime());
     Ok(())
 }

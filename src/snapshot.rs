@@ -217,12 +217,26 @@ impl Drop for Snapshot {
     }
 }
 
+/// Why a route's gRPC schema could not be loaded by reflection this time (retried).
+#[derive(Debug, thiserror::Error)]
+enum LoadReflectionError {
+    /// The upstream has no target to ask (none found yet, or none available).
+    #[error("upstream `{0}` has no target to ask")]
+    NoTarget(String),
+    /// The TLS client for the target could not be set up.
+    #[error(transparent)]
+    Target(#[from] crate::grpc::TargetError),
+    /// The target's reflection service did not give a schema.
+    #[error(transparent)]
+    Reflection(#[from] crate::grpc::ReflectionError),
+}
+
 /// Loads a route's gRPC schema from one of its upstream's targets.
-async fn load_reflection(t: &Transcoder, c: &Cluster) -> Result<(), String> {
+async fn load_reflection(t: &Transcoder, c: &Cluster) -> Result<(), LoadReflectionError> {
     let target = c
         .select(None, &[])
-        .ok_or_else(|| format!("upstream `{}` has no target to ask", c.name()))?;
-    t.prepare_with(&*c.grpc_target(&target)?).await
+        .ok_or_else(|| LoadReflectionError::NoTarget(c.name().to_string()))?;
+    Ok(t.prepare_with(&*c.grpc_target(&target)?).await?)
 }
 
 #[cfg(test)]

@@ -26,9 +26,29 @@ pub fn lock_path(upgrade_sock: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// Another running tollgate owns the upgrade socket.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "upgrade socket {} is in use by a running tollgate ({}, lock file {}): give \
+     each instance on a host its own `[server] upgrade_sock` and `[admin] address` \
+     (docs/operations/admin-reload-upgrade.md); to replace that process, start this \
+     one with `--upgrade`",
+    upgrade_sock.display(),
+    owner.map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}")),
+    lock_file.display()
+)]
+pub struct SocketInUse {
+    /// The upgrade socket.
+    pub upgrade_sock: PathBuf,
+    /// Its lock file.
+    pub lock_file: PathBuf,
+    /// The owner's pid, when its lock file says.
+    pub owner: Option<u32>,
+}
+
 /// Makes this process the owner of `upgrade_sock`, or explains which process is. With
 /// `upgrade`, waits in the background for the process being replaced to let go.
-pub fn acquire(upgrade_sock: &Path, upgrade: bool) -> Result<(), String> {
+pub fn acquire(upgrade_sock: &Path, upgrade: bool) -> Result<(), SocketInUse> {
     let path = lock_path(upgrade_sock);
     let file = match OpenOptions::new()
         .read(true)
@@ -55,18 +75,11 @@ pub fn acquire(upgrade_sock: &Path, upgrade: bool) -> Result<(), String> {
             wait_for_predecessor(file, path);
             Ok(())
         }
-        Err((mut file, Errno::EWOULDBLOCK)) => {
-            let owner = owner_pid(&mut file)
-                .map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}"));
-            Err(format!(
-                "upgrade socket {} is in use by a running tollgate ({owner}, lock file {}): give \
-                 each instance on a host its own `[server] upgrade_sock` and `[admin] address` \
-                 (docs/operations/admin-reload-upgrade.md); to replace that process, start this \
-                 one with `--upgrade`",
-                upgrade_sock.display(),
-                path.display()
-            ))
-        }
+        Err((mut file, Errno::EWOULDBLOCK)) => Err(SocketInUse {
+            upgrade_sock: upgrade_sock.to_path_buf(),
+            owner: owner_pid(&mut file),
+            lock_file: path,
+        }),
         Err((_, errno)) => {
             tracing::warn!(path = %path.display(), error = %errno,
                 "cannot lock the upgrade socket's lock file; another tollgate using the same `[server] upgrade_sock` would not be detected");

@@ -647,14 +647,14 @@ async fn reflection_endpoint_down_is_a_clear_error() {
         &root(),
     )
     .unwrap();
-    let err = t.prepare(closed).await.unwrap_err();
+    let err = t.prepare(closed).await.unwrap_err().to_string();
     assert!(
         err.contains("could not connect") && err.contains(&closed.to_string()),
         "{err}"
     );
     // An upstream without the reflection service says so.
     let up = start_upstream(Reflection::None).await;
-    let err = t.prepare(up.addr).await.unwrap_err();
+    let err = t.prepare(up.addr).await.unwrap_err().to_string();
     assert!(
         err.contains("does not serve gRPC server reflection"),
         "{err}"

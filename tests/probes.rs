@@ -36,6 +36,7 @@ async fn run(kind: &ProbeKind, target: SocketAddr, timeout: Duration) -> Result<
     )
     .await
     .expect("probe must finish within its own timeout")
+    .map_err(|e| e.to_string())
 }
 
 /// A GET probe of `path` over HTTP/1.1, expecting 2xx.
@@ -611,7 +612,7 @@ async fn malformed_grpc_answers_are_unhealthy() {
         // Message with a truncated varint.
         (
             || grpc_response(&[0, 0, 0, 0, 2, 0x08, 0x80], "0"),
-            "truncated protobuf varint",
+            "failed to decode Protobuf message: HealthCheckResponse.status: invalid varint",
         ),
         // Compressed flag that was never negotiated.
         (

@@ -241,7 +241,7 @@ impl ServeHttp for AdminApp {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     serde_json::json!({"error": {"status": 422, "code": "invalid_config",
                         "message": "the config was not reloaded; the previous one keeps serving",
-                        "details": errors.lines().collect::<Vec<_>>()}}),
+                        "details": errors.to_string().lines().collect::<Vec<_>>()}}),
                 ),
             },
             (

@@ -160,7 +160,11 @@ impl Call<'_> {
             if let Some(msg) = first {
                 return match writer.write(msg) {
                     Ok(json) => self.stream_response(&head.headers, Some(json), reader),
-                    Err(e) => self.error(StatusCode::BAD_GATEWAY, "upstream_bad_message", e),
+                    Err(e) => self.error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_bad_message",
+                        e.to_string(),
+                    ),
                 };
             }
         } else if first.is_some() {
@@ -204,7 +208,11 @@ impl Call<'_> {
             ),
             Some(msg) => match writer.write(msg) {
                 Ok(json) => status::json_response(StatusCode::OK, json),
-                Err(e) => self.error(StatusCode::BAD_GATEWAY, "upstream_bad_message", e),
+                Err(e) => self.error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_bad_message",
+                    e.to_string(),
+                ),
             },
         };
         self.with_metadata(resp, &sources)

@@ -87,6 +87,20 @@ impl FrameDecoder {
         Ok(Some(Frame { flags, data }))
     }
 
+    /// The length the held partial frame declares, once its header has arrived: how much a
+    /// stream that ends now fell short of.
+    pub fn declared_len(&self) -> Option<usize> {
+        match self.buf.get(..HEADER_LEN)? {
+            &[_, a, b, c, d] => Some(u32::from_be_bytes([a, b, c, d]) as usize),
+            _ => None,
+        }
+    }
+
+    /// Bytes held that are not yet a whole frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Checks that the stream ended between frames.
     pub fn finish(&self) -> Result<(), FrameError> {
         if self.buf.is_empty() {

@@ -12,7 +12,7 @@ mod call;
 mod client;
 mod config;
 mod embedded;
-mod framing;
+pub mod framing;
 mod matcher;
 mod metadata;
 mod prepass;
@@ -34,13 +34,27 @@ pub use body::ResponseBody;
 pub use call::CallFailure;
 pub use config::{GrpcSection, JsonNames, StreamFormat, UnknownFields};
 pub use metadata::{format_timeout, parse_timeout};
+pub use prepass::TooDeep;
+pub use query::{FieldTextError, NotUtf8Param, TextProblem};
+pub use reflection::{ReflectionError, ReflectionProblem};
+pub use request::{Binder, RequestError};
+pub use response::ResponseError;
 pub use status::{
-    code_for_gateway_status, code_for_upstream_http, code_name, encode_message,
-    http_status_for_code, is_grpc_request, trailers_only_error, trailers_only_for_status,
+    code_for_gateway_status, code_for_upstream_http, code_name, decode_message, defined_code_name,
+    encode_message, http_status_for_code, is_grpc_request, trailers_only_error,
+    trailers_only_for_status, GrpcStatus,
 };
-pub use target::{client_config, Target};
-pub use transcoder::Transcoder;
-pub use web::is_grpc_web;
+pub use target::{client_config, Target, TargetError};
+
+/// The gRPC status codes by name.
+pub mod code {
+    pub use super::status::{
+        CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, OK, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, UNKNOWN,
+    };
+}
+pub use transcoder::{TranscodeError, Transcoder};
+pub use web::{is_grpc_web, NotBase64};
 
 /// Internals the fuzz targets in fuzz/ drive directly; not an API, may change at any time.
 #[doc(hidden)]
@@ -52,14 +66,20 @@ pub mod fuzzing {
     pub use super::web::decode_text;
 }
 
+/// `.proto` files that do not compile: the compiler's report, `file:line:col: message` (the
+/// text a route's `protos` get in the config report).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtoCompileError(pub String);
+
 /// Compiles `.proto` files with the built-in `google/api` and `google/rpc` files available and
 /// returns an encoded FileDescriptorSet with imports (for tests, benches and tooling).
 pub fn compile_descriptor_set(
     files: &[std::path::PathBuf],
     includes: &[std::path::PathBuf],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ProtoCompileError> {
     let base = std::path::Path::new(".");
-    let parts = schema::compile_protos(files, includes, base)?;
+    let parts = schema::compile_protos(files, includes, base).map_err(ProtoCompileError)?;
     let mut out = Vec::new();
     for (_, bytes) in parts {
         out.push(0x0a);

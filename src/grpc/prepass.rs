@@ -4,8 +4,16 @@
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
 
+/// JSON nested deeper than the route's `max_depth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the JSON nests deeper than {max} levels")]
+pub struct TooDeep {
+    /// The limit.
+    pub max: usize,
+}
+
 /// Errors if `value` nests arrays and objects deeper than `max`.
-pub fn check_depth(value: &Value, max: usize) -> Result<(), String> {
+pub fn check_depth(value: &Value, max: usize) -> Result<(), TooDeep> {
     // Iterative, so the check itself cannot exhaust the stack.
     let mut stack = vec![(value, 1usize)];
     while let Some((v, depth)) = stack.pop() {
@@ -15,7 +23,7 @@ pub fn check_depth(value: &Value, max: usize) -> Result<(), String> {
             _ => continue,
         };
         if depth > max {
-            return Err(format!("the JSON nests deeper than {max} levels"));
+            return Err(TooDeep { max });
         }
         stack.extend(children.map(|c| (c, depth + 1)));
     }

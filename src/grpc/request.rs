@@ -1,6 +1,6 @@
 //! The gRPC request message(s) of an HTTP request: the body, path variables and query
 //! parameters merged into one JSON value per message, then parsed by the proto3 JSON mapping.
-//! Every failure is a message for a 400 naming the field and the reason.
+//! Every failure is a [`RequestError`], answered with a 400 naming the field and the reason.
 
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, MessageDescriptor};
 use serde_json::{Map, Value};
@@ -8,8 +8,96 @@ use serde_json::{Map, Value};
 use super::binding::{resolve_fields, Binding, BodyRule};
 use super::config::{Options, UnknownFields};
 use super::matcher::decode_variable;
-use super::prepass::{check_depth, fold_enum_case};
-use super::query::{parse_query, text_to_json};
+use super::prepass::{check_depth, fold_enum_case, TooDeep};
+use super::query::{parse_query, text_to_json, FieldTextError, NotUtf8Param};
+
+/// Why an HTTP request does not make a gRPC request message.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A client-streaming method given a body that is neither an array nor one object.
+    #[error("a client-streaming call takes a JSON array of messages")]
+    NotAnArray,
+    /// One element of a client-streaming array, by its index.
+    #[error("message [{index}]: {error}")]
+    InMessage {
+        /// Its index in the array.
+        index: usize,
+        /// What is wrong with it.
+        error: Box<RequestError>,
+    },
+    /// The body nests deeper than the route allows.
+    #[error(transparent)]
+    TooDeep(#[from] TooDeep),
+    /// The body does not parse as JSON.
+    #[error("the body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// The request path has fewer segments than a path variable takes.
+    #[error("the path does not fit its template")]
+    PathMismatch,
+    /// A path variable that is not UTF-8 once percent-decoded.
+    #[error("a path segment is not valid UTF-8 once decoded")]
+    PathNotUtf8,
+    /// A query parameter that is not UTF-8 once percent-decoded.
+    #[error(transparent)]
+    QueryNotUtf8(#[from] NotUtf8Param),
+    /// A path variable or query parameter whose text cannot be its field's value.
+    #[error(transparent)]
+    FieldText(#[from] FieldTextError),
+    /// A query parameter that names no field, with unknown fields rejected. `reason` is the
+    /// text of `binding::resolve_fields`, which also words the config report's errors about
+    /// rule field paths.
+    #[error("unknown query parameter `{key}`: {reason}")]
+    UnknownParam {
+        /// The parameter's name.
+        key: String,
+        /// Why it names no field.
+        reason: String,
+    },
+    /// A query parameter for a field the path or the body already sets, with unknown fields
+    /// rejected.
+    #[error("query parameter `{key}` sets a field already bound by {by}")]
+    AlreadyBound {
+        /// The parameter's name.
+        key: String,
+        /// What sets the field.
+        by: Binder,
+    },
+    /// A query parameter for a map field.
+    #[error("query parameter `{0}`: map fields cannot be set from the query")]
+    MapParam(String),
+    /// A value from the URL that must go inside a body that is not an object.
+    #[error("the body must be a JSON object to hold `{0}`")]
+    NotAnObject(String),
+    /// The merged JSON is not a message of the input type (the error is at its root).
+    #[error("invalid request: {0}")]
+    Invalid(serde_json::Error),
+    /// The merged JSON has a wrong value at `path`.
+    #[error("invalid value for field `{path}`: {error}")]
+    InvalidField {
+        /// The field path, as serde_path_to_error writes it.
+        path: String,
+        /// The parser's error.
+        error: serde_json::Error,
+    },
+}
+
+/// What else sets a field a query parameter names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binder {
+    /// A path variable.
+    Path,
+    /// The body (`body: "field"`).
+    Body,
+}
+
+impl std::fmt::Display for Binder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Binder::Path => "the path",
+            Binder::Body => "the body",
+        })
+    }
+}
 
 /// The parts of an HTTP request that make the gRPC request.
 pub struct HttpInput<'a> {
@@ -29,7 +117,7 @@ pub fn build_messages(
     binding: &Binding,
     input: &HttpInput<'_>,
     opts: &Options,
-) -> Result<Vec<DynamicMessage>, String> {
+) -> Result<Vec<DynamicMessage>, RequestError> {
     let desc = binding.method.input();
     if let Some(msg) = straight_from_body(binding, &desc, input, opts) {
         return Ok(vec![msg]);
@@ -41,14 +129,18 @@ pub fn build_messages(
             None => Vec::new(),
             Some(Value::Array(items)) => items,
             Some(other @ Value::Object(_)) => vec![other],
-            Some(_) => return Err("a client-streaming call takes a JSON array of messages".into()),
+            Some(_) => return Err(RequestError::NotAnArray),
         };
         return items
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
-                build_one(binding, &desc, Some(item), &url, opts)
-                    .map_err(|e| format!("message [{i}]: {e}"))
+                build_one(binding, &desc, Some(item), &url, opts).map_err(|e| {
+                    RequestError::InMessage {
+                        index: i,
+                        error: Box::new(e),
+                    }
+                })
             })
             .collect();
     }
@@ -111,15 +203,19 @@ fn nests_deeper(json: &[u8], max: usize) -> bool {
     false
 }
 
-fn parse_body(body: &[u8], opts: &Options) -> Result<Option<Value>, String> {
+fn parse_body(body: &[u8], opts: &Options) -> Result<Option<Value>, RequestError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| {
+        // serde_json's own nesting limit (128) can stop the parse before check_depth sees
+        // the tree; it is the same problem, said the route's way.
         if e.to_string().contains("recursion limit") {
-            format!("the JSON nests deeper than {} levels", opts.max_depth)
+            RequestError::TooDeep(TooDeep {
+                max: opts.max_depth,
+            })
         } else {
-            format!("the body is not valid JSON: {e}")
+            RequestError::NotJson(e)
         }
     })?;
     check_depth(&value, opts.max_depth)?;
@@ -130,16 +226,15 @@ fn url_values(
     binding: &Binding,
     input: &HttpInput<'_>,
     opts: &Options,
-) -> Result<UrlValues, String> {
+) -> Result<UrlValues, RequestError> {
     let mut out = UrlValues::new();
     for v in &binding.variables {
         let end = v.end.unwrap_or(input.segments.len());
         let raw = input
             .segments
             .get(v.start..end)
-            .ok_or_else(|| "the path does not fit its template".to_string())?;
-        let text = decode_variable(raw, v.single_segment)
-            .ok_or_else(|| "a path segment is not valid UTF-8 once decoded".to_string())?;
+            .ok_or(RequestError::PathMismatch)?;
+        let text = decode_variable(raw, v.single_segment).ok_or(RequestError::PathNotUtf8)?;
         let Some(last) = v.fields.last() else {
             continue;
         };
@@ -159,7 +254,7 @@ fn url_values(
         let parts: Vec<&str> = key.split('.').collect();
         let fields = match resolve_fields(&input_desc, &parts, true) {
             Ok(f) => f,
-            Err(e) if reject => return Err(format!("unknown query parameter `{key}`: {e}")),
+            Err(reason) if reject => return Err(RequestError::UnknownParam { key, reason }),
             Err(_) => continue,
         };
         let conflict = if let BodyRule::Field(b) = &binding.body {
@@ -173,18 +268,14 @@ fn url_values(
             .any(|v| same_path(&v.fields, &fields));
         if conflict || bound {
             if reject {
-                let what = if bound { "the path" } else { "the body" };
-                return Err(format!(
-                    "query parameter `{key}` sets a field already bound by {what}"
-                ));
+                let by = if bound { Binder::Path } else { Binder::Body };
+                return Err(RequestError::AlreadyBound { key, by });
             }
             continue;
         }
         let Some(last) = fields.last() else { continue };
         if last.is_map() {
-            return Err(format!(
-                "query parameter `{key}`: map fields cannot be set from the query"
-            ));
+            return Err(RequestError::MapParam(key));
         }
         let json = text_to_json(last, &value)?;
         let append = last.is_list();
@@ -203,7 +294,7 @@ fn build_one(
     body: Option<Value>,
     url: &UrlValues,
     opts: &Options,
-) -> Result<DynamicMessage, String> {
+) -> Result<DynamicMessage, RequestError> {
     let mut root = match (&binding.body, body) {
         (BodyRule::All, Some(v)) => v,
         (BodyRule::Field(f), Some(v)) => {
@@ -230,14 +321,11 @@ fn set_path(
     fields: &[FieldDescriptor],
     value: Value,
     append: bool,
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     let mut node = root;
     for (i, f) in fields.iter().enumerate() {
         let Value::Object(obj) = node else {
-            return Err(format!(
-                "the body must be a JSON object to hold `{}`",
-                f.name()
-            ));
+            return Err(RequestError::NotAnObject(f.name().to_string()));
         };
         // One key per field, so the parser never sees the field twice.
         if f.json_name() != f.name() {
@@ -277,7 +365,7 @@ pub fn parse_message(
     desc: &MessageDescriptor,
     json: Value,
     opts: &Options,
-) -> Result<DynamicMessage, String> {
+) -> Result<DynamicMessage, RequestError> {
     let de_opts =
         DeserializeOptions::new().deny_unknown_fields(opts.unknown_fields == UnknownFields::Reject);
     let mut track = serde_path_to_error::Track::new();
@@ -285,9 +373,9 @@ pub fn parse_message(
     DynamicMessage::deserialize_with_options(desc.clone(), de, &de_opts).map_err(|e| {
         let path = track.path().to_string();
         if path == "." || path.is_empty() {
-            format!("invalid request: {e}")
+            RequestError::Invalid(e)
         } else {
-            format!("invalid value for field `{path}`: {e}")
+            RequestError::InvalidField { path, error: e }
         }
     })
 }
@@ -332,6 +420,63 @@ mod tests {
                 let (_, framed) = t.encode_request(&method, path, body.as_bytes()).unwrap();
                 assert_eq!(dbl_of(&framed), want, "{text} via {path}");
             }
+        }
+    }
+
+    /// The 400 texts, pinned: clients and docs read them.
+    #[test]
+    fn each_refusal_reads_as_it_always_has() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let section: GrpcSection = toml::from_str(
+            "protos = [\"tollgate/test/v1/test.proto\"]\ninclude_paths = [\"proto\"]",
+        )
+        .unwrap();
+        let t = Transcoder::build(&section, root).unwrap();
+        let refusal = |method: &str, path: &str, body: &str| {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            match t.encode_request(&method, path, body.as_bytes()) {
+                Err(crate::grpc::TranscodeError::Request(e)) => e.to_string(),
+                other => panic!("{method} {path}: {other:?}"),
+            }
+        };
+        let deep = format!("{}{}", "[".repeat(70), "]".repeat(70));
+        for (method, path, body, text) in [
+            ("POST", "/v1/books:batchCreate", "5", "a client-streaming call takes a JSON array of messages"),
+            ("SEARCH", "/v1/search/x", &deep, "the JSON nests deeper than 64 levels"),
+            ("GET", "/v1/echo/%FF", "", "a path segment is not valid UTF-8 once decoded"),
+            ("GET", "/v1/echo/x?a=%FF", "", "query parameter `%FF` is not valid UTF-8 once decoded"),
+            ("GET", "/v1/echo/x?flag=maybe", "", "field `flag`: `maybe` is not true or false"),
+            ("GET", "/v1/echo/x?nested=1", "", "field `nested`: `tollgate.test.v1.Nested` is a message; set its fields one by one (`field.subfield=...`)"),
+            ("GET", "/v1/echo/x?nope=1", "", "unknown query parameter `nope`: `nope` is not a field of `tollgate.test.v1.Everything`"),
+            ("GET", "/v1/echo/x?name=y", "", "query parameter `name` sets a field already bound by the path"),
+            ("PATCH", "/v1/echo/x?nested.id=3", "{}", "query parameter `nested.id` sets a field already bound by the body"),
+            ("GET", "/v1/echo/x?counts=1", "", "query parameter `counts`: map fields cannot be set from the query"),
+            ("SEARCH", "/v1/search/x", "[1]", "the body must be a JSON object to hold `name`"),
+        ] {
+            assert_eq!(refusal(method, path, body), text, "{method} {path} {body}");
+        }
+        for (method, path, body, start) in [
+            (
+                "POST",
+                "/v1/books:batchCreate",
+                "[{}, 5]",
+                "message [1]: invalid request: ",
+            ),
+            (
+                "SEARCH",
+                "/v1/search/x",
+                "{",
+                "the body is not valid JSON: ",
+            ),
+            (
+                "GET",
+                "/v1/echo/x?i32=abc",
+                "",
+                "invalid value for field `i32`: ",
+            ),
+        ] {
+            let text = refusal(method, path, body);
+            assert!(text.starts_with(start), "{method} {path} {body}: {text}");
         }
     }
 

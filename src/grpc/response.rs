@@ -7,6 +7,22 @@ use serde_json::Value;
 
 use super::config::{JsonNames, Options};
 
+/// Why an upstream's response message could not be written as JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// The bytes are not a message of the method's output type.
+    #[error("upstream sent an undecodable `{message}`: {error}")]
+    Undecodable {
+        /// The output type's full name.
+        message: String,
+        /// The decoder's error.
+        error: prost::DecodeError,
+    },
+    /// The decoded message has no JSON form (e.g. an `Any` of a type the schema lacks).
+    #[error("response as JSON: {0}")]
+    Json(serde_json::Error),
+}
+
 /// Turns encoded response messages into JSON.
 #[derive(Debug, Clone)]
 pub struct JsonWriter {
@@ -35,23 +51,23 @@ impl JsonWriter {
     }
 
     /// Decodes one message and writes its JSON.
-    pub fn write(&self, encoded: Bytes) -> Result<Vec<u8>, String> {
-        let msg = DynamicMessage::decode(self.desc.clone(), encoded).map_err(|e| {
-            format!(
-                "upstream sent an undecodable `{}`: {e}",
-                self.desc.full_name()
-            )
+    pub fn write(&self, encoded: Bytes) -> Result<Vec<u8>, ResponseError> {
+        let msg = DynamicMessage::decode(self.desc.clone(), encoded).map_err(|error| {
+            ResponseError::Undecodable {
+                message: self.desc.full_name().to_string(),
+                error,
+            }
         })?;
         let Some(field) = &self.field else {
             let mut out = Vec::with_capacity(128);
             let mut ser = serde_json::Serializer::new(&mut out);
             msg.serialize_with_options(&mut ser, &self.options)
-                .map_err(|e| format!("response as JSON: {e}"))?;
+                .map_err(ResponseError::Json)?;
             return Ok(out);
         };
         let whole = msg
             .serialize_with_options(serde_json::value::Serializer, &self.options)
-            .map_err(|e| format!("response as JSON: {e}"))?;
+            .map_err(ResponseError::Json)?;
         let key = if self.proto_names {
             field.name()
         } else {
@@ -62,7 +78,7 @@ impl JsonWriter {
             _ => None,
         }
         .unwrap_or_else(|| default_json(field, self.enum_numbers));
-        serde_json::to_vec(&value).map_err(|e| format!("response as JSON: {e}"))
+        serde_json::to_vec(&value).map_err(ResponseError::Json)
     }
 }
 

@@ -36,9 +36,15 @@ pub const UNAVAILABLE: u32 = 14;
 /// UNAUTHENTICATED.
 pub const UNAUTHENTICATED: u32 = 16;
 
-/// The name of a gRPC code, as google.rpc.Code spells it.
+/// The name of a gRPC code, as google.rpc.Code spells it; UNKNOWN for codes gRPC has not
+/// defined.
 pub fn code_name(code: u32) -> &'static str {
-    match code {
+    defined_code_name(code).unwrap_or("UNKNOWN")
+}
+
+/// The name of a gRPC code gRPC has defined, as google.rpc.Code spells it.
+pub fn defined_code_name(code: u32) -> Option<&'static str> {
+    Some(match code {
         0 => "OK",
         1 => "CANCELLED",
         2 => "UNKNOWN",
@@ -56,8 +62,8 @@ pub fn code_name(code: u32) -> &'static str {
         14 => "UNAVAILABLE",
         15 => "DATA_LOSS",
         16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
+        _ => return None,
+    })
 }
 
 /// The HTTP status of a transcoded call that ended with gRPC `code` (google.rpc.Code's table).

@@ -99,7 +99,7 @@ pub fn body(
                     st.pending = Some(json);
                     None
                 }
-                Err(e) => Some(GrpcStatus::new(status::INTERNAL, e)),
+                Err(e) => Some(GrpcStatus::new(status::INTERNAL, e.to_string())),
             },
             Ok(None) => match st.reader.trailers().and_then(GrpcStatus::from_headers) {
                 Some(s) if s.code == status::OK => None,

@@ -9,6 +9,24 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+/// Why the gateway cannot make its own gRPC calls to an upstream target: its TLS client cannot
+/// be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TargetError {
+    /// The SNI is not a DNS name or IP address rustls accepts.
+    #[error("`{0}` is not a valid TLS server name")]
+    ServerName(String),
+    /// rustls refused the protocol versions of the crypto provider.
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+    /// A certificate of `ca_file` is not a usable trust anchor.
+    #[error("`ca_file`: {0}")]
+    CaFile(rustls::Error),
+    /// Verification is on, no `ca_file` is given and the system has no CA certificates.
+    #[error("no system CA certificates found: set `ca_file` in the upstream's `tls`")]
+    NoSystemRoots,
+}
+
 /// The upstream of one call.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -58,9 +76,9 @@ impl Target {
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
         server_name: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TargetError> {
         let name = ServerName::try_from(server_name.to_string())
-            .map_err(|_| format!("`{server_name}` is not a valid TLS server name"))?;
+            .map_err(|_| TargetError::ServerName(server_name.to_string()))?;
         let config = if config.alpn_protocols.iter().any(|p| p == b"h2") {
             config
         } else {
@@ -124,11 +142,11 @@ impl From<SocketAddr> for Target {
 pub fn client_config(
     ca_certs: Option<&[Vec<u8>]>,
     verify: bool,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> Result<Arc<rustls::ClientConfig>, TargetError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(TargetError::Setup)?;
     let mut config = if !verify {
         builder
             .dangerous()
@@ -141,17 +159,14 @@ pub fn client_config(
                 for der in cas {
                     roots
                         .add(CertificateDer::from(der.clone()))
-                        .map_err(|e| format!("`ca_file`: {e}"))?;
+                        .map_err(TargetError::CaFile)?;
                 }
             }
             None => {
                 let found = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(found.certs);
                 if roots.is_empty() {
-                    return Err(
-                        "no system CA certificates found: set `ca_file` in the upstream's `tls`"
-                            .to_string(),
-                    );
+                    return Err(TargetError::NoSystemRoots);
                 }
             }
         }

@@ -19,9 +19,9 @@ use super::call::Call;
 use super::config::{GrpcSection, Options, SchemaSource};
 use super::framing::encode;
 use super::metadata::X_REQUEST_ID;
-use super::reflection;
-use super::request::{build_messages, HttpInput};
-use super::response::JsonWriter;
+use super::reflection::{self, ReflectionError};
+use super::request::{build_messages, HttpInput, RequestError};
+use super::response::{JsonWriter, ResponseError};
 use super::schema::{self, Lookup, Schema, Selection};
 use super::status::{self, gateway_error};
 use super::target::Target;
@@ -40,6 +40,36 @@ impl std::fmt::Debug for Transcoder {
             .field("ready", &self.is_ready())
             .finish()
     }
+}
+
+/// Why [`Transcoder::encode_request`] or [`Transcoder::decode_response`] could not transcode.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscodeError {
+    /// The schema is to come by reflection and has not yet.
+    #[error("schema not loaded")]
+    NotReady,
+    /// The path and query do not parse as a URI.
+    #[error("bad path `{path}`: {error}")]
+    BadPath {
+        /// The path and query as given.
+        path: String,
+        /// The URI parser's error.
+        error: http::uri::InvalidUri,
+    },
+    /// No method is bound to this HTTP method and path.
+    #[error("no binding for {method} {path}")]
+    NoBinding {
+        /// The HTTP method.
+        method: Method,
+        /// The path.
+        path: String,
+    },
+    /// The request does not make the method's request message(s).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The message is not one of the method's response type, or has no JSON form.
+    #[error(transparent)]
+    Response(#[from] ResponseError),
 }
 
 /// What reading the request body can end in.
@@ -86,12 +116,12 @@ impl Transcoder {
 
     /// Loads the schema by reflection from `target` (a no-op for other sources and once
     /// loaded). Call it before the config serves and retry in the background until it succeeds.
-    pub async fn prepare(&self, target: SocketAddr) -> Result<(), String> {
+    pub async fn prepare(&self, target: SocketAddr) -> Result<(), ReflectionError> {
         self.prepare_with(&Target::h2c(target)).await
     }
 
     /// [`Self::prepare`] for any [`Target`] (h2 over TLS, another `:authority`).
-    pub async fn prepare_with(&self, target: &Target) -> Result<(), String> {
+    pub async fn prepare_with(&self, target: &Target) -> Result<(), ReflectionError> {
         if !self.needs_reflection() || self.is_ready() {
             return Ok(());
         }
@@ -104,7 +134,10 @@ impl Transcoder {
         .await?;
         let schema =
             schema::guarded(|| Schema::from_files(schema::dedup(files), &selection(&self.opts)))
-                .map_err(|e| format!("grpc reflection from {}: {e}", target.addr()))?;
+                .map_err(|detail| ReflectionError::Schema {
+                    target: target.addr(),
+                    detail,
+                })?;
         self.schema.store(Some(Arc::new(schema)));
         Ok(())
     }
@@ -262,7 +295,7 @@ impl Transcoder {
         };
         let messages = match build_messages(binding, &input, &self.opts) {
             Ok(m) => m,
-            Err(e) => return err(StatusCode::BAD_REQUEST, "invalid_request", e),
+            Err(e) => return err(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
         };
         let mut payload = BytesMut::new();
         for m in &messages {
@@ -285,14 +318,22 @@ impl Transcoder {
         method: &Method,
         path_and_query: &str,
         body: &[u8],
-    ) -> Result<(String, Bytes), String> {
-        let schema = self.schema.load_full().ok_or("schema not loaded")?;
+    ) -> Result<(String, Bytes), TranscodeError> {
+        let schema = self.schema.load_full().ok_or(TranscodeError::NotReady)?;
         let uri: Uri = path_and_query
             .parse()
-            .map_err(|e| format!("bad path `{path_and_query}`: {e}"))?;
+            .map_err(|error| TranscodeError::BadPath {
+                path: path_and_query.to_string(),
+                error,
+            })?;
         let (binding, segments) = match schema.lookup(Some(method), uri.path()) {
             Lookup::Found(b, s) => (b, s),
-            _ => return Err(format!("no binding for {method} {}", uri.path())),
+            _ => {
+                return Err(TranscodeError::NoBinding {
+                    method: method.clone(),
+                    path: uri.path().to_string(),
+                })
+            }
         };
         let input = HttpInput {
             segments: &segments,
@@ -313,15 +354,16 @@ impl Transcoder {
         method: &Method,
         path: &str,
         message: Bytes,
-    ) -> Result<Vec<u8>, String> {
-        let schema = self.schema.load_full().ok_or("schema not loaded")?;
-        match schema.lookup(Some(method), path) {
-            Lookup::Found(b, _) => {
-                JsonWriter::new(b.method.output(), b.response_body.clone(), &self.opts)
-                    .write(message)
-            }
-            _ => Err(format!("no binding for {method} {path}")),
-        }
+    ) -> Result<Vec<u8>, TranscodeError> {
+        let schema = self.schema.load_full().ok_or(TranscodeError::NotReady)?;
+        let Lookup::Found(b, _) = schema.lookup(Some(method), path) else {
+            return Err(TranscodeError::NoBinding {
+                method: method.clone(),
+                path: path.to_string(),
+            });
+        };
+        let writer = JsonWriter::new(b.method.output(), b.response_body.clone(), &self.opts);
+        Ok(writer.write(message)?)
     }
 
     async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, BodyError>

@@ -44,9 +44,14 @@ fn is_text(headers: &HeaderMap) -> bool {
         })
 }
 
+/// A grpc-web-text body that is not base64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("grpc-web-text body is not base64: {0}")]
+pub struct NotBase64(pub base64::DecodeError);
+
 /// Decodes a grpc-web-text body. Clients may send several base64 chunks, each padded on its
 /// own, so every 4-character group is decoded by itself.
-pub fn decode_text(body: &[u8]) -> Result<Vec<u8>, String> {
+pub fn decode_text(body: &[u8]) -> Result<Vec<u8>, NotBase64> {
     let clean: Vec<u8> = body
         .iter()
         .copied()
@@ -55,14 +60,13 @@ pub fn decode_text(body: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(clean.len() / 4 * 3);
     let mut groups = clean.chunks_exact(4);
     for g in groups.by_ref() {
-        B64.decode_vec(g, &mut out)
-            .map_err(|e| format!("grpc-web-text body is not base64: {e}"))?;
+        B64.decode_vec(g, &mut out).map_err(NotBase64)?;
     }
     let rest = groups.remainder();
     if !rest.is_empty() {
         base64::engine::general_purpose::STANDARD_NO_PAD
             .decode_vec(rest, &mut out)
-            .map_err(|e| format!("grpc-web-text body is not base64: {e}"))?;
+            .map_err(NotBase64)?;
     }
     Ok(out)
 }
@@ -146,7 +150,7 @@ pub async fn proxy(
     let payload = if text {
         match decode_text(&payload) {
             Ok(p) => Bytes::from(p),
-            Err(e) => return failed(text, status::INVALID_ARGUMENT, &e),
+            Err(e) => return failed(text, status::INVALID_ARGUMENT, &e.to_string()),
         }
     } else {
         payload
@@ -245,7 +249,10 @@ mod tests {
             decode_text(joined.as_bytes()).unwrap(),
             vec![0, 0, 0, 0, 1, 7, 0x80]
         );
-        assert!(decode_text(b"!!!!").is_err());
+        assert_eq!(
+            decode_text(b"!!!!").map_err(|e| e.to_string()),
+            Err("grpc-web-text body is not base64: Invalid symbol 33, offset 0.".to_string())
+        );
     }
 
     #[test]

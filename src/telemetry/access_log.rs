@@ -69,11 +69,28 @@ pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Why the access log could not be (re)configured; the previous writer keeps going.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    /// A reconfiguration panicked while holding the lock.
+    #[error("access log lock poisoned")]
+    Poisoned,
+    /// The file cannot be opened for appending.
+    #[error("cannot open access log {}: {error}", path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The writer thread cannot be started.
+    #[error("cannot start the access log writer: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Starts (or retargets, on reload) the writer thread for `sink`.
-pub fn configure(sink: Option<&Sink>) -> Result<(), String> {
-    let _serial = CONFIGURE
-        .lock()
-        .map_err(|_| "access log lock poisoned".to_string())?;
+pub fn configure(sink: Option<&Sink>) -> Result<(), AccessLogError> {
+    let _serial = CONFIGURE.lock().map_err(|_| AccessLogError::Poisoned)?;
     let Some(sink) = sink.cloned() else {
         WRITER.store(None);
         return Ok(());
@@ -88,14 +105,17 @@ pub fn configure(sink: Option<&Sink>) -> Result<(), String> {
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
+                .map_err(|error| AccessLogError::Open {
+                    path: p.clone(),
+                    error,
+                })?,
         ),
     };
     let (tx, rx) = sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || write_loop(rx, out))
-        .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+        .map_err(AccessLogError::Thread)?;
     // Dropping the old sender ends the old thread once it has written what it holds.
     WRITER.store(Some(Arc::new(Writer { tx, sink })));
     Ok(())

@@ -9,8 +9,10 @@
 //! request's phases run on whichever worker thread polls them.
 //!
 //! Files: `settings.rs` reads the `[tracing]` table and the `OTEL_*` variables,
-//! `pipeline.rs` runs the exporter; this file is what a request sees.
+//! `pipeline.rs` runs the exporter, `error.rs` says what went wrong with either; this file is
+//! what a request sees.
 
+mod error;
 mod pipeline;
 mod settings;
 
@@ -26,8 +28,9 @@ use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use opentelemetry_semantic_conventions::trace as semconv;
 use pingora_http::RequestHeader;
 
+pub use error::{PipelineError, SettingProblem, SettingsError};
 pub use pipeline::{force_flush, init, shutdown};
-pub use settings::{TracingSection, TracingSettings, SAMPLERS};
+pub use settings::{Protocol, TracingSection, TracingSettings, SAMPLERS};
 
 /// The server span of one request.
 pub struct RequestSpan {

@@ -7,6 +7,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::OutlierConfig;
+use crate::upstream::probe::ProbeError;
 
 /// Milliseconds on the process's monotonic clock; never 0, so 0 can mean "not set".
 pub fn now_ms() -> u64 {
@@ -81,7 +82,7 @@ impl TargetHealth {
     /// verdict when it changed.
     pub fn record_check(
         &self,
-        result: Result<(), String>,
+        result: Result<(), &ProbeError>,
         healthy_threshold: u32,
         unhealthy_threshold: u32,
     ) -> Option<bool> {
@@ -215,9 +216,12 @@ mod tests {
             Some(true),
             "first pass admits"
         );
-        assert_eq!(h.record_check(Err("x".into()), 2, 3), None);
-        assert_eq!(h.record_check(Err("x".into()), 2, 3), None);
-        assert_eq!(h.record_check(Err("x".into()), 2, 3), Some(false));
+        assert_eq!(h.record_check(Err(&ProbeError::ConnectRefused), 2, 3), None);
+        assert_eq!(h.record_check(Err(&ProbeError::ConnectRefused), 2, 3), None);
+        assert_eq!(
+            h.record_check(Err(&ProbeError::ConnectRefused), 2, 3),
+            Some(false)
+        );
         assert_eq!(h.record_check(Ok(()), 2, 3), None);
         assert_eq!(h.record_check(Ok(()), 2, 3), Some(true));
     }

@@ -44,7 +44,7 @@ pub struct Target {
     pub health: Arc<TargetHealth>,
     /// The target as the gRPC engine calls it (transcoding, gRPC-Web), built on first use:
     /// its authority and TLS name would otherwise be formatted on every call.
-    pub grpc: std::sync::OnceLock<Result<Arc<crate::grpc::Target>, String>>,
+    pub grpc: std::sync::OnceLock<Result<Arc<crate::grpc::Target>, crate::grpc::TargetError>>,
 }
 
 /// The targets of a cluster at one moment, with their picking structures.
@@ -81,21 +81,27 @@ pub struct Cluster {
     /// When panic mode was last logged (process-clock ms).
     panic_logged_ms: std::sync::atomic::AtomicU64,
     /// TLS client config of the gateway's own gRPC calls, built on first use.
-    grpc_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    grpc_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, crate::grpc::TargetError>>,
 }
 
 impl Cluster {
     /// Where the gateway's own gRPC calls (transcoding, reflection) to `target` go: h2c, or h2
     /// over TLS with the upstream's `tls` settings and the same SNI rule as proxied requests;
     /// `:authority` is `host_header`, else the target's host name and port, else its address.
-    pub fn grpc_target(&self, target: &Target) -> Result<Arc<crate::grpc::Target>, String> {
+    pub fn grpc_target(
+        &self,
+        target: &Target,
+    ) -> Result<Arc<crate::grpc::Target>, crate::grpc::TargetError> {
         target
             .grpc
             .get_or_init(|| self.build_grpc_target(target).map(Arc::new))
             .clone()
     }
 
-    fn build_grpc_target(&self, target: &Target) -> Result<crate::grpc::Target, String> {
+    fn build_grpc_target(
+        &self,
+        target: &Target,
+    ) -> Result<crate::grpc::Target, crate::grpc::TargetError> {
         let t = match &self.config.tls {
             None => crate::grpc::Target::h2c(target.address),
             Some(tls) => {

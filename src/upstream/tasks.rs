@@ -12,7 +12,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
-use super::discovery::{ConsulClient, DnsResolver, Endpoint, Nameservers};
+use super::discovery::{ConsulClient, ConsulError, DnsError, DnsResolver, Endpoint, Nameservers};
 use super::probe::probe;
 use super::Cluster;
 use crate::config::{DiscoverySource, HealthCheckConfig};
@@ -22,6 +22,41 @@ const CONSUL_MIN_SPACING: Duration = Duration::from_millis(100);
 
 /// How long one DNS question may take.
 const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a round of discovery did not bring the whole target set (the last good one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// A DNS lookup failed.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    /// A Consul query failed.
+    #[error(transparent)]
+    Consul(Box<ConsulError>),
+    /// The DNS resolver could not be built (logged when it was tried).
+    #[error("no DNS resolver")]
+    NoResolver,
+    /// No Consul client (one is made whenever the source is Consul).
+    #[error("no Consul client")]
+    NoConsulClient,
+    /// Host-name targets that did not resolve: their labels and why.
+    #[error("{}", describe_targets(.0))]
+    Targets(Vec<(String, DiscoveryError)>),
+}
+
+impl From<ConsulError> for DiscoveryError {
+    fn from(e: ConsulError) -> Self {
+        DiscoveryError::Consul(Box::new(e))
+    }
+}
+
+/// "target `a`: why; target `b`: why".
+fn describe_targets(failures: &[(String, DiscoveryError)]) -> String {
+    failures
+        .iter()
+        .map(|(label, e)| format!("target `{label}`: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// Starts the cluster's background tasks on the current tokio runtime.
 pub fn spawn(cluster: Arc<Cluster>, stop: watch::Receiver<bool>) {
@@ -117,7 +152,7 @@ impl Discovery {
         &mut self,
         cluster: &Cluster,
         stop: Option<&mut watch::Receiver<bool>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DiscoveryError> {
         let endpoints = match cluster.config.discovery.as_ref().map(|d| &d.source) {
             Some(DiscoverySource::Dns { name, port, .. }) => {
                 self.resolver()?.resolve_a(name, *port).await?
@@ -126,7 +161,7 @@ impl Discovery {
                 self.resolver()?.resolve_srv(name).await?
             }
             Some(DiscoverySource::Consul { query, wait }) => {
-                let client = self.consul.as_ref().ok_or("no Consul client")?;
+                let client = self.consul.as_ref().ok_or(DiscoveryError::NoConsulClient)?;
                 // A blocking query waits up to `wait` for a change; the stop signal cuts it short.
                 let fetch = client.fetch(query, self.consul_index, *wait);
                 let (eps, index) = match stop {
@@ -152,14 +187,12 @@ impl Discovery {
         Ok(())
     }
 
-    fn resolver(&self) -> Result<&DnsResolver, String> {
-        self.resolver
-            .as_ref()
-            .ok_or_else(|| "no DNS resolver".to_string())
+    fn resolver(&self) -> Result<&DnsResolver, DiscoveryError> {
+        self.resolver.as_ref().ok_or(DiscoveryError::NoResolver)
     }
 
     /// The IP targets plus the current addresses of the host-name targets.
-    async fn static_names(&mut self, cluster: &Cluster) -> Result<Vec<Endpoint>, String> {
+    async fn static_names(&mut self, cluster: &Cluster) -> Result<Vec<Endpoint>, DiscoveryError> {
         let mut out: Vec<Endpoint> = Vec::new();
         let mut errors = Vec::new();
         for t in &cluster.config.targets {
@@ -175,14 +208,14 @@ impl Discovery {
                 continue;
             };
             let looked_up = match self.resolver.as_ref() {
-                Some(r) => r.resolve_a(host, *port).await,
-                None => Err("no DNS resolver".to_string()),
+                Some(r) => r.resolve_a(host, *port).await.map_err(DiscoveryError::Dns),
+                None => Err(DiscoveryError::NoResolver),
             };
             match looked_up {
                 Ok(eps) => {
                     self.resolved.insert(t.label.clone(), eps);
                 }
-                Err(e) => errors.push(format!("target `{}`: {e}", t.label)),
+                Err(e) => errors.push((t.label.clone(), e)),
             }
             for e in self.resolved.get(&t.label).into_iter().flatten() {
                 out.push(Endpoint {
@@ -198,7 +231,7 @@ impl Discovery {
             if !cluster.has_endpoints(&out) {
                 cluster.set_endpoints(out);
             }
-            Err(errors.join("; "))
+            Err(DiscoveryError::Targets(errors))
         }
     }
 }
@@ -266,16 +299,17 @@ async fn check_round(cluster: &Cluster, hc: &HealthCheckConfig) {
         let Ok((t, result)) = joined else {
             continue;
         };
-        let reason = result.as_ref().err().cloned();
-        if let Some(now_healthy) =
-            t.health
-                .record_check(result, hc.healthy_threshold, hc.unhealthy_threshold)
-        {
+        if let Some(now_healthy) = t.health.record_check(
+            result.as_ref().map(drop),
+            hc.healthy_threshold,
+            hc.unhealthy_threshold,
+        ) {
             if now_healthy {
                 tracing::info!(upstream = %cluster.name(), target = %t.address, "target healthy");
             } else {
+                let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(upstream = %cluster.name(), target = %t.address,
-                    reason = reason.as_deref().unwrap_or(""), "target unhealthy");
+                    reason = %reason, "target unhealthy");
             }
         }
     }

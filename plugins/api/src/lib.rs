@@ -51,6 +51,7 @@ mod byte_size;
 mod context;
 mod count;
 mod error;
+mod error_chain;
 mod registry;
 mod secret;
 pub mod trace;
@@ -63,6 +64,7 @@ pub use bytes::Bytes;
 pub use context::{RequestContext, Scheme, VarSet, Vars};
 pub use count::Count;
 pub use error::{ErrorBody, PluginError};
+pub use error_chain::error_chain;
 pub use http;
 pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use registry::{

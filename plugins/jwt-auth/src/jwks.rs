@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::Algorithm;
 use tokio::sync::{watch, Mutex};
 
-use tollgate_plugin_api::{IoSpan, RequestContext};
+use tollgate_plugin_api::{error_chain, IoSpan, RequestContext};
 
 use crate::keys::{parse_jwks, KeySet};
 
@@ -319,18 +319,6 @@ fn http_client(settings: &JwksSettings) -> Result<reqwest::Client, String> {
         .user_agent(concat!("tollgate-jwt-auth/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot make an HTTP client: {}", error_chain(&e)))
-}
-
-/// `e: cause: cause`, since reqwest's own message rarely says what went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// `max-age` of a response's `Cache-Control`; `no-cache`/`no-store` count as 0.

@@ -22,6 +22,7 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 
+use super::error::PipelineError;
 use super::settings::{ExportSettings, Protocol, RootSampler, TracingSettings};
 
 /// The running pipeline, `None` while tracing is off.
@@ -45,7 +46,7 @@ struct Pipeline {
 /// settings with tracing off stop it. On error the previous exporter keeps running. Returns
 /// without waiting for the network; callable from any thread, inside a runtime or not, and
 /// again on reload.
-pub fn init(settings: &TracingSettings) -> Result<(), String> {
+pub fn init(settings: &TracingSettings) -> Result<(), PipelineError> {
     let next = match &settings.export {
         Some(export) => Some(Arc::new(Pipeline::start(export)?)),
         None => None,
@@ -66,12 +67,12 @@ pub fn shutdown() {
 
 /// Sends every finished span now and waits for the collector's answer (about five seconds at
 /// most). For tests and one-shot tools; the gateway itself never needs it.
-pub fn force_flush() -> Result<(), String> {
+pub fn force_flush() -> Result<(), PipelineError> {
     match ACTIVE.load_full() {
         Some(pipeline) => pipeline
             .provider
             .force_flush()
-            .map_err(|e| format!("flushing traces: {e}")),
+            .map_err(PipelineError::Flush),
         None => Ok(()),
     }
 }
@@ -94,7 +95,7 @@ fn retire_in_background(pipeline: Arc<Pipeline>) {
 }
 
 impl Pipeline {
-    fn start(s: &ExportSettings) -> Result<Self, String> {
+    fn start(s: &ExportSettings) -> Result<Self, PipelineError> {
         let runtime = ExportRuntime::new()?;
         let mut exporter = {
             // tonic's lazy channel spawns its connection task on the current runtime, which
@@ -164,7 +165,7 @@ impl Pipeline {
     }
 }
 
-fn build_exporter(s: &ExportSettings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+fn build_exporter(s: &ExportSettings) -> Result<opentelemetry_otlp::SpanExporter, PipelineError> {
     let built = match s.protocol {
         Protocol::Grpc => {
             let mut headers = http::HeaderMap::new();
@@ -208,7 +209,10 @@ fn build_exporter(s: &ExportSettings) -> Result<opentelemetry_otlp::SpanExporter
             )
             .build(),
     };
-    built.map_err(|e| format!("cannot start the trace exporter for `{}`: {e}", s.endpoint))
+    built.map_err(|error| PipelineError::Exporter {
+        endpoint: s.endpoint.clone(),
+        error,
+    })
 }
 
 /// A tokio runtime with one worker that runs the exports, shut down without blocking so that
@@ -219,14 +223,14 @@ struct ExportRuntime {
 }
 
 impl ExportRuntime {
-    fn new() -> Result<Self, String> {
+    fn new() -> Result<Self, PipelineError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(2)
             .thread_name("tollgate-otlp")
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the trace exporter's runtime: {e}"))?;
+            .map_err(PipelineError::Runtime)?;
         Ok(ExportRuntime {
             handle: runtime.handle().clone(),
             runtime: Mutex::new(Some(runtime)),

@@ -15,6 +15,8 @@ use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{redact_url, Secret, SecretUrl};
 
+use super::error::{SettingProblem, SettingsError};
+
 /// `[tracing]` of gateway.toml as serde reads it (and `/config` shows it, secrets redacted).
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -64,8 +66,10 @@ impl TracingSettings {
 
 /// The wire protocol to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Protocol {
+pub enum Protocol {
+    /// OTLP over gRPC.
     Grpc,
+    /// OTLP over HTTP with protobuf bodies.
     HttpProtobuf,
 }
 
@@ -124,7 +128,7 @@ const MAX_QUEUE_SIZE: usize = 1_000_000;
 
 impl TracingSection {
     /// Validates the section (and the standard OTEL_* variables).
-    pub fn validate(&self) -> Result<TracingSettings, String> {
+    pub fn validate(&self) -> Result<TracingSettings, SettingsError> {
         self.validate_with(&|name| std::env::var(name).ok())
     }
 
@@ -133,7 +137,8 @@ impl TracingSection {
     pub(super) fn validate_with(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<TracingSettings, String> {
+    ) -> Result<TracingSettings, SettingsError> {
+        let at = |key| move |problem| SettingsError::new(key, problem);
         // The spec treats an empty variable as unset.
         let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         if !self.enabled {
@@ -146,30 +151,28 @@ impl TracingSection {
         }
 
         let protocol = match &self.protocol {
-            Some(p) => parse_protocol(p).map_err(|m| format!("protocol: {m}"))?,
+            Some(p) => parse_protocol(p).map_err(at("protocol"))?,
             None => match first_env(&env, &PROTOCOL_VARS) {
-                Some((var, p)) => parse_protocol(&p).map_err(|m| format!("{var}: {m}"))?,
+                Some((var, p)) => parse_protocol(&p).map_err(at(var))?,
                 None => Protocol::HttpProtobuf,
             },
         };
 
         let endpoint = match &self.endpoint {
-            Some(e) => {
-                endpoint_url(e.expose(), protocol, true).map_err(|m| format!("endpoint: {m}"))?
-            }
+            Some(e) => endpoint_url(e.expose(), protocol, true).map_err(at("endpoint"))?,
             None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
                 // The signal-specific variable is the full URL, taken as written.
                 Some(e) => endpoint_url(&e, protocol, false)
-                    .map_err(|m| format!("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: {m}"))?,
+                    .map_err(at("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?,
                 None => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
                     Some(e) => endpoint_url(&e, protocol, true)
-                        .map_err(|m| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {m}"))?,
+                        .map_err(at("OTEL_EXPORTER_OTLP_ENDPOINT"))?,
                     None => {
                         let default = match protocol {
                             Protocol::Grpc => DEFAULT_GRPC_ENDPOINT,
                             Protocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT,
                         };
-                        endpoint_url(default, protocol, true)?
+                        endpoint_url(default, protocol, true).map_err(at("endpoint"))?
                     }
                 },
             },
@@ -182,7 +185,7 @@ impl TracingSection {
                 .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
         };
         if service_name.is_empty() {
-            return Err("service_name: must not be empty".to_string());
+            return Err(SettingsError::new("service_name", SettingProblem::Empty));
         }
 
         let sampler_name = match &self.sampler {
@@ -193,24 +196,23 @@ impl TracingSection {
             },
         };
         let ratio = match self.ratio {
-            Some(r) => check_ratio(r).map_err(|m| format!("ratio: {m}"))?,
+            Some(r) => check_ratio(r).map_err(at("ratio"))?,
             None => match env("OTEL_TRACES_SAMPLER_ARG") {
                 // The argument only means something to the ratio samplers; others ignore it,
                 // as the spec asks.
                 Some(arg) if sampler_name.0.trim().ends_with("traceidratio") => arg
                     .trim()
                     .parse::<f64>()
-                    .map_err(|_| format!("`{}` is not a number", arg.trim()))
+                    .map_err(|_| SettingProblem::NotANumber(arg.trim().to_string()))
                     .and_then(check_ratio)
-                    .map_err(|m| format!("OTEL_TRACES_SAMPLER_ARG: {m}"))?,
+                    .map_err(at("OTEL_TRACES_SAMPLER_ARG"))?,
                 _ => 1.0,
             },
         };
-        let sampler = parse_sampler(&sampler_name.0, ratio)
-            .map_err(|m| format!("{}: {m}", sampler_name.1))?;
+        let sampler = parse_sampler(&sampler_name.0, ratio).map_err(at(sampler_name.1))?;
 
         let timeout = match &self.timeout {
-            Some(t) => parse_duration(t).map_err(|m| format!("timeout: {m}"))?,
+            Some(t) => parse_duration(t).map_err(at("timeout"))?,
             None => match first_env(&env, &TIMEOUT_VARS) {
                 // The variables are integer milliseconds.
                 Some((var, t)) => t
@@ -219,48 +221,50 @@ impl TracingSection {
                     .ok()
                     .filter(|ms| *ms > 0)
                     .map(Duration::from_millis)
-                    .ok_or_else(|| {
-                        format!(
-                            "{var}: `{}` is not a positive number of milliseconds",
-                            t.trim()
-                        )
-                    })?,
+                    .ok_or_else(|| SettingProblem::NotMilliseconds(t.trim().to_string()))
+                    .map_err(at(var))?,
                 None => DEFAULT_TIMEOUT,
             },
         };
 
         let mut headers = Vec::with_capacity(self.headers.len() + 1);
         for (name, value) in &self.headers {
-            headers.push(check_header(name, value.expose(), protocol)?);
+            headers.push(check_header(name, value.expose(), protocol).map_err(at("headers"))?);
         }
         if let Some(basic) = endpoint.basic {
             if headers.iter().any(|(name, _)| name == "authorization") {
-                return Err(
-                    "endpoint: credentials in the URL and an `authorization` header are \
-                            both given; keep one"
-                        .to_string(),
-                );
+                return Err(SettingsError::new(
+                    "endpoint",
+                    SettingProblem::CredentialsTwice,
+                ));
             }
             headers.push(("authorization".to_string(), basic));
         }
 
         let max_queue_size = self.max_queue_size.unwrap_or(DEFAULT_MAX_QUEUE_SIZE);
         if max_queue_size == 0 || max_queue_size > MAX_QUEUE_SIZE {
-            return Err(format!(
-                "max_queue_size: must be between 1 and {MAX_QUEUE_SIZE}, got {max_queue_size}"
+            return Err(SettingsError::new(
+                "max_queue_size",
+                SettingProblem::QueueSize {
+                    max: MAX_QUEUE_SIZE,
+                    got: max_queue_size,
+                },
             ));
         }
         let max_export_batch_size = self
             .max_export_batch_size
             .unwrap_or(DEFAULT_MAX_EXPORT_BATCH_SIZE.min(max_queue_size));
         if max_export_batch_size == 0 || max_export_batch_size > max_queue_size {
-            return Err(format!(
-                "max_export_batch_size: must be between 1 and max_queue_size ({max_queue_size}), \
-                 got {max_export_batch_size}"
+            return Err(SettingsError::new(
+                "max_export_batch_size",
+                SettingProblem::BatchSize {
+                    queue: max_queue_size,
+                    got: max_export_batch_size,
+                },
             ));
         }
         let scheduled_delay = match &self.scheduled_delay {
-            Some(d) => parse_duration(d).map_err(|m| format!("scheduled_delay: {m}"))?,
+            Some(d) => parse_duration(d).map_err(at("scheduled_delay"))?,
             None => DEFAULT_SCHEDULED_DELAY,
         };
 
@@ -297,16 +301,12 @@ fn first_env(
     vars.iter().find_map(|var| env(var).map(|v| (*var, v)))
 }
 
-fn parse_protocol(p: &str) -> Result<Protocol, String> {
+fn parse_protocol(p: &str) -> Result<Protocol, SettingProblem> {
     match p.trim() {
         "grpc" => Ok(Protocol::Grpc),
         "http/protobuf" => Ok(Protocol::HttpProtobuf),
-        "http/json" => {
-            Err("`http/json` is not supported; use \"http/protobuf\" or \"grpc\"".into())
-        }
-        other => Err(format!(
-            "unknown protocol `{other}`, expected \"grpc\" or \"http/protobuf\""
-        )),
+        "http/json" => Err(SettingProblem::JsonProtocol),
+        other => Err(SettingProblem::UnknownProtocol(other.to_string())),
     }
 }
 
@@ -323,33 +323,42 @@ struct Endpoint {
 /// Credentials in the URL (`https://user:password@host`) are taken out of it and sent as an
 /// `Authorization: Basic` header instead: the exporters' HTTP clients log the URL's authority
 /// at debug level (a connection pool's key), password included.
-fn endpoint_url(raw: &str, protocol: Protocol, append_path: bool) -> Result<Endpoint, String> {
+fn endpoint_url(
+    raw: &str,
+    protocol: Protocol,
+    append_path: bool,
+) -> Result<Endpoint, SettingProblem> {
     let written = raw.trim();
-    let shown = redact_url(written, &[]);
-    let raw = shown.as_str();
-    let hint = match protocol {
-        Protocol::Grpc => "write e.g. \"http://127.0.0.1:4317\"",
-        Protocol::HttpProtobuf => "write e.g. \"http://127.0.0.1:4318\"",
-    };
-    let uri: Uri = written
-        .parse()
-        .map_err(|e| format!("`{raw}` is not a URL ({e}); {hint}"))?;
+    let url = || redact_url(written, &[]);
+    let uri: Uri = written.parse().map_err(|e| SettingProblem::NotAUrl {
+        url: url(),
+        reason: format!("{e}"),
+        protocol,
+    })?;
     match uri.scheme() {
         Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => {}
         Some(s) => {
-            return Err(format!(
-                "`{raw}`: scheme `{s}` is not http or https; {hint}"
-            ))
+            return Err(SettingProblem::BadScheme {
+                url: url(),
+                scheme: s.to_string(),
+                protocol,
+            })
         }
-        None => return Err(format!("`{raw}` has no scheme; {hint}")),
+        None => {
+            return Err(SettingProblem::NoScheme {
+                url: url(),
+                protocol,
+            })
+        }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{raw}` has no host; {hint}"));
+        return Err(SettingProblem::NoHost {
+            url: url(),
+            protocol,
+        });
     }
     if uri.query().is_some() {
-        return Err(format!(
-            "`{raw}`: a collector endpoint takes no query string"
-        ));
+        return Err(SettingProblem::QueryString(url()));
     }
     let (written, basic) = take_credentials(written);
     let url = if protocol == Protocol::HttpProtobuf && append_path {
@@ -390,15 +399,15 @@ fn take_credentials(url: &str) -> (String, Option<Secret<String>>) {
     )
 }
 
-fn check_ratio(r: f64) -> Result<f64, String> {
+fn check_ratio(r: f64) -> Result<f64, SettingProblem> {
     if r.is_finite() && (0.0..=1.0).contains(&r) {
         Ok(r)
     } else {
-        Err(format!("must be between 0 and 1, got {r}"))
+        Err(SettingProblem::Ratio(r))
     }
 }
 
-fn parse_sampler(name: &str, ratio: f64) -> Result<SamplerChoice, String> {
+fn parse_sampler(name: &str, ratio: f64) -> Result<SamplerChoice, SettingProblem> {
     let (parent_based, root) = match name.trim() {
         "always_on" => (false, RootSampler::AlwaysOn),
         "always_off" => (false, RootSampler::AlwaysOff),
@@ -406,21 +415,18 @@ fn parse_sampler(name: &str, ratio: f64) -> Result<SamplerChoice, String> {
         "parentbased_always_on" => (true, RootSampler::AlwaysOn),
         "parentbased_always_off" => (true, RootSampler::AlwaysOff),
         "parentbased_traceidratio" => (true, RootSampler::Ratio(ratio)),
-        other => {
-            return Err(format!(
-                "unknown sampler `{other}`, expected one of {}",
-                SAMPLERS.join(", ")
-            ))
-        }
+        other => return Err(SettingProblem::UnknownSampler(other.to_string())),
     };
     Ok(SamplerChoice { parent_based, root })
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration `{s}`: {e} (write e.g. \"500ms\", \"10s\")"))?;
+fn parse_duration(s: &str) -> Result<Duration, SettingProblem> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| SettingProblem::BadDuration {
+        text: s.to_string(),
+        reason: e.to_string(),
+    })?;
     if d.is_zero() {
-        return Err(format!("`{s}` must be longer than zero"));
+        return Err(SettingProblem::ZeroDuration(s.to_string()));
     }
     Ok(d)
 }
@@ -430,18 +436,14 @@ fn check_header(
     name: &str,
     value: &str,
     protocol: Protocol,
-) -> Result<(String, Secret<String>), String> {
+) -> Result<(String, Secret<String>), SettingProblem> {
     let header = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("headers: `{name}` is not a valid header name"))?;
+        .map_err(|_| SettingProblem::HeaderName(name.to_string()))?;
     if HeaderValue::from_str(value).is_err() {
-        return Err(format!(
-            "headers: the value of `{name}` is not a valid header value (visible ASCII only)"
-        ));
+        return Err(SettingProblem::HeaderValue(name.to_string()));
     }
     if protocol == Protocol::Grpc && header.as_str().ends_with("-bin") {
-        return Err(format!(
-            "headers: `{name}`: binary (`-bin`) gRPC metadata is not supported"
-        ));
+        return Err(SettingProblem::BinaryMetadata(name.to_string()));
     }
     Ok((header.as_str().to_string(), Secret::new(value.to_string())))
 }
@@ -463,6 +465,7 @@ mod tests {
         section(toml_src)
             .validate_with(&|name| vars.get(name).cloned())
             .map(|s| s.export.expect("tracing should be on"))
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -1,278 +1,102 @@
-//! Service discovery for upstream targets: DNS (A/AAAA and SRV) through a hickory resolver, and
-//! Consul's health API with blocking queries.
-//!
-//! Every call returns the complete current set of endpoints, sorted and deduplicated, so callers
-//! can compare sets cheaply. Deciding when to ask again, what to do on an error (typically: keep
-//! the last good set) and swapping the set into a cluster belong to the caller.
+//! Consul discovery: the health API's passing instances of a service, with blocking queries.
 
-use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData};
-use hickory_resolver::TokioResolver;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
-use tokio::task::JoinSet;
+use tollgate_plugin_api::error_chain;
 
-/// The discovery settings this module runs on are config data, defined with the model.
-pub use crate::config::{ConsulQuery, Nameservers};
+use super::{ConsulQuery, Endpoint};
 
-/// One discovered endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Endpoint {
-    /// Where to connect.
-    pub address: SocketAddr,
-    /// Relative share of traffic; never 0.
-    pub weight: u32,
-    /// The DNS name the address came from (for SNI / Host), when there was one.
-    pub hostname: Option<String>,
+/// A failed query, naming the service and the agent asked.
+#[derive(Debug, thiserror::Error)]
+#[error("consul service `{service}` at {base}: {problem}")]
+pub struct ConsulError {
+    /// The service asked for.
+    pub service: String,
+    /// The agent's address.
+    pub base: http::Uri,
+    /// What went wrong.
+    pub problem: ConsulProblem,
 }
 
-/// A DNS resolver built once per upstream.
-///
-/// It keeps no cache: discovery re-resolves on its own interval and must see a change on the
-/// very next round, whatever TTL the zone publishes. The interval already rate-limits queries
-/// (one per upstream per interval), so a cache would only add staleness.
-pub struct DnsResolver {
-    resolver: TokioResolver,
-    timeout: Duration,
+/// What went wrong with one Consul query.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulProblem {
+    /// The address has a scheme other than http.
+    #[error("scheme `{0}` is not supported; give the agent's plain http:// address")]
+    UnsupportedScheme(String),
+    /// The address is only a path.
+    #[error("the address needs a scheme and host, e.g. http://127.0.0.1:8500")]
+    NoScheme,
+    /// The address has no host.
+    #[error("the address has no host, e.g. http://127.0.0.1:8500")]
+    NoHost,
+    /// An empty service name.
+    #[error("the service name is empty")]
+    EmptyService,
+    /// The query's URI does not parse.
+    #[error("cannot build the query URI `{uri}`: {error}")]
+    BadUri {
+        /// The URI as written.
+        uri: String,
+        /// Why it does not parse.
+        error: http::uri::InvalidUri,
+    },
+    /// The ACL token cannot be a header value.
+    #[error("the ACL token contains characters not allowed in a header")]
+    BadToken,
+    /// The request could not be built.
+    #[error("cannot build the request: {0}")]
+    BuildRequest(http::Error),
+    /// Connecting or sending failed.
+    #[error("request failed: {}", error_chain(.0))]
+    Request(hyper_util::client::legacy::Error),
+    /// The body could not be read (or is over the limit).
+    #[error("reading the response failed: {0}")]
+    ReadBody(Box<dyn std::error::Error + Send + Sync>),
+    /// No whole answer within the query's budget.
+    #[error("no complete answer within {0:?}")]
+    TimedOut(Duration),
+    /// The agent answered with a status other than 200.
+    #[error("HTTP {status}: {snippet}")]
+    Status {
+        /// Its status.
+        status: http::StatusCode,
+        /// The start of its body, where Consul explains.
+        snippet: String,
+    },
+    /// No `X-Consul-Index` header.
+    #[error("the response has no X-Consul-Index header (is this a Consul agent?)")]
+    NoIndex,
+    /// `X-Consul-Index` is not a number.
+    #[error("X-Consul-Index `{0}` is not a number")]
+    BadIndex(String),
+    /// The body is not the health API's answer.
+    #[error("the answer is not the health API's JSON array: {0}")]
+    NotHealthJson(serde_json::Error),
 }
 
-impl fmt::Debug for DnsResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DnsResolver")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl DnsResolver {
-    /// Builds a resolver; `timeout` bounds each `resolve_*` call as a whole (all its queries).
-    pub fn new(ns: &Nameservers, timeout: Duration) -> Result<Self, String> {
-        if timeout.is_zero() {
-            return Err("DNS resolver: the timeout must be greater than zero".to_string());
-        }
-        let mut builder = match ns {
-            Nameservers::System => TokioResolver::builder_tokio().map_err(|e| {
-                format!(
-                    "DNS resolver: cannot read the system configuration (/etc/resolv.conf): {e}"
-                )
-            })?,
-            Nameservers::Explicit(addrs) => {
-                if addrs.is_empty() {
-                    return Err("DNS resolver: the list of name servers is empty".to_string());
-                }
-                let servers = addrs.iter().map(|a| name_server(*a)).collect();
-                let mut builder = TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(servers),
-                    TokioRuntimeProvider::default(),
-                );
-                // Explicit servers are the source of truth; /etc/hosts must not shadow them.
-                builder.options_mut().use_hosts_file = ResolveHosts::Never;
-                builder
-            }
-        };
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        // No caching (see the type's doc). Zero capacity is the switch; capping TTLs at zero
-        // guards it, since a size-bounded cache may evict lazily (at housekeeping) rather than
-        // refuse an insert, and an entry that slips in is then already expired. The minimums
-        // are cleared because clamping with a minimum above the maximum would panic.
-        opts.cache_size = 0;
-        opts.positive_min_ttl = None;
-        opts.negative_min_ttl = None;
-        opts.positive_max_ttl = Some(Duration::ZERO);
-        opts.negative_max_ttl = Some(Duration::ZERO);
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("DNS resolver: cannot be built: {e}"))?;
-        Ok(Self { resolver, timeout })
-    }
-
-    /// A/AAAA of `host`, each with `port` and weight 1 (hostname = Some(host)); sorted, deduped.
-    /// Err when the name doesn't resolve (NXDOMAIN / no records / timeout), naming the host.
-    pub async fn resolve_a(&self, host: &str, port: u16) -> Result<Vec<Endpoint>, String> {
-        let lookup = tokio::time::timeout(self.timeout, self.resolver.lookup_ip(host))
-            .await
-            .map_err(|_| timed_out("A/AAAA", host, self.timeout))?
-            .map_err(|e| describe_dns_error("A/AAAA", host, &e))?;
-        let mut endpoints: Vec<Endpoint> = lookup
-            .iter()
-            .map(|ip| Endpoint {
-                address: SocketAddr::new(ip, port),
-                weight: 1,
-                hostname: Some(host.to_string()),
-            })
-            .collect();
-        if endpoints.is_empty() {
-            return Err(format!("DNS A/AAAA lookup of `{host}`: no addresses"));
-        }
-        endpoints.sort();
-        endpoints.dedup();
-        Ok(endpoints)
-    }
-
-    /// SRV records of `name` (e.g. "_http._tcp.users.service"), each target host resolved to
-    /// A/AAAA, port and weight from the record (weight 0 → 1; only the lowest priority value
-    /// present is used). Sorted, deduped.
-    ///
-    /// A target that does not resolve is skipped with a warning; the call fails only when no
-    /// target of the chosen priority resolves.
-    pub async fn resolve_srv(&self, name: &str) -> Result<Vec<Endpoint>, String> {
-        tokio::time::timeout(self.timeout, self.resolve_srv_unbounded(name))
-            .await
-            .map_err(|_| timed_out("SRV", name, self.timeout))?
-    }
-
-    async fn resolve_srv_unbounded(&self, name: &str) -> Result<Vec<Endpoint>, String> {
-        let lookup = self
-            .resolver
-            .srv_lookup(name)
-            .await
-            .map_err(|e| describe_dns_error("SRV", name, &e))?;
-        let records: Vec<(u16, u16, u16, Name)> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::SRV(srv) => Some((srv.priority, srv.weight, srv.port, srv.target.clone())),
-                _ => None,
-            })
-            .collect();
-        let targets = lowest_priority_targets(&records)
-            .map_err(|why| format!("DNS SRV lookup of `{name}`: {why}"))?;
-
-        // Targets are independent, so resolve them concurrently; the caller's timeout covers
-        // them all, and dropping the set on timeout aborts whatever is still running.
-        let mut lookups = JoinSet::new();
-        for target in targets.keys() {
-            let resolver = self.resolver.clone();
-            let target = target.clone();
-            lookups.spawn(async move {
-                let result = resolver.lookup_ip(target.clone()).await;
-                (target, result)
-            });
-        }
-        let mut endpoints = Vec::new();
-        let mut failures = Vec::new();
-        while let Some(joined) = lookups.join_next().await {
-            let Ok((target, result)) = joined else {
-                // A lookup task only ends early by panicking inside the resolver; count it as
-                // a failed target rather than losing the whole set.
-                failures.push("a target lookup task failed".to_string());
-                continue;
-            };
-            let host = display_name(&target);
-            match result {
-                Ok(ips) => {
-                    for ip in ips.iter() {
-                        for &(port, weight) in targets.get(&target).into_iter().flatten() {
-                            endpoints.push(Endpoint {
-                                address: SocketAddr::new(ip, port),
-                                weight,
-                                hostname: Some(host.clone()),
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    let why = describe_dns_error("A/AAAA", &host, &e);
-                    tracing::warn!(srv = name, target = %host, "skipping SRV target: {why}");
-                    failures.push(why);
-                }
-            }
-        }
-        if endpoints.is_empty() {
-            return Err(format!(
-                "DNS SRV lookup of `{name}`: no target resolved to an address ({})",
-                failures.join("; ")
-            ));
-        }
-        endpoints.sort();
-        endpoints.dedup();
-        Ok(endpoints)
-    }
-}
-
-/// A name server at `addr`, asked over UDP first and TCP for truncated answers.
-fn name_server(addr: SocketAddr) -> NameServerConfig {
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = addr.port();
-    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-}
-
-/// The (port, weight) pairs per target host of the lowest priority value present.
-type SrvTargets = BTreeMap<Name, Vec<(u16, u32)>>;
-
-/// Picks the records of the lowest priority value from (priority, weight, port, target) tuples.
-fn lowest_priority_targets(records: &[(u16, u16, u16, Name)]) -> Result<SrvTargets, String> {
-    let Some(lowest) = records.iter().map(|r| r.0).min() else {
-        return Err("no SRV records".to_string());
-    };
-    let mut targets = SrvTargets::new();
-    for (_, weight, port, target) in records.iter().filter(|r| r.0 == lowest) {
-        // RFC 2782: a target of "." means the service is decidedly not available there.
-        if target.is_root() {
-            continue;
-        }
-        // Weight 0 means "rarely" in RFC 2782; the balancer has no such notion, so it gets the
-        // smallest real share instead of none.
-        let weight = u32::from(*weight).max(1);
-        targets
-            .entry(target.clone())
-            .or_default()
-            .push((*port, weight));
-    }
-    if targets.is_empty() {
-        return Err("the SRV records say the service is not available (target `.`)".to_string());
-    }
-    Ok(targets)
-}
-
-/// A name for messages and `Endpoint::hostname`: no trailing dot, as SNI and Host want it.
-fn display_name(name: &Name) -> String {
-    let mut s = name.to_utf8();
-    if s.len() > 1 && s.ends_with('.') {
-        s.pop();
-    }
-    s
-}
-
-fn timed_out(kind: &str, name: &str, timeout: Duration) -> String {
-    format!("DNS {kind} lookup of `{name}`: no answer within {timeout:?} (timed out)")
-}
-
-/// An actionable message for a failed lookup of `name`.
-fn describe_dns_error(kind: &str, name: &str, err: &NetError) -> String {
-    match err {
-        NetError::Dns(DnsError::NoRecordsFound(nr))
-            if nr.response_code == ResponseCode::NXDomain =>
-        {
-            format!("DNS {kind} lookup of `{name}`: the name does not exist (NXDOMAIN)")
-        }
-        NetError::Dns(DnsError::NoRecordsFound(_)) => {
-            format!("DNS {kind} lookup of `{name}`: the name has no {kind} records")
-        }
-        NetError::Timeout => {
-            format!("DNS {kind} lookup of `{name}`: the name servers did not answer (timed out)")
-        }
-        other => format!("DNS {kind} lookup of `{name}` failed: {other}"),
-    }
+/// Why one instance of an answer is skipped.
+#[derive(Debug, thiserror::Error)]
+enum SkipReason {
+    #[error("no Service object")]
+    NoService,
+    #[error("neither Service.Address nor Node.Address is set")]
+    NoAddress,
+    #[error("address `{0}` is not an IP address")]
+    NotAnIp(String),
+    #[error("Service.Port {0} is not a usable port")]
+    BadPort(u64),
+    #[error("no Service.Port")]
+    NoPort,
 }
 
 /// Time allowed beyond a blocking query's wait (and its jitter) for connecting and transfer,
@@ -334,26 +158,28 @@ impl ConsulClient {
         q: &ConsulQuery,
         index: Option<u64>,
         wait: Duration,
-    ) -> Result<(Vec<Endpoint>, u64), String> {
-        let ctx = format!("consul service `{}` at {}", q.service, q.base);
+    ) -> Result<(Vec<Endpoint>, u64), ConsulError> {
+        let failed = |problem| ConsulError {
+            service: q.service.clone(),
+            base: q.base.clone(),
+            problem,
+        };
         // Index 0 is Consul's "no index yet": the query would not block anyway.
         let blocking_index = index.filter(|i| *i > 0);
         let wait = wait.clamp(CONSUL_MIN_WAIT, CONSUL_MAX_WAIT);
-        let uri = health_uri(q, blocking_index.map(|i| (i, wait)))
-            .map_err(|why| format!("{ctx}: {why}"))?;
+        let uri = health_uri(q, blocking_index.map(|i| (i, wait))).map_err(failed)?;
 
         let mut request = http::Request::get(uri);
         if let Some(token) = &q.token {
-            let mut value = http::HeaderValue::from_str(token.expose()).map_err(|_| {
-                format!("{ctx}: the ACL token contains characters not allowed in a header")
-            })?;
+            let mut value = http::HeaderValue::from_str(token.expose())
+                .map_err(|_| failed(ConsulProblem::BadToken))?;
             // Kept out of HTTP/2 header tables and printed as `Sensitive` by `Debug`.
             value.set_sensitive(true);
             request = request.header("X-Consul-Token", value);
         }
         let request = request
             .body(Empty::new())
-            .map_err(|e| format!("{ctx}: cannot build the request: {e}"))?;
+            .map_err(|e| failed(ConsulProblem::BuildRequest(e)))?;
 
         let budget = match blocking_index {
             Some(_) => wait + wait / 16 + CONSUL_MARGIN,
@@ -364,51 +190,47 @@ impl ConsulClient {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| format!("{ctx}: request failed: {}", error_chain(&e)))?;
+                .map_err(ConsulProblem::Request)?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, CONSUL_MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("{ctx}: reading the response failed: {e}"))?
+                .map_err(ConsulProblem::ReadBody)?
                 .to_bytes();
-            Ok::<_, String>((parts, body))
+            Ok::<_, ConsulProblem>((parts, body))
         };
         let (parts, body) = tokio::time::timeout(budget, exchange)
             .await
-            .map_err(|_| format!("{ctx}: no complete answer within {budget:?}"))??;
+            .map_err(|_| failed(ConsulProblem::TimedOut(budget)))?
+            .map_err(failed)?;
 
         if parts.status != http::StatusCode::OK {
-            return Err(format!(
-                "{ctx}: HTTP {}: {}",
-                parts.status,
-                body_snippet(&body)
-            ));
+            return Err(failed(ConsulProblem::Status {
+                status: parts.status,
+                snippet: body_snippet(&body),
+            }));
         }
-        let returned = parse_index_header(parts.headers.get("X-Consul-Index"))
-            .map_err(|why| format!("{ctx}: {why}"))?;
-        let endpoints = parse_health(&q.service, &body).map_err(|why| format!("{ctx}: {why}"))?;
+        let returned = parse_index_header(parts.headers.get("X-Consul-Index")).map_err(failed)?;
+        let endpoints = parse_health(&q.service, &body).map_err(failed)?;
         Ok((endpoints, next_index(index, returned)))
     }
 }
 
 /// The health query URI; `blocking` carries the index and wait of a blocking query.
-fn health_uri(q: &ConsulQuery, blocking: Option<(u64, Duration)>) -> Result<http::Uri, String> {
+fn health_uri(
+    q: &ConsulQuery,
+    blocking: Option<(u64, Duration)>,
+) -> Result<http::Uri, ConsulProblem> {
     match q.base.scheme_str() {
         Some("http") => {}
-        Some(other) => {
-            return Err(format!(
-                "scheme `{other}` is not supported; give the agent's plain http:// address"
-            ))
-        }
-        None => {
-            return Err("the address needs a scheme and host, e.g. http://127.0.0.1:8500".into())
-        }
+        Some(other) => return Err(ConsulProblem::UnsupportedScheme(other.to_string())),
+        None => return Err(ConsulProblem::NoScheme),
     }
     let Some(authority) = q.base.authority() else {
-        return Err("the address has no host, e.g. http://127.0.0.1:8500".into());
+        return Err(ConsulProblem::NoHost);
     };
     if q.service.is_empty() {
-        return Err("the service name is empty".into());
+        return Err(ConsulProblem::EmptyService);
     }
     let prefix = q.base.path().trim_end_matches('/');
     let mut uri = format!(
@@ -426,7 +248,7 @@ fn health_uri(q: &ConsulQuery, blocking: Option<(u64, Duration)>) -> Result<http
         let _ = write!(uri, "&index={index}&wait={}", format_wait(wait));
     }
     uri.parse()
-        .map_err(|e| format!("cannot build the query URI `{uri}`: {e}"))
+        .map_err(|error| ConsulProblem::BadUri { uri, error })
 }
 
 /// Consul's duration syntax: whole seconds as `Ns`, anything finer in milliseconds.
@@ -438,19 +260,16 @@ fn format_wait(wait: Duration) -> String {
     }
 }
 
-fn parse_index_header(value: Option<&http::HeaderValue>) -> Result<u64, String> {
+fn parse_index_header(value: Option<&http::HeaderValue>) -> Result<u64, ConsulProblem> {
     let Some(value) = value else {
-        return Err("the response has no X-Consul-Index header (is this a Consul agent?)".into());
+        return Err(ConsulProblem::NoIndex);
     };
     value
         .to_str()
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .ok_or_else(|| {
-            format!(
-                "X-Consul-Index `{}` is not a number",
-                String::from_utf8_lossy(value.as_bytes())
-            )
+            ConsulProblem::BadIndex(String::from_utf8_lossy(value.as_bytes()).into_owned())
         })
 }
 
@@ -505,9 +324,9 @@ struct Weights {
 
 /// Endpoints from a health API body. The body must be a JSON array of entries; an entry
 /// without a usable address or port is skipped with a warning rather than failing the rest.
-fn parse_health(service: &str, body: &[u8]) -> Result<Vec<Endpoint>, String> {
-    let entries: Vec<HealthEntry> = serde_json::from_slice(body)
-        .map_err(|e| format!("the answer is not the health API's JSON array: {e}"))?;
+fn parse_health(service: &str, body: &[u8]) -> Result<Vec<Endpoint>, ConsulProblem> {
+    let entries: Vec<HealthEntry> =
+        serde_json::from_slice(body).map_err(ConsulProblem::NotHealthJson)?;
     let mut endpoints = Vec::with_capacity(entries.len());
     for entry in entries {
         match endpoint_of(&entry) {
@@ -529,9 +348,9 @@ fn parse_health(service: &str, body: &[u8]) -> Result<Vec<Endpoint>, String> {
     Ok(endpoints)
 }
 
-fn endpoint_of(entry: &HealthEntry) -> Result<Endpoint, String> {
+fn endpoint_of(entry: &HealthEntry) -> Result<Endpoint, SkipReason> {
     let Some(service) = &entry.service else {
-        return Err("no Service object".into());
+        return Err(SkipReason::NoService);
     };
     let service_address = service.address.as_deref().unwrap_or("");
     // An empty Service.Address means "the node's address", as Consul's docs say.
@@ -545,18 +364,18 @@ fn endpoint_of(entry: &HealthEntry) -> Result<Endpoint, String> {
         service_address
     };
     if address.is_empty() {
-        return Err("neither Service.Address nor Node.Address is set".into());
+        return Err(SkipReason::NoAddress);
     }
     // Node names would need a DNS round trip per instance; discovery does not do that.
     let ip: IpAddr = address
         .parse()
-        .map_err(|_| format!("address `{address}` is not an IP address"))?;
+        .map_err(|_| SkipReason::NotAnIp(address.to_string()))?;
     let port = match service.port {
         Some(port) => u16::try_from(port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("Service.Port {port} is not a usable port"))?,
-        None => return Err("no Service.Port".into()),
+            .ok_or(SkipReason::BadPort(port))?,
+        None => return Err(SkipReason::NoPort),
     };
     let weight = service
         .weights
@@ -589,17 +408,6 @@ fn body_snippet(body: &[u8]) -> String {
         snippet.push('…');
     }
     snippet
-}
-
-/// An error and its sources, because hyper's top-level client error says only "client error".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let _ = write!(out, ": {cause}");
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -671,7 +479,7 @@ mod tests {
             b"[{\"Service\": {\"Port\": -1}}]",
             b"[{\"Service\": {\"Weights\": {\"Passing\": \"x\"}}}]",
         ] {
-            let err = parse_health("s", body).unwrap_err();
+            let err = parse_health("s", body).unwrap_err().to_string();
             assert!(err.contains("JSON"), "{err}");
         }
     }
@@ -707,10 +515,12 @@ mod tests {
         );
         assert!(parse_index_header(None)
             .unwrap_err()
+            .to_string()
             .contains("X-Consul-Index"));
         for bad in ["", "-1", "abc", "1.5", "99999999999999999999999"] {
-            let err =
-                parse_index_header(Some(&http::HeaderValue::from_str(bad).unwrap())).unwrap_err();
+            let err = parse_index_header(Some(&http::HeaderValue::from_str(bad).unwrap()))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("not a number"), "{bad}: {err}");
         }
     }
@@ -747,6 +557,7 @@ mod tests {
     fn health_uri_rejects_unusable_bases() {
         assert!(health_uri(&query("https://c:8501", "s"), None)
             .unwrap_err()
+            .to_string()
             .contains("https"));
         assert!(health_uri(&query("/just/a/path", "s"), None).is_err());
         assert!(health_uri(&query("http://c:8500", ""), None).is_err());
@@ -756,25 +567,6 @@ mod tests {
     fn wait_is_formatted_for_consul() {
         assert_eq!(format_wait(Duration::from_secs(300)), "300s");
         assert_eq!(format_wait(Duration::from_millis(1500)), "1500ms");
-    }
-
-    #[test]
-    fn srv_uses_only_the_lowest_priority_and_lifts_zero_weights() {
-        let a: Name = "a.svc.test.".parse().unwrap();
-        let b: Name = "b.svc.test.".parse().unwrap();
-        let c: Name = "c.svc.test.".parse().unwrap();
-        let records = vec![
-            (10, 0, 80, a.clone()),
-            (10, 7, 81, b.clone()),
-            (20, 5, 82, c.clone()),
-            (10, 3, 83, a.clone()),
-        ];
-        let targets = lowest_priority_targets(&records).unwrap();
-        assert_eq!(targets.len(), 2);
-        assert_eq!(targets[&a], vec![(80, 1), (83, 3)]);
-        assert_eq!(targets[&b], vec![(81, 7)]);
-        assert!(lowest_priority_targets(&[]).is_err());
-        assert!(lowest_priority_targets(&[(0, 0, 0, Name::root())]).is_err());
     }
 
     #[test]
