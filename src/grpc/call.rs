@@ -61,11 +61,7 @@ impl Call<'_> {
             Some(req)
         };
         let Some(req) = make() else {
-            return self.error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "could not build the upstream request",
-            );
+            return self.unbuildable();
         };
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let send = pool().send(target, req, &make, self.opts.connect_timeout);
@@ -78,59 +74,11 @@ impl Call<'_> {
         };
         let upstream = match sent {
             Ok(r) => r,
-            Err(CallError::ConnectTimeout(a)) => {
-                return failure(
-                    self.error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_connect_timeout",
-                        format!("timed out connecting to upstream {a}"),
-                    ),
-                    CallFailure::ConnectTimeout,
-                )
-            }
-            Err(e @ CallError::Connect(..)) => {
-                return failure(
-                    self.error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unreachable",
-                        e.to_string(),
-                    ),
-                    CallFailure::Connect,
-                )
-            }
-            Err(e) => {
-                return failure(
-                    self.error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unreachable",
-                        e.to_string(),
-                    ),
-                    CallFailure::Reset,
-                )
-            }
+            Err(e) => return self.not_sent(e),
         };
         let (head, incoming) = upstream.into_parts();
-        if head.status != StatusCode::OK {
-            let s = GrpcStatus::new(
-                status::code_for_upstream_http(head.status),
-                format!(
-                    "upstream answered HTTP {} instead of gRPC",
-                    head.status.as_u16()
-                ),
-            );
-            return status_response(&s, Some(&self.schema.pool));
-        }
-        let is_grpc = head
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
-        if !is_grpc {
-            return self.error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_not_grpc",
-                "upstream did not answer with gRPC",
-            );
+        if let Some(refused) = self.not_grpc(&head) {
+            return refused;
         }
         let streaming = self.binding.method.is_server_streaming();
         if let Some(s) = GrpcStatus::from_headers(&head.headers) {
@@ -139,11 +87,7 @@ impl Call<'_> {
                 status::OK if streaming => {
                     self.stream_response(&head.headers, None, MessageReader::new(incoming, 0, None))
                 }
-                status::OK => self.error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_no_message",
-                    "upstream finished the call without a response message",
-                ),
+                status::OK => self.no_message(),
                 _ => self.with_metadata(
                     status_response(&s, Some(&self.schema.pool)),
                     &[&head.headers],
@@ -151,35 +95,38 @@ impl Call<'_> {
             };
         }
         let mut reader = MessageReader::new(incoming, self.opts.max_message_bytes, deadline);
-        let writer = self.writer();
         let first = match reader.next_message().await {
             Ok(m) => m,
             Err(e) => return self.read_failed(e),
         };
         if streaming {
             if let Some(msg) = first {
-                return match writer.write(msg) {
+                return match self.writer().write(msg) {
                     Ok(json) => self.stream_response(&head.headers, Some(json), reader),
-                    Err(e) => self.error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_bad_message",
-                        e.to_string(),
-                    ),
+                    Err(e) => self.bad_message(e.to_string()),
                 };
             }
         } else if first.is_some() {
             match reader.next_message().await {
                 Ok(None) => {}
                 Ok(Some(_)) => {
-                    return self.error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_bad_message",
-                        "upstream sent more than one message for a unary call",
-                    )
+                    return self.bad_message("upstream sent more than one message for a unary call")
                 }
                 Err(e) => return self.read_failed(e),
             }
         }
+        self.finish(&head.headers, first, reader, streaming)
+    }
+
+    /// The answer to a call whose messages are read (the first, or none): by the trailers'
+    /// status, with the upstream's metadata.
+    fn finish(
+        &self,
+        headers: &HeaderMap,
+        first: Option<Bytes>,
+        mut reader: MessageReader,
+        streaming: bool,
+    ) -> Response<ResponseBody> {
         // A stream keeps its reader (and trailers); a unary call is done with them.
         let trailers = if streaming {
             reader.trailers().cloned()
@@ -194,28 +141,99 @@ impl Call<'_> {
                 "upstream response has no grpc-status",
             );
         };
-        let sources = [&head.headers, &trailers];
+        let sources = [headers, &trailers];
         if outcome.code != status::OK {
             return self
                 .with_metadata(status_response(&outcome, Some(&self.schema.pool)), &sources);
         }
         let resp = match first {
-            None if streaming => return self.stream_response(&head.headers, None, reader),
-            None => self.error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_no_message",
-                "upstream finished the call without a response message",
-            ),
-            Some(msg) => match writer.write(msg) {
+            None if streaming => return self.stream_response(headers, None, reader),
+            None => self.no_message(),
+            Some(msg) => match self.writer().write(msg) {
                 Ok(json) => status::json_response(StatusCode::OK, json),
-                Err(e) => self.error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_bad_message",
-                    e.to_string(),
-                ),
+                Err(e) => self.bad_message(e.to_string()),
             },
         };
         self.with_metadata(resp, &sources)
+    }
+
+    /// The answer to a call that never reached the upstream, marked with what failed for the
+    /// handler's retry and outlier decisions.
+    fn not_sent(&self, e: CallError) -> Response<ResponseBody> {
+        let (resp, why) = match e {
+            CallError::ConnectTimeout(a) => (
+                self.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_connect_timeout",
+                    format!("timed out connecting to upstream {a}"),
+                ),
+                CallFailure::ConnectTimeout,
+            ),
+            e @ CallError::Connect(..) => (
+                self.error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    e.to_string(),
+                ),
+                CallFailure::Connect,
+            ),
+            e => (
+                self.error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    e.to_string(),
+                ),
+                CallFailure::Reset,
+            ),
+        };
+        failure(resp, why)
+    }
+
+    /// The answer when the upstream's response head is not gRPC's: an HTTP status other than
+    /// 200 (mapped as gRPC clients map it), or another content type.
+    fn not_grpc(&self, head: &http::response::Parts) -> Option<Response<ResponseBody>> {
+        if head.status != StatusCode::OK {
+            let s = GrpcStatus::new(
+                status::code_for_upstream_http(head.status),
+                format!(
+                    "upstream answered HTTP {} instead of gRPC",
+                    head.status.as_u16()
+                ),
+            );
+            return Some(status_response(&s, Some(&self.schema.pool)));
+        }
+        let is_grpc = head
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        (!is_grpc).then(|| {
+            self.error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_not_grpc",
+                "upstream did not answer with gRPC",
+            )
+        })
+    }
+
+    fn unbuildable(&self) -> Response<ResponseBody> {
+        self.error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "could not build the upstream request",
+        )
+    }
+
+    fn no_message(&self) -> Response<ResponseBody> {
+        self.error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_no_message",
+            "upstream finished the call without a response message",
+        )
+    }
+
+    fn bad_message(&self, msg: impl Into<String>) -> Response<ResponseBody> {
+        self.error(StatusCode::BAD_GATEWAY, "upstream_bad_message", msg)
     }
 
     fn writer(&self) -> JsonWriter {

@@ -254,28 +254,9 @@ impl Transcoder {
                 "the gRPC schema of this route has not been loaded from the upstream yet".into(),
             );
         };
-        let path = parts.uri.path();
-        let (binding, segments) = match schema.lookup(Some(&parts.method), path) {
+        let (binding, segments) = match schema.lookup(Some(&parts.method), parts.uri.path()) {
             Lookup::Found(b, s) => (b, s),
-            Lookup::NotFound => {
-                return err(
-                    StatusCode::NOT_FOUND,
-                    "no_grpc_binding",
-                    format!("no gRPC method is bound to {} {path}", parts.method),
-                )
-            }
-            Lookup::WrongMethod(allowed) => {
-                let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-                let mut resp = err(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("{path} accepts {}", list.join(", ")),
-                );
-                if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
-                    resp.headers_mut().insert(ALLOW, v);
-                }
-                return resp;
-            }
+            missing => return no_binding(missing, parts, request_id),
         };
         let body = match body.await {
             Ok(b) => b,
@@ -393,5 +374,36 @@ fn selection(opts: &Options) -> Selection<'_> {
     Selection {
         services: &opts.services,
         auto_map: opts.auto_map,
+    }
+}
+
+/// The answer to a request whose method and path have no binding: 404, or 405 with the
+/// methods the path has.
+fn no_binding(
+    missing: Lookup<'_>,
+    parts: &http::request::Parts,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let path = parts.uri.path();
+    match missing {
+        Lookup::WrongMethod(allowed) => {
+            let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            let mut resp = gateway_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} accepts {}", list.join(", ")),
+                request_id,
+            );
+            if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+                resp.headers_mut().insert(ALLOW, v);
+            }
+            resp
+        }
+        Lookup::Found(..) | Lookup::NotFound => gateway_error(
+            StatusCode::NOT_FOUND,
+            "no_grpc_binding",
+            format!("no gRPC method is bound to {} {path}", parts.method),
+            request_id,
+        ),
     }
 }

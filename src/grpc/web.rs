@@ -10,7 +10,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
 
 use super::body::{self, ResponseBody};
-use super::client::{grpc_request, pool};
+use super::client::{grpc_request, pool, UpstreamBody};
 use super::config::Options;
 use super::framing::{encode, TRAILERS};
 use super::metadata;
@@ -189,6 +189,17 @@ pub async fn proxy(
         Ok(r) => r,
         Err(e) => return failed(text, status::UNAVAILABLE, &e.to_string()),
     };
+    relay(text, upstream, opts.max_message_bytes, deadline)
+}
+
+/// The gRPC-Web answer to an upstream's gRPC response: its head's metadata, then its messages
+/// as they come and its trailers as the last frame.
+fn relay(
+    text: bool,
+    upstream: Response<UpstreamBody>,
+    max_message_bytes: usize,
+    deadline: Option<tokio::time::Instant>,
+) -> Response<ResponseBody> {
     let (head, incoming) = upstream.into_parts();
     if head.status != StatusCode::OK {
         return failed(
@@ -214,7 +225,7 @@ pub async fn proxy(
         *resp.body_mut() = body::full(enc.trailers(&head.headers));
         return resp;
     }
-    let reader = MessageReader::new(incoming, opts.max_message_bytes, deadline);
+    let reader = MessageReader::new(incoming, max_message_bytes, deadline);
     *resp.body_mut() = body::streamed(stream::unfold(Some(reader), move |reader| async move {
         let mut reader = reader?;
         match reader.next_message().await {

@@ -238,33 +238,9 @@ impl Front {
             .as_deref()
             .map_or(ErrorWire::Json, ErrorWire::of_content_type);
         let rendered = respond::render(&r.error, wire, &request_id);
-        let mut out = Vec::with_capacity(256 + rendered.body.len());
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\n",
-                rendered.status.as_str(),
-                rendered.status.canonical_reason().unwrap_or("")
-            )
-            .as_bytes(),
-        );
-        for (name, value) in &rendered.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(
-            format!(
-                "content-length: {}\r\nconnection: close\r\n\r\n",
-                rendered.body.len()
-            )
-            .as_bytes(),
-        );
         // A HEAD request gets the headers only, as everywhere else.
         let head_only = r.method == "HEAD";
-        if !head_only {
-            out.extend_from_slice(&rendered.body);
-        }
+        let out = refusal_bytes(&rendered, head_only);
         let write = async {
             stream.write_all(&out).await?;
             stream.flush().await
@@ -276,51 +252,94 @@ impl Front {
         } else {
             0
         };
-
         let elapsed = started.elapsed();
         let method = http::Method::from_bytes(r.method.as_bytes()).unwrap_or(http::Method::GET);
         log::count_unrouted(&method, status, elapsed);
         tracing::debug!(request_id = %request_id, status, code = r.error.code(),
             message = %r.error, "request head refused");
         if crate::telemetry::access_log::enabled() {
-            let snap = self.snapshot.load();
-            let (path, query) = match r.target.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (r.target.as_str(), None),
+            let body_sent = if sent == 0 || head_only {
+                0
+            } else {
+                rendered.body.len() as u64
             };
-            let client_ip = stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().cloned())
-                .and_then(|a| a.as_inet().map(|a| a.ip()));
-            log::access_log(
-                &snap.config.access_log.fields,
-                &log::Entry {
-                    request_id: &request_id,
-                    trace_id: None,
-                    client_ip,
-                    method: &r.method,
-                    host: None,
-                    path,
-                    query,
-                    protocol: "HTTP/1.1",
-                    route: "",
-                    upstream: "",
-                    target: None,
-                    status: sent,
-                    bytes_sent: if sent == 0 || head_only {
-                        0
-                    } else {
-                        rendered.body.len() as u64
-                    },
-                    bytes_received: 0,
-                    duration: elapsed,
-                    upstream_time: Duration::ZERO,
-                    attempts: 0,
-                    error: Some(r.error.code()),
-                },
-            );
+            self.log_refusal(stream, &r, &request_id, (sent, body_sent), elapsed);
         }
     }
+
+    /// The access log line of a refused head; `sent` is the status and body bytes the client
+    /// got (status 0 when the answer could not be written).
+    fn log_refusal(
+        &self,
+        stream: &Stream,
+        r: &Refusal,
+        request_id: &str,
+        sent: (u16, u64),
+        elapsed: Duration,
+    ) {
+        let snap = self.snapshot.load();
+        let (path, query) = match r.target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (r.target.as_str(), None),
+        };
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned())
+            .and_then(|a| a.as_inet().map(|a| a.ip()));
+        log::access_log(
+            &snap.config.access_log.fields,
+            &log::Entry {
+                request_id,
+                trace_id: None,
+                client_ip,
+                method: &r.method,
+                host: None,
+                path,
+                query,
+                protocol: "HTTP/1.1",
+                route: "",
+                upstream: "",
+                target: None,
+                status: sent.0,
+                bytes_sent: sent.1,
+                bytes_received: 0,
+                duration: elapsed,
+                upstream_time: Duration::ZERO,
+                attempts: 0,
+                error: Some(r.error.code()),
+            },
+        );
+    }
+}
+
+/// A refusal as HTTP/1.1 bytes, closing the connection.
+fn refusal_bytes(rendered: &respond::Rendered, head_only: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + rendered.body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            rendered.status.as_str(),
+            rendered.status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (name, value) in &rendered.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            rendered.body.len()
+        )
+        .as_bytes(),
+    );
+    if !head_only {
+        out.extend_from_slice(&rendered.body);
+    }
+    out
 }
 
 /// Whether a connection's first bytes may be the HTTP/2 preface: all of it, or the start of it

@@ -395,40 +395,8 @@ fn trim(v: &[u8]) -> &[u8] {
 
 /// The checks of a complete head (RFC 9112 §3.2, §6.1, §6.3; RFC 9110 §8.6).
 fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), GatewayError> {
-    let bad = |error: fn(String) -> GatewayError, message: String| Err(error(message));
-    let http11 = req.version == Some(1);
     check_target(req.method.unwrap_or_default(), req.path.unwrap_or_default())?;
-    let mut hosts = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("host"));
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return bad(
-            GatewayError::BadHost,
-            "the request has more than one Host header".to_owned(),
-        );
-    }
-    if host.is_some_and(|h| h.value.contains(&b'@')) {
-        // pingora refuses userinfo in Host too (without a body).
-        return bad(
-            GatewayError::BadHost,
-            "the Host header contains userinfo (`@`)".to_owned(),
-        );
-    }
-    if let (Some(authority), Some(host)) = (absolute_form_authority(req.path), host) {
-        // pingora refuses these too (without a body); said here in the JSON shape.
-        if authority != host.value {
-            return bad(
-                GatewayError::BadHost,
-                format!(
-                    "Host `{}` differs from the authority `{}` of the request target",
-                    String::from_utf8_lossy(host.value).escape_debug(),
-                    String::from_utf8_lossy(authority).escape_debug()
-                ),
-            );
-        }
-    }
+    check_host(req)?;
     let mut codings = Vec::new();
     let mut lengths = Vec::new();
     for h in req.headers.iter() {
@@ -438,61 +406,91 @@ fn check_parsed(req: &httparse::Request<'_, '_>) -> Result<(), GatewayError> {
             lengths.extend(h.value.split(|b| *b == b',').map(trim));
         }
     }
-    if !codings.is_empty() {
-        if !http11 {
-            return bad(
-                GatewayError::BadRequest,
-                "an HTTP/1.0 request cannot use Transfer-Encoding".to_owned(),
-            );
-        }
-        // `chunked` is the only coding the gateway decodes; a proxy cannot forward a coding it
-        // does not understand (RFC 9112 §6.1: 501).
-        if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
-            let list: Vec<String> = codings
-                .iter()
-                .map(|c| String::from_utf8_lossy(c).escape_debug().to_string())
-                .collect();
-            return Err(GatewayError::UnsupportedTransferEncoding(format!(
-                "Transfer-Encoding `{}` is not supported; only `chunked` is",
-                list.join(", ")
+    if codings.is_empty() {
+        check_lengths(&lengths)
+    } else {
+        // With Transfer-Encoding the length is ignored (and removed by pingora).
+        check_codings(&codings, req.version == Some(1))
+    }
+}
+
+/// One Host, without userinfo, equal to an absolute-form target's authority.
+fn check_host(req: &httparse::Request<'_, '_>) -> Result<(), GatewayError> {
+    let mut hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadHost(
+            "the request has more than one Host header".to_owned(),
+        ));
+    }
+    if host.is_some_and(|h| h.value.contains(&b'@')) {
+        // pingora refuses userinfo in Host too (without a body).
+        return Err(GatewayError::BadHost(
+            "the Host header contains userinfo (`@`)".to_owned(),
+        ));
+    }
+    if let (Some(authority), Some(host)) = (absolute_form_authority(req.path), host) {
+        // pingora refuses these too (without a body); said here in the JSON shape.
+        if authority != host.value {
+            return Err(GatewayError::BadHost(format!(
+                "Host `{}` differs from the authority `{}` of the request target",
+                String::from_utf8_lossy(host.value).escape_debug(),
+                String::from_utf8_lossy(authority).escape_debug()
             )));
         }
-        // With Transfer-Encoding the length is ignored (and removed by pingora).
-        return Ok(());
     }
+    Ok(())
+}
+
+/// Transfer codings the gateway can forward: `chunked` alone, on HTTP/1.1.
+fn check_codings(codings: &[&[u8]], http11: bool) -> Result<(), GatewayError> {
+    if !http11 {
+        return Err(GatewayError::BadRequest(
+            "an HTTP/1.0 request cannot use Transfer-Encoding".to_owned(),
+        ));
+    }
+    // `chunked` is the only coding the gateway decodes; a proxy cannot forward a coding it
+    // does not understand (RFC 9112 §6.1: 501).
+    if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
+        let list: Vec<String> = codings
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).escape_debug().to_string())
+            .collect();
+        return Err(GatewayError::UnsupportedTransferEncoding(format!(
+            "Transfer-Encoding `{}` is not supported; only `chunked` is",
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Content-Length values that are numbers of bytes and agree with each other.
+fn check_lengths(lengths: &[&[u8]]) -> Result<(), GatewayError> {
+    let bad = |message: String| Err(GatewayError::BadContentLength(message));
     let mut length: Option<&[u8]> = None;
-    for v in lengths {
+    for &v in lengths {
         if v.is_empty() {
-            return bad(
-                GatewayError::BadContentLength,
-                "the request has an empty Content-Length value".to_owned(),
-            );
+            return bad("the request has an empty Content-Length value".to_owned());
         }
         if !v.iter().all(u8::is_ascii_digit) {
-            return bad(
-                GatewayError::BadContentLength,
-                format!(
-                    "Content-Length `{}` is not a number of bytes",
-                    String::from_utf8_lossy(v).escape_debug()
-                ),
-            );
+            return bad(format!(
+                "Content-Length `{}` is not a number of bytes",
+                String::from_utf8_lossy(v).escape_debug()
+            ));
         }
         if std::str::from_utf8(trim_zeros(v))
             .ok()
             .and_then(|n| n.parse::<u64>().ok().or((n.is_empty()).then_some(0)))
             .is_none()
         {
-            return bad(
-                GatewayError::BadContentLength,
-                "the request's Content-Length is too large".to_owned(),
-            );
+            return bad("the request's Content-Length is too large".to_owned());
         }
         match length {
             Some(first) if trim_zeros(first) != trim_zeros(v) => {
-                return bad(
-                    GatewayError::BadContentLength,
-                    "the request has different Content-Length values".to_owned(),
-                )
+                return bad("the request has different Content-Length values".to_owned())
             }
             _ => length = Some(v),
         }
