@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::admin::AdminApp;
-use crate::config::{Built, Listener};
+use crate::config::{Built, Listener, ServerSettings};
 use crate::proxy::{BoundListeners, Front, Gateway};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
@@ -87,25 +87,7 @@ pub fn build(
     upgrade: bool,
 ) -> Result<Server, StartError> {
     let config = &built.config;
-    let mut conf = ServerConf {
-        threads: config.server.threads,
-        upstream_keepalive_pool_size: config.server.keepalive_pool_size,
-        // pingora keeps serving in-flight requests for the grace period (listeners closed),
-        // then drops what is left; `Background` ends the process early once nothing is in
-        // flight, so an idle gateway exits at once.
-        grace_period_seconds: Some(
-            config
-                .server
-                .graceful_shutdown_timeout
-                .as_millis()
-                .div_ceil(1000) as u64,
-        ),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    // Retries are decided by the proxy (retry policy); this is only pingora's hard ceiling.
-    conf.max_retries = 16;
-    conf.upgrade_sock = config.server.upgrade_sock.display().to_string();
+    let conf = server_conf(&config.server);
     // First: a second instance started by mistake is told so, whatever else it shares.
     crate::upgrade_lock::acquire(&config.server.upgrade_sock, upgrade)?;
     if !upgrade {
@@ -149,45 +131,7 @@ pub fn build(
         if group.is_empty() {
             continue;
         }
-        let mut options = HttpServerOptions::default();
-        options.h2c = h2c;
-        // An HTTP/2 connection with no stream open is closed like an idle HTTP/1.1 keep-alive
-        // connection; it also bounds a client that trickles a HEADERS block that never ends.
-        options.h2_idle_timeout = Some(std::time::Duration::from_secs(H2_IDLE_SECS));
-        let gateway = Gateway::new(snapshot.clone(), bound.clone());
-        let mut proxy = HttpProxy::new(gateway, conf.clone());
-        proxy.server_options = Some(options);
-        proxy.handle_init_modules();
-        let name = if h2c { "tollgate" } else { "tollgate-h1" };
-        let mut service = Service::new(
-            name.to_string(),
-            Front::new(proxy, snapshot.clone(), bound.clone()),
-        );
-        for l in group {
-            let addr = l.address.to_string();
-            match &l.tls {
-                // No read buffer under plaintext HTTP: pingora reads request heads and bodies
-                // into buffers of its own, so a second 64 KiB one per connection saves no
-                // syscall (same instructions per request) and costs ~4 KiB of RSS per idle
-                // keep-alive connection (BENCHMARKS.md, optimisation log). TLS keeps it: records
-                // arrive in 16 KiB pieces and the buffer batches their reads.
-                None => service.add_listener(
-                    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
-                ),
-                Some(tls) => {
-                    let mut settings =
-                        TlsSettings::intermediate("", "").map_err(|error| StartError::Tls {
-                            listener: l.name.to_string(),
-                            error,
-                        })?;
-                    settings.set_cert_resolver(Arc::new(FixedCert(tls.certified_key.clone())));
-                    if tls.h2 {
-                        settings.enable_h2();
-                    }
-                    service.add_tls_with_settings(&addr, None, settings);
-                }
-            }
-        }
+        let service = proxy_service(&group, h2c, &snapshot, &bound, &conf)?;
         server.add_service(service);
     }
 
@@ -209,6 +153,76 @@ pub fn build(
         server.add_service(service);
     }
     Ok(server)
+}
+
+/// pingora's settings for the process.
+fn server_conf(server: &ServerSettings) -> ServerConf {
+    let mut conf = ServerConf {
+        threads: server.threads,
+        upstream_keepalive_pool_size: server.keepalive_pool_size,
+        // pingora keeps serving in-flight requests for the grace period (listeners closed),
+        // then drops what is left; `Background` ends the process early once nothing is in
+        // flight, so an idle gateway exits at once.
+        grace_period_seconds: Some(
+            server.graceful_shutdown_timeout.as_millis().div_ceil(1000) as u64
+        ),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    // Retries are decided by the proxy (retry policy); this is only pingora's hard ceiling.
+    conf.max_retries = 16;
+    conf.upgrade_sock = server.upgrade_sock.display().to_string();
+    conf
+}
+
+/// The proxy service of a group of listeners that share pingora's h2c switch.
+fn proxy_service(
+    group: &[&Listener],
+    h2c: bool,
+    snapshot: &Arc<ArcSwap<Snapshot>>,
+    bound: &Arc<BoundListeners>,
+    conf: &Arc<ServerConf>,
+) -> Result<Service<Front>, StartError> {
+    let mut options = HttpServerOptions::default();
+    options.h2c = h2c;
+    // An HTTP/2 connection with no stream open is closed like an idle HTTP/1.1 keep-alive
+    // connection; it also bounds a client that trickles a HEADERS block that never ends.
+    options.h2_idle_timeout = Some(std::time::Duration::from_secs(H2_IDLE_SECS));
+    let gateway = Gateway::new(snapshot.clone(), bound.clone());
+    let mut proxy = HttpProxy::new(gateway, conf.clone());
+    proxy.server_options = Some(options);
+    proxy.handle_init_modules();
+    let name = if h2c { "tollgate" } else { "tollgate-h1" };
+    let mut service = Service::new(
+        name.to_string(),
+        Front::new(proxy, snapshot.clone(), bound.clone()),
+    );
+    for l in group {
+        let addr = l.address.to_string();
+        match &l.tls {
+            // No read buffer under plaintext HTTP: pingora reads request heads and bodies
+            // into buffers of its own, so a second 64 KiB one per connection saves no
+            // syscall (same instructions per request) and costs ~4 KiB of RSS per idle
+            // keep-alive connection (BENCHMARKS.md, optimisation log). TLS keeps it: records
+            // arrive in 16 KiB pieces and the buffer batches their reads.
+            None => service.add_listener(
+                ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
+            ),
+            Some(tls) => {
+                let mut settings =
+                    TlsSettings::intermediate("", "").map_err(|error| StartError::Tls {
+                        listener: l.name.to_string(),
+                        error,
+                    })?;
+                settings.set_cert_resolver(Arc::new(FixedCert(tls.certified_key.clone())));
+                if tls.h2 {
+                    settings.enable_h2();
+                }
+                service.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+    }
+    Ok(service)
 }
 
 /// Fails start-up when a listening address is taken. pingora retries a busy address for half

@@ -152,7 +152,7 @@ impl Snapshot {
             .zip(&self.routes)
             .filter_map(|(r, rt)| {
                 let t = rt.transcoder.clone()?;
-                let c = self.clusters.get(r.upstream)?.clone();
+                let c = self.clusters.get(r.upstream?)?.clone();
                 (t.needs_reflection() && !t.is_ready()).then_some((t, c))
             })
             .collect()

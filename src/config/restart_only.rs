@@ -35,6 +35,7 @@ impl ProcessSettings {
             admin,
             // Read from the snapshot per request, or applied by the reloader.
             upstreams: _,
+            brokers: _,
             routes: _,
             table: _,
             access_log: _,

@@ -28,7 +28,7 @@ pub fn reject(st: &mut RequestState, err: GatewayError) -> Box<Error> {
 pub fn begin(st: &mut RequestState) {
     let attempt = st.route().and_then(|route| {
         let snap = st.snapshot.as_ref()?;
-        let cluster = snap.clusters.get(route.upstream)?.clone();
+        let cluster = snap.clusters.get(route.upstream?)?.clone();
         Some(Attempt::new(cluster, route.upstream_name.clone()))
     });
     st.attempt = attempt;
@@ -183,10 +183,9 @@ pub fn request(session: &Session, st: &mut RequestState, up: &mut RequestHeader)
             }
         }
     }
-    let host_header = snap
-        .config
-        .upstreams
-        .get(route.upstream)
+    let host_header = route
+        .upstream
+        .and_then(|i| snap.config.upstreams.get(i))
         .and_then(|u| u.host_header.clone());
     if let Some(h) = host_header {
         let _ = up.insert_header(HOST, h);

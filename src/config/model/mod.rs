@@ -5,8 +5,9 @@
 //! it into the `Snapshot`.
 //!
 //! Rooms: this file holds the whole config and its process-wide sections; `upstream.rs` an
-//! upstream and its policies; `route.rs` a route.
+//! upstream and its policies; `route.rs` a route; `broker.rs` a broker and a publish route.
 
+mod broker;
 mod route;
 mod upstream;
 
@@ -20,6 +21,10 @@ use tollgate_plugin_api::Secret;
 
 use crate::router::RouteTable;
 
+pub use broker::{
+    AmqpSettings, BrokerConfig, BrokerKind, BrokerTls, Destination, KafkaSasl, KafkaSettings,
+    NatsSettings, PublishConfig, PublishMode, Template, TemplatePart,
+};
 pub use route::{Rewrite, RewritePart, Route};
 pub use upstream::{
     Algorithm, BalanceConfig, CircuitBreakerConfig, ConsulQuery, DiscoveryConfig, DiscoverySource,
@@ -43,6 +48,8 @@ pub struct GatewayConfig {
     pub admin: Option<AdminSettings>,
     /// Upstreams, referenced by index from routes.
     pub upstreams: Vec<Arc<UpstreamConfig>>,
+    /// Message brokers, referenced by index from publish routes.
+    pub brokers: Vec<Arc<BrokerConfig>>,
     /// Routes, referenced by index from the route table.
     pub routes: Vec<Route>,
     /// The compiled route table. Validated data rather than a runtime object: conflicts are

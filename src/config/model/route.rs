@@ -8,9 +8,10 @@ use std::time::Duration;
 pub struct Route {
     /// Its name in gateway.toml.
     pub name: Arc<str>,
-    /// Index into `GatewayConfig::upstreams`.
-    pub upstream: usize,
-    /// The upstream's name (for logs and errors).
+    /// Index into `GatewayConfig::upstreams`; `None` for a route that answers without one
+    /// (a publish route).
+    pub upstream: Option<usize>,
+    /// The upstream's name (for logs and errors); empty without an upstream.
     pub upstream_name: Arc<str>,
     /// Template parameter names, in order, when the route is a template.
     pub param_names: Vec<Arc<str>>,
@@ -27,6 +28,8 @@ pub struct Route {
     pub write_timeout: Option<Duration>,
     /// Retry non-idempotent methods too (the route says its upstream tolerates it).
     pub retry_non_idempotent: bool,
+    /// Publishes the request body to a broker instead of calling an upstream.
+    pub publish: Option<super::PublishConfig>,
 }
 
 /// How a route changes the path before proxying.

@@ -137,6 +137,7 @@ impl Validator<'_, '_> {
                 listeners,
                 admin,
                 upstreams,
+                brokers: Vec::new(),
                 routes,
                 table: Arc::new(table?),
                 access_log,

@@ -120,7 +120,7 @@ impl Validator<'_, '_> {
             },
             route: Route {
                 name: Arc::from(name),
-                upstream,
+                upstream: Some(upstream),
                 upstream_name: refs.upstreams[upstream].name.clone(),
                 param_names,
                 pattern,
@@ -129,6 +129,7 @@ impl Validator<'_, '_> {
                 read_timeout: r.read_timeout.map(|d| d.0),
                 write_timeout: r.write_timeout.map(|d| d.0),
                 retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
+                publish: None,
             },
             instances: RouteInstances {
                 plugins,
