@@ -95,6 +95,15 @@ pub enum GatewayError {
         /// The status it answered.
         status: StatusCode,
     },
+    /// A message was not published (or not acknowledged) by a broker.
+    #[error(transparent)]
+    Publish(#[from] crate::broker::PublishError),
+    /// A publish route's template needs a value the request does not have.
+    #[error(transparent)]
+    MissingValue(#[from] crate::broker::template::MissingValue),
+    /// The request body is over the route's limit.
+    #[error("{0}")]
+    BodyTooLarge(String),
     /// The gateway failed on its own.
     #[error("{0}")]
     Internal(String),
@@ -123,6 +132,9 @@ impl GatewayError {
             UpstreamConnectTimeout(_) | UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NoHealthyTarget(_) | UpstreamOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamStatus { status, .. } => *status,
+            Publish(e) => e.status(),
+            MissingValue(_) => StatusCode::BAD_REQUEST,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Plugin(e) => e.status,
         }
@@ -151,6 +163,9 @@ impl GatewayError {
             NoHealthyTarget(_) => "no_healthy_target",
             UpstreamOverloaded { .. } => "upstream_overloaded",
             UpstreamStatus { .. } => "upstream_error",
+            Publish(e) => e.code(),
+            MissingValue(_) => "missing_value",
+            BodyTooLarge(_) => "body_too_large",
             Internal(_) => "internal_error",
             Plugin(e) => e.code,
         }
@@ -160,6 +175,7 @@ impl GatewayError {
     pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
         match self {
             GatewayError::Plugin(e) => &e.headers,
+            GatewayError::Publish(e) => e.headers(),
             _ => &[],
         }
     }

@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod admin;
+pub mod broker;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -140,11 +140,13 @@ impl Reloader {
             return Err(self.failed(trigger, ReloadError::AccessLog(e)));
         }
         let generation = self.snapshot.load().generation + 1;
-        let next = Snapshot::new(built, generation);
+        let next = Snapshot::after(built, generation, Some(&self.snapshot.load()));
         // Targets are discovered and checked before the swap, so the new config's first request
         // already sees healthy targets.
         next.prime().await;
         next.start_tasks();
+        // New brokers connect before the config goes live, so its first publish finds them.
+        next.brokers.settle(next.brokers.longest_connect()).await;
         let (level, watch) = (
             next.config.log.level.clone(),
             next.config.server.watch_config,

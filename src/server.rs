@@ -279,6 +279,12 @@ impl BackgroundService for Background {
         // (nor, inherited as ignored, dropped) while the task has yet to run.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         tokio::spawn(sighup_reloads(self.reloader.clone(), hup, stop_rx));
+        // Brokers get their first connection attempt before the gateway says it is ready.
+        let snapshot = self.snapshot.load_full();
+        snapshot
+            .brokers
+            .settle(snapshot.brokers.longest_connect())
+            .await;
         // Services start together; by the time this runs the listeners are bound.
         self.reloader.set_ready();
         let _ = shutdown.changed().await;

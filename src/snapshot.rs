@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::broker::Brokers;
 use crate::config::{Built, GatewayConfig, PluginEntry, Route};
 use crate::grpc::Transcoder;
 use crate::handler::grpc::GrpcHandler;
+use crate::handler::publish::PublishHandler;
 use crate::handler::Handler;
 use crate::telemetry::metrics::{create_config_series, RouteMetrics};
 use crate::upstream::{now_ms, tasks, Cluster};
@@ -24,6 +26,8 @@ pub struct Snapshot {
     pub config: GatewayConfig,
     /// Runtime state of each upstream, same index as `config.upstreams`.
     pub clusters: Vec<Arc<Cluster>>,
+    /// The message brokers, same index as `config.brokers`.
+    pub brokers: Brokers,
     /// Runtime objects of each route, same index as `config.routes`.
     routes: Vec<RouteRuntime>,
     /// The global plugins in execution order: the chain of a request no route matched.
@@ -50,7 +54,14 @@ impl Snapshot {
     /// Builds the runtime state of a loaded config, taking over the plugins and transcoders its
     /// validation built. Nothing runs until `start_tasks`.
     pub fn new(built: Built, generation: u64) -> Self {
+        Self::after(built, generation, None)
+    }
+
+    /// [`Snapshot::new`] for a config that replaces `previous`: its brokers whose settings did
+    /// not change are `previous`'s (same connections).
+    pub fn after(built: Built, generation: u64, previous: Option<&Snapshot>) -> Self {
         let Built { config, instances } = built;
+        let brokers = Brokers::build(&config.brokers, previous.map(|p| &p.brokers));
         create_config_series(
             config.upstreams.iter().map(|u| &*u.name),
             config.routes.iter().map(|r| &*r.name),
@@ -64,13 +75,11 @@ impl Snapshot {
         let routes = instances
             .routes
             .into_iter()
-            .map(|r| RouteRuntime {
+            .zip(&config.routes)
+            .map(|(r, route)| RouteRuntime {
                 body_plan: BodyPlan::of_chain(r.plugins.iter().map(|e| &*e.plugin)),
                 plugins: r.plugins.into(),
-                handler: match &r.transcoder {
-                    Some(t) => Handler::Serve(Arc::new(GrpcHandler::new(t.clone()))),
-                    None => Handler::Proxy,
-                },
+                handler: handler(route, r.transcoder.as_ref(), &brokers),
                 transcoder: r.transcoder,
                 metrics: RouteMetrics::default(),
             })
@@ -80,6 +89,7 @@ impl Snapshot {
             generation,
             config,
             clusters,
+            brokers,
             routes,
             global_plugins: instances.global_plugins.into(),
             stop,
@@ -160,6 +170,7 @@ impl Snapshot {
 
     /// Starts the background tasks of every cluster and plugin on the current tokio runtime.
     pub fn start_tasks(&self) {
+        self.brokers.start();
         for c in &self.clusters {
             tasks::spawn(c.clone(), self.stop.subscribe());
         }
@@ -208,6 +219,23 @@ impl Snapshot {
     /// Stops the background tasks (the snapshot is being replaced).
     pub fn stop_tasks(&self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// What serves a route: its publish table's broker, its transcoder, or the proxy.
+fn handler(route: &Route, transcoder: Option<&Arc<Transcoder>>, brokers: &Brokers) -> Handler {
+    if let Some(publish) = &route.publish {
+        if let Some(broker) = brokers.get(publish.broker) {
+            return Handler::Serve(Arc::new(PublishHandler::new(
+                route.name.clone(),
+                publish.clone(),
+                broker.clone(),
+            )));
+        }
+    }
+    match transcoder {
+        Some(t) => Handler::Serve(Arc::new(GrpcHandler::new(t.clone()))),
+        None => Handler::Proxy,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The admin listener: operational endpoints, on loopback by default, optionally behind a bearer
 //! token (`[admin] token_env`; `/healthz` and `/readyz` stay open for probes).
 //!
-//! `/healthz` live · `/readyz` ready (listeners bound, a snapshot live; reload status) ·
+//! `/healthz` live · `/readyz` ready (listeners bound, a snapshot live, required brokers
+//! connected; reload status) · `/brokers` message brokers and their connection state ·
 //! `/metrics` Prometheus · `/upstreams` targets and their health · `/config` the loaded file,
 //! secrets redacted by type (`config/view.rs`) · `/routes/explain?method=&host=&path=` which
 //! route, plugins and upstream a request would get · `POST /reload` reload the config file.
@@ -168,6 +169,65 @@ fn plugin_views(plugins: &[PluginEntry]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+impl AdminApp {
+    /// Ready: listeners bound, a snapshot live, and every broker that `required_for_readiness`
+    /// connected.
+    fn readyz(&self) -> Response<Vec<u8>> {
+        let status = self.reloader.status();
+        let snap = self.snapshot.load();
+        let brokers_down: Vec<&str> = snap
+            .brokers
+            .iter()
+            .filter(|b| b.config().required_for_readiness && !b.is_up())
+            .map(|b| b.name())
+            .collect();
+        let ready = self.reloader.is_ready() && brokers_down.is_empty();
+        json(
+            if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            serde_json::json!({
+                "ready": ready,
+                "generation": status.generation,
+                "last_reload_error": status.last_error,
+                "pending_restart": status.pending_restart,
+                "brokers_down": brokers_down,
+            }),
+        )
+    }
+
+    /// Every broker: its kind, connection state and since when.
+    fn brokers(&self) -> Response<Vec<u8>> {
+        let snap = self.snapshot.load();
+        let brokers: Vec<serde_json::Value> = snap
+            .brokers
+            .iter()
+            .map(|b| {
+                let (state, since) = b.state();
+                let since = humantime::format_rfc3339_seconds(since).to_string();
+                let mut v = serde_json::json!({
+                    "name": b.name(),
+                    "kind": b.config().kind.as_str(),
+                    "since": since,
+                    "required_for_readiness": b.config().required_for_readiness,
+                });
+                if let (Some(obj), Ok(serde_json::Value::Object(s))) =
+                    (v.as_object_mut(), serde_json::to_value(&state))
+                {
+                    obj.extend(s);
+                }
+                v
+            })
+            .collect();
+        json(
+            StatusCode::OK,
+            serde_json::json!({"generation": snap.generation, "brokers": brokers}),
+        )
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -194,23 +254,8 @@ impl ServeHttp for AdminApp {
                     serde_json::json!({"status": "ok", "generation": snap.generation}),
                 )
             }
-            ("GET", "/readyz") => {
-                let status = self.reloader.status();
-                let ready = self.reloader.is_ready();
-                json(
-                    if ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    },
-                    serde_json::json!({
-                        "ready": ready,
-                        "generation": status.generation,
-                        "last_reload_error": status.last_error,
-                        "pending_restart": status.pending_restart,
-                    }),
-                )
-            }
+            ("GET", "/readyz") => self.readyz(),
+            ("GET", "/brokers") => self.brokers(),
             ("GET", "/metrics") => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -246,8 +291,8 @@ impl ServeHttp for AdminApp {
             },
             (
                 _,
-                "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/config" | "/routes/explain"
-                | "/reload",
+                "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/brokers" | "/config"
+                | "/routes/explain" | "/reload",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",

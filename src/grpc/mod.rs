@@ -7,7 +7,7 @@
 //! streamed.
 
 mod binding;
-mod body;
+pub mod body;
 mod call;
 mod client;
 mod config;

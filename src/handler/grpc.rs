@@ -40,36 +40,39 @@ impl ServeHandler for GrpcHandler {
         &self,
         req: HandlerRequest<'_>,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
+        let Some(attempt) = req.attempt else {
+            return Err(GatewayError::Internal(
+                "a transcoding route without an upstream".to_owned(),
+            ));
+        };
+        let request_id = req.ctx.request_id.as_str();
         loop {
-            let target = req.attempt.next_target(req.hash_key).await?;
-            let call_target = req
-                .attempt
-                .cluster()
-                .grpc_target(&target)
-                .map_err(|detail| GatewayError::UpstreamTlsSetup {
-                    upstream: Arc::from(req.attempt.cluster().name()),
+            let target = attempt.next_target(req.hash_key).await?;
+            let call_target = attempt.cluster().grpc_target(&target).map_err(|detail| {
+                GatewayError::UpstreamTlsSetup {
+                    upstream: Arc::from(attempt.cluster().name()),
                     detail,
-                })?;
+                }
+            })?;
             // Boxed, as each level of the call is: rustc lays an awaited future out twice in
             // its caller's state, so inlined levels doubled up to a 66 KB future, copied when
             // moved. The engine borrows the request head: copying it into an `http::Request`
             // header by header cost more than the whole metadata forwarding.
             let response = Box::pin(self.transcoder.handle_read(
                 req.head,
-                req.request_id,
+                request_id,
                 req.body.clone(),
                 &call_target,
             ))
             .await;
             let verdict = match response.extensions().get::<CallFailure>() {
                 Some(failure) => {
-                    req.attempt.end_try("error");
-                    req.attempt
-                        .failed(failure_kind(*failure), req.replay, false)
+                    attempt.end_try("error");
+                    attempt.failed(failure_kind(*failure), req.replay, false)
                 }
                 None => {
-                    req.attempt.end_try("response");
-                    req.attempt.answered(response.status().as_u16(), req.replay)
+                    attempt.end_try("response");
+                    attempt.answered(response.status().as_u16(), req.replay)
                 }
             };
             if verdict == Verdict::Stop {

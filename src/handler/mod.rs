@@ -22,11 +22,13 @@
 //!    shape. A body that fails mid-stream cuts the client's response off.
 
 pub mod grpc;
+pub mod publish;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tollgate_plugin_api::RequestContext;
 
 use crate::error::GatewayError;
 use crate::grpc::ResponseBody;
@@ -47,10 +49,11 @@ pub struct HandlerRequest<'a> {
     pub head: &'a http::request::Parts,
     /// The whole body (at most `max_body_bytes` + 1 bytes).
     pub body: Bytes,
-    /// The gateway's id of the request (logs, error bodies, `x-request-id` upstream).
-    pub request_id: &'a str,
-    /// The tries at the route's upstream.
-    pub attempt: &'a mut Attempt,
+    /// The request's context: its id (logs, error bodies, `x-request-id` upstream), path
+    /// parameters and what the plugins set (`jwt.sub`, `consumer`).
+    pub ctx: &'a RequestContext,
+    /// The tries at the route's upstream; `None` for a route without one.
+    pub attempt: Option<&'a mut Attempt>,
     /// The request's ring-hash key, when the upstream balances by one.
     pub hash_key: Option<u64>,
     /// Whether the request may be sent again after it reached an upstream (its method, or the

@@ -44,17 +44,12 @@ impl Gateway {
         // The body is at hand, so only the method decides whether it may be sent again.
         let replay = session.req_header().method.is_idempotent()
             || st.route().is_some_and(|r| r.retry_non_idempotent);
-        let Some(attempt) = st.attempt.as_mut() else {
-            return Err(GatewayError::Internal(
-                "the route's upstream is missing".to_owned(),
-            ));
-        };
         let head: &http::request::Parts = session.req_header();
         let request = HandlerRequest {
             head,
             body: body.freeze(),
-            request_id: &st.ctx.request_id,
-            attempt,
+            ctx: &st.ctx,
+            attempt: st.attempt.as_mut(),
             hash_key,
             replay,
         };

@@ -37,6 +37,70 @@ pub struct Metrics {
     pub generation: IntGauge,
     /// Target health (1 available, 0 not), refreshed at scrape.
     target_healthy: IntGaugeVec,
+    /// Message brokers and publishing.
+    pub brokers: BrokerMetrics,
+}
+
+/// The metric families of message brokers.
+pub struct BrokerMetrics {
+    /// Whether a broker is connected (1) or not (0).
+    pub up: IntGaugeVec,
+    /// Messages published (acknowledged, or handed over in fire-and-forget mode), by route and
+    /// broker.
+    pub published: IntCounterVec,
+    /// Messages not published, by route, broker and error code.
+    pub failed: IntCounterVec,
+    /// Time from handing a message to the client library to its acknowledgement, by broker.
+    pub publish_duration: HistogramVec,
+}
+
+fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Error> {
+    let up = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_broker_up",
+            "Whether a message broker is connected (1) or not (0)",
+        ),
+        &["broker"],
+    )?;
+    let published = IntCounterVec::new(
+        Opts::new(
+            "tollgate_messages_published_total",
+            "Messages published to a broker, by route and broker",
+        ),
+        &["route", "broker"],
+    )?;
+    let failed = IntCounterVec::new(
+        Opts::new(
+            "tollgate_messages_failed_total",
+            "Messages not published, by route, broker and error code",
+        ),
+        &["route", "broker", "code"],
+    )?;
+    let publish_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_publish_duration_seconds",
+            "Time from handing a message to the broker client to its acknowledgement",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["broker"],
+    )?;
+    registry.register(Box::new(up.clone()))?;
+    registry.register(Box::new(published.clone()))?;
+    registry.register(Box::new(failed.clone()))?;
+    registry.register(Box::new(publish_duration.clone()))?;
+    Ok(BrokerMetrics {
+        up,
+        published,
+        failed,
+        publish_duration,
+    })
+}
+
+/// Records a broker's connection state.
+pub fn broker_state(broker: &str, up: bool) {
+    if let Some(m) = metrics() {
+        m.brokers.up.with_label_values(&[broker]).set(i64::from(up));
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -127,6 +191,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Generation of the live config",
         )?,
         target_healthy,
+        brokers: broker_metrics(&registry)?,
         registry,
     })
 }

@@ -202,31 +202,10 @@ impl AttemptSpan {
     /// request's: an unsampled request passes `-00` on.
     pub fn inject(&self, req: &mut RequestHeader) {
         let sc = self.span.span_context();
-        if !sc.is_valid() {
+        let Some(v) = traceparent(sc) else {
             return;
-        }
-        // Written by hand rather than through `TraceContextPropagator`, which formats the ids
-        // with `format!` and hands over owned header names: ~5k instructions of every traced
-        // request (BENCHMARKS.md, scenario b). Same bytes: `00-{trace}-{span}-{flags}`.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = [b'-'; 55];
-        buf[0] = b'0';
-        buf[1] = b'0';
-        let flags = [(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()];
-        let parts: [(&[u8], usize); 3] = [
-            (&sc.trace_id().to_bytes(), 3),
-            (&sc.span_id().to_bytes(), 36),
-            (&flags, 53),
-        ];
-        for (bytes, at) in parts {
-            for (i, b) in bytes.iter().enumerate() {
-                buf[at + 2 * i] = HEX[usize::from(b >> 4)];
-                buf[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
-            }
-        }
-        if let Ok(v) = http::HeaderValue::from_bytes(&buf) {
-            let _ = req.insert_header("traceparent", v);
-        }
+        };
+        let _ = req.insert_header("traceparent", v);
         let state = sc.trace_state().header();
         if state.is_empty() {
             // "No tracestate": the client's must not go on beside our traceparent.
@@ -329,6 +308,91 @@ impl Injector for HeaderInjector<'_> {
         // Values are hex digits and a tracestate that already parsed as a header; the owned
         // key keeps pingora's header-case bookkeeping simple.
         let _ = self.0.insert_header(key.to_string(), value);
+    }
+}
+
+/// The `traceparent` value of a span context (`None` for an invalid one).
+fn traceparent(sc: &opentelemetry::trace::SpanContext) -> Option<http::HeaderValue> {
+    if !sc.is_valid() {
+        return None;
+    }
+    // Written by hand rather than through `TraceContextPropagator`, which formats the ids
+    // with `format!` and hands over owned header names: ~5k instructions of every traced
+    // request (BENCHMARKS.md, scenario b). Same bytes: `00-{trace}-{span}-{flags}`.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [b'-'; 55];
+    buf[0] = b'0';
+    buf[1] = b'0';
+    let flags = [(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()];
+    let parts: [(&[u8], usize); 3] = [
+        (&sc.trace_id().to_bytes(), 3),
+        (&sc.span_id().to_bytes(), 36),
+        (&flags, 53),
+    ];
+    for (bytes, at) in parts {
+        for (i, b) in bytes.iter().enumerate() {
+            buf[at + 2 * i] = HEX[usize::from(b >> 4)];
+            buf[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    }
+    http::HeaderValue::from_bytes(&buf).ok()
+}
+
+/// The producer span of one published message (messaging semantic conventions), a child of
+/// the request's span; its context goes into the message's headers so that a consumer
+/// continues the trace.
+pub struct MessagingSpan(SdkSpan);
+
+impl MessagingSpan {
+    /// Starts `send {destination}` when the request is traced and sampled.
+    pub fn start(
+        parent: Option<&tollgate_plugin_api::TraceParent>,
+        system: &'static str,
+        destination: &str,
+    ) -> Option<Self> {
+        let tracer = pipeline::tracer()?;
+        let cx = parent?.get::<Context>()?;
+        let span = tracer
+            .span_builder(format!("send {destination}"))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("messaging.system", system),
+                KeyValue::new("messaging.destination.name", destination.to_owned()),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.operation.name", "send"),
+            ])
+            .start_with_context(&tracer, cx);
+        span.is_recording().then_some(Self(span))
+    }
+
+    /// `traceparent` and `tracestate` for the message's headers.
+    pub fn context_headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let sc = self.0.span_context();
+        let mut out = Vec::with_capacity(2);
+        if let Some(v) = traceparent(sc) {
+            out.push((TRACEPARENT, v));
+        }
+        let state = sc.trace_state().header();
+        if let Ok(v) = http::HeaderValue::from_str(&state) {
+            if !state.is_empty() {
+                out.push((TRACESTATE, v));
+            }
+        }
+        out
+    }
+
+    /// Ends the span; `error` is the error code when the message was not published.
+    pub fn finish(mut self, error: Option<&str>, message_id: Option<String>) {
+        if let Some(id) = message_id {
+            self.0
+                .set_attribute(KeyValue::new("messaging.message.id", id));
+        }
+        if let Some(error) = error {
+            self.0
+                .set_attribute(KeyValue::new(semconv::ERROR_TYPE, error.to_string()));
+            self.0.set_status(Status::error(""));
+        }
+        self.0.end();
     }
 }
 

@@ -1,0 +1,263 @@
+//! AMQP 0-9-1 (RabbitMQ) through `lapin`: one connection per broker with a channel in
+//! publisher-confirm mode. Messages are published `mandatory` and persistent, so an answer
+//! means the broker routed the message to at least one queue and took responsibility for it;
+//! a message no queue takes comes back and is the client's 502 `unroutable`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use tokio::sync::Mutex;
+
+use super::{Backoff, Message, PublishError, Receipt, State, StateCell, Target};
+use crate::config::{AmqpSettings, BrokerConfig, PublishMode};
+
+/// Persistent messages survive a broker restart in durable queues.
+const PERSISTENT: u8 = 2;
+
+pub(super) struct Amqp {
+    url: String,
+    /// The live connection and its confirm-mode channel, `None` while down.
+    live: ArcSwapOption<Live>,
+    /// Serialises reopening a channel the broker closed (an error on one publish closes it).
+    reopen: Mutex<()>,
+}
+
+struct Live {
+    connection: Connection,
+    channel: ArcSwapOption<Channel>,
+}
+
+impl Amqp {
+    pub(super) fn new(broker: &BrokerConfig, a: &AmqpSettings) -> Self {
+        let mut url = a.url.expose().to_owned();
+        // amqp-uri takes the heartbeat from the query.
+        if !url.contains("heartbeat=") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("heartbeat={}", a.heartbeat.as_secs().max(1)));
+        }
+        if !url.contains("connection_timeout=") {
+            url.push_str(&format!(
+                "&connection_timeout={}",
+                broker.connect_timeout.as_millis()
+            ));
+        }
+        Self {
+            url,
+            live: ArcSwapOption::empty(),
+            reopen: Mutex::new(()),
+        }
+    }
+
+    /// Connects, and connects again (with backoff) whenever the connection breaks.
+    pub(super) async fn keep(&self, broker: &BrokerConfig, state: &StateCell) {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.connect(broker).await {
+                Ok((live, mut events)) => {
+                    self.live.store(Some(Arc::new(live)));
+                    state.set(&broker.name, State::Up);
+                    backoff.reset();
+                    let error = loop {
+                        match events.next().await {
+                            Some(lapin::Event::Error(e)) => break e.to_string(),
+                            Some(_) => continue,
+                            None => break "the connection closed".to_owned(),
+                        }
+                    };
+                    self.live.store(None);
+                    state.set(&broker.name, State::Down { error });
+                }
+                Err(error) => state.set(&broker.name, State::Down { error }),
+            }
+            backoff.wait().await;
+        }
+    }
+
+    async fn connect(
+        &self,
+        broker: &BrokerConfig,
+    ) -> Result<(Live, BoxStream<'static, lapin::Event>), String> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("tollgate {}", broker.name)));
+        let connect = Connection::connect(&self.url, props);
+        let connection = tokio::time::timeout(broker.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection within {}",
+                    humantime::format_duration(broker.connect_timeout)
+                )
+            })?
+            .map_err(|e| e.to_string())?;
+        let events = connection.events_listener().boxed();
+        let channel = confirm_channel(&connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let live = Live {
+            connection,
+            channel: ArcSwapOption::from(Some(Arc::new(channel))),
+        };
+        Ok((live, events))
+    }
+
+    /// The confirm-mode channel, opened again if the broker closed it.
+    async fn channel(&self, broker: &BrokerConfig) -> Result<Arc<Channel>, PublishError> {
+        let unavailable = |reason: String| PublishError::Unavailable {
+            broker: broker.name.clone(),
+            reason,
+        };
+        let Some(live) = self.live.load_full() else {
+            return Err(unavailable("not connected".to_owned()));
+        };
+        if let Some(ch) = live.channel.load_full().filter(|c| c.status().connected()) {
+            return Ok(ch);
+        }
+        let _one = self.reopen.lock().await;
+        if let Some(ch) = live.channel.load_full().filter(|c| c.status().connected()) {
+            return Ok(ch);
+        }
+        let ch = Arc::new(
+            confirm_channel(&live.connection)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?,
+        );
+        live.channel.store(Some(ch.clone()));
+        Ok(ch)
+    }
+
+    pub(super) async fn publish(
+        &self,
+        broker: &BrokerConfig,
+        message: Message,
+        mode: PublishMode,
+    ) -> Result<Receipt, PublishError> {
+        let Target::Amqp {
+            exchange,
+            routing_key,
+        } = &message.target
+        else {
+            return Err(PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: "not an AMQP destination".to_owned(),
+            });
+        };
+        let channel = self.channel(broker).await?;
+        let props = properties(&message);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let started = Instant::now();
+        let failed = |e: lapin::Error| error(broker, exchange, &e, message.target_from_request);
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(exchange.as_str()),
+                ShortString::from(routing_key.as_str()),
+                options,
+                &message.payload,
+                props,
+            )
+            .await
+            .map_err(failed)?;
+        if mode == PublishMode::FireAndForget {
+            return Ok(Receipt::Unconfirmed {
+                acknowledged: false,
+            });
+        }
+        let confirmation = confirm.await.map_err(failed)?;
+        super::observe_ack(broker, started);
+        match confirmation {
+            Confirmation::Ack(None) => Ok(Receipt::Amqp {
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+            }),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+                Err(PublishError::Unroutable {
+                    broker: broker.name.clone(),
+                    exchange: exchange.clone(),
+                    routing_key: routing_key.clone(),
+                })
+            }
+            Confirmation::Nack(None) => Err(PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: "the broker did not take the message (nack)".to_owned(),
+            }),
+            Confirmation::NotRequested => Err(PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: "the channel is not in confirm mode".to_owned(),
+            }),
+        }
+    }
+}
+
+async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Persistent, with the request's content type and id and the copied headers.
+fn properties(message: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut props = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    for (name, value) in &message.headers {
+        match name.as_str() {
+            "content-type" => {
+                if let Ok(v) = value.to_str() {
+                    props = props.with_content_type(ShortString::from(v));
+                }
+            }
+            "x-request-id" => {
+                if let Ok(v) = value.to_str() {
+                    props = props.with_message_id(ShortString::from(v));
+                }
+            }
+            _ => {}
+        }
+        headers.insert(
+            ShortString::from(name.as_str()),
+            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+        );
+    }
+    props.with_headers(headers)
+}
+
+/// What an AMQP error means for the client: a missing exchange closes the channel with
+/// NOT_FOUND; errors of the connection mean the broker is unavailable.
+fn error(
+    broker: &BrokerConfig,
+    exchange: &str,
+    e: &lapin::Error,
+    from_request: bool,
+) -> PublishError {
+    if let ErrorKind::ProtocolError(amqp) = e.kind() {
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) {
+            return PublishError::NoDestination {
+                broker: broker.name.clone(),
+                what: "exchange",
+                name: exchange.to_owned(),
+                from_request,
+            };
+        }
+        if e.is_amqp_soft_error() {
+            return PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: e.to_string(),
+            };
+        }
+    }
+    PublishError::Unavailable {
+        broker: broker.name.clone(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,191 @@
+//! Kafka through librdkafka (`rdkafka`): an idempotent producer with `acks = all`, so a
+//! message is acknowledged once every in-sync replica has it and a retry inside the client never
+//! writes it twice. librdkafka keeps its own connections (and reconnects); the keeper asks for
+//! the cluster's metadata to tell `/brokers` whether the cluster answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::{Backoff, Message, PublishError, Receipt, State, StateCell, Target};
+use crate::config::{BrokerConfig, KafkaSettings, PublishMode};
+
+/// How often the keeper asks a connected cluster for its metadata.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+pub(super) struct Kafka {
+    producer: FutureProducer,
+}
+
+impl Kafka {
+    /// The producer; librdkafka connects in the background from here on.
+    pub(super) fn new(broker: &BrokerConfig, k: &KafkaSettings) -> Result<Self, String> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", k.bootstrap.join(","))
+            .set("client.id", &k.client_id)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", k.linger.as_millis().to_string())
+            .set("compression.type", &k.compression)
+            .set("message.max.bytes", k.message_max_bytes.to_string())
+            // librdkafka gives a message up when the gateway does: a 503 for a message that
+            // then arrives would invite a duplicate from the client's retry.
+            .set(
+                "message.timeout.ms",
+                broker.publish_timeout.as_millis().max(1).to_string(),
+            )
+            .set(
+                "socket.connection.setup.timeout.ms",
+                broker.connect_timeout.as_millis().max(1000).to_string(),
+            )
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "5000")
+            .set("log_level", "3");
+        let tls = broker.tls.as_ref();
+        let protocol = match (tls.is_some(), k.sasl.is_some()) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        };
+        c.set("security.protocol", protocol);
+        if let Some(tls) = tls {
+            if let Some(ca) = &tls.ca_file {
+                c.set("ssl.ca.location", ca.display().to_string());
+            }
+            c.set(
+                "enable.ssl.certificate.verification",
+                tls.verify.to_string(),
+            );
+        }
+        if let Some(sasl) = &k.sasl {
+            c.set("sasl.mechanism", &sasl.mechanism)
+                .set("sasl.username", &sasl.username)
+                .set("sasl.password", sasl.password.expose());
+        }
+        let producer = c.create().map_err(|e| e.to_string())?;
+        Ok(Self { producer })
+    }
+
+    /// Tells `/brokers` whether the cluster answers, for as long as the broker is in use.
+    pub(super) async fn keep(&self, broker: &BrokerConfig, state: &StateCell) {
+        let mut backoff = Backoff::new();
+        loop {
+            let producer = self.producer.clone();
+            let timeout = broker.connect_timeout;
+            // librdkafka's metadata call blocks its thread.
+            let asked = tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(None, Timeout::After(timeout))
+                    .map(|_| ())
+            })
+            .await;
+            match asked {
+                Ok(Ok(_)) => {
+                    state.set(&broker.name, State::Up);
+                    backoff.reset();
+                    tokio::time::sleep(CHECK_EVERY).await;
+                }
+                Ok(Err(e)) => {
+                    state.set(
+                        &broker.name,
+                        State::Down {
+                            error: e.to_string(),
+                        },
+                    );
+                    backoff.wait().await;
+                }
+                Err(_) => backoff.wait().await,
+            }
+        }
+    }
+
+    pub(super) async fn publish(
+        &self,
+        broker: &BrokerConfig,
+        message: Message,
+        mode: PublishMode,
+    ) -> Result<Receipt, PublishError> {
+        let Target::Kafka { topic, key } = &message.target else {
+            return Err(PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: "not a Kafka destination".to_owned(),
+            });
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name.as_str(),
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .payload(&message.payload[..])
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key.as_str());
+        }
+        let started = Instant::now();
+        let delivery = match self.producer.send_result(record) {
+            Ok(delivery) => delivery,
+            Err((e, _)) => return Err(error(broker, topic, &e, message.target_from_request)),
+        };
+        if mode == PublishMode::FireAndForget {
+            // The delivery report still comes; nobody waits for it.
+            drop(delivery);
+            return Ok(Receipt::Unconfirmed {
+                acknowledged: false,
+            });
+        }
+        let outcome = delivery.await.map_err(|_| PublishError::Unavailable {
+            broker: broker.name.clone(),
+            reason: "the producer went away".to_owned(),
+        })?;
+        super::observe_ack(broker, started);
+        match outcome {
+            Ok(d) => Ok(Receipt::Kafka {
+                topic: topic.clone(),
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((e, _)) => Err(error(broker, topic, &e, message.target_from_request)),
+        }
+    }
+}
+
+/// What a Kafka error means for the client.
+fn error(broker: &BrokerConfig, topic: &str, e: &KafkaError, from_request: bool) -> PublishError {
+    let name: Arc<str> = broker.name.clone();
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            PublishError::NoDestination {
+                broker: name,
+                what: "topic",
+                name: topic.to_owned(),
+                from_request,
+            }
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            PublishError::TooLarge(format!("the message is larger than broker `{name}` takes"))
+        }
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::QueueFull,
+        ) => PublishError::Unavailable {
+            broker: name,
+            reason: e.to_string(),
+        },
+        _ => PublishError::Rejected {
+            broker: name,
+            reason: e.to_string(),
+        },
+    }
+}

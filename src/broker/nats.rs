@@ -1,0 +1,176 @@
+//! NATS through `async-nats`. With `jetstream = true` (the default) a publish waits for the
+//! JetStream acknowledgement of the stream that stores the subject; without it, a publish is a
+//! core NATS publish, at most once, which routes must say with `mode = "fire_and_forget"`.
+//! The client reconnects by itself; its events drive the broker's state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+
+use super::{Message, PublishError, Receipt, State, StateCell, Target};
+use crate::config::{BrokerConfig, NatsSettings, PublishMode};
+
+pub(super) struct Nats {
+    settings: Option<NatsSettings>,
+    live: ArcSwapOption<Live>,
+}
+
+struct Live {
+    client: Client,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl Nats {
+    pub(super) fn new(settings: &NatsSettings) -> Self {
+        Self {
+            settings: Some(settings.clone()),
+            live: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Makes the client (which then connects and reconnects by itself) and keeps it for as long
+    /// as the broker is in use.
+    pub(super) async fn keep(&self, broker: &BrokerConfig, state: &Arc<StateCell>) {
+        let Some(n) = &self.settings else {
+            return;
+        };
+        let events = state.clone();
+        let name = broker.name.clone();
+        let mut options = ConnectOptions::new()
+            .name(format!("tollgate {}", broker.name))
+            .connection_timeout(broker.connect_timeout)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100u64 << attempts.min(6)).min(5_000))
+            })
+            .event_callback(move |event| {
+                let (events, name) = (events.clone(), name.clone());
+                async move {
+                    match event {
+                        Event::Connected => events.set(&name, State::Up),
+                        Event::Disconnected | Event::Closed => events.set(
+                            &name,
+                            State::Down {
+                                error: format!("{event}"),
+                            },
+                        ),
+                        Event::ClientError(e) => events.set(
+                            &name,
+                            State::Down {
+                                error: e.to_string(),
+                            },
+                        ),
+                        _ => {}
+                    }
+                }
+            });
+        if let Some((user, password)) = &n.user {
+            options = options.user_and_password(user.clone(), password.expose().clone());
+        }
+        if let Some(token) = &n.token {
+            options = options.token(token.expose().clone());
+        }
+        if let Some(tls) = &broker.tls {
+            options = options.require_tls(true);
+            if let Some(ca) = &tls.ca_file {
+                options = options.add_root_certificates(ca.clone());
+            }
+        }
+        let servers: Vec<String> = n.servers.iter().map(|s| s.expose().to_owned()).collect();
+        match options.connect(servers).await {
+            Ok(client) => {
+                let jetstream = async_nats::jetstream::ContextBuilder::new()
+                    .timeout(broker.publish_timeout)
+                    .build(client.clone());
+                self.live.store(Some(Arc::new(Live { client, jetstream })));
+                // The client lives with the broker: this task is aborted when the broker goes.
+                std::future::pending::<()>().await;
+            }
+            Err(e) => state.set(
+                &broker.name,
+                State::Down {
+                    error: e.to_string(),
+                },
+            ),
+        }
+    }
+
+    pub(super) async fn publish(
+        &self,
+        broker: &BrokerConfig,
+        message: Message,
+        mode: PublishMode,
+    ) -> Result<Receipt, PublishError> {
+        let Target::Nats { subject } = &message.target else {
+            return Err(PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: "not a NATS destination".to_owned(),
+            });
+        };
+        let unavailable = |reason: String| PublishError::Unavailable {
+            broker: broker.name.clone(),
+            reason,
+        };
+        let Some(live) = self.live.load_full() else {
+            return Err(unavailable("not connected".to_owned()));
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &message.headers {
+            // NATS headers are text; a value that is not is left out rather than mangled.
+            if let Ok(v) = value.to_str() {
+                headers.insert(name.as_str(), v);
+            }
+        }
+        let subject = subject.clone();
+        let payload = message.payload;
+        if mode == PublishMode::FireAndForget {
+            live.client
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            return Ok(Receipt::Unconfirmed {
+                acknowledged: false,
+            });
+        }
+        let started = Instant::now();
+        let failed = |e: async_nats::jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::StreamNotFound => PublishError::NoDestination {
+                broker: broker.name.clone(),
+                what: "stream for subject",
+                name: subject.clone(),
+                from_request: message.target_from_request,
+            },
+            PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge(format!(
+                "the message is larger than broker `{}` takes (its max_payload)",
+                broker.name
+            )),
+            PublishErrorKind::TimedOut => PublishError::NoAck {
+                broker: broker.name.clone(),
+                after: broker.publish_timeout,
+            },
+            PublishErrorKind::BrokenPipe => unavailable(e.to_string()),
+            _ => PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: e.to_string(),
+            },
+        };
+        let ack = live
+            .jetstream
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        super::observe_ack(broker, started);
+        Ok(Receipt::Nats {
+            subject: subject.clone(),
+            stream: Some(ack.stream),
+            sequence: Some(ack.sequence),
+            duplicate: ack.duplicate,
+        })
+    }
+}

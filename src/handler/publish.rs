@@ -1,0 +1,198 @@
+//! The publish handler: a route with `[routes.NAME.publish]` sends its request body to a
+//! broker (Kafka topic, AMQP exchange, NATS subject) and answers after the broker acknowledged
+//! it, with a JSON receipt. The route's plugins (auth, limits, body checks) run before, as on
+//! any route.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use serde::Serialize;
+
+use super::{HandlerRequest, ServeHandler};
+use crate::broker::template::{from_request, render};
+use crate::broker::{Broker, Message, PublishError, Receipt, Target};
+use crate::config::{Destination, PublishConfig, PublishMode};
+use crate::error::GatewayError;
+use crate::grpc::ResponseBody;
+use crate::telemetry::trace::MessagingSpan;
+
+/// Serves a publish route.
+pub struct PublishHandler {
+    route: Arc<str>,
+    config: PublishConfig,
+    broker: Arc<Broker>,
+}
+
+impl PublishHandler {
+    /// The handler of a route publishing to `broker`.
+    pub fn new(route: Arc<str>, config: PublishConfig, broker: Arc<Broker>) -> Self {
+        Self {
+            route,
+            config,
+            broker,
+        }
+    }
+
+    /// Where the message goes, its templates filled from the request.
+    fn target(&self, req: &HandlerRequest<'_>) -> Result<(Target, bool), GatewayError> {
+        let fill = |t| render(t, req.ctx, &req.head.headers);
+        Ok(match &self.config.destination {
+            Destination::Kafka { topic, key } => (
+                Target::Kafka {
+                    topic: fill(topic)?,
+                    key: key.as_ref().map(fill).transpose()?,
+                },
+                from_request(topic),
+            ),
+            Destination::Amqp {
+                exchange,
+                routing_key,
+            } => (
+                Target::Amqp {
+                    exchange: fill(exchange)?,
+                    routing_key: fill(routing_key)?,
+                },
+                from_request(exchange) || from_request(routing_key),
+            ),
+            Destination::Nats { subject } => (
+                Target::Nats {
+                    subject: fill(subject)?,
+                },
+                from_request(subject),
+            ),
+        })
+    }
+
+    /// The message's headers: the content type, the request id, the trace context and the
+    /// headers the route names.
+    fn headers(
+        &self,
+        req: &HandlerRequest<'_>,
+        span: Option<&MessagingSpan>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let headers = &req.head.headers;
+        let mut out = Vec::with_capacity(self.config.headers.len() + 4);
+        if let Some(v) = headers.get(CONTENT_TYPE) {
+            out.push((CONTENT_TYPE, v.clone()));
+        }
+        if let Ok(v) = HeaderValue::from_str(&req.ctx.request_id) {
+            out.push((X_REQUEST_ID, v));
+        }
+        match span {
+            Some(span) => out.extend(span.context_headers()),
+            // Not traced here: the client's context goes on as it came.
+            None => copy(headers, &[TRACEPARENT, TRACESTATE], &mut out),
+        }
+        copy(headers, &self.config.headers, &mut out);
+        out
+    }
+
+    fn count(&self, code: Option<&str>) {
+        let Some(m) = crate::telemetry::metrics::metrics() else {
+            return;
+        };
+        let broker = self.broker.name();
+        match code {
+            None => m
+                .brokers
+                .published
+                .with_label_values(&[&*self.route, broker])
+                .inc(),
+            Some(code) => m
+                .brokers
+                .failed
+                .with_label_values(&[&*self.route, broker, code])
+                .inc(),
+        }
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+fn copy(from: &HeaderMap, names: &[HeaderName], out: &mut Vec<(HeaderName, HeaderValue)>) {
+    for name in names {
+        if out.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        for v in from.get_all(name) {
+            out.push((name.clone(), v.clone()));
+        }
+    }
+}
+
+/// The answer's body: the broker's receipt with the request id.
+#[derive(Serialize)]
+struct Answer<'a> {
+    broker: &'a str,
+    #[serde(flatten)]
+    receipt: &'a Receipt,
+    request_id: &'a str,
+}
+
+#[async_trait]
+impl ServeHandler for PublishHandler {
+    fn takes(&self, _head: &http::request::Parts) -> bool {
+        true
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.config.max_body_bytes
+    }
+
+    async fn serve(&self, req: HandlerRequest<'_>) -> Result<Response<ResponseBody>, GatewayError> {
+        if req.body.len() > self.config.max_body_bytes {
+            self.count(Some("body_too_large"));
+            return Err(GatewayError::BodyTooLarge(format!(
+                "the request body is over {} bytes, the limit of route `{}`",
+                self.config.max_body_bytes, self.route
+            )));
+        }
+        let (target, target_from_request) = self.target(&req)?;
+        let destination = match &target {
+            Target::Kafka { topic, .. } => topic.as_str(),
+            Target::Amqp { exchange, .. } => exchange.as_str(),
+            Target::Nats { subject } => subject.as_str(),
+        };
+        let system = match &target {
+            Target::Kafka { .. } => "kafka",
+            Target::Amqp { .. } => "rabbitmq",
+            Target::Nats { .. } => "nats",
+        };
+        let span = MessagingSpan::start(req.ctx.trace.as_ref(), system, destination);
+        let message = Message {
+            headers: self.headers(&req, span.as_ref()),
+            target,
+            target_from_request,
+            payload: req.body.clone(),
+        };
+        let result = self.broker.publish(message, self.config.mode).await;
+        let code = result.as_ref().err().map(PublishError::code);
+        if let Some(span) = span {
+            span.finish(code, None);
+        }
+        self.count(code);
+        let receipt = result?;
+        let body = serde_json::to_vec(&Answer {
+            broker: self.broker.name(),
+            receipt: &receipt,
+            request_id: &req.ctx.request_id,
+        })
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let mut resp = Response::new(crate::grpc::body::full(body));
+        *resp.status_mut() = self.config.status;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.config.mode == PublishMode::FireAndForget {
+            // Said on the wire too: nothing confirmed this message.
+            resp.headers_mut().insert(
+                HeaderName::from_static("tollgate-publish"),
+                HeaderValue::from_static("unconfirmed"),
+            );
+        }
+        Ok(resp)
+    }
+}
