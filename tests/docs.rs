@@ -6,8 +6,9 @@
 //! - A block with a `[[listeners]]` line is a **complete** file and is loaded as it is.
 //! - Any other block is a **fragment**, loaded with a wrapper appended after it: a listener, and
 //!   whatever the fragment refers to but leaves out (the route a `[routes.X.plugins.Y]` table
-//!   belongs to, the upstream a route names, the `targets` of an upstream shown only for its
-//!   `health_check` or `retry`). The wrapper only adds tables; it never changes the fragment.
+//!   belongs to (without an upstream when the fragment gives it a `publish` table), the upstream
+//!   a route names, the `targets` of an upstream shown only for its `health_check` or `retry`).
+//!   The wrapper only adds tables; it never changes the fragment.
 //! - An HTML comment on the line right before the fence changes that:
 //!   `<!-- docs-test: complete -->`, `<!-- docs-test: fragment -->`,
 //!   `<!-- docs-test: error "part of the message" -->` (loading must fail with that text),
@@ -210,6 +211,14 @@ fn wrapper(fragment: &str) -> String {
         match route.get("upstream").and_then(|u| u.as_str()) {
             Some(up) => {
                 needed.insert(up.to_owned());
+            }
+            // A publish route has no upstream.
+            None if !has_path && !defines(fragment, "routes", name) && sub(route, "publish") => {
+                let _ = write!(
+                    out,
+                    "\n[routes.{}]\nprefix = \"/docs-test-{i}\"\n",
+                    key(name)
+                );
             }
             None if !has_path && !defines(fragment, "routes", name) => {
                 let _ = write!(
@@ -541,6 +550,13 @@ fn a_fragment_gets_the_tables_it_refers_to() {
         w.contains("[upstreams.greeter]\ntargets = [\"127.0.0.1:9\"]\nprotocol = \"h2c\""),
         "{w}"
     );
+    // The route of a publish table sends nothing to an upstream.
+    let w = wrapper("[routes.in.publish]\nbroker = \"b\"\nsubject = \"in\"\n");
+    assert!(
+        w.contains("[routes.in]\nprefix = \"/docs-test-0\"\n"),
+        "{w}"
+    );
+    assert!(!w.contains("upstream"), "{w}");
     // A complete upstream, or one the fragment opens itself, is left alone.
     let w = wrapper("[upstreams.a]\ntargets = [\"h:1\"]\n[upstreams.b]\nretry = {}\n");
     assert!(

@@ -26,6 +26,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub upstreams: BTreeMap<Spanned<String>, Spanned<UpstreamSection>>,
     #[serde(default)]
+    pub brokers: BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
+    #[serde(default)]
     pub routes: BTreeMap<Spanned<String>, Spanned<RouteSection>>,
     pub access_log: Option<Spanned<AccessLogSection>>,
     pub tracing: Option<Spanned<crate::telemetry::trace::TracingSection>>,
@@ -377,17 +379,18 @@ pub struct RouteSection {
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub headers: BTreeMap<Spanned<String>, Spanned<HeaderCondition>>,
-    pub upstream: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub strip_prefix: Option<Spanned<bool>>,
     pub rewrite: Option<Spanned<String>>,
-    pub connect_timeout: Option<Duration>,
-    pub read_timeout: Option<Duration>,
-    pub write_timeout: Option<Duration>,
+    pub connect_timeout: Option<Spanned<Duration>>,
+    pub read_timeout: Option<Spanned<Duration>>,
+    pub write_timeout: Option<Spanned<Duration>>,
     #[serde(default)]
     pub disable_plugins: Vec<Spanned<String>>,
-    pub retry_non_idempotent: Option<bool>,
+    pub retry_non_idempotent: Option<Spanned<bool>>,
     pub grpc: Option<Spanned<crate::grpc::GrpcSection>>,
+    pub publish: Option<Spanned<PublishSection>>,
     /// Route plugins. Only its presence is checked here; the registry reads the table again with
     /// spans so plugin errors point into it (and shows it).
     #[allow(dead_code)]
@@ -401,4 +404,122 @@ pub struct RouteSection {
 pub enum HeaderCondition {
     Equals(String),
     Present(bool),
+}
+
+/// `[brokers.NAME]`. One flat table for every kind rather than a tagged enum (whose variants
+/// lose the spans errors point with); the keys of the other kinds are refused in validation.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    pub kind: BrokerKind,
+    pub connect_timeout: Option<Spanned<Duration>>,
+    pub publish_timeout: Option<Spanned<Duration>>,
+    pub max_in_flight: Option<Spanned<usize>>,
+    pub required_for_readiness: Option<bool>,
+    pub tls: Option<Spanned<BrokerTls>>,
+    // Kafka
+    pub bootstrap: Option<Spanned<Vec<Spanned<String>>>>,
+    pub client_id: Option<Spanned<String>>,
+    pub linger: Option<Spanned<Duration>>,
+    pub compression: Option<Spanned<Compression>>,
+    pub message_max_bytes: Option<Spanned<ByteSize>>,
+    pub sasl: Option<Spanned<KafkaSasl>>,
+    // AMQP
+    pub url: Option<Spanned<SecretUrl>>,
+    pub heartbeat: Option<Spanned<Duration>>,
+    pub max_message_bytes: Option<Spanned<ByteSize>>,
+    // NATS
+    pub servers: Option<Spanned<Vec<Spanned<SecretUrl>>>>,
+    pub user: Option<Spanned<String>>,
+    pub password: Option<Spanned<Secret<String>>>,
+    pub token: Option<Spanned<Secret<String>>>,
+    pub jetstream: Option<Spanned<bool>>,
+}
+
+/// `kind = "..."` of a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    Kafka,
+    Amqp,
+    Nats,
+}
+
+impl BrokerKind {
+    /// As written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Kafka => "kafka",
+            BrokerKind::Amqp => "amqp",
+            BrokerKind::Nats => "nats",
+        }
+    }
+}
+
+/// `compression = "..."` of a Kafka broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+/// `sasl = { mechanism, username, password }` of a Kafka broker.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    pub username: Spanned<String>,
+    pub password: Secret<String>,
+}
+
+/// SASL mechanisms, named as Kafka names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// `tls = { ca_file, verify }` of a broker.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    pub ca_file: Option<Spanned<String>>,
+    pub verify: Option<bool>,
+}
+
+/// `[routes.NAME.publish]`. Like a broker, one flat table whose destination keys depend on the
+/// broker's kind.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSection {
+    pub broker: Spanned<String>,
+    // Kafka
+    pub topic: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    // AMQP
+    pub exchange: Option<Spanned<String>>,
+    pub routing_key: Option<Spanned<String>>,
+    // NATS
+    pub subject: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<ByteSize>>,
+    pub mode: Option<Spanned<PublishMode>>,
+    pub status: Option<Spanned<u16>>,
+}
+
+/// `mode = "..."` of a publish route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishMode {
+    Confirmed,
+    FireAndForget,
 }

@@ -161,4 +161,44 @@ mod tests {
             json!([{"rate": "10/s"}])
         );
     }
+
+    #[test]
+    fn brokers_are_shown_without_their_credentials() {
+        let v = view(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n\
+             [brokers.k]\nkind = \"kafka\"\nbootstrap = [\"kafka-1:9092\"]\n\
+             sasl = { mechanism = \"PLAIN\", username = \"gw\", password = \"kafka-pa55\" }\n\
+             [brokers.q]\nkind = \"amqp\"\nurl = \"amqps://gw:amqp-pa55@rabbit:5671/orders\"\n\
+             [brokers.n]\nkind = \"nats\"\nservers = [\"nats://gw:url-pa55@nats:4222\"]\n\
+             [brokers.t]\nkind = \"nats\"\nservers = [\"nats://nats:4222\"]\ntoken = \"nats-t0ken\"\n\
+             [brokers.u]\nkind = \"nats\"\nservers = [\"nats://nats:4222\"]\nuser = \"gw\"\npassword = \"nats-pa55\"\n\
+             [routes.r]\nexact = \"/orders\"\n[routes.r.publish]\nbroker = \"k\"\ntopic = \"orders\"\n",
+        );
+        let shown = v.to_string();
+        for secret in [
+            "kafka-pa55",
+            "amqp-pa55",
+            "url-pa55",
+            "nats-t0ken",
+            "nats-pa55",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(
+            v["brokers"],
+            json!({
+                "k": {"kind": "kafka", "bootstrap": ["kafka-1:9092"],
+                      "sasl": {"mechanism": "PLAIN", "username": "gw", "password": "<redacted>"}},
+                "q": {"kind": "amqp", "url": "amqps://gw:<redacted>@rabbit:5671/orders"},
+                "n": {"kind": "nats", "servers": ["nats://gw:<redacted>@nats:4222"]},
+                "t": {"kind": "nats", "servers": ["nats://nats:4222"], "token": "<redacted>"},
+                "u": {"kind": "nats", "servers": ["nats://nats:4222"], "user": "gw",
+                      "password": "<redacted>"},
+            })
+        );
+        assert_eq!(
+            v["routes"]["r"],
+            json!({"exact": "/orders", "publish": {"broker": "k", "topic": "orders"}})
+        );
+    }
 }

@@ -6,18 +6,22 @@
 //! `FILE:LINE:COL: message`): `server.rs` (`[server]`, client limits), `listeners.rs`
 //! (`[[listeners]]`, `[admin]`), `upstreams.rs` (`[upstreams.NAME]`, targets, balancing, TLS),
 //! `discovery.rs`, `health.rs` (active checks, outlier detection), `retry.rs` (retries, circuit
-//! breaker), `routes.rs` (`[routes.NAME]`, the route table), `plugins.rs` (building plugins,
-//! chains), `logs.rs` (`[log]`, `[access_log]`), `tracing.rs` (`[tracing]`). This file holds
+//! breaker), `brokers.rs` (`[brokers.NAME]`), `routes.rs` (`[routes.NAME]`, the route table),
+//! `publish.rs` (`[routes.NAME.publish]`) with `template.rs` (its destination templates),
+//! `plugins.rs` (building plugins, chains), `logs.rs` (`[log]`, `[access_log]`), `tracing.rs` (`[tracing]`). This file holds
 //! what they share and the order they run in.
 
+mod brokers;
 mod discovery;
 mod health;
 mod listeners;
 mod logs;
 mod plugins;
+mod publish;
 mod retry;
 mod routes;
 mod server;
+mod template;
 #[cfg(test)]
 mod testing;
 mod tracing;
@@ -79,6 +83,7 @@ pub(super) fn section_errors(root: &DeTable<'_>, c: &mut Collector<'_>) -> bool 
             "admin" => one::<file::AdminSection>(value, c),
             "listeners" => each::<file::ListenerSection>(value, c),
             "upstreams" => each::<file::UpstreamSection>(value, c),
+            "brokers" => each::<file::BrokerSection>(value, c),
             "routes" => each::<file::RouteSection>(value, c),
             // Plugin tables are read by the registry, with their own errors.
             "access_log" => one::<file::AccessLogSection>(value, c),
@@ -89,7 +94,8 @@ pub(super) fn section_errors(root: &DeTable<'_>, c: &mut Collector<'_>) -> bool 
                     key.span(),
                     format!(
                         "unknown field `{other}`, expected one of `server`, `log`, `listeners`, \
-                         `admin`, `upstreams`, `routes`, `plugins`, `access_log`, `tracing`"
+                         `admin`, `upstreams`, `brokers`, `routes`, `plugins`, `access_log`, \
+                         `tracing`"
                     ),
                 );
                 false
@@ -125,8 +131,18 @@ impl Validator<'_, '_> {
         let listeners = self.listeners(&file.listeners, server.client);
         let admin = self.admin(file.admin.as_ref(), &listeners);
         let (upstreams, upstream_index) = self.upstreams(&file.upstreams);
+        let (brokers, broker_index) = self.brokers(&file.brokers);
         let global_plugins = self.global_plugins();
-        let routes = self.routes(&file.routes, &upstreams, &upstream_index, &global_plugins);
+        let routes = self.routes(
+            &file.routes,
+            routes::Targets {
+                upstreams: &upstreams,
+                upstream_index: &upstream_index,
+                brokers: &brokers,
+                broker_index: &broker_index,
+            },
+            &global_plugins,
+        );
         let table = self.route_table(&file.routes, routes.iter().map(|r| r.spec.clone()));
         let (routes, route_instances) = routes.into_iter().map(|r| (r.route, r.instances)).unzip();
         Some(Built {
@@ -137,7 +153,7 @@ impl Validator<'_, '_> {
                 listeners,
                 admin,
                 upstreams,
-                brokers: Vec::new(),
+                brokers,
                 routes,
                 table: Arc::new(table?),
                 access_log,
@@ -232,7 +248,7 @@ mod tests {
     fn unknown_top_level_key_is_reported_at_the_key() {
         assert_eq!(
             errors("[server]\nthreads = 2\n\n[bogus]\nx = 1\n"),
-            ["gateway.toml:4:2: unknown field `bogus`, expected one of `server`, `log`, `listeners`, `admin`, `upstreams`, `routes`, `plugins`, `access_log`, `tracing`"]
+            ["gateway.toml:4:2: unknown field `bogus`, expected one of `server`, `log`, `listeners`, `admin`, `upstreams`, `brokers`, `routes`, `plugins`, `access_log`, `tracing`"]
         );
     }
 

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::super::built::{PluginEntry, RouteInstances};
 use super::super::file::{self, HeaderCondition};
-use super::super::model::{Rewrite, RewritePart, Route, UpstreamConfig};
+use super::super::model::{BrokerConfig, Rewrite, RewritePart, Route, UpstreamConfig};
 use super::Validator;
 use crate::router::{self, HeaderMatch, HostMatch, PathMatch, RouteSpec, RouteTable};
 
@@ -25,10 +25,17 @@ pub(super) struct RouteParts {
     pub(super) instances: RouteInstances,
 }
 
+/// Where routes send requests, resolved before them.
+pub(super) struct Targets<'a> {
+    pub(super) upstreams: &'a [Arc<UpstreamConfig>],
+    pub(super) upstream_index: &'a HashMap<String, usize>,
+    pub(super) brokers: &'a [Arc<BrokerConfig>],
+    pub(super) broker_index: &'a HashMap<String, usize>,
+}
+
 /// What routes refer to, resolved before them.
 struct Refs<'a> {
-    upstreams: &'a [Arc<UpstreamConfig>],
-    upstream_index: &'a HashMap<String, usize>,
+    targets: Targets<'a>,
     globals: &'a [PluginEntry],
     /// The `[routes]` table with spans, where route plugin tables are read from.
     route_tables: Option<&'a DeTable<'a>>,
@@ -37,18 +44,24 @@ struct Refs<'a> {
 /// A mistake that is already in the collector.
 struct Reported;
 
+/// Where a route sends what it matches.
+enum Target {
+    /// An upstream, by index.
+    Upstream(usize),
+    /// A broker.
+    Publish(super::super::model::PublishConfig),
+}
+
 impl Validator<'_, '_> {
     /// Every route that is valid; the others are reported.
     pub(super) fn routes(
         &mut self,
         routes: &BTreeMap<Spanned<String>, Spanned<file::RouteSection>>,
-        upstreams: &[Arc<UpstreamConfig>],
-        upstream_index: &HashMap<String, usize>,
+        targets: Targets<'_>,
         globals: &[PluginEntry],
     ) -> Vec<RouteParts> {
         let refs = Refs {
-            upstreams,
-            upstream_index,
+            targets,
             globals,
             route_tables: self.root.get("routes").and_then(|v| v.get_ref().as_table()),
         };
@@ -68,16 +81,6 @@ impl Validator<'_, '_> {
         refs: &Refs<'_>,
     ) -> Option<RouteParts> {
         let r = section.get_ref();
-        let upstream = refs.upstream_index.get(r.upstream.get_ref()).copied();
-        if upstream.is_none() {
-            self.c.at(
-                r.upstream.span(),
-                format!(
-                    "route `{name}`: upstream `{}` is not defined",
-                    r.upstream.get_ref()
-                ),
-            );
-        }
         let path = self.route_path(name, r, section.span());
         let host = r.host.as_ref().and_then(|h| self.host(name, h));
         let methods = self.methods(name, r.methods.as_ref());
@@ -88,21 +91,63 @@ impl Validator<'_, '_> {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        let rewrite = self.rewrite(name, r, path.as_ref(), &param_names);
         let plugins = self.route_plugins(name, r, refs.route_tables, refs.globals);
-        let (Some(path), Some(upstream), Ok(methods)) = (path, upstream, methods) else {
+        let target = match (&r.upstream, &r.publish) {
+            (Some(u), None) => self
+                .upstream_ref(name, u, &refs.targets)
+                .map(Target::Upstream),
+            (None, Some(p)) => self
+                .publish(name, r, p, &param_names, &refs.targets)
+                .map(Target::Publish),
+            (Some(u), Some(_)) => {
+                self.c.at(
+                    u.span(),
+                    format!("route `{name}`: `upstream` and `publish` cannot both be set (a publish route answers without an upstream)"),
+                );
+                None
+            }
+            (None, None) => {
+                self.c.at(
+                    section.span(),
+                    format!("route `{name}` needs `upstream` or `publish`"),
+                );
+                None
+            }
+        };
+        let rewrite = if r.publish.is_none() {
+            self.rewrite(name, r, path.as_ref(), &param_names)
+        } else {
+            Rewrite::None
+        };
+        let (Some(path), Some(target), Ok(methods)) = (path, target, methods) else {
             return None;
         };
+        let (upstream, upstream_name, publish, methods) = match target {
+            Target::Upstream(u) => (
+                Some(u),
+                refs.targets.upstreams[u].name.clone(),
+                None,
+                methods,
+            ),
+            Target::Publish(p) => (
+                None,
+                Arc::from(""),
+                Some(p),
+                Some(methods.unwrap_or_else(Self::publish_default_methods)),
+            ),
+        };
         // Building the transcoder compiles the schema: its errors are config errors.
-        let transcoder = match &r.grpc {
-            None => None,
-            Some(g) => match crate::grpc::Transcoder::build(g.get_ref(), self.base_dir) {
-                Ok(t) => Some(Arc::new(t)),
-                Err(m) => {
-                    self.c.at(g.span(), format!("route `{name}`: {m}"));
-                    return None;
+        let transcoder = match (&r.grpc, upstream) {
+            (Some(g), Some(_)) => {
+                match crate::grpc::Transcoder::build(g.get_ref(), self.base_dir) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(m) => {
+                        self.c.at(g.span(), format!("route `{name}`: {m}"));
+                        return None;
+                    }
                 }
-            },
+            }
+            _ => None,
         };
         let pattern: Arc<str> = Arc::from(match &path {
             PathMatch::Exact(p) | PathMatch::Template(p) => p.clone(),
@@ -120,22 +165,42 @@ impl Validator<'_, '_> {
             },
             route: Route {
                 name: Arc::from(name),
-                upstream: Some(upstream),
-                upstream_name: refs.upstreams[upstream].name.clone(),
+                upstream,
+                upstream_name,
                 param_names,
                 pattern,
                 rewrite,
-                connect_timeout: r.connect_timeout.map(|d| d.0),
-                read_timeout: r.read_timeout.map(|d| d.0),
-                write_timeout: r.write_timeout.map(|d| d.0),
-                retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
-                publish: None,
+                connect_timeout: r.connect_timeout.as_ref().map(|d| d.get_ref().0),
+                read_timeout: r.read_timeout.as_ref().map(|d| d.get_ref().0),
+                write_timeout: r.write_timeout.as_ref().map(|d| d.get_ref().0),
+                retry_non_idempotent: r
+                    .retry_non_idempotent
+                    .as_ref()
+                    .is_some_and(|b| *b.get_ref()),
+                publish,
             },
             instances: RouteInstances {
                 plugins,
                 transcoder,
             },
         })
+    }
+
+    /// The upstream a route names, which must be defined.
+    fn upstream_ref(
+        &mut self,
+        route: &str,
+        u: &Spanned<String>,
+        targets: &Targets<'_>,
+    ) -> Option<usize> {
+        let found = targets.upstream_index.get(u.get_ref()).copied();
+        if found.is_none() {
+            self.c.at(
+                u.span(),
+                format!("route `{route}`: upstream `{}` is not defined", u.get_ref()),
+            );
+        }
+        found
     }
 
     /// `methods`: `None` for any method; an empty list is a mistake, not "no method".
@@ -464,8 +529,8 @@ mod tests {
                  [routes]\nb = { prefix = \"/b\", upstream = \"u\", prfix = \"/x\" }\n"
             )),
             [
-                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `plugins`",
-                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `plugins`",
+                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `plugins`",
+                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `plugins`",
             ]
         );
     }
