@@ -22,6 +22,17 @@ use crate::config::{AmqpSettings, BrokerConfig, PublishMode};
 /// Persistent messages survive a broker restart in durable queues.
 const PERSISTENT: u8 = 2;
 
+/// Why a connection (with its confirm-mode channel) was not made.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The broker did not answer in `connect_timeout`.
+    #[error("no connection within {}", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
+    /// The client library's error.
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+}
+
 pub(super) struct Amqp {
     url: String,
     /// The live connection and its confirm-mode channel, `None` while down.
@@ -75,7 +86,12 @@ impl Amqp {
                     self.live.store(None);
                     state.set(&broker.name, State::Down { error });
                 }
-                Err(error) => state.set(&broker.name, State::Down { error }),
+                Err(e) => state.set(
+                    &broker.name,
+                    State::Down {
+                        error: e.to_string(),
+                    },
+                ),
             }
             backoff.wait().await;
         }
@@ -84,23 +100,15 @@ impl Amqp {
     async fn connect(
         &self,
         broker: &BrokerConfig,
-    ) -> Result<(Live, BoxStream<'static, lapin::Event>), String> {
+    ) -> Result<(Live, BoxStream<'static, lapin::Event>), ConnectError> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("tollgate {}", broker.name)));
         let connect = Connection::connect(&self.url, props);
         let connection = tokio::time::timeout(broker.connect_timeout, connect)
             .await
-            .map_err(|_| {
-                format!(
-                    "no connection within {}",
-                    humantime::format_duration(broker.connect_timeout)
-                )
-            })?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectError::Timeout(broker.connect_timeout))??;
         let events = connection.events_listener().boxed();
-        let channel = confirm_channel(&connection)
-            .await
-            .map_err(|e| e.to_string())?;
+        let channel = confirm_channel(&connection).await?;
         let live = Live {
             connection,
             channel: ArcSwapOption::from(Some(Arc::new(channel))),

@@ -24,7 +24,7 @@ pub(super) struct Kafka {
 
 impl Kafka {
     /// The producer; librdkafka connects in the background from here on.
-    pub(super) fn new(broker: &BrokerConfig, k: &KafkaSettings) -> Result<Self, String> {
+    pub(super) fn new(broker: &BrokerConfig, k: &KafkaSettings) -> Result<Self, KafkaError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", k.bootstrap.join(","))
             .set("client.id", &k.client_id)
@@ -68,7 +68,7 @@ impl Kafka {
                 .set("sasl.username", &sasl.username)
                 .set("sasl.password", sasl.password.expose());
         }
-        let producer = c.create().map_err(|e| e.to_string())?;
+        let producer = c.create()?;
         Ok(Self { producer })
     }
 

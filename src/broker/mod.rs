@@ -197,7 +197,7 @@ impl Broker {
                 Ok(k) => Client::Kafka(k),
                 // Settings were validated; a client library that still refuses them leaves
                 // this broker down, reported, rather than the whole config refused.
-                Err(e) => Client::Unusable(e),
+                Err(e) => Client::Unusable(e.to_string()),
             },
             BrokerKind::Amqp(a) => Client::Amqp(amqp::Amqp::new(&config, a)),
             BrokerKind::Nats(n) => Client::Nats(nats::Nats::new(n)),
