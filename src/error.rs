@@ -101,6 +101,12 @@ pub enum GatewayError {
     /// A publish route's template needs a value the request does not have.
     #[error(transparent)]
     MissingValue(#[from] crate::broker::template::MissingValue),
+    /// An `Idempotency-Key` that is not 1 to 255 visible ASCII characters.
+    #[error("{0}")]
+    BadIdempotencyKey(String),
+    /// A request with the same `Idempotency-Key` is still being published.
+    #[error("a request with this Idempotency-Key is still being published; try again")]
+    IdempotencyKeyInUse,
     /// The request body is over the route's limit.
     #[error("{0}")]
     BodyTooLarge(String),
@@ -133,7 +139,8 @@ impl GatewayError {
             NoHealthyTarget(_) | UpstreamOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamStatus { status, .. } => *status,
             Publish(e) => e.status(),
-            MissingValue(_) => StatusCode::BAD_REQUEST,
+            MissingValue(_) | BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            IdempotencyKeyInUse => StatusCode::CONFLICT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Plugin(e) => e.status,
@@ -165,6 +172,8 @@ impl GatewayError {
             UpstreamStatus { .. } => "upstream_error",
             Publish(e) => e.code(),
             MissingValue(_) => "missing_value",
+            BadIdempotencyKey(_) => "bad_idempotency_key",
+            IdempotencyKeyInUse => "idempotency_key_in_use",
             BodyTooLarge(_) => "body_too_large",
             Internal(_) => "internal_error",
             Plugin(e) => e.code,

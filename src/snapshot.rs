@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::broker::Brokers;
+use std::collections::HashMap;
+
+use crate::broker::{idempotency, Brokers};
 use crate::config::{Built, GatewayConfig, PluginEntry, Route};
 use crate::grpc::Transcoder;
 use crate::handler::grpc::GrpcHandler;
@@ -28,6 +30,9 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// The message brokers, same index as `config.brokers`.
     pub brokers: Brokers,
+    /// The `Idempotency-Key` answers of each publish route that keeps them, by route name:
+    /// kept across reloads while the route's settings do not change.
+    idempotency: HashMap<Arc<str>, Arc<idempotency::Store>>,
     /// Runtime objects of each route, same index as `config.routes`.
     routes: Vec<RouteRuntime>,
     /// The global plugins in execution order: the chain of a request no route matched.
@@ -62,6 +67,7 @@ impl Snapshot {
     pub fn after(built: Built, generation: u64, previous: Option<&Snapshot>) -> Self {
         let Built { config, instances } = built;
         let brokers = Brokers::build(&config.brokers, previous.map(|p| &p.brokers));
+        let idempotency = idempotency_stores(&config.routes, previous);
         create_config_series(
             config.upstreams.iter().map(|u| &*u.name),
             config.routes.iter().map(|r| &*r.name),
@@ -79,7 +85,7 @@ impl Snapshot {
             .map(|(r, route)| RouteRuntime {
                 body_plan: BodyPlan::of_chain(r.plugins.iter().map(|e| &*e.plugin)),
                 plugins: r.plugins.into(),
-                handler: handler(route, r.transcoder.as_ref(), &brokers),
+                handler: handler(route, r.transcoder.as_ref(), &brokers, &idempotency),
                 transcoder: r.transcoder,
                 metrics: RouteMetrics::default(),
             })
@@ -90,6 +96,7 @@ impl Snapshot {
             config,
             clusters,
             brokers,
+            idempotency,
             routes,
             global_plugins: instances.global_plugins.into(),
             stop,
@@ -222,14 +229,42 @@ impl Snapshot {
     }
 }
 
+/// A store of `Idempotency-Key` answers per publish route that keeps them; a route whose
+/// settings did not change keeps `previous`'s store (and so its answers).
+fn idempotency_stores(
+    routes: &[Route],
+    previous: Option<&Snapshot>,
+) -> HashMap<Arc<str>, Arc<idempotency::Store>> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let config = r.publish.as_ref()?.idempotency?;
+            let kept = previous
+                .and_then(|p| p.idempotency.get(&r.name))
+                .filter(|s| s.config() == config)
+                .cloned();
+            Some((
+                r.name.clone(),
+                kept.unwrap_or_else(|| idempotency::Store::new(config)),
+            ))
+        })
+        .collect()
+}
+
 /// What serves a route: its publish table's broker, its transcoder, or the proxy.
-fn handler(route: &Route, transcoder: Option<&Arc<Transcoder>>, brokers: &Brokers) -> Handler {
+fn handler(
+    route: &Route,
+    transcoder: Option<&Arc<Transcoder>>,
+    brokers: &Brokers,
+    idempotency: &HashMap<Arc<str>, Arc<idempotency::Store>>,
+) -> Handler {
     if let Some(publish) = &route.publish {
         if let Some(broker) = brokers.get(publish.broker) {
             return Handler::Serve(Arc::new(PublishHandler::new(
                 route.name.clone(),
                 publish.clone(),
                 broker.clone(),
+                idempotency.get(&route.name).cloned(),
             )));
         }
     }

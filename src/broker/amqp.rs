@@ -52,7 +52,7 @@ impl Amqp {
         // amqp-uri takes the heartbeat from the query.
         if !url.contains("heartbeat=") {
             url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(&format!("heartbeat={}", a.heartbeat.as_secs().max(1)));
+            url.push_str(&format!("heartbeat={}", a.heartbeat.as_secs()));
         }
         if !url.contains("connection_timeout=") {
             url.push_str(&format!(

@@ -10,6 +10,7 @@
 
 mod amqp;
 mod error;
+pub mod idempotency;
 mod kafka;
 mod nats;
 pub mod template;

@@ -514,6 +514,8 @@ pub struct PublishSection {
     pub max_body_bytes: Option<Spanned<ByteSize>>,
     pub mode: Option<Spanned<PublishMode>>,
     pub status: Option<Spanned<u16>>,
+    pub idempotency_window: Option<Spanned<Duration>>,
+    pub idempotency_max_keys: Option<Spanned<u64>>,
 }
 
 /// `mode = "..."` of a publish route.

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use serde::Serialize;
 
 use super::{HandlerRequest, ServeHandler};
+use crate::broker::idempotency::{self, Answer, Claim, Pending};
 use crate::broker::template::{from_request, render};
 use crate::broker::{Broker, Message, PublishError, Receipt, Target};
 use crate::config::{Destination, PublishConfig, PublishMode};
@@ -23,15 +24,50 @@ pub struct PublishHandler {
     route: Arc<str>,
     config: PublishConfig,
     broker: Arc<Broker>,
+    idempotency: Option<Arc<idempotency::Store>>,
 }
 
 impl PublishHandler {
     /// The handler of a route publishing to `broker`.
-    pub fn new(route: Arc<str>, config: PublishConfig, broker: Arc<Broker>) -> Self {
+    pub fn new(
+        route: Arc<str>,
+        config: PublishConfig,
+        broker: Arc<Broker>,
+        idempotency: Option<Arc<idempotency::Store>>,
+    ) -> Self {
         Self {
             route,
             config,
             broker,
+            idempotency,
+        }
+    }
+
+    /// With an `Idempotency-Key` on a route that keeps them: the right to publish for it, or
+    /// the first request's answer to give again.
+    async fn claim(
+        &self,
+        req: &HandlerRequest<'_>,
+    ) -> Result<Option<Result<Pending, Answer>>, GatewayError> {
+        let (Some(store), Some(value)) = (&self.idempotency, req.head.headers.get(IDEMPOTENCY_KEY))
+        else {
+            return Ok(None);
+        };
+        let key = value.as_bytes();
+        if key.is_empty() || key.len() > 255 || !key.iter().all(|b| (0x21..0x7f).contains(b)) {
+            return Err(GatewayError::BadIdempotencyKey(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
+            ));
+        }
+        // Keys are the client's: two consumers' equal keys are two keys.
+        let consumer = req.ctx.vars.get("consumer").unwrap_or_default();
+        let scoped = format!("{consumer}\n{}", String::from_utf8_lossy(key));
+        let broker = self.broker.config();
+        let wait = broker.connect_timeout + broker.publish_timeout;
+        match store.claim(&scoped, wait).await {
+            Some(Claim::Publish(p)) => Ok(Some(Ok(p))),
+            Some(Claim::Replay(a)) => Ok(Some(Err(a))),
+            None => Err(GatewayError::IdempotencyKeyInUse),
         }
     }
 
@@ -109,6 +145,21 @@ impl PublishHandler {
     }
 }
 
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The kept answer of an `Idempotency-Key`, said to be a replay.
+fn replay(kept: Answer) -> Response<ResponseBody> {
+    let mut resp = Response::new(crate::grpc::body::full(kept.body));
+    *resp.status_mut() = kept.status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static("true"),
+    );
+    resp
+}
+
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -126,7 +177,7 @@ fn copy(from: &HeaderMap, names: &[HeaderName], out: &mut Vec<(HeaderName, Heade
 
 /// The answer's body: the broker's receipt with the request id.
 #[derive(Serialize)]
-struct Answer<'a> {
+struct ReceiptBody<'a> {
     broker: &'a str,
     #[serde(flatten)]
     receipt: &'a Receipt,
@@ -152,6 +203,11 @@ impl ServeHandler for PublishHandler {
             )));
         }
         let (target, target_from_request) = self.target(&req)?;
+        let pending = match self.claim(&req).await? {
+            Some(Err(kept)) => return Ok(replay(kept)),
+            Some(Ok(pending)) => Some(pending),
+            None => None,
+        };
         let destination = match &target {
             Target::Kafka { topic, .. } => topic.as_str(),
             Target::Amqp { exchange, .. } => exchange.as_str(),
@@ -176,12 +232,19 @@ impl ServeHandler for PublishHandler {
         }
         self.count(code);
         let receipt = result?;
-        let body = serde_json::to_vec(&Answer {
+        let body = serde_json::to_vec(&ReceiptBody {
             broker: self.broker.name(),
             receipt: &receipt,
             request_id: &req.ctx.request_id,
         })
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let body = bytes::Bytes::from(body);
+        if let Some(p) = pending {
+            p.finish(Answer {
+                status: self.config.status,
+                body: body.clone(),
+            });
+        }
         let mut resp = Response::new(crate::grpc::body::full(body));
         *resp.status_mut() = self.config.status;
         resp.headers_mut()

@@ -132,6 +132,18 @@ pub struct PublishConfig {
     pub mode: PublishMode,
     /// Status of the answer (default 202).
     pub status: StatusCode,
+    /// How requests with the same `Idempotency-Key` are answered; `None` when turned off.
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+/// `Idempotency-Key` on a publish route: a repeated key within the window gets the first
+/// answer again and publishes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyConfig {
+    /// How long an answer is kept for its key.
+    pub window: Duration,
+    /// Most keys kept at once; the oldest answers are forgotten first.
+    pub max_keys: usize,
 }
 
 /// Where a published message goes, by kind of broker; every part is a template.

@@ -11,8 +11,13 @@ use toml::Spanned;
 
 use super::super::file::{self, BrokerKind as Kind};
 use super::super::model::{
-    BrokerConfig, BrokerKind, Destination, PublishConfig, PublishMode, Template,
+    BrokerConfig, BrokerKind, Destination, IdempotencyConfig, PublishConfig, PublishMode, Template,
 };
+
+/// How long an `Idempotency-Key`'s answer is kept unless the route says otherwise.
+const DEFAULT_IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Keys kept at once per route unless it says otherwise (~200 bytes each).
+const DEFAULT_IDEMPOTENCY_MAX_KEYS: usize = 100_000;
 use super::routes::Targets;
 use super::template;
 use super::Validator;
@@ -69,6 +74,7 @@ impl Validator<'_, '_> {
             },
             None => StatusCode::ACCEPTED,
         };
+        let idempotency = self.idempotency(route, s);
         Some(PublishConfig {
             broker,
             broker_name: b.name.clone(),
@@ -77,7 +83,31 @@ impl Validator<'_, '_> {
             max_body_bytes,
             mode,
             status,
+            idempotency,
         })
+    }
+
+    /// `idempotency_window` ("1h"; "0s" turns it off) and `idempotency_max_keys` (100000).
+    fn idempotency(&mut self, route: &str, s: &file::PublishSection) -> Option<IdempotencyConfig> {
+        let window = s
+            .idempotency_window
+            .as_ref()
+            .map_or(DEFAULT_IDEMPOTENCY_WINDOW, |w| w.get_ref().0);
+        let max_keys = match &s.idempotency_max_keys {
+            Some(n) if *n.get_ref() == 0 => {
+                self.c.at(
+                    n.span(),
+                    format!(
+                        "route `{route}`: `idempotency_max_keys` must be at least 1 \
+                         (turn keys off with `idempotency_window = \"0s\"`)"
+                    ),
+                );
+                return None;
+            }
+            Some(n) => usize::try_from(*n.get_ref()).unwrap_or(usize::MAX),
+            None => DEFAULT_IDEMPOTENCY_MAX_KEYS,
+        };
+        (!window.is_zero()).then_some(IdempotencyConfig { window, max_keys })
     }
 
     /// The methods of a publish route when it lists none.
@@ -354,7 +384,7 @@ mod tests {
     use http::{HeaderMap, HeaderName, Method, StatusCode};
 
     use super::super::super::model::{
-        Destination, PublishConfig, PublishMode, Rewrite, Template, TemplatePart,
+        Destination, IdempotencyConfig, PublishConfig, PublishMode, Rewrite, Template, TemplatePart,
     };
     use super::super::testing::{errors, valid};
 
@@ -413,6 +443,10 @@ mod tests {
                 max_body_bytes: 512 << 10,
                 mode: PublishMode::Confirmed,
                 status: StatusCode::ACCEPTED,
+                idempotency: Some(IdempotencyConfig {
+                    window: std::time::Duration::from_secs(3600),
+                    max_keys: 100_000,
+                }),
             })
         );
         let events = events.publish.as_ref().expect("publish");
@@ -448,12 +482,31 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_keys_can_be_turned_off_but_not_bounded_to_nothing() {
+        let route = |extra: &str| {
+            with_brokers(&format!(
+                "[routes.a]\nexact = \"/a\"\n[routes.a.publish]\nbroker = \"k\"\ntopic = \"t\"\n{extra}"
+            ))
+        };
+        let built = valid(&route("idempotency_window = \"0s\"\n"));
+        let publish = built.config.routes[0].publish.as_ref().expect("publish");
+        assert_eq!(publish.idempotency, None);
+        let errs = errors(&route("idempotency_max_keys = 0\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("`idempotency_max_keys` must be at least 1"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn every_key_of_every_kind_reaches_the_model() {
         let built = valid(&with_brokers(
             "[routes.a]\ntemplate = \"/tenants/{tenant}/orders/{id}\"\nmethods = [\"post\", \"PATCH\"]\n\
              [routes.a.publish]\nbroker = \"k\"\ntopic = \"orders.{tenant}\"\nkey = \"{id}\"\n\
              headers = [\"X-Tenant\", \"x-tenant\", \"Content-Type\", \"idempotency-key\"]\n\
              max_body_bytes = \"64KiB\"\nmode = \"fire_and_forget\"\nstatus = 200\n\
+             idempotency_window = \"10m\"\nidempotency_max_keys = 50\n\
              [routes.b]\ntemplate = \"/orders/{id}\"\n\
              [routes.b.publish]\nbroker = \"q\"\nexchange = \"orders\"\nrouting_key = \"{header.x-region}.{jwt.sub}\"\n\
              max_body_bytes = \"4MiB\"\nstatus = 204\n\
@@ -488,6 +541,13 @@ mod tests {
         assert_eq!(a.max_body_bytes, 64 << 10);
         assert_eq!(a.mode, PublishMode::FireAndForget);
         assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            a.idempotency,
+            Some(IdempotencyConfig {
+                window: std::time::Duration::from_secs(600),
+                max_keys: 50,
+            })
+        );
         let table = &built.config.table;
         let headers = HeaderMap::new();
         let at = |m: Method| {
@@ -666,7 +726,7 @@ mod tests {
             )),
             [
                 "gateway.toml:20:8: unknown variant `async`, expected `confirmed` or `fire_and_forget`",
-                "gateway.toml:25:1: unknown field `subjet`, expected one of `broker`, `topic`, `key`, `exchange`, `routing_key`, `subject`, `headers`, `max_body_bytes`, `mode`, `status`",
+                "gateway.toml:25:1: unknown field `subjet`, expected one of `broker`, `topic`, `key`, `exchange`, `routing_key`, `subject`, `headers`, `max_body_bytes`, `mode`, `status`, `idempotency_window`, `idempotency_max_keys`",
             ]
         );
     }
