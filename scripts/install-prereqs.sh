@@ -12,6 +12,10 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # promtool checks /metrics in tests/operations.rs; it ships in Debian's prometheus package (the
 # server is installed but not started).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# librdkafka 2.12's CMake build (rdkafka's cmake-build feature) includes <curl/curl.h> even when
+# built without curl (confluentinc/librdkafka#5135: `#ifdef` on a macro CMake always defines, as 0);
+# only the header is needed, nothing links against libcurl.
+echo '#include <curl/curl.h>' | cc -E -x c - >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "prerequisites present"
