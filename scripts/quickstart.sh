@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/install-prereqs.sh
+./scripts/install-prereqs.sh --no-brokers
 cargo build --release -p tollgate -p sample-http -p sample-grpc
 
 pids=()
