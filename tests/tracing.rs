@@ -684,6 +684,8 @@ async fn init_again_moves_exports_to_the_new_collector_and_off_switches_it_off()
 // Through the real gateway
 // ---------------------------------------------------------------------------------------------
 
+#[path = "common/brokers.rs"]
+mod brokers;
 #[path = "common/mod.rs"]
 mod common;
 
@@ -981,4 +983,82 @@ url = "redis://127.0.0.1:{}"
     assert!(!spans
         .iter()
         .any(|s| str_attr(&s.span, "tollgate.plugin").as_deref() == Some("jwt-auth")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_message_carries_the_producer_span_that_continues_the_trace() {
+    let mut rx = grpc_receiver().await;
+    let nats = brokers::Nats::shared().await;
+    let stream = brokers::unique("TRACED");
+    let subject = brokers::unique("traced");
+    nats.create_stream(&stream, &[&subject]).await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[tracing]
+enabled = true
+protocol = "grpc"
+endpoint = "{}"
+scheduled_delay = "100ms"
+
+[brokers.nats]
+kind = "nats"
+servers = ["{}"]
+
+[routes.events]
+exact = "/events"
+[routes.events.publish]
+broker = "nats"
+subject = "{subject}"
+"#,
+        rx.endpoint,
+        nats.url()
+    ))
+    .await;
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let resp = common::client()
+        .post(gw.url("/events"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body("traced")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let spans = spans_of(&mut rx, trace_id, 2).await;
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Server as i32)
+        .expect("server span");
+    let producer = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Producer as i32)
+        .expect("producer span");
+    assert_eq!(producer.span.name, format!("send {subject}"));
+    assert_eq!(
+        hex(&producer.span.parent_span_id),
+        hex(&server.span.span_id)
+    );
+    assert_eq!(
+        str_attr(&producer.span, "messaging.system").as_deref(),
+        Some("nats")
+    );
+    assert_eq!(
+        str_attr(&producer.span, "messaging.destination.name").as_deref(),
+        Some(subject.as_str())
+    );
+    assert_eq!(
+        str_attr(&producer.span, "messaging.operation.type").as_deref(),
+        Some("send")
+    );
+    // The consumer continues the trace from the producer span.
+    let stored = nats.read_stream(&stream, 1).await;
+    let headers = stored[0].headers.as_ref().expect("message headers");
+    let tp = headers
+        .get("traceparent")
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        tp,
+        format!("00-{trace_id}-{}-01", hex(&producer.span.span_id)),
+        "{tp}"
+    );
 }

@@ -211,6 +211,7 @@ impl AdminApp {
                     "name": b.name(),
                     "kind": b.config().kind.as_str(),
                     "since": since,
+                    "in_flight": b.in_flight(),
                     "required_for_readiness": b.config().required_for_readiness,
                 });
                 if let (Some(obj), Ok(serde_json::Value::Object(s))) =

@@ -73,11 +73,19 @@ impl Amqp {
         loop {
             match self.connect(broker).await {
                 Ok((live, mut events)) => {
-                    self.live.store(Some(Arc::new(live)));
+                    let live = Arc::new(live);
+                    self.live.store(Some(live.clone()));
                     state.set(&broker.name, State::Up);
                     backoff.reset();
                     let error = loop {
                         match events.next().await {
+                            // A channel's error (a missing exchange closes the channel) leaves
+                            // the connection up; the publish path opens a new channel.
+                            Some(lapin::Event::Error(_))
+                                if live.connection.status().connected() =>
+                            {
+                                continue
+                            }
                             Some(lapin::Event::Error(e)) => break e.to_string(),
                             Some(_) => continue,
                             None => break "the connection closed".to_owned(),
@@ -157,7 +165,6 @@ impl Amqp {
                 reason: "not an AMQP destination".to_owned(),
             });
         };
-        let channel = self.channel(broker).await?;
         let props = properties(&message);
         let options = BasicPublishOptions {
             mandatory: true,
@@ -165,16 +172,30 @@ impl Amqp {
         };
         let started = Instant::now();
         let failed = |e: lapin::Error| error(broker, exchange, &e, message.target_from_request);
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(exchange.as_str()),
-                ShortString::from(routing_key.as_str()),
-                options,
-                &message.payload,
-                props,
-            )
-            .await
-            .map_err(failed)?;
+        let publish = |channel: Arc<Channel>| {
+            let props = props.clone();
+            let payload = &message.payload;
+            async move {
+                channel
+                    .basic_publish(
+                        ShortString::from(exchange.as_str()),
+                        ShortString::from(routing_key.as_str()),
+                        options,
+                        payload,
+                        props,
+                    )
+                    .await
+            }
+        };
+        let confirm = match publish(self.channel(broker).await?).await {
+            // Another publish's error closed the channel under this one: once more on a new
+            // channel (nothing was sent on the closed one).
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidChannelState(..)) => {
+                publish(self.channel(broker).await?).await
+            }
+            other => other,
+        }
+        .map_err(failed)?;
         if mode == PublishMode::FireAndForget {
             return Ok(Receipt::Unconfirmed {
                 acknowledged: false,

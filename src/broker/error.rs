@@ -109,9 +109,4 @@ impl PublishError {
             _ => &[],
         }
     }
-
-    /// Whether this says the broker is unreachable (its state becomes down).
-    pub fn is_connection(&self) -> bool {
-        matches!(self, PublishError::Unavailable { .. })
-    }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -19,7 +20,11 @@ use crate::config::{BrokerConfig, KafkaSettings, PublishMode};
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 pub(super) struct Kafka {
-    producer: FutureProducer,
+    /// Replaced after an outage or a timed-out message: an idempotent producer whose messages
+    /// timed out needs a new epoch, which not every Kafka-protocol broker grants (tansu 0.6
+    /// fences the producer instead), and a fresh producer is correct on every broker.
+    producer: ArcSwap<FutureProducer>,
+    config: ClientConfig,
 }
 
 impl Kafka {
@@ -33,15 +38,29 @@ impl Kafka {
             .set("linger.ms", k.linger.as_millis().to_string())
             .set("compression.type", &k.compression)
             .set("message.max.bytes", k.message_max_bytes.to_string())
-            // librdkafka gives a message up when the gateway does: a 503 for a message that
-            // then arrives would invite a duplicate from the client's retry.
+            // librdkafka gives a message up just before the gateway does, so that its
+            // MessageTimedOut (which renews the producer) is seen, and a 503 is not followed by
+            // the message arriving anyway.
             .set(
                 "message.timeout.ms",
-                broker.publish_timeout.as_millis().max(1).to_string(),
+                (broker.publish_timeout - broker.publish_timeout / 10)
+                    .as_millis()
+                    .max(1)
+                    .to_string(),
             )
             .set(
                 "socket.connection.setup.timeout.ms",
                 broker.connect_timeout.as_millis().max(1000).to_string(),
+            )
+            // A missing topic is an error within a second, not after librdkafka's 30 s wait
+            // for it to appear (the gateway creates no topics).
+            .set(
+                "topic.metadata.propagation.max.ms",
+                broker
+                    .publish_timeout
+                    .as_millis()
+                    .clamp(1, 1000)
+                    .to_string(),
             )
             .set("reconnect.backoff.ms", "100")
             .set("reconnect.backoff.max.ms", "5000")
@@ -69,14 +88,28 @@ impl Kafka {
                 .set("sasl.password", sasl.password.expose());
         }
         let producer = c.create()?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer: ArcSwap::from_pointee(producer),
+            config: c,
+        })
+    }
+
+    /// A fresh producer in place of the current one (kept if librdkafka refuses).
+    fn renew(&self, broker: &BrokerConfig) {
+        match self.config.create::<FutureProducer>() {
+            Ok(p) => self.producer.store(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(broker = %broker.name, error = %e, "Kafka producer not renewed")
+            }
+        }
     }
 
     /// Tells `/brokers` whether the cluster answers, for as long as the broker is in use.
     pub(super) async fn keep(&self, broker: &BrokerConfig, state: &StateCell) {
         let mut backoff = Backoff::new();
+        let mut was_down = false;
         loop {
-            let producer = self.producer.clone();
+            let producer = self.producer.load_full();
             let timeout = broker.connect_timeout;
             // librdkafka's metadata call blocks its thread.
             let asked = tokio::task::spawn_blocking(move || {
@@ -88,11 +121,16 @@ impl Kafka {
             .await;
             match asked {
                 Ok(Ok(_)) => {
+                    if was_down {
+                        self.renew(broker);
+                        was_down = false;
+                    }
                     state.set(&broker.name, State::Up);
                     backoff.reset();
                     tokio::time::sleep(CHECK_EVERY).await;
                 }
                 Ok(Err(e)) => {
+                    was_down = true;
                     state.set(
                         &broker.name,
                         State::Down {
@@ -132,7 +170,8 @@ impl Kafka {
             record = record.key(key.as_str());
         }
         let started = Instant::now();
-        let delivery = match self.producer.send_result(record) {
+        let producer = self.producer.load();
+        let delivery = match producer.send_result(record) {
             Ok(delivery) => delivery,
             Err((e, _)) => return Err(error(broker, topic, &e, message.target_from_request)),
         };
@@ -154,9 +193,29 @@ impl Kafka {
                 partition: d.partition,
                 offset: d.offset,
             }),
-            Err((e, _)) => Err(error(broker, topic, &e, message.target_from_request)),
+            Err((e, _)) => {
+                if needs_new_producer(&e) {
+                    self.renew(broker);
+                }
+                Err(error(broker, topic, &e, message.target_from_request))
+            }
         }
     }
+}
+
+/// Errors after which the idempotent producer's sequence state is unusable.
+fn needs_new_producer(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::Fatal
+        )
+    )
 }
 
 /// What a Kafka error means for the client.

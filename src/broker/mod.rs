@@ -228,6 +228,13 @@ impl Broker {
         self.state.get()
     }
 
+    /// Messages waiting for the broker's acknowledgement now.
+    pub fn in_flight(&self) -> usize {
+        self.config
+            .max_in_flight
+            .saturating_sub(self.permits.available_permits())
+    }
+
     /// Whether it is connected.
     pub fn is_up(&self) -> bool {
         matches!(self.state.get().0, State::Up)
@@ -293,24 +300,15 @@ impl Broker {
                 }),
             }
         };
-        let result = match tokio::time::timeout(self.config.publish_timeout, publish).await {
+        // The state is the keeper's to set: one failed publish says little about the
+        // connection (an AMQP channel error, a Kafka message timeout).
+        match tokio::time::timeout(self.config.publish_timeout, publish).await {
             Ok(r) => r,
             Err(_) => Err(PublishError::NoAck {
                 broker: name.clone(),
                 after: self.config.publish_timeout,
             }),
-        };
-        if let Err(e) = &result {
-            if e.is_connection() {
-                self.state.set(
-                    name,
-                    State::Down {
-                        error: e.to_string(),
-                    },
-                );
-            }
         }
-        result
     }
 }
 

@@ -123,6 +123,15 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` to the broker's process group (SIGSTOP / SIGCONT: a broker that hangs).
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) has no memory-safety preconditions; the group is ours and not yet
+            // reaped, so its id cannot have been reused.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), signal) };
+        }
+    }
+
     fn exited(&mut self) -> Option<ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok().flatten()?;
         // Reaped: its id (and group id) may be reused now, so `kill` must not signal it.
@@ -1041,6 +1050,17 @@ impl Nats {
     }
 
     /// Kills the server (SIGKILL: a crash). Its port stays reserved for `restart()`.
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as a
+    /// broker that hangs. [`Nats::resume`] thaws it.
+    pub fn pause(&self) {
+        self.proc.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server.
+    pub fn resume(&self) {
+        self.proc.signal(libc::SIGCONT);
+    }
+
     pub fn stop(&mut self) {
         self.proc.kill();
     }
