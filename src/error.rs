@@ -98,9 +98,10 @@ pub enum GatewayError {
     /// A message was not published (or not acknowledged) by a broker.
     #[error(transparent)]
     Publish(#[from] crate::broker::PublishError),
-    /// A publish route's template needs a value the request does not have.
+    /// A publish route's template needs a value the request does not have, or has one that
+    /// cannot be part of the destination.
     #[error(transparent)]
-    MissingValue(#[from] crate::broker::template::MissingValue),
+    Destination(#[from] crate::broker::template::TemplateError),
     /// An `Idempotency-Key` that is not 1 to 255 visible ASCII characters.
     #[error("{0}")]
     BadIdempotencyKey(String),
@@ -139,7 +140,7 @@ impl GatewayError {
             NoHealthyTarget(_) | UpstreamOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamStatus { status, .. } => *status,
             Publish(e) => e.status(),
-            MissingValue(_) | BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            Destination(_) | BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,7 +172,7 @@ impl GatewayError {
             UpstreamOverloaded { .. } => "upstream_overloaded",
             UpstreamStatus { .. } => "upstream_error",
             Publish(e) => e.code(),
-            MissingValue(_) => "missing_value",
+            Destination(e) => e.code(),
             BadIdempotencyKey(_) => "bad_idempotency_key",
             IdempotencyKeyInUse => "idempotency_key_in_use",
             BodyTooLarge(_) => "body_too_large",

@@ -380,6 +380,18 @@ subject = "{nostream}.x"
         .await
         .expect("no stream");
     expect_error(resp, 502, "unknown_destination").await;
+    // A path parameter is one subject token: a `.` would address another subject, `*` is a
+    // wildcard. (Escapes stay as written: `%2A` is the literal token `%2A`, not a wildcard.)
+    for kind in ["signup.admin", "*", "a.*"] {
+        let resp = client()
+            .post(gw.url(&format!("/events/{kind}")))
+            .body("x")
+            .send()
+            .await
+            .expect("odd token");
+        expect_error(resp, 400, "bad_destination").await;
+    }
+    assert_eq!(nats.read_stream(&stream, 1).await.len(), 1);
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{HandlerRequest, ServeHandler};
 use crate::broker::idempotency::{self, Answer, Claim, Pending};
-use crate::broker::template::{from_request, render};
+use crate::broker::template::{self, from_request, render, TemplateError};
 use crate::broker::{Broker, Message, PublishError, Receipt, Target};
 use crate::config::{Destination, PublishConfig, PublishMode};
 use crate::error::GatewayError;
@@ -73,12 +73,15 @@ impl PublishHandler {
 
     /// Where the message goes, its templates filled from the request.
     fn target(&self, req: &HandlerRequest<'_>) -> Result<(Target, bool), GatewayError> {
-        let fill = |t| render(t, req.ctx, &req.head.headers);
+        let fill = |t, check| render(t, req.ctx, &req.head.headers, check);
         Ok(match &self.config.destination {
             Destination::Kafka { topic, key } => (
                 Target::Kafka {
-                    topic: fill(topic)?,
-                    key: key.as_ref().map(fill).transpose()?,
+                    topic: kafka_topic_name(fill(topic, template::kafka_topic)?, topic)?,
+                    key: key
+                        .as_ref()
+                        .map(|k| fill(k, template::any_value))
+                        .transpose()?,
                 },
                 from_request(topic),
             ),
@@ -87,14 +90,14 @@ impl PublishHandler {
                 routing_key,
             } => (
                 Target::Amqp {
-                    exchange: fill(exchange)?,
-                    routing_key: fill(routing_key)?,
+                    exchange: short_string(fill(exchange, template::amqp_name)?, exchange)?,
+                    routing_key: short_string(fill(routing_key, template::amqp_key)?, routing_key)?,
                 },
                 from_request(exchange) || from_request(routing_key),
             ),
             Destination::Nats { subject } => (
                 Target::Nats {
-                    subject: fill(subject)?,
+                    subject: fill(subject, template::nats_token)?,
                 },
                 from_request(subject),
             ),
@@ -143,6 +146,35 @@ impl PublishHandler {
                 .inc(),
         }
     }
+}
+
+/// A filled Kafka topic that Kafka takes: not `.` or `..`, at most 249 characters.
+fn kafka_topic_name(name: String, t: &crate::config::Template) -> Result<String, TemplateError> {
+    if name == "." || name == ".." || name.len() > 249 {
+        return Err(TemplateError::Invalid {
+            template: t.source.clone(),
+            what: "the filled topic".to_owned(),
+            value: name.escape_debug().to_string(),
+            why: "a Kafka topic is 1 to 249 characters and not `.` or `..`",
+        });
+    }
+    Ok(name)
+}
+
+/// A filled AMQP exchange or routing key fits the protocol's short string (255 bytes).
+fn short_string(name: String, t: &crate::config::Template) -> Result<String, TemplateError> {
+    if name.len() > 255 {
+        return Err(TemplateError::Invalid {
+            template: t.source.clone(),
+            what: "the filled name".to_owned(),
+            value: format!(
+                "{}...",
+                name.chars().take(32).collect::<String>().escape_debug()
+            ),
+            why: "AMQP names are at most 255 bytes",
+        });
+    }
+    Ok(name)
 }
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
