@@ -638,3 +638,67 @@ topic = "{topic}"
         "{records:?}"
     );
 }
+
+#[tokio::test]
+async fn brokers_unreachable_from_the_start_are_down_and_refuse_at_once() {
+    let closed = common::closed_addr();
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.nats]
+kind = "nats"
+servers = ["nats://{closed}"]
+connect_timeout = "1s"
+required_for_readiness = false
+
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://guest:guest@{closed}/%2f"
+connect_timeout = "1s"
+
+[brokers.kafka]
+kind = "kafka"
+bootstrap = ["{closed}"]
+connect_timeout = "1s"
+
+[routes.n]
+exact = "/n"
+[routes.n.publish]
+broker = "nats"
+subject = "s"
+
+[routes.a]
+exact = "/a"
+[routes.a.publish]
+broker = "rabbit"
+routing_key = "q"
+
+[routes.k]
+exact = "/k"
+[routes.k.publish]
+broker = "kafka"
+topic = "t"
+"#
+    ))
+    .await;
+    for (broker, path) in [("nats", "/n"), ("rabbit", "/a"), ("kafka", "/k")] {
+        let b = wait_broker(&gw, broker, "down").await;
+        assert!(b["error"].as_str().is_some_and(|e| !e.is_empty()), "{b}");
+        let resp = tokio::time::timeout(HANG, client().post(gw.url(path)).body("x").send())
+            .await
+            .expect("answered, not hung")
+            .expect("publish");
+        expect_error(resp, 503, "broker_unavailable").await;
+    }
+    let ready = client()
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    let ready: serde_json::Value = ready.json().await.expect("json");
+    // The NATS broker is not required for readiness.
+    assert_eq!(
+        ready["brokers_down"],
+        serde_json::json!(["kafka", "rabbit"])
+    );
+}

@@ -86,7 +86,29 @@ impl Nats {
                 let jetstream = async_nats::jetstream::ContextBuilder::new()
                     .timeout(broker.publish_timeout)
                     .build(client.clone());
-                self.live.store(Some(Arc::new(Live { client, jetstream })));
+                self.live.store(Some(Arc::new(Live {
+                    client: client.clone(),
+                    jetstream,
+                })));
+                // The client keeps trying without a word while no server answers: past the
+                // connect timeout the broker is down, and publishes are refused at once.
+                tokio::time::sleep(broker.connect_timeout).await;
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    state.set(
+                        &broker.name,
+                        State::Down {
+                            error: format!(
+                                "no connection to {} within {}",
+                                n.servers
+                                    .iter()
+                                    .map(|s| s.redacted())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                humantime::format_duration(broker.connect_timeout)
+                            ),
+                        },
+                    );
+                }
                 // The client lives with the broker: this task is aborted when the broker goes.
                 std::future::pending::<()>().await;
             }
