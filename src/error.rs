@@ -105,6 +105,9 @@ pub enum GatewayError {
     /// An `Idempotency-Key` that is not 1 to 255 visible ASCII characters.
     #[error("{0}")]
     BadIdempotencyKey(String),
+    /// The `Idempotency-Key` was used for another request (method, path or body).
+    #[error("this Idempotency-Key was used for a different request (method, path or body); use a new key")]
+    IdempotencyKeyReused,
     /// A request with the same `Idempotency-Key` is still being published.
     #[error("a request with this Idempotency-Key is still being published; try again")]
     IdempotencyKeyInUse,
@@ -142,6 +145,7 @@ impl GatewayError {
             Publish(e) => e.status(),
             Destination(_) | BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
+            IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Plugin(e) => e.status,
@@ -175,6 +179,7 @@ impl GatewayError {
             Destination(e) => e.code(),
             BadIdempotencyKey(_) => "bad_idempotency_key",
             IdempotencyKeyInUse => "idempotency_key_in_use",
+            IdempotencyKeyReused => "idempotency_key_reused",
             BodyTooLarge(_) => "body_too_large",
             Internal(_) => "internal_error",
             Plugin(e) => e.code,

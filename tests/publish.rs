@@ -311,14 +311,32 @@ routing_key = "x"
         .expect("no exchange");
     expect_error(resp, 502, "unknown_destination").await;
     // The broker closed the channel over the missing exchange; the next publish gets a new one.
+    // Its content type is longer than an AMQP short string and its x-tenant comes twice.
+    let long_type = format!("text/{}", "a".repeat(300));
     let resp = client()
         .post(gw.url("/orders/8"))
+        .header("content-type", &long_type)
+        .header("x-tenant", "one")
+        .header("x-tenant", "two")
         .body("again")
         .send()
         .await
         .expect("publish after a channel error");
     assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
-    assert_eq!(rabbit.get(&queue, 1).await[0].data, b"again");
+    let m = &rabbit.get(&queue, 1).await[0];
+    assert_eq!(m.data, b"again");
+    assert_eq!(m.properties.content_type(), &None);
+    let table = m.properties.headers().clone().unwrap_or_default();
+    assert_eq!(
+        table.inner().get("content-type"),
+        Some(&lapin::types::AMQPValue::LongString(
+            long_type.as_str().into()
+        ))
+    );
+    assert_eq!(
+        table.inner().get("x-tenant"),
+        Some(&lapin::types::AMQPValue::LongString("one, two".into()))
+    );
 }
 
 #[tokio::test]
@@ -338,6 +356,7 @@ template = "/events/{{kind}}"
 [routes.events.publish]
 broker = "nats"
 subject = "{prefix}.{{kind}}"
+headers = ["x-tag", "nats-expected-stream"]
 
 [routes.no-stream]
 exact = "/no-stream"
@@ -353,6 +372,10 @@ subject = "{nostream}.x"
     let resp = client()
         .post(gw.url("/events/signup"))
         .header("content-type", "text/plain")
+        .header("x-tag", "a")
+        .header("x-tag", "b")
+        .header("idempotency-key", "signup-1")
+        .header("nats-expected-stream", &stream)
         .body("hello")
         .send()
         .await
@@ -372,6 +395,20 @@ subject = "{nostream}.x"
     assert_eq!(
         headers.get("content-type").map(|v| v.as_str()),
         Some("text/plain")
+    );
+    let tags: Vec<&str> = headers.get_all("x-tag").map(|v| v.as_str()).collect();
+    assert_eq!(tags, ["a", "b"]);
+    // The key is JetStream's de-duplication id, and copied JetStream headers keep their case
+    // (the stream checked Nats-Expected-Stream: the publish went through).
+    let msg_id = headers
+        .get("Nats-Msg-Id")
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert_eq!(msg_id.len(), 64, "{msg_id}");
+    assert!(msg_id.bytes().all(|b| b.is_ascii_hexdigit()), "{msg_id}");
+    assert_eq!(
+        headers.get("Nats-Expected-Stream").map(|v| v.as_str()),
+        Some(stream.as_str())
     );
     let resp = client()
         .post(gw.url("/no-stream"))
@@ -602,7 +639,7 @@ topic = "{topic}"
     assert_eq!(reloaded.status().as_u16(), 200);
     assert_eq!(wait_broker(&gw, "events", "up").await["since"], since);
 
-    let again = post("order-1", "one, again").await.expect("again");
+    let again = post("order-1", "one").await.expect("again");
     assert_eq!(again.status().as_u16(), 202);
     assert_eq!(
         again
@@ -613,6 +650,21 @@ topic = "{topic}"
     );
     let again: serde_json::Value = again.json().await.expect("receipt");
     assert_eq!(again, first);
+    let other_body = post("order-1", "not one").await.expect("reused key");
+    expect_error(other_body, 422, "idempotency_key_reused").await;
+    let two_keys = client()
+        .post(gw.url("/in"))
+        .header("idempotency-key", "a")
+        .header("idempotency-key", "b")
+        .body("x")
+        .send()
+        .await
+        .expect("two keys");
+    expect_error(two_keys, 400, "bad_idempotency_key").await;
+    assert_eq!(
+        metric(&gw, "tollgate_broker_up{broker=\"events\"}").await,
+        Some(1.0)
+    );
     let second = post("order-2", "two").await.expect("second key");
     assert_eq!(second.status().as_u16(), 202);
     let bad = client()
@@ -700,5 +752,50 @@ topic = "t"
     assert_eq!(
         ready["brokers_down"],
         serde_json::json!(["kafka", "rabbit"])
+    );
+}
+
+#[tokio::test]
+async fn a_kafka_cluster_that_goes_away_is_noticed_and_used_again_when_back() {
+    let mut kafka = Kafka::start().await;
+    let topic = unique("away");
+    kafka.create_topic(&topic, 1).await;
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.events]
+kind = "kafka"
+bootstrap = ["{addr}"]
+connect_timeout = "2s"
+publish_timeout = "3s"
+
+[routes.in]
+exact = "/in"
+[routes.in.publish]
+broker = "events"
+topic = "{topic}"
+"#,
+        addr = kafka.address()
+    ))
+    .await;
+    wait_broker(&gw, "events", "up").await;
+    let post = |body: &'static str| client().post(gw.url("/in")).body(body).send();
+    assert_eq!(post("before").await.expect("before").status().as_u16(), 202);
+    kafka.stop();
+    // Whether the keeper or a publish notices first, the client gets a 503, never a hang.
+    let resp = tokio::time::timeout(HANG, post("while away"))
+        .await
+        .expect("answered, not hung")
+        .expect("while away");
+    expect_error(resp, 503, "broker_unavailable").await;
+    wait_broker(&gw, "events", "down").await;
+    kafka.restart().await;
+    wait_broker(&gw, "events", "up").await;
+    assert_eq!(post("after").await.expect("after").status().as_u16(), 202);
+    let records = kafka.read(&topic, 2).await;
+    let payloads: Vec<_> = records.iter().map(|r| r.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        [Some(b"before".to_vec()), Some(b"after".to_vec())],
+        "{records:?}"
     );
 }

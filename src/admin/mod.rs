@@ -262,8 +262,12 @@ impl ServeHttp for AdminApp {
                 "text/plain; version=0.0.4; charset=utf-8",
                 {
                     let snap = self.snapshot.load();
-                    crate::telemetry::metrics::render(snap.generation, snap.target_availability())
-                        .into_bytes()
+                    crate::telemetry::metrics::render(
+                        snap.generation,
+                        snap.target_availability(),
+                        snap.brokers.iter().map(|b| (b.name(), b.is_up())),
+                    )
+                    .into_bytes()
                 },
             ),
             ("GET", "/upstreams") => {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use http::HeaderValue;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -236,30 +237,57 @@ async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
 }
 
 /// Persistent, with the request's content type and id and the copied headers.
+///
+/// AMQP short strings (property values, header names) hold at most 255 bytes: a longer
+/// content type is left to the `content-type` header, and a longer header name is left out
+/// (lapin panics on a longer one, and a client must not be able to cause that).
 fn properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut props = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    let short = |v: &HeaderValue| {
+        v.to_str()
+            .ok()
+            .filter(|v| v.len() <= SHORT_STRING_MAX)
+            .map(ShortString::from)
+    };
+    let mut values: Vec<(&str, Vec<u8>)> = Vec::with_capacity(message.headers.len());
     for (name, value) in &message.headers {
         match name.as_str() {
             "content-type" => {
-                if let Ok(v) = value.to_str() {
-                    props = props.with_content_type(ShortString::from(v));
+                if let Some(v) = short(value) {
+                    props = props.with_content_type(v);
                 }
             }
             "x-request-id" => {
-                if let Ok(v) = value.to_str() {
-                    props = props.with_message_id(ShortString::from(v));
+                if let Some(v) = short(value) {
+                    props = props.with_message_id(v);
                 }
             }
             _ => {}
         }
+        if name.as_str().len() > SHORT_STRING_MAX {
+            continue;
+        }
+        // A table holds one value per name: repeated headers are joined as HTTP joins them.
+        match values.iter_mut().find(|(n, _)| *n == name.as_str()) {
+            Some((_, joined)) => {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(value.as_bytes());
+            }
+            None => values.push((name.as_str(), value.as_bytes().to_vec())),
+        }
+    }
+    for (name, value) in values {
         headers.insert(
-            ShortString::from(name.as_str()),
-            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value)),
         );
     }
     props.with_headers(headers)
 }
+
+/// The longest AMQP short string.
+const SHORT_STRING_MAX: usize = 255;
 
 /// What an AMQP error means for the client: a missing exchange closes the channel with
 /// NOT_FOUND; errors of the connection mean the broker is unavailable.

@@ -23,6 +23,9 @@ pub struct Answer {
     pub status: StatusCode,
     /// Its JSON body.
     pub body: Bytes,
+    /// What the request was (a digest of its method, path and body): a repeat of the key with
+    /// another request is a client's mistake, not a repeat.
+    pub fingerprint: [u8; 32],
 }
 
 enum Entry {
@@ -185,6 +188,7 @@ mod tests {
         Answer {
             status: StatusCode::ACCEPTED,
             body: Bytes::from_static(body.as_bytes()),
+            fingerprint: [0; 32],
         }
     }
 

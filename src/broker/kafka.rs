@@ -16,8 +16,9 @@ use rdkafka::util::Timeout;
 use super::{Backoff, Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{BrokerConfig, KafkaSettings, PublishMode};
 
-/// How often the keeper asks a connected cluster for its metadata.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the keeper asks a connected cluster for its metadata (and at once after a
+/// publish failed).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) struct Kafka {
     /// Replaced after an outage or a timed-out message: an idempotent producer whose messages
@@ -25,6 +26,9 @@ pub(super) struct Kafka {
     /// fences the producer instead), and a fresh producer is correct on every broker.
     producer: ArcSwap<FutureProducer>,
     config: ClientConfig,
+    /// Wakes the keeper to check the cluster now: librdkafka reports a dead broker only
+    /// through messages that time out.
+    check_now: tokio::sync::Notify,
 }
 
 impl Kafka {
@@ -91,7 +95,13 @@ impl Kafka {
         Ok(Self {
             producer: ArcSwap::from_pointee(producer),
             config: c,
+            check_now: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A publish failed: the keeper checks the cluster at once.
+    pub(super) fn suspect(&self) {
+        self.check_now.notify_one();
     }
 
     /// A fresh producer in place of the current one (kept if librdkafka refuses).
@@ -127,7 +137,10 @@ impl Kafka {
                     }
                     state.set(&broker.name, State::Up);
                     backoff.reset();
-                    tokio::time::sleep(CHECK_EVERY).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(CHECK_EVERY) => {}
+                        _ = self.check_now.notified() => {}
+                    }
                 }
                 Ok(Err(e)) => {
                     was_down = true;

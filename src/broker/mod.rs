@@ -64,6 +64,9 @@ pub struct Message {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The request body.
     pub payload: Bytes,
+    /// An id the broker de-duplicates by, when the request has an `Idempotency-Key` (NATS
+    /// JetStream's `Nats-Msg-Id`; Kafka and AMQP have no such id).
+    pub dedup_id: Option<String>,
 }
 
 /// What the broker said of a published message: the JSON receipt of the answer.
@@ -144,7 +147,6 @@ impl StateCell {
                 State::Down { error } => tracing::warn!(broker = name, %error, "broker down"),
                 State::Connecting => {}
             }
-            crate::telemetry::metrics::broker_state(name, matches!(state, State::Up));
             *cell = (state.clone(), SystemTime::now());
             true
         });
@@ -203,7 +205,6 @@ impl Broker {
             BrokerKind::Amqp(a) => Client::Amqp(amqp::Amqp::new(&config, a)),
             BrokerKind::Nats(n) => Client::Nats(nats::Nats::new(n)),
         };
-        crate::telemetry::metrics::broker_state(&config.name, false);
         Self {
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
             client: Arc::new(client),
@@ -301,14 +302,22 @@ impl Broker {
             }
         };
         // The state is the keeper's to set: one failed publish says little about the
-        // connection (an AMQP channel error, a Kafka message timeout).
-        match tokio::time::timeout(self.config.publish_timeout, publish).await {
+        // connection (an AMQP channel error, a Kafka message timeout); it may ask it to look.
+        let result = match tokio::time::timeout(self.config.publish_timeout, publish).await {
             Ok(r) => r,
             Err(_) => Err(PublishError::NoAck {
                 broker: name.clone(),
                 after: self.config.publish_timeout,
             }),
+        };
+        if let (
+            Err(PublishError::NoAck { .. } | PublishError::Unavailable { .. }),
+            Client::Kafka(k),
+        ) = (&result, &*self.client)
+        {
+            k.suspect();
         }
+        result
     }
 }
 

@@ -13,6 +13,24 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap};
 use super::{Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{BrokerConfig, NatsSettings, PublishMode};
 
+/// NATS matches header names case-sensitively, and JetStream's own (`Nats-Msg-Id`,
+/// `Nats-Expected-Stream`, ...) are written in that case; HTTP names arrive lower-cased.
+fn nats_name(name: &str) -> String {
+    if !name.starts_with("nats-") {
+        return name.to_owned();
+    }
+    name.split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 pub(super) struct Nats {
     settings: Option<NatsSettings>,
     live: ArcSwapOption<Live>,
@@ -144,8 +162,13 @@ impl Nats {
         for (name, value) in &message.headers {
             // NATS headers are text; a value that is not is left out rather than mangled.
             if let Ok(v) = value.to_str() {
-                headers.insert(name.as_str(), v);
+                headers.append(nats_name(name.as_str()).as_str(), v);
             }
+        }
+        if let Some(id) = &message.dedup_id {
+            // JetStream drops a message whose id it saw within the stream's duplicate window:
+            // a retry of a publish whose acknowledgement was lost is not stored twice.
+            headers.insert("Nats-Msg-Id", id.as_str());
         }
         let subject = subject.clone();
         let payload = message.payload;

@@ -10,7 +10,7 @@ use crate::config::{Template, TemplatePart};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// The request has no value (or an empty one, or one that is not text).
-    #[error("`{template}` needs {what}, which the request does not have")]
+    #[error("`{template}` needs {what}, which the request does not have (or has empty)")]
     Missing {
         /// The template as written.
         template: String,
@@ -205,7 +205,7 @@ mod tests {
         let e = render(&t, &ctx(), &headers, any_value).expect_err("no header");
         assert_eq!(
             e.to_string(),
-            "`t` needs header `x-tenant`, which the request does not have"
+            "`t` needs header `x-tenant`, which the request does not have (or has empty)"
         );
         let t = template(vec![TemplatePart::Var("consumer".into())]);
         assert!(render(&t, &ctx(), &headers, any_value).is_err());

@@ -11,6 +11,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use serde::Serialize;
 
 use super::{HandlerRequest, ServeHandler};
+use sha2::{Digest, Sha256};
+
 use crate::broker::idempotency::{self, Answer, Claim, Pending};
 use crate::broker::template::{self, from_request, render, TemplateError};
 use crate::broker::{Broker, Message, PublishError, Receipt, Target};
@@ -45,15 +47,20 @@ impl PublishHandler {
 
     /// With an `Idempotency-Key` on a route that keeps them: the right to publish for it, or
     /// the first request's answer to give again.
-    async fn claim(
-        &self,
-        req: &HandlerRequest<'_>,
-    ) -> Result<Option<Result<Pending, Answer>>, GatewayError> {
-        let (Some(store), Some(value)) = (&self.idempotency, req.head.headers.get(IDEMPOTENCY_KEY))
-        else {
+    async fn claim(&self, req: &HandlerRequest<'_>) -> Result<Option<Keyed>, GatewayError> {
+        let Some(store) = &self.idempotency else {
+            return Ok(None);
+        };
+        let mut values = req.head.headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
             return Ok(None);
         };
         let key = value.as_bytes();
+        if values.next().is_some() {
+            return Err(GatewayError::BadIdempotencyKey(
+                "the request has more than one Idempotency-Key".to_owned(),
+            ));
+        }
         if key.is_empty() || key.len() > 255 || !key.iter().all(|b| (0x21..0x7f).contains(b)) {
             return Err(GatewayError::BadIdempotencyKey(
                 "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
@@ -62,11 +69,21 @@ impl PublishHandler {
         // Keys are the client's: two consumers' equal keys are two keys.
         let consumer = req.ctx.vars.get("consumer").unwrap_or_default();
         let scoped = format!("{consumer}\n{}", String::from_utf8_lossy(key));
+        let fingerprint = fingerprint(req);
         let broker = self.broker.config();
         let wait = broker.connect_timeout + broker.publish_timeout;
         match store.claim(&scoped, wait).await {
-            Some(Claim::Publish(p)) => Ok(Some(Ok(p))),
-            Some(Claim::Replay(a)) => Ok(Some(Err(a))),
+            Some(Claim::Publish(pending)) => {
+                let id: [u8; 32] =
+                    Sha256::digest(format!("{}\n{scoped}", self.route).as_bytes()).into();
+                Ok(Some(Keyed::Publish {
+                    pending,
+                    fingerprint,
+                    dedup_id: hex(&id),
+                }))
+            }
+            Some(Claim::Replay(a)) if a.fingerprint == fingerprint => Ok(Some(Keyed::Replay(a))),
+            Some(Claim::Replay(_)) => Err(GatewayError::IdempotencyKeyReused),
             None => Err(GatewayError::IdempotencyKeyInUse),
         }
     }
@@ -179,16 +196,50 @@ fn short_string(name: String, t: &crate::config::Template) -> Result<String, Tem
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// What an `Idempotency-Key` means for a request.
+enum Keyed {
+    /// Publish, then keep the answer under the key.
+    Publish {
+        pending: Pending,
+        fingerprint: [u8; 32],
+        /// The broker's de-duplication id for the key (JetStream's `Nats-Msg-Id`).
+        dedup_id: String,
+    },
+    /// Answer the kept answer again.
+    Replay(Answer),
+}
+
+/// A digest of what the request asks: its method, path (with query) and body.
+fn fingerprint(req: &HandlerRequest<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(req.head.method.as_str().as_bytes());
+    h.update(b" ");
+    h.update(
+        req.head
+            .uri
+            .path_and_query()
+            .map_or("", |p| p.as_str())
+            .as_bytes(),
+    );
+    h.update(b"\n");
+    h.update(&req.body);
+    h.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 /// The kept answer of an `Idempotency-Key`, said to be a replay.
 fn replay(kept: Answer) -> Response<ResponseBody> {
     let mut resp = Response::new(crate::grpc::body::full(kept.body));
     *resp.status_mut() = kept.status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(
-        HeaderName::from_static("idempotent-replayed"),
-        HeaderValue::from_static("true"),
-    );
+    resp.headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
     resp
 }
 
@@ -227,18 +278,36 @@ impl ServeHandler for PublishHandler {
     }
 
     async fn serve(&self, req: HandlerRequest<'_>) -> Result<Response<ResponseBody>, GatewayError> {
+        let answer = self.publish(req).await;
+        match &answer {
+            Ok(resp) if resp.headers().contains_key(REPLAYED) => {}
+            Ok(_) => self.count(None),
+            Err(e) => self.count(Some(e.code())),
+        }
+        answer
+    }
+}
+
+impl PublishHandler {
+    async fn publish(
+        &self,
+        req: HandlerRequest<'_>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
         if req.body.len() > self.config.max_body_bytes {
-            self.count(Some("body_too_large"));
             return Err(GatewayError::BodyTooLarge(format!(
                 "the request body is over {} bytes, the limit of route `{}`",
                 self.config.max_body_bytes, self.route
             )));
         }
         let (target, target_from_request) = self.target(&req)?;
-        let pending = match self.claim(&req).await? {
-            Some(Err(kept)) => return Ok(replay(kept)),
-            Some(Ok(pending)) => Some(pending),
-            None => None,
+        let (pending, dedup_id) = match self.claim(&req).await? {
+            Some(Keyed::Replay(kept)) => return Ok(replay(kept)),
+            Some(Keyed::Publish {
+                pending,
+                fingerprint,
+                dedup_id,
+            }) => (Some((pending, fingerprint)), Some(dedup_id)),
+            None => (None, None),
         };
         let destination = match &target {
             Target::Kafka { topic, .. } => topic.as_str(),
@@ -256,13 +325,12 @@ impl ServeHandler for PublishHandler {
             target,
             target_from_request,
             payload: req.body.clone(),
+            dedup_id,
         };
         let result = self.broker.publish(message, self.config.mode).await;
-        let code = result.as_ref().err().map(PublishError::code);
         if let Some(span) = span {
-            span.finish(code, None);
+            span.finish(result.as_ref().err().map(PublishError::code), None);
         }
-        self.count(code);
         let receipt = result?;
         let body = serde_json::to_vec(&ReceiptBody {
             broker: self.broker.name(),
@@ -271,10 +339,11 @@ impl ServeHandler for PublishHandler {
         })
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
         let body = bytes::Bytes::from(body);
-        if let Some(p) = pending {
+        if let Some((p, fingerprint)) = pending {
             p.finish(Answer {
                 status: self.config.status,
                 body: body.clone(),
+                fingerprint,
             });
         }
         let mut resp = Response::new(crate::grpc::body::full(body));

@@ -43,7 +43,7 @@ pub struct Metrics {
 
 /// The metric families of message brokers.
 pub struct BrokerMetrics {
-    /// Whether a broker is connected (1) or not (0).
+    /// Whether a broker is connected (1) or not (0), refreshed at scrape.
     pub up: IntGaugeVec,
     /// Messages published (acknowledged, or handed over in fire-and-forget mode), by route and
     /// broker.
@@ -94,13 +94,6 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
         failed,
         publish_duration,
     })
-}
-
-/// Records a broker's connection state.
-pub fn broker_state(broker: &str, up: bool) {
-    if let Some(m) = metrics() {
-        m.brokers.up.with_label_values(&[broker]).set(i64::from(up));
-    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -336,10 +329,17 @@ pub fn method_label(m: &http::Method) -> &'static str {
 pub fn render<'a>(
     generation: u64,
     targets: impl IntoIterator<Item = (&'a str, SocketAddr, bool)>,
+    brokers: impl IntoIterator<Item = (&'a str, bool)>,
 ) -> String {
     let Some(m) = metrics() else {
         return String::new();
     };
+    // From the live snapshot at scrape time: a broker replaced or removed by a reload leaves
+    // no stale series behind, and its old client's last events cannot overwrite the new one's.
+    m.brokers.up.reset();
+    for (broker, up) in brokers {
+        m.brokers.up.with_label_values(&[broker]).set(i64::from(up));
+    }
     m.target_healthy.reset();
     for (upstream, address, available) in targets {
         m.target_healthy
