@@ -108,6 +108,9 @@ pub enum GatewayError {
     /// The `Idempotency-Key` was used for another request (method, path or body).
     #[error("this Idempotency-Key was used for a different request (method, path or body); use a new key")]
     IdempotencyKeyReused,
+    /// The shared store of `Idempotency-Key` answers did not answer.
+    #[error("{0}")]
+    IdempotencyStore(String),
     /// A request with the same `Idempotency-Key` is still being published.
     #[error("a request with this Idempotency-Key is still being published; try again")]
     IdempotencyKeyInUse,
@@ -145,6 +148,7 @@ impl GatewayError {
             Publish(e) => e.status(),
             Destination(_) | BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
+            IdempotencyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -179,6 +183,7 @@ impl GatewayError {
             Destination(e) => e.code(),
             BadIdempotencyKey(_) => "bad_idempotency_key",
             IdempotencyKeyInUse => "idempotency_key_in_use",
+            IdempotencyStore(_) => "idempotency_store_unavailable",
             IdempotencyKeyReused => "idempotency_key_reused",
             BodyTooLarge(_) => "body_too_large",
             Internal(_) => "internal_error",
@@ -191,6 +196,7 @@ impl GatewayError {
         match self {
             GatewayError::Plugin(e) => &e.headers,
             GatewayError::Publish(e) => e.headers(),
+            GatewayError::IdempotencyStore(_) => crate::broker::retry_after(),
             _ => &[],
         }
     }

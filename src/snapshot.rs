@@ -32,7 +32,7 @@ pub struct Snapshot {
     pub brokers: Brokers,
     /// The `Idempotency-Key` answers of each publish route that keeps them, by route name:
     /// kept across reloads while the route's settings do not change.
-    idempotency: HashMap<Arc<str>, Arc<idempotency::Store>>,
+    idempotency: HashMap<Arc<str>, Arc<idempotency::Keys>>,
     /// Runtime objects of each route, same index as `config.routes`.
     routes: Vec<RouteRuntime>,
     /// The global plugins in execution order: the chain of a request no route matched.
@@ -234,18 +234,18 @@ impl Snapshot {
 fn idempotency_stores(
     routes: &[Route],
     previous: Option<&Snapshot>,
-) -> HashMap<Arc<str>, Arc<idempotency::Store>> {
+) -> HashMap<Arc<str>, Arc<idempotency::Keys>> {
     routes
         .iter()
         .filter_map(|r| {
-            let config = r.publish.as_ref()?.idempotency?;
+            let config = r.publish.as_ref()?.idempotency.as_ref()?;
             let kept = previous
                 .and_then(|p| p.idempotency.get(&r.name))
                 .filter(|s| s.config() == config)
                 .cloned();
             Some((
                 r.name.clone(),
-                kept.unwrap_or_else(|| idempotency::Store::new(config)),
+                kept.unwrap_or_else(|| Arc::new(idempotency::Keys::new(config))),
             ))
         })
         .collect()
@@ -256,7 +256,7 @@ fn handler(
     route: &Route,
     transcoder: Option<&Arc<Transcoder>>,
     brokers: &Brokers,
-    idempotency: &HashMap<Arc<str>, Arc<idempotency::Store>>,
+    idempotency: &HashMap<Arc<str>, Arc<idempotency::Keys>>,
 ) -> Handler {
     if let Some(publish) = &route.publish {
         if let Some(broker) = brokers.get(publish.broker) {

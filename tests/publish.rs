@@ -799,3 +799,83 @@ topic = "{topic}"
         "{records:?}"
     );
 }
+
+#[tokio::test]
+async fn instances_sharing_a_redis_publish_a_key_once_between_them() {
+    let redis = common::RedisServer::start();
+    let nats = Nats::shared().await;
+    let stream = unique("SHARED");
+    let subject = unique("shared");
+    nats.create_stream(&stream, &[&subject]).await;
+    let config = format!(
+        r#"
+[brokers.nats]
+kind = "nats"
+servers = ["{url}"]
+
+[routes.in]
+exact = "/in"
+[routes.in.publish]
+broker = "nats"
+subject = "{subject}"
+idempotency_redis = "{redis}"
+"#,
+        url = nats.url(),
+        redis = redis.url()
+    );
+    let a = Gateway::start(&config).await;
+    let b = Gateway::start(&config).await;
+    wait_broker(&a, "nats", "up").await;
+    wait_broker(&b, "nats", "up").await;
+    let post = |gw: &Gateway, key: &str, body: &'static str| {
+        client()
+            .post(gw.url("/in"))
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let first = post(&a, "pay-1", "one").await.expect("first");
+    assert_eq!(first.status().as_u16(), 202);
+    let first: serde_json::Value = first.json().await.expect("receipt");
+    let again = post(&b, "pay-1", "one")
+        .await
+        .expect("on the other instance");
+    assert_eq!(again.status().as_u16(), 202);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(
+        again.json::<serde_json::Value>().await.expect("receipt"),
+        first
+    );
+    let reused = post(&b, "pay-1", "other").await.expect("reused");
+    expect_error(reused, 422, "idempotency_key_reused").await;
+    let next = post(&b, "pay-2", "two").await.expect("next key");
+    let next: serde_json::Value = next.json().await.expect("receipt");
+    // One message per key: the second key's message is the stream's second.
+    assert_eq!(next["sequence"], 2, "{next}");
+
+    // Without the store a keyed request is refused rather than risk a duplicate; an unkeyed
+    // one is not the store's business.
+    drop(redis);
+    let resp = tokio::time::timeout(HANG, post(&a, "pay-3", "three"))
+        .await
+        .expect("answered, not hung")
+        .expect("store down");
+    assert_eq!(
+        resp.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    expect_error(resp, 503, "idempotency_store_unavailable").await;
+    let plain = client()
+        .post(a.url("/in"))
+        .body("no key")
+        .send()
+        .await
+        .expect("unkeyed");
+    assert_eq!(plain.status().as_u16(), 202);
+}

@@ -70,6 +70,11 @@ pub enum PublishError {
     },
 }
 
+/// `Retry-After: 1`, for the answers a retry may fix.
+pub fn retry_after() -> &'static [(HeaderName, HeaderValue)] {
+    &*RETRY_AFTER
+}
+
 static RETRY_AFTER: LazyLock<[(HeaderName, HeaderValue); 1]> =
     LazyLock::new(|| [(http::header::RETRY_AFTER, HeaderValue::from_static("1"))]);
 

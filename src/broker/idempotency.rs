@@ -4,7 +4,8 @@
 //! waits for its answer. Only answers that published are kept: after a 503 the client's retry
 //! publishes.
 //!
-//! Local to the process. Bounded: at most `max_keys` answers, the oldest forgotten first.
+//! Kept in the process (bounded: at most `max_keys` answers, the oldest forgotten first), or in
+//! a Redis that every instance names (`idempotency_redis`), so that instances agree.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,90 @@ use http::StatusCode;
 use tokio::sync::watch;
 
 use crate::config::IdempotencyConfig;
+
+mod redis_keys;
+
+/// The answers of one route's keys: in this process, or in a shared Redis.
+pub enum Keys {
+    /// In this process.
+    Local(Arc<Store>),
+    /// In Redis.
+    Redis(Arc<redis_keys::RedisKeys>),
+}
+
+/// What a request with a key is to do.
+pub enum Claim {
+    /// Publish, then [`Pending::finish`] with the answer (dropping it frees the key).
+    Publish(Pending),
+    /// Answer this again.
+    Replay(Answer),
+}
+
+/// The right to publish for a key.
+pub enum Pending {
+    /// Kept in this process.
+    Local(LocalPending),
+    /// Kept in Redis.
+    Redis(redis_keys::RedisPending),
+}
+
+/// The shared store could not be asked: the request is refused rather than risk a duplicate.
+#[derive(Debug, thiserror::Error)]
+#[error("the Idempotency-Key store (Redis at {server}) did not answer: {reason}")]
+pub struct StoreUnavailable {
+    server: String,
+    reason: String,
+}
+
+impl Keys {
+    /// The store of a route's settings.
+    pub fn new(config: &IdempotencyConfig) -> Self {
+        match &config.redis {
+            Some(url) => match redis_keys::RedisKeys::new(url, config) {
+                Ok(k) => Keys::Redis(Arc::new(k)),
+                // Checked when the config was loaded; a URL the client still refuses keeps
+                // the keys in this process rather than losing them.
+                Err(_) => Keys::Local(Store::new(config.clone())),
+            },
+            None => Keys::Local(Store::new(config.clone())),
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &IdempotencyConfig {
+        match self {
+            Keys::Local(s) => &s.config,
+            Keys::Redis(r) => r.config(),
+        }
+    }
+
+    /// Claims `key` (a digest naming route, consumer and key): the first request publishes; a
+    /// repeat gets the kept answer, or waits (at most `wait`) for the first to finish.
+    /// `Ok(None)` when that wait ran out.
+    pub async fn claim(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Option<Claim>, StoreUnavailable> {
+        match self {
+            Keys::Local(s) => Ok(s.claim(key, wait).await.map(|c| match c {
+                LocalClaim::Publish(p) => Claim::Publish(Pending::Local(p)),
+                LocalClaim::Replay(a) => Claim::Replay(a),
+            })),
+            Keys::Redis(r) => r.claim(key, wait).await,
+        }
+    }
+}
+
+impl Pending {
+    /// Keeps `answer` for the key.
+    pub async fn finish(self, answer: Answer) {
+        match self {
+            Pending::Local(p) => p.finish(answer),
+            Pending::Redis(p) => p.finish(answer).await,
+        }
+    }
+}
 
 /// A kept answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +120,7 @@ enum Entry {
     Done { answer: Answer, until: Instant },
 }
 
-/// The answers of one route.
+/// The answers of one route, in this process.
 pub struct Store {
     config: IdempotencyConfig,
     inner: Mutex<Inner>,
@@ -48,16 +133,16 @@ struct Inner {
     order: VecDeque<(Instant, String)>,
 }
 
-/// What a request with a key is to do.
-pub enum Claim {
-    /// Publish, then [`Pending::finish`] with the answer (dropping it forgets the key).
-    Publish(Pending),
+/// What a request with a key is to do, by the local store.
+enum LocalClaim {
+    /// Publish, then finish with the answer (dropping it forgets the key).
+    Publish(LocalPending),
     /// Answer this again.
     Replay(Answer),
 }
 
 /// The right to publish for a key; the key is released if this is dropped unfinished.
-pub struct Pending {
+pub struct LocalPending {
     store: Arc<Store>,
     key: Option<String>,
     done: watch::Sender<bool>,
@@ -65,21 +150,16 @@ pub struct Pending {
 
 impl Store {
     /// An empty store with the route's settings.
-    pub fn new(config: IdempotencyConfig) -> Arc<Self> {
+    fn new(config: IdempotencyConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
             inner: Mutex::new(Inner::default()),
         })
     }
 
-    /// Its settings.
-    pub fn config(&self) -> IdempotencyConfig {
-        self.config
-    }
-
     /// Claims `key`: the first request gets to publish; a repeat gets the kept answer, or waits
     /// (at most `wait`) for the first to finish. `None` when the wait ran out.
-    pub async fn claim(self: &Arc<Self>, key: &str, wait: Duration) -> Option<Claim> {
+    async fn claim(self: &Arc<Self>, key: &str, wait: Duration) -> Option<LocalClaim> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut pending = match self.try_claim(key) {
@@ -93,11 +173,11 @@ impl Store {
         }
     }
 
-    fn try_claim(self: &Arc<Self>, key: &str) -> Result<Claim, watch::Receiver<bool>> {
+    fn try_claim(self: &Arc<Self>, key: &str) -> Result<LocalClaim, watch::Receiver<bool>> {
         let Ok(mut inner) = self.inner.lock() else {
             // A poisoned store only loses deduplication, never the publish.
             let (done, _) = watch::channel(false);
-            return Ok(Claim::Publish(Pending {
+            return Ok(LocalClaim::Publish(LocalPending {
                 store: self.clone(),
                 key: None,
                 done,
@@ -107,14 +187,14 @@ impl Store {
         inner.expire(now);
         match inner.entries.get(key) {
             Some(Entry::Done { answer, until }) if *until > now => {
-                return Ok(Claim::Replay(answer.clone()));
+                return Ok(LocalClaim::Replay(answer.clone()));
             }
             Some(Entry::Pending(rx)) if !*rx.borrow() => return Err(rx.clone()),
             _ => {}
         }
         let (done, rx) = watch::channel(false);
         inner.entries.insert(key.to_owned(), Entry::Pending(rx));
-        Ok(Claim::Publish(Pending {
+        Ok(LocalClaim::Publish(LocalPending {
             store: self.clone(),
             key: Some(key.to_owned()),
             done,
@@ -138,9 +218,9 @@ impl Inner {
     }
 }
 
-impl Pending {
+impl LocalPending {
     /// Keeps `answer` for the key and wakes the requests waiting for it.
-    pub fn finish(mut self, answer: Answer) {
+    fn finish(mut self, answer: Answer) {
         if let Some(key) = self.key.take() {
             if let Ok(mut inner) = self.store.inner.lock() {
                 let until = Instant::now() + self.store.config.window;
@@ -159,7 +239,7 @@ impl Pending {
     }
 }
 
-impl Drop for Pending {
+impl Drop for LocalPending {
     fn drop(&mut self) {
         // Unfinished (the publish failed, or the request went away): the key is free again.
         if let Some(key) = self.key.take() {
@@ -181,6 +261,7 @@ mod tests {
         Store::new(IdempotencyConfig {
             window: Duration::from_secs(3600),
             max_keys,
+            redis: None,
         })
     }
 
@@ -192,7 +273,7 @@ mod tests {
         }
     }
 
-    async fn claim(s: &Arc<Store>, key: &str) -> Claim {
+    async fn claim(s: &Arc<Store>, key: &str) -> LocalClaim {
         s.claim(key, Duration::from_secs(30))
             .await
             .expect("no wait runs out here")
@@ -201,25 +282,25 @@ mod tests {
     #[tokio::test]
     async fn a_repeat_gets_the_first_answer_and_a_failure_frees_the_key() {
         let s = store(10);
-        let Claim::Publish(p) = claim(&s, "k").await else {
+        let LocalClaim::Publish(p) = claim(&s, "k").await else {
             panic!("first claim publishes");
         };
         p.finish(answer("one"));
-        let Claim::Replay(a) = claim(&s, "k").await else {
+        let LocalClaim::Replay(a) = claim(&s, "k").await else {
             panic!("repeat replays");
         };
         assert_eq!(a, answer("one"));
-        let Claim::Publish(p) = claim(&s, "other").await else {
+        let LocalClaim::Publish(p) = claim(&s, "other").await else {
             panic!("another key publishes");
         };
         drop(p);
-        assert!(matches!(claim(&s, "other").await, Claim::Publish(_)));
+        assert!(matches!(claim(&s, "other").await, LocalClaim::Publish(_)));
     }
 
     #[tokio::test]
     async fn a_repeat_during_the_first_waits_for_its_answer() {
         let s = store(10);
-        let Claim::Publish(p) = claim(&s, "k").await else {
+        let LocalClaim::Publish(p) = claim(&s, "k").await else {
             panic!("first claim publishes");
         };
         let s2 = s.clone();
@@ -227,7 +308,7 @@ mod tests {
         // The waiter is parked on the first's watch before the answer is kept, or finds the
         // answer kept: both end in the replay.
         p.finish(answer("first"));
-        let Claim::Replay(a) = waiter.await.expect("waiter") else {
+        let LocalClaim::Replay(a) = waiter.await.expect("waiter") else {
             panic!("the waiter replays");
         };
         assert_eq!(a, answer("first"));
@@ -236,7 +317,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_that_runs_out_says_so() {
         let s = store(10);
-        let Claim::Publish(_p) = claim(&s, "k").await else {
+        let LocalClaim::Publish(_p) = claim(&s, "k").await else {
             panic!("first claim publishes");
         };
         assert!(s.claim("k", Duration::ZERO).await.is_none());
@@ -246,13 +327,13 @@ mod tests {
     async fn the_oldest_answers_go_first_past_max_keys() {
         let s = store(2);
         for k in ["a", "b", "c"] {
-            let Claim::Publish(p) = claim(&s, k).await else {
+            let LocalClaim::Publish(p) = claim(&s, k).await else {
                 panic!("new key publishes");
             };
             p.finish(answer("x"));
         }
-        assert!(matches!(claim(&s, "a").await, Claim::Publish(_)));
-        assert!(matches!(claim(&s, "c").await, Claim::Replay(_)));
+        assert!(matches!(claim(&s, "a").await, LocalClaim::Publish(_)));
+        assert!(matches!(claim(&s, "c").await, LocalClaim::Replay(_)));
     }
 
     #[tokio::test]
@@ -260,11 +341,12 @@ mod tests {
         let s = Store::new(IdempotencyConfig {
             window: Duration::ZERO,
             max_keys: 10,
+            redis: None,
         });
-        let Claim::Publish(p) = claim(&s, "k").await else {
+        let LocalClaim::Publish(p) = claim(&s, "k").await else {
             panic!("first claim publishes");
         };
         p.finish(answer("x"));
-        assert!(matches!(claim(&s, "k").await, Claim::Publish(_)));
+        assert!(matches!(claim(&s, "k").await, LocalClaim::Publish(_)));
     }
 }

@@ -23,7 +23,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use error::PublishError;
+pub use error::{retry_after, PublishError};
 
 use crate::config::{BrokerConfig, BrokerKind, PublishMode};
 

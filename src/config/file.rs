@@ -516,6 +516,7 @@ pub struct PublishSection {
     pub status: Option<Spanned<u16>>,
     pub idempotency_window: Option<Spanned<Duration>>,
     pub idempotency_max_keys: Option<Spanned<u64>>,
+    pub idempotency_redis: Option<Spanned<tollgate_plugin_api::SecretUrl>>,
 }
 
 /// `mode = "..."` of a publish route.

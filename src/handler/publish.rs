@@ -26,7 +26,7 @@ pub struct PublishHandler {
     route: Arc<str>,
     config: PublishConfig,
     broker: Arc<Broker>,
-    idempotency: Option<Arc<idempotency::Store>>,
+    idempotency: Option<Arc<idempotency::Keys>>,
 }
 
 impl PublishHandler {
@@ -35,7 +35,7 @@ impl PublishHandler {
         route: Arc<str>,
         config: PublishConfig,
         broker: Arc<Broker>,
-        idempotency: Option<Arc<idempotency::Store>>,
+        idempotency: Option<Arc<idempotency::Keys>>,
     ) -> Self {
         Self {
             route,
@@ -68,20 +68,31 @@ impl PublishHandler {
         }
         // Keys are the client's: two consumers' equal keys are two keys.
         let consumer = req.ctx.vars.get("consumer").unwrap_or_default();
-        let scoped = format!("{consumer}\n{}", String::from_utf8_lossy(key));
+        // One digest names the key everywhere: the store's key (a shared Redis holds the keys
+        // of every route) and the broker's de-duplication id.
+        let id: [u8; 32] = Sha256::digest(
+            format!(
+                "{}\n{consumer}\n{}",
+                self.route,
+                String::from_utf8_lossy(key)
+            )
+            .as_bytes(),
+        )
+        .into();
+        let id = hex(&id);
         let fingerprint = fingerprint(req);
         let broker = self.broker.config();
         let wait = broker.connect_timeout + broker.publish_timeout;
-        match store.claim(&scoped, wait).await {
-            Some(Claim::Publish(pending)) => {
-                let id: [u8; 32] =
-                    Sha256::digest(format!("{}\n{scoped}", self.route).as_bytes()).into();
-                Ok(Some(Keyed::Publish {
-                    pending,
-                    fingerprint,
-                    dedup_id: hex(&id),
-                }))
-            }
+        let claim = store
+            .claim(&id, wait)
+            .await
+            .map_err(|e| GatewayError::IdempotencyStore(e.to_string()))?;
+        match claim {
+            Some(Claim::Publish(pending)) => Ok(Some(Keyed::Publish {
+                pending,
+                fingerprint,
+                dedup_id: id,
+            })),
             Some(Claim::Replay(a)) if a.fingerprint == fingerprint => Ok(Some(Keyed::Replay(a))),
             Some(Claim::Replay(_)) => Err(GatewayError::IdempotencyKeyReused),
             None => Err(GatewayError::IdempotencyKeyInUse),
@@ -344,7 +355,8 @@ impl PublishHandler {
                 status: self.config.status,
                 body: body.clone(),
                 fingerprint,
-            });
+            })
+            .await;
         }
         let mut resp = Response::new(crate::grpc::body::full(body));
         *resp.status_mut() = self.config.status;

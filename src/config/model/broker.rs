@@ -138,12 +138,14 @@ pub struct PublishConfig {
 
 /// `Idempotency-Key` on a publish route: a repeated key within the window gets the first
 /// answer again and publishes nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyConfig {
     /// How long an answer is kept for its key.
     pub window: Duration,
-    /// Most keys kept at once; the oldest answers are forgotten first.
+    /// Most keys kept at once in this process; the oldest answers are forgotten first.
     pub max_keys: usize,
+    /// The Redis that keeps the answers instead, shared by every instance that names it.
+    pub redis: Option<SecretUrl>,
 }
 
 /// Where a published message goes, by kind of broker; every part is a template.

@@ -107,7 +107,28 @@ impl Validator<'_, '_> {
             Some(n) => usize::try_from(*n.get_ref()).unwrap_or(usize::MAX),
             None => DEFAULT_IDEMPOTENCY_MAX_KEYS,
         };
-        (!window.is_zero()).then_some(IdempotencyConfig { window, max_keys })
+        let redis = match &s.idempotency_redis {
+            Some(url) => match redis::Client::open(url.get_ref().expose()) {
+                Ok(_) => Some(url.get_ref().clone()),
+                Err(e) => {
+                    self.c.at(
+                        url.span(),
+                        format!(
+                            "route `{route}`: `idempotency_redis` `{}` is not a Redis URL \
+                             (redis://[USER:PASSWORD@]HOST[:PORT][/DB]): {e}",
+                            url.get_ref().redacted()
+                        ),
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
+        (!window.is_zero()).then_some(IdempotencyConfig {
+            window,
+            max_keys,
+            redis,
+        })
     }
 
     /// The methods of a publish route when it lists none.
@@ -446,6 +467,7 @@ mod tests {
                 idempotency: Some(IdempotencyConfig {
                     window: std::time::Duration::from_secs(3600),
                     max_keys: 100_000,
+                    redis: None,
                 }),
             })
         );
@@ -497,6 +519,14 @@ mod tests {
             errs[0].contains("`idempotency_max_keys` must be at least 1"),
             "{errs:?}"
         );
+        let errs = errors(&route("idempotency_redis = \"http://u:secret@r:6379\"\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("is not a Redis URL"), "{errs:?}");
+        assert!(!errs[0].contains("secret"), "{errs:?}");
+        let built = valid(&route("idempotency_redis = \"redis://127.0.0.1:6379/2\"\n"));
+        let publish = built.config.routes[0].publish.as_ref().expect("publish");
+        let redis = publish.idempotency.as_ref().and_then(|i| i.redis.as_ref());
+        assert_eq!(redis.map(|r| r.expose()), Some("redis://127.0.0.1:6379/2"));
     }
 
     #[test]
@@ -546,6 +576,7 @@ mod tests {
             Some(IdempotencyConfig {
                 window: std::time::Duration::from_secs(600),
                 max_keys: 50,
+                redis: None,
             })
         );
         let table = &built.config.table;
@@ -726,7 +757,7 @@ mod tests {
             )),
             [
                 "gateway.toml:20:8: unknown variant `async`, expected `confirmed` or `fire_and_forget`",
-                "gateway.toml:25:1: unknown field `subjet`, expected one of `broker`, `topic`, `key`, `exchange`, `routing_key`, `subject`, `headers`, `max_body_bytes`, `mode`, `status`, `idempotency_window`, `idempotency_max_keys`",
+                "gateway.toml:25:1: unknown field `subjet`, expected one of `broker`, `topic`, `key`, `exchange`, `routing_key`, `subject`, `headers`, `max_body_bytes`, `mode`, `status`, `idempotency_window`, `idempotency_max_keys`, `idempotency_redis`",
             ]
         );
     }

@@ -49,7 +49,7 @@ enum Target {
     /// An upstream, by index.
     Upstream(usize),
     /// A broker.
-    Publish(super::super::model::PublishConfig),
+    Publish(Box<super::super::model::PublishConfig>),
 }
 
 impl Validator<'_, '_> {
@@ -98,7 +98,7 @@ impl Validator<'_, '_> {
                 .map(Target::Upstream),
             (None, Some(p)) => self
                 .publish(name, r, p, &param_names, &refs.targets)
-                .map(Target::Publish),
+                .map(|p| Target::Publish(Box::new(p))),
             (Some(u), Some(_)) => {
                 self.c.at(
                     u.span(),
@@ -132,7 +132,7 @@ impl Validator<'_, '_> {
             Target::Publish(p) => (
                 None,
                 Arc::from(""),
-                Some(p),
+                Some(*p),
                 Some(methods.unwrap_or_else(Self::publish_default_methods)),
             ),
         };
