@@ -55,49 +55,13 @@ impl Nats {
         let Some(n) = &self.settings else {
             return;
         };
-        let events = state.clone();
-        let name = broker.name.clone();
-        let mut options = ConnectOptions::new()
-            .name(format!("tollgate {}", broker.name))
-            .connection_timeout(broker.connect_timeout)
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((100u64 << attempts.min(6)).min(5_000))
-            })
-            .event_callback(move |event| {
-                let (events, name) = (events.clone(), name.clone());
-                async move {
-                    match event {
-                        Event::Connected => events.set(&name, State::Up),
-                        Event::Disconnected | Event::Closed => events.set(
-                            &name,
-                            State::Down {
-                                error: format!("{event}"),
-                            },
-                        ),
-                        Event::ClientError(e) => events.set(
-                            &name,
-                            State::Down {
-                                error: e.to_string(),
-                            },
-                        ),
-                        _ => {}
-                    }
-                }
-            });
-        if let Some((user, password)) = &n.user {
-            options = options.user_and_password(user.clone(), password.expose().clone());
-        }
-        if let Some(token) = &n.token {
-            options = options.token(token.expose().clone());
-        }
-        if let Some(tls) = &broker.tls {
-            options = options.require_tls(true);
-            if let Some(ca) = &tls.ca_file {
-                options = options.add_root_certificates(ca.clone());
-            }
-        }
+        let servers_shown = n
+            .servers
+            .iter()
+            .map(|s| s.redacted())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let options = options(broker, n, state, &servers_shown);
         let servers: Vec<String> = n.servers.iter().map(|s| s.expose().to_owned()).collect();
         match options.connect(servers).await {
             Ok(client) => {
@@ -116,12 +80,7 @@ impl Nats {
                         &broker.name,
                         State::Down {
                             error: format!(
-                                "no connection to {} within {}",
-                                n.servers
-                                    .iter()
-                                    .map(|s| s.redacted())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
+                                "no connection to {servers_shown} within {}",
                                 humantime::format_duration(broker.connect_timeout)
                             ),
                         },
@@ -218,4 +177,60 @@ impl Nats {
             duplicate: ack.duplicate,
         })
     }
+}
+
+/// The client's settings: timeouts, endless reconnection with backoff, credentials, TLS, and
+/// its events driving the broker's state.
+fn options(
+    broker: &BrokerConfig,
+    n: &NatsSettings,
+    state: &Arc<StateCell>,
+    servers_shown: &str,
+) -> ConnectOptions {
+    let events = state.clone();
+    let name = broker.name.clone();
+    // The client's errors name no server ("nats: IO error"): said with the servers meant.
+    let servers_shown: Arc<str> = servers_shown.into();
+    let mut options = ConnectOptions::new()
+        .name(format!("tollgate {}", broker.name))
+        .connection_timeout(broker.connect_timeout)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100u64 << attempts.min(6)).min(5_000))
+        })
+        .event_callback(move |event| {
+            let (events, name, servers) = (events.clone(), name.clone(), servers_shown.clone());
+            async move {
+                match event {
+                    Event::Connected => events.set(&name, State::Up),
+                    Event::Disconnected | Event::Closed => events.set(
+                        &name,
+                        State::Down {
+                            error: format!("{event} ({servers})"),
+                        },
+                    ),
+                    Event::ClientError(e) => events.set(
+                        &name,
+                        State::Down {
+                            error: format!("{e} ({servers})"),
+                        },
+                    ),
+                    _ => {}
+                }
+            }
+        });
+    if let Some((user, password)) = &n.user {
+        options = options.user_and_password(user.clone(), password.expose().clone());
+    }
+    if let Some(token) = &n.token {
+        options = options.token(token.expose().clone());
+    }
+    if let Some(tls) = &broker.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+    }
+    options
 }
