@@ -43,8 +43,25 @@ pub(super) struct Amqp {
 }
 
 struct Live {
-    connection: Connection,
+    connection: Arc<Connection>,
     channel: ArcSwapOption<Channel>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // lapin's I/O loop keeps a connection open (heartbeats and all) after its last handle is
+        // gone: a broker removed or replaced by a reload closes its own.
+        if self.connection.status().connected() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let connection = self.connection.clone();
+                rt.spawn(async move {
+                    let _ = connection
+                        .close(200, "tollgate: broker removed".into())
+                        .await;
+                });
+            }
+        }
+    }
 }
 
 impl Amqp {
@@ -119,7 +136,7 @@ impl Amqp {
         let events = connection.events_listener().boxed();
         let channel = confirm_channel(&connection).await?;
         let live = Live {
-            connection,
+            connection: Arc::new(connection),
             channel: ArcSwapOption::from(Some(Arc::new(channel))),
         };
         Ok((live, events))

@@ -107,7 +107,14 @@ impl Kafka {
     /// A fresh producer in place of the current one (kept if librdkafka refuses).
     fn renew(&self, broker: &BrokerConfig) {
         match self.config.create::<FutureProducer>() {
-            Ok(p) => self.producer.store(Arc::new(p)),
+            Ok(p) => {
+                let old = self.producer.swap(Arc::new(p));
+                // Dropping a producer flushes for up to 500 ms: not on a proxy worker. (A
+                // publish still waiting on the old one keeps it until its answer.)
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn_blocking(move || drop(old));
+                }
+            }
             Err(e) => {
                 tracing::warn!(broker = %broker.name, error = %e, "Kafka producer not renewed")
             }
@@ -183,7 +190,7 @@ impl Kafka {
             record = record.key(key.as_str());
         }
         let started = Instant::now();
-        let producer = self.producer.load();
+        let producer = self.producer.load_full();
         let delivery = match producer.send_result(record) {
             Ok(delivery) => delivery,
             Err((e, _)) => return Err(error(broker, topic, &e, message.target_from_request)),
