@@ -650,6 +650,14 @@ topic = "{topic}"
     );
     let again: serde_json::Value = again.json().await.expect("receipt");
     assert_eq!(again, first);
+    assert_eq!(
+        metric(
+            &gw,
+            "tollgate_messages_deduplicated_total{broker=\"events\",route=\"in\"}"
+        )
+        .await,
+        Some(1.0)
+    );
     let other_body = post("order-1", "not one").await.expect("reused key");
     expect_error(other_body, 422, "idempotency_key_reused").await;
     let two_keys = client()

@@ -162,6 +162,11 @@ impl PublishHandler {
         };
         let broker = self.broker.name();
         match code {
+            Some(DEDUPLICATED) => m
+                .brokers
+                .deduplicated
+                .with_label_values(&[&*self.route, broker])
+                .inc(),
             None => m
                 .brokers
                 .published
@@ -241,6 +246,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The count of a replayed answer (not an error code).
+const DEDUPLICATED: &str = "deduplicated";
+
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// The kept answer of an `Idempotency-Key`, said to be a replay.
@@ -291,7 +299,7 @@ impl ServeHandler for PublishHandler {
     async fn serve(&self, req: HandlerRequest<'_>) -> Result<Response<ResponseBody>, GatewayError> {
         let answer = self.publish(req).await;
         match &answer {
-            Ok(resp) if resp.headers().contains_key(REPLAYED) => {}
+            Ok(resp) if resp.headers().contains_key(REPLAYED) => self.count(Some(DEDUPLICATED)),
             Ok(_) => self.count(None),
             Err(e) => self.count(Some(e.code())),
         }

@@ -50,6 +50,9 @@ pub struct BrokerMetrics {
     pub published: IntCounterVec,
     /// Messages not published, by route, broker and error code.
     pub failed: IntCounterVec,
+    /// Requests answered without publishing because their `Idempotency-Key` (or JetStream's
+    /// `Nats-Msg-Id`) had been published already, by route and broker.
+    pub deduplicated: IntCounterVec,
     /// Time from handing a message to the client library to its acknowledgement, by broker.
     pub publish_duration: HistogramVec,
 }
@@ -76,6 +79,13 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
         ),
         &["route", "broker", "code"],
     )?;
+    let deduplicated = IntCounterVec::new(
+        Opts::new(
+            "tollgate_messages_deduplicated_total",
+            "Requests not published again because their Idempotency-Key was, by route and broker",
+        ),
+        &["route", "broker"],
+    )?;
     let publish_duration = HistogramVec::new(
         HistogramOpts::new(
             "tollgate_publish_duration_seconds",
@@ -87,11 +97,13 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
     registry.register(Box::new(up.clone()))?;
     registry.register(Box::new(published.clone()))?;
     registry.register(Box::new(failed.clone()))?;
+    registry.register(Box::new(deduplicated.clone()))?;
     registry.register(Box::new(publish_duration.clone()))?;
     Ok(BrokerMetrics {
         up,
         published,
         failed,
+        deduplicated,
         publish_duration,
     })
 }
