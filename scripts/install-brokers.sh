@@ -6,7 +6,12 @@
 #
 # tansu is built once (about 10 minutes on two cores) into ${TOLLGATE_TOOLS:-$HOME/.cache/tollgate-tools}
 # and reused by every later run, CI included, as long as it is the pinned version.
+#
+# --nats-only (quickstart.sh): nats-server alone, the broker the quick start's publish route uses.
 set -euo pipefail
+
+NATS_ONLY=""
+if [ "${1:-}" = "--nats-only" ]; then NATS_ONLY=1; fi
 
 TANSU_VERSION=0.6.0
 TOOLS="${TOLLGATE_TOOLS:-$HOME/.cache/tollgate-tools}"
@@ -15,7 +20,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
-command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
+if [ -z "$NATS_ONLY" ]; then
+  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
+fi
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -54,6 +61,8 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
   fi
 fi
+
+if [ -n "$NATS_ONLY" ]; then exit 0; fi
 
 tansu="$TOOLS/bin/tansu"
 have=""

@@ -145,7 +145,7 @@ impl Reloader {
         // already sees healthy targets.
         next.prime().await;
         next.start_tasks();
-        // New brokers connect before the config goes live, so its first publish finds them.
+        // Brokers that readiness requires connect before the config goes live.
         next.brokers.settle(next.brokers.longest_connect()).await;
         let (level, watch) = (
             next.config.log.level.clone(),

@@ -365,10 +365,11 @@ impl Brokers {
             .unwrap_or_default()
     }
 
-    /// Waits until every broker is up or has failed once, at most `wait`, so a new config's
-    /// first publish finds its connections made.
+    /// Waits until every broker that readiness requires is up or has failed once, at most
+    /// `wait`. (A publish to a broker still connecting waits for it itself.)
     pub async fn settle(&self, wait: Duration) {
-        let all = self.0.iter().map(|b| {
+        let required = self.0.iter().filter(|b| b.config.required_for_readiness);
+        let all = required.map(|b| {
             let mut rx = b.state.0.subscribe();
             async move {
                 let _ = rx.wait_for(|(s, _)| !matches!(s, State::Connecting)).await;
