@@ -145,10 +145,19 @@ async fn a_deleted_watched_config_keeps_the_running_one_until_it_is_back() {
         routes(a.addr, b.addr, false)
     ))
     .await;
-    std::fs::remove_file(gw.config_path()).expect("delete config");
+    // The watcher takes its baseline before the gateway reports ready (/healthz answers
+    // earlier): a file deleted before that would be a file it never saw.
     let c = client();
+    let ready = format!("http://{}/readyz", gw.admin);
+    for _ in 0..600 {
+        if c.get(&ready).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(gw.config_path()).expect("delete config");
     let mut warned = false;
-    for _ in 0..100 {
+    for _ in 0..600 {
         if gw.logs().contains("config file is gone") {
             warned = true;
             break;
