@@ -9,10 +9,9 @@ use async_trait::async_trait;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use serde::Serialize;
-
-use super::{HandlerRequest, ServeHandler};
 use sha2::{Digest, Sha256};
 
+use super::{HandlerRequest, ServeHandler};
 use crate::broker::idempotency::{self, Answer, Claim, Pending};
 use crate::broker::template::{self, from_request, render, TemplateError};
 use crate::broker::{Broker, Message, PublishError, Receipt, Target};
