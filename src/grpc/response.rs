@@ -60,7 +60,7 @@ impl JsonWriter {
         })?;
         let Some(field) = &self.field else {
             let mut out = Vec::with_capacity(128);
-            let mut ser = serde_json::Serializer::new(&mut out);
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, JsonFormatter);
             msg.serialize_with_options(&mut ser, &self.options)
                 .map_err(ResponseError::Json)?;
             return Ok(out);
@@ -99,5 +99,22 @@ fn default_json(field: &FieldDescriptor, enum_numbers: bool) -> Value {
         Kind::Enum(e) if !enum_numbers => Value::String(e.default_value().name().to_string()),
         Kind::Message(_) => Value::Null,
         _ => Value::from(0),
+    }
+}
+
+/// serde_json's compact format, but ±`f32::MAX` written as the f64 it is: its shortest f32 text
+/// (`3.4028235e38`) reads back as an f64 just above `f32::MAX`, which the JSON → message side
+/// (prost-reflect) refuses as out of range, so the gateway would refuse its own output
+/// (fuzz/json_to_protobuf found it).
+struct JsonFormatter;
+
+impl serde_json::ser::Formatter for JsonFormatter {
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f32) -> std::io::Result<()> {
+        let mut compact = serde_json::ser::CompactFormatter;
+        if v.abs() == f32::MAX {
+            compact.write_f64(w, f64::from(v))
+        } else {
+            compact.write_f32(w, v)
+        }
     }
 }
