@@ -26,6 +26,9 @@ pub struct PublishHandler {
     config: PublishConfig,
     broker: Arc<Broker>,
     idempotency: Option<Arc<idempotency::Keys>>,
+    /// Whether the request's values choose the destination (an unknown one is then the
+    /// client's 404): known from the templates once, not per request.
+    destination_from_request: bool,
 }
 
 impl PublishHandler {
@@ -36,11 +39,20 @@ impl PublishHandler {
         broker: Arc<Broker>,
         idempotency: Option<Arc<idempotency::Keys>>,
     ) -> Self {
+        let destination_from_request = match &config.destination {
+            Destination::Kafka { topic, .. } => from_request(topic),
+            Destination::Amqp {
+                exchange,
+                routing_key,
+            } => from_request(exchange) || from_request(routing_key),
+            Destination::Nats { subject } => from_request(subject),
+        };
         Self {
             route,
             config,
             broker,
             idempotency,
+            destination_from_request,
         }
     }
 
@@ -78,7 +90,7 @@ impl PublishHandler {
             .as_bytes(),
         )
         .into();
-        let id = hex(&id);
+        let id = hex::encode(id);
         let fingerprint = fingerprint(req);
         let broker = self.broker.config();
         let wait = broker.connect_timeout + broker.publish_timeout;
@@ -99,35 +111,26 @@ impl PublishHandler {
     }
 
     /// Where the message goes, its templates filled from the request.
-    fn target(&self, req: &HandlerRequest<'_>) -> Result<(Target, bool), GatewayError> {
+    fn target(&self, req: &HandlerRequest<'_>) -> Result<Target, GatewayError> {
         let fill = |t, check| render(t, req.ctx, &req.head.headers, check);
         Ok(match &self.config.destination {
-            Destination::Kafka { topic, key } => (
-                Target::Kafka {
-                    topic: kafka_topic_name(fill(topic, template::kafka_topic)?, topic)?,
-                    key: key
-                        .as_ref()
-                        .map(|k| fill(k, template::any_value))
-                        .transpose()?,
-                },
-                from_request(topic),
-            ),
+            Destination::Kafka { topic, key } => Target::Kafka {
+                topic: kafka_topic_name(fill(topic, template::kafka_topic)?, topic)?,
+                key: key
+                    .as_ref()
+                    .map(|k| fill(k, template::any_value))
+                    .transpose()?,
+            },
             Destination::Amqp {
                 exchange,
                 routing_key,
-            } => (
-                Target::Amqp {
-                    exchange: short_string(fill(exchange, template::amqp_name)?, exchange)?,
-                    routing_key: short_string(fill(routing_key, template::amqp_key)?, routing_key)?,
-                },
-                from_request(exchange) || from_request(routing_key),
-            ),
-            Destination::Nats { subject } => (
-                Target::Nats {
-                    subject: fill(subject, template::nats_token)?,
-                },
-                from_request(subject),
-            ),
+            } => Target::Amqp {
+                exchange: short_string(fill(exchange, template::amqp_name)?, exchange)?,
+                routing_key: short_string(fill(routing_key, template::amqp_key)?, routing_key)?,
+            },
+            Destination::Nats { subject } => Target::Nats {
+                subject: fill(subject, template::nats_token)?,
+            },
         })
     }
 
@@ -241,10 +244,6 @@ fn fingerprint(req: &HandlerRequest<'_>) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The count of a replayed answer (not an error code).
 const DEDUPLICATED: &str = "deduplicated";
 
@@ -317,7 +316,7 @@ impl PublishHandler {
                 self.config.max_body_bytes, self.route
             )));
         }
-        let (target, target_from_request) = self.target(&req)?;
+        let target = self.target(&req)?;
         let (pending, dedup_id) = match self.claim(&req).await? {
             Some(Keyed::Replay(kept)) => return Ok(replay(kept)),
             Some(Keyed::Publish {
@@ -341,7 +340,7 @@ impl PublishHandler {
         let message = Message {
             headers: self.headers(&req, span.as_ref()),
             target,
-            target_from_request,
+            target_from_request: self.destination_from_request,
             payload: req.body.clone(),
             dedup_id,
         };

@@ -144,12 +144,7 @@ impl RedisKeys {
 fn parse(stored: &str) -> Option<Answer> {
     let s: Stored = serde_json::from_str(stored).ok()?;
     let mut fingerprint = [0u8; 32];
-    if s.f.len() != 64 {
-        return None;
-    }
-    for (i, byte) in fingerprint.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.f.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(&s.f, &mut fingerprint).ok()?;
     Some(Answer {
         status: StatusCode::from_u16(s.s).ok()?,
         body: Bytes::from(s.b),
@@ -164,11 +159,7 @@ impl RedisPending {
         };
         let stored = Stored {
             s: answer.status.as_u16(),
-            f: answer
-                .fingerprint
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            f: hex::encode(answer.fingerprint),
             b: String::from_utf8_lossy(&answer.body).into_owned(),
         };
         let Ok(text) = serde_json::to_string(&stored) else {
