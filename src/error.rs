@@ -117,6 +117,17 @@ pub enum GatewayError {
     /// The request body is over the route's limit.
     #[error("{0}")]
     BodyTooLarge(String),
+    /// A subscribe route has as many clients streaming as it takes.
+    #[error("route `{route}` has {limit} subscribers, as many as it takes; try again later")]
+    TooManySubscribers {
+        /// The route.
+        route: Arc<str>,
+        /// Its `max_subscribers`.
+        limit: usize,
+    },
+    /// A `Last-Event-ID` that is not one this route's events carry.
+    #[error("{0}")]
+    BadLastEventId(String),
     /// The gateway failed on its own.
     #[error("{0}")]
     Internal(String),
@@ -151,6 +162,8 @@ impl GatewayError {
             IdempotencyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            TooManySubscribers { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            BadLastEventId(_) => StatusCode::BAD_REQUEST,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Plugin(e) => e.status,
         }
@@ -186,6 +199,8 @@ impl GatewayError {
             IdempotencyStore(_) => "idempotency_store_unavailable",
             IdempotencyKeyReused => "idempotency_key_reused",
             BodyTooLarge(_) => "body_too_large",
+            TooManySubscribers { .. } => "too_many_subscribers",
+            BadLastEventId(_) => "bad_last_event_id",
             Internal(_) => "internal_error",
             Plugin(e) => e.code,
         }
@@ -196,7 +211,9 @@ impl GatewayError {
         match self {
             GatewayError::Plugin(e) => &e.headers,
             GatewayError::Publish(e) => e.headers(),
-            GatewayError::IdempotencyStore(_) => crate::broker::retry_after(),
+            GatewayError::IdempotencyStore(_) | GatewayError::TooManySubscribers { .. } => {
+                crate::broker::retry_after()
+            }
             _ => &[],
         }
     }

@@ -15,6 +15,7 @@ use crate::config::{Built, GatewayConfig, PluginEntry, Route};
 use crate::grpc::Transcoder;
 use crate::handler::grpc::GrpcHandler;
 use crate::handler::publish::PublishHandler;
+use crate::handler::subscribe::SubscribeHandler;
 use crate::handler::Handler;
 use crate::telemetry::metrics::{create_config_series, RouteMetrics};
 use crate::upstream::{now_ms, tasks, Cluster};
@@ -251,7 +252,7 @@ fn idempotency_stores(
         .collect()
 }
 
-/// What serves a route: its publish table's broker, its transcoder, or the proxy.
+/// What serves a route: its publish or subscribe table's broker, its transcoder, or the proxy.
 fn handler(
     route: &Route,
     transcoder: Option<&Arc<Transcoder>>,
@@ -265,6 +266,15 @@ fn handler(
                 publish.clone(),
                 broker.clone(),
                 idempotency.get(&route.name).cloned(),
+            )));
+        }
+    }
+    if let Some(subscribe) = &route.subscribe {
+        if let Some(broker) = brokers.get(subscribe.broker) {
+            return Handler::Serve(Arc::new(SubscribeHandler::new(
+                route.name.clone(),
+                subscribe.clone(),
+                broker.clone(),
             )));
         }
     }

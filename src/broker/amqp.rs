@@ -7,16 +7,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::HeaderValue;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use tokio::sync::broadcast;
 use tokio::sync::Mutex;
 
+use super::subscribe::{self, Consumer, Event, Item};
 use super::{Backoff, Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{AmqpSettings, BrokerConfig, PublishMode};
 
@@ -301,6 +307,196 @@ fn properties(message: &Message) -> BasicProperties {
         );
     }
     props.with_headers(headers)
+}
+
+impl Amqp {
+    /// A channel of the subscriber's own: an error on it (a missing exchange or queue closes
+    /// the channel) touches no other subscriber, and closing it ends its consumer.
+    async fn subscriber_channel(&self, broker: &BrokerConfig) -> Result<Channel, PublishError> {
+        let Some(live) = self.live.load_full() else {
+            return Err(PublishError::Unavailable {
+                broker: broker.name.clone(),
+                reason: "not connected".to_owned(),
+            });
+        };
+        live.connection
+            .create_channel()
+            .await
+            .map_err(|e| error(broker, "", &e, false))
+    }
+
+    /// A server-named exclusive queue bound to `exchange` with `routing_key`, consumed
+    /// without acknowledgements: the queue is the client's, and goes with its channel.
+    pub(super) async fn consume_binding(
+        &self,
+        broker: &BrokerConfig,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<Consumer, PublishError> {
+        let channel = self.subscriber_channel(broker).await?;
+        let queue = channel
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| error(broker, "", &e, false))?;
+        let name = queue.name().clone();
+        channel
+            .queue_bind(
+                name.clone(),
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| error(broker, exchange, &e, false))?;
+        let consumer = channel
+            .basic_consume(
+                name,
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| error(broker, exchange, &e, false))?;
+        Ok(Consumer::Amqp(Box::new(Consuming {
+            channel: Closing(channel),
+            consumer,
+            acks: false,
+        })))
+    }
+
+    /// A named queue, shared with its other consumers: at most `buffer` messages are
+    /// unacknowledged at once, each acknowledged once written to the client (one the client
+    /// never got goes back to the queue when the subscriber leaves).
+    pub(super) async fn consume_queue(
+        &self,
+        broker: &BrokerConfig,
+        queue: &str,
+        buffer: usize,
+    ) -> Result<Consumer, PublishError> {
+        let channel = self.subscriber_channel(broker).await?;
+        let missing = |e: lapin::Error| match error(broker, queue, &e, false) {
+            PublishError::NoDestination {
+                broker,
+                name,
+                from_request,
+                ..
+            } => PublishError::NoDestination {
+                broker,
+                what: "queue",
+                name,
+                from_request,
+            },
+            other => other,
+        };
+        channel
+            .basic_qos(
+                u16::try_from(buffer).unwrap_or(u16::MAX),
+                BasicQosOptions::default(),
+            )
+            .await
+            .map_err(missing)?;
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(missing)?;
+        Ok(Consumer::Amqp(Box::new(Consuming {
+            channel: Closing(channel),
+            consumer,
+            acks: true,
+        })))
+    }
+}
+
+/// A channel closed when the subscriber's source stops: lapin keeps a channel (and its
+/// consumer, and the broker its exclusive queue) open after its last handle is gone.
+struct Closing(Channel);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if self.0.status().connected() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let channel = self.0.clone();
+                rt.spawn(async move {
+                    let _ = channel.close(200, "tollgate: subscriber left".into()).await;
+                });
+            }
+        }
+    }
+}
+
+/// A subscriber's consumer.
+pub(super) struct Consuming {
+    channel: Closing,
+    consumer: lapin::Consumer,
+    acks: bool,
+}
+
+impl Consuming {
+    pub(super) async fn run(mut self, ring: &broadcast::Sender<Item>) -> String {
+        let _channel = &self.channel;
+        loop {
+            let delivery = match self.consumer.next().await {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return e.to_string(),
+                None => return "the broker cancelled the consumer".to_owned(),
+            };
+            let headers = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(|t| {
+                    t.inner()
+                        .iter()
+                        .filter_map(|(name, value)| {
+                            let value = match value {
+                                AMQPValue::LongString(v) => Bytes::copy_from_slice(v.as_bytes()),
+                                AMQPValue::ShortString(v) => {
+                                    Bytes::copy_from_slice(v.as_str().as_bytes())
+                                }
+                                _ => return None,
+                            };
+                            Some((name.as_str().to_ascii_lowercase(), value))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut headers: Vec<(String, Bytes)> = headers;
+            if let Some(ct) = delivery.properties.content_type() {
+                headers.push((
+                    "content-type".to_owned(),
+                    Bytes::copy_from_slice(ct.as_str().as_bytes()),
+                ));
+            }
+            subscribe::deliver(
+                ring,
+                Event {
+                    id: None,
+                    key: None,
+                    headers,
+                    payload: Bytes::from(delivery.data),
+                    ack: self.acks.then_some(delivery.acker),
+                },
+            );
+        }
+    }
 }
 
 /// The longest AMQP short string.

@@ -7,12 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::Message as _;
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::broadcast;
 
+use super::subscribe::{self, Consumer, Event, Item};
 use super::{Backoff, Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{BrokerConfig, KafkaSettings, PublishMode};
 
@@ -26,6 +32,8 @@ pub(super) struct Kafka {
     /// fences the producer instead), and a fresh producer is correct on every broker.
     producer: ArcSwap<FutureProducer>,
     config: ClientConfig,
+    /// What subscribers' consumers are made with: the connection settings, no producer's.
+    consumer_config: ClientConfig,
     /// Wakes the keeper to check the cluster now: librdkafka reports a dead broker only
     /// through messages that time out.
     check_now: tokio::sync::Notify,
@@ -34,10 +42,9 @@ pub(super) struct Kafka {
 impl Kafka {
     /// The producer; librdkafka connects in the background from here on.
     pub(super) fn new(broker: &BrokerConfig, k: &KafkaSettings) -> Result<Self, KafkaError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", k.bootstrap.join(","))
-            .set("client.id", &k.client_id)
-            .set("acks", "all")
+        let base = base_config(broker, k);
+        let mut c = base.clone();
+        c.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", k.linger.as_millis().to_string())
             .set("compression.type", &k.compression)
@@ -51,52 +58,90 @@ impl Kafka {
                     .as_millis()
                     .max(1)
                     .to_string(),
-            )
-            .set(
-                "socket.connection.setup.timeout.ms",
-                broker.connect_timeout.as_millis().max(1000).to_string(),
-            )
-            // A missing topic is an error within a second, not after librdkafka's 30 s wait
-            // for it to appear (the gateway creates no topics).
-            .set(
-                "topic.metadata.propagation.max.ms",
-                broker
-                    .publish_timeout
-                    .as_millis()
-                    .clamp(1, 1000)
-                    .to_string(),
-            )
-            .set("reconnect.backoff.ms", "100")
-            .set("reconnect.backoff.max.ms", "5000")
-            .set("log_level", "3");
-        let tls = broker.tls.as_ref();
-        let protocol = match (tls.is_some(), k.sasl.is_some()) {
-            (false, false) => "plaintext",
-            (true, false) => "ssl",
-            (false, true) => "sasl_plaintext",
-            (true, true) => "sasl_ssl",
-        };
-        c.set("security.protocol", protocol);
-        if let Some(tls) = tls {
-            if let Some(ca) = &tls.ca_file {
-                c.set("ssl.ca.location", ca.display().to_string());
-            }
-            c.set(
-                "enable.ssl.certificate.verification",
-                tls.verify.to_string(),
             );
-        }
-        if let Some(sasl) = &k.sasl {
-            c.set("sasl.mechanism", &sasl.mechanism)
-                .set("sasl.username", &sasl.username)
-                .set("sasl.password", sasl.password.expose());
-        }
         let producer = c.create()?;
         Ok(Self {
             producer: ArcSwap::from_pointee(producer),
             config: c,
+            consumer_config: base,
             check_now: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A consumer of `topic` positioned at its end, or at `resume`'s offsets (clamped to what
+    /// the partition still holds; a partition `resume` does not name is newer than the
+    /// position, and is read from its start). Assigned, not subscribed: no consumer group, no
+    /// commits, each subscriber's position is its own `Last-Event-ID`.
+    pub(super) async fn consume(
+        &self,
+        broker: &BrokerConfig,
+        topic: &str,
+        resume: Option<Vec<(i32, i64)>>,
+    ) -> Result<Consumer, PublishError> {
+        let mut config = self.consumer_config.clone();
+        config
+            // librdkafka wants a group even for a consumer that never joins it.
+            .set("group.id", format!("tollgate-{}", broker.name))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // What librdkafka prefetches per consumer: the gateway's own ring bounds a
+            // subscriber, this bounds the consumer behind it.
+            .set("queued.max.messages.kbytes", "1024")
+            .set("fetch.wait.max.ms", "100");
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| error(broker, topic, &e, false))?;
+        let consumer = Arc::new(consumer);
+        let (c, t, timeout) = (consumer.clone(), topic.to_owned(), broker.connect_timeout);
+        // Metadata and watermarks are blocking calls of librdkafka.
+        let positions =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, KafkaError> {
+                let metadata = c.fetch_metadata(Some(&t), timeout)?;
+                let partitions: Vec<i32> = match metadata.topics().first() {
+                    Some(m) if m.error().is_none() => {
+                        m.partitions().iter().map(|p| p.id()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                if partitions.is_empty() {
+                    return Err(KafkaError::MetadataFetch(
+                        RDKafkaErrorCode::UnknownTopicOrPartition,
+                    ));
+                }
+                let mut positions = Vec::with_capacity(partitions.len());
+                for p in partitions {
+                    let (low, high) = c.fetch_watermarks(&t, p, timeout)?;
+                    let at = match &resume {
+                        None => high,
+                        Some(r) => r
+                            .iter()
+                            .find(|(rp, _)| *rp == p)
+                            .map_or(low, |(_, o)| (*o).clamp(low, high)),
+                    };
+                    positions.push((p, at));
+                }
+                positions.sort_unstable();
+                Ok(positions)
+            })
+            .await
+            .map_err(|e| PublishError::Unavailable {
+                broker: broker.name.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| error(broker, topic, &e, false))?;
+        let mut assignment = TopicPartitionList::new();
+        for (p, at) in &positions {
+            assignment
+                .add_partition_offset(topic, *p, Offset::Offset(*at))
+                .map_err(|e| error(broker, topic, &e, false))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| error(broker, topic, &e, false))?;
+        Ok(Consumer::Kafka(Consuming {
+            consumer,
+            positions,
+        }))
     }
 
     /// A publish failed: the keeper checks the cluster at once.
@@ -267,4 +312,132 @@ fn error(broker: &BrokerConfig, topic: &str, e: &KafkaError, from_request: bool)
             reason: e.to_string(),
         },
     }
+}
+
+/// A positioned consumer of one topic.
+pub(super) struct Consuming {
+    consumer: Arc<StreamConsumer>,
+    /// Per partition, the offset of the next message: what an event's id says.
+    positions: Vec<(i32, i64)>,
+}
+
+impl Consuming {
+    pub(super) async fn run(mut self, ring: &broadcast::Sender<Item>) -> String {
+        loop {
+            let message = match self.consumer.recv().await {
+                Ok(m) => m,
+                // A consumer error (the topic deleted, the broker refusing the fetch) ends the
+                // stream; a client resumes from its last event.
+                Err(e) => return e.to_string(),
+            };
+            let (partition, offset) = (message.partition(), message.offset());
+            match self.positions.iter_mut().find(|(p, _)| *p == partition) {
+                Some(at) => at.1 = offset + 1,
+                None => {
+                    self.positions.push((partition, offset + 1));
+                    self.positions.sort_unstable();
+                }
+            }
+            let headers = message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_ascii_lowercase(),
+                                Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            subscribe::deliver(
+                ring,
+                Event {
+                    id: Some(event_id(&self.positions).into()),
+                    key: message.key().map(Bytes::copy_from_slice),
+                    headers,
+                    payload: message
+                        .payload()
+                        .map(Bytes::copy_from_slice)
+                        .unwrap_or_default(),
+                    ack: None,
+                },
+            );
+        }
+    }
+}
+
+/// An event id: every partition's next offset, `0:12,1:40`. Resuming from it skips exactly
+/// what the client had, whichever partition the event came from.
+fn event_id(positions: &[(i32, i64)]) -> String {
+    let mut id = String::with_capacity(positions.len() * 8);
+    for (i, (p, o)) in positions.iter().enumerate() {
+        if i > 0 {
+            id.push(',');
+        }
+        id.push_str(&format!("{p}:{o}"));
+    }
+    id
+}
+
+/// The positions of an event id (see [`event_id`]); `None` when it is not one.
+pub fn parse_event_id(id: &str) -> Option<Vec<(i32, i64)>> {
+    let mut out = Vec::new();
+    for part in id.split(',') {
+        let (p, o) = part.split_once(':')?;
+        let (p, o) = (p.parse::<i32>().ok()?, o.parse::<i64>().ok()?);
+        if p < 0 || o < 0 || out.iter().any(|(q, _)| *q == p) {
+            return None;
+        }
+        out.push((p, o));
+    }
+    Some(out)
+}
+
+/// What every client of the broker is made with: addresses, timeouts, TLS and credentials.
+fn base_config(broker: &BrokerConfig, k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", k.bootstrap.join(","))
+        .set("client.id", &k.client_id)
+        .set(
+            "socket.connection.setup.timeout.ms",
+            broker.connect_timeout.as_millis().max(1000).to_string(),
+        )
+        // A missing topic is an error within a second, not after librdkafka's 30 s wait
+        // for it to appear (the gateway creates no topics).
+        .set(
+            "topic.metadata.propagation.max.ms",
+            broker
+                .publish_timeout
+                .as_millis()
+                .clamp(1, 1000)
+                .to_string(),
+        )
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "5000")
+        .set("log_level", "3");
+    let tls = broker.tls.as_ref();
+    let protocol = match (tls.is_some(), k.sasl.is_some()) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    c.set("security.protocol", protocol);
+    if let Some(tls) = tls {
+        if let Some(ca) = &tls.ca_file {
+            c.set("ssl.ca.location", ca.display().to_string());
+        }
+        c.set(
+            "enable.ssl.certificate.verification",
+            tls.verify.to_string(),
+        );
+    }
+    if let Some(sasl) = &k.sasl {
+        c.set("sasl.mechanism", &sasl.mechanism)
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.password.expose());
+    }
+    c
 }

@@ -13,8 +13,11 @@ mod error;
 pub mod idempotency;
 mod kafka;
 mod nats;
+pub mod subscribe;
 pub mod template;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -173,6 +176,11 @@ pub struct Broker {
     state: Arc<StateCell>,
     permits: Arc<Semaphore>,
     keeper: OnceLock<tokio::task::AbortHandle>,
+    /// The consumers its subscribers share.
+    sources: subscribe::Sources,
+    /// Subscribers streaming now, per route (kept with the broker across reloads, so a
+    /// route's cap holds through them).
+    subscribers: std::sync::Mutex<HashMap<Arc<str>, Arc<AtomicUsize>>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -210,6 +218,8 @@ impl Broker {
             client: Arc::new(client),
             state: Arc::new(StateCell::new()),
             keeper: OnceLock::new(),
+            sources: subscribe::Sources::default(),
+            subscribers: std::sync::Mutex::default(),
             config,
         }
     }
@@ -264,6 +274,41 @@ impl Broker {
         });
     }
 
+    /// Ok when the broker is connected. A broker still making its first connection (just
+    /// started or added by a reload) gets its connect timeout before it is refused.
+    async fn usable(&self) -> Result<(), PublishError> {
+        if matches!(self.state.get().0, State::Connecting) {
+            let mut rx = self.state.0.subscribe();
+            let connected = rx.wait_for(|(s, _)| !matches!(s, State::Connecting));
+            let _ = tokio::time::timeout(self.config.connect_timeout, connected).await;
+        }
+        match self.state.get().0 {
+            State::Down { error } => Err(PublishError::Unavailable {
+                broker: self.config.name.clone(),
+                reason: error,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A place among route `route`'s subscribers, if it has fewer than `max`; the place is
+    /// given back when the slot is dropped.
+    pub fn subscriber_slot(&self, route: &Arc<str>, max: usize) -> Option<SubscriberSlot> {
+        let count = {
+            let mut all = self
+                .subscribers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.entry(route.clone()).or_default().clone()
+        };
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(SubscriberSlot(count))
+    }
+
     /// Publishes a message and, in `Confirmed` mode, waits for the broker's acknowledgement.
     pub async fn publish(
         &self,
@@ -271,19 +316,7 @@ impl Broker {
         mode: PublishMode,
     ) -> Result<Receipt, PublishError> {
         let name = &self.config.name;
-        if matches!(self.state.get().0, State::Connecting) {
-            // A broker still making its first connection (just started or added by a reload)
-            // gets its connect timeout before the message is refused.
-            let mut rx = self.state.0.subscribe();
-            let connected = rx.wait_for(|(s, _)| !matches!(s, State::Connecting));
-            let _ = tokio::time::timeout(self.config.connect_timeout, connected).await;
-        }
-        if let State::Down { error } = self.state.get().0 {
-            return Err(PublishError::Unavailable {
-                broker: name.clone(),
-                reason: error,
-            });
-        }
+        self.usable().await?;
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
             return Err(PublishError::Busy {
                 broker: name.clone(),
@@ -318,6 +351,16 @@ impl Broker {
             k.suspect();
         }
         result
+    }
+}
+
+/// A subscriber's place in its route's count (see [`Broker::subscriber_slot`]).
+#[derive(Debug)]
+pub struct SubscriberSlot(Arc<AtomicUsize>);
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -10,6 +10,11 @@ use arc_swap::ArcSwapOption;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::{Client, ConnectOptions, Event, HeaderMap};
 
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use super::subscribe::{self, Consumer, Item};
 use super::{Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{BrokerConfig, NatsSettings, PublishMode};
 
@@ -176,6 +181,70 @@ impl Nats {
             sequence: Some(ack.sequence),
             duplicate: ack.duplicate,
         })
+    }
+}
+
+impl Nats {
+    /// A core subscription to `subject`, registered with the server before this returns.
+    pub(super) async fn consume(
+        &self,
+        broker: &BrokerConfig,
+        subject: &str,
+    ) -> Result<Consumer, PublishError> {
+        let unavailable = |reason: String| PublishError::Unavailable {
+            broker: broker.name.clone(),
+            reason,
+        };
+        let Some(live) = self.live.load_full() else {
+            return Err(unavailable("not connected".to_owned()));
+        };
+        let subscriber = live
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        // The server has the subscription once it answered the PING flush sends after it: a
+        // message published from then on, by any client, reaches it.
+        live.client
+            .flush()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Consumer::Nats(Consuming(subscriber)))
+    }
+}
+
+/// A subscriber's subscription (unsubscribed when dropped).
+pub(super) struct Consuming(async_nats::Subscriber);
+
+impl Consuming {
+    pub(super) async fn run(mut self, ring: &broadcast::Sender<Item>) -> String {
+        while let Some(m) = self.0.next().await {
+            let headers = m
+                .headers
+                .as_ref()
+                .map(|hs| {
+                    hs.iter()
+                        .flat_map(|(name, values)| {
+                            let name = name.to_string().to_ascii_lowercase();
+                            values.iter().map(move |v| {
+                                (name.clone(), Bytes::copy_from_slice(v.as_str().as_bytes()))
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            subscribe::deliver(
+                ring,
+                subscribe::Event {
+                    id: None,
+                    key: None,
+                    headers,
+                    payload: m.payload,
+                    ack: None,
+                },
+            );
+        }
+        "the subscription closed".to_owned()
     }
 }
 

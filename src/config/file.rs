@@ -391,6 +391,7 @@ pub struct RouteSection {
     pub retry_non_idempotent: Option<Spanned<bool>>,
     pub grpc: Option<Spanned<crate::grpc::GrpcSection>>,
     pub publish: Option<Spanned<PublishSection>>,
+    pub subscribe: Option<Spanned<SubscribeSection>>,
     /// Route plugins. Only its presence is checked here; the registry reads the table again with
     /// spans so plugin errors point into it (and shows it).
     #[allow(dead_code)]
@@ -517,6 +518,35 @@ pub struct PublishSection {
     pub idempotency_window: Option<Spanned<Duration>>,
     pub idempotency_max_keys: Option<Spanned<u64>>,
     pub idempotency_redis: Option<Spanned<tollgate_plugin_api::SecretUrl>>,
+}
+
+/// `[routes.NAME.subscribe]`: where a route's Server-Sent Events come from (keys by the
+/// broker's kind, as for publish) and how each subscriber is served.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeSection {
+    pub broker: Spanned<String>,
+    // Kafka
+    pub topic: Option<Spanned<String>>,
+    // AMQP: a binding (exchange + routing key) or a named queue
+    pub exchange: Option<Spanned<String>>,
+    pub routing_key: Option<Spanned<String>>,
+    pub queue: Option<Spanned<String>>,
+    // NATS
+    pub subject: Option<Spanned<String>>,
+    pub filter: Option<Spanned<SubscribeFilter>>,
+    pub heartbeat: Option<Spanned<Duration>>,
+    pub buffer: Option<Spanned<u64>>,
+    pub max_subscribers: Option<Spanned<u64>>,
+}
+
+/// `filter = { key = "...", headers = { NAME = "..." } }` of a subscribe route.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeFilter {
+    pub key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
 }
 
 /// `mode = "..."` of a publish route.

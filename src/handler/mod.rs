@@ -23,6 +23,7 @@
 
 pub mod grpc;
 pub mod publish;
+pub mod subscribe;
 
 use std::sync::Arc;
 

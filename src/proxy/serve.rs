@@ -103,6 +103,10 @@ async fn write_response(
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    // A body of unknown length may stream for as long as the client stays (Server-Sent
+    // Events, gRPC server streaming): the connection is watched meanwhile, so a client that
+    // left ends the stream (and frees what feeds it) at once, not at the next write.
+    let watch = hyper::body::Body::size_hint(&body).exact().is_none();
     // The handler's head becomes pingora's as it is (HTTP/1.1 names go out title-cased):
     // copying header by header into a case-preserving map cost more than building it.
     let mut header = ResponseHeader::from(parts);
@@ -129,7 +133,27 @@ async fn write_response(
         return;
     }
     loop {
-        match body.frame().await {
+        let frame = if watch {
+            tokio::select! {
+                frame = body.frame() => frame,
+                read = session.read_body_or_idle(false) => {
+                    match read {
+                        // Request body the handler did not want, or its end: keep watching.
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(request_id = %st.ctx.request_id, error = %e,
+                                "client left a streamed response");
+                            session.set_keepalive(None);
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else {
+            body.frame().await
+        };
+        match frame {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     // The last data ends the stream itself: a unary answer then goes out as one

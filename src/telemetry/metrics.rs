@@ -55,6 +55,13 @@ pub struct BrokerMetrics {
     pub deduplicated: IntCounterVec,
     /// Time from handing a message to the client library to its acknowledgement, by broker.
     pub publish_duration: HistogramVec,
+    /// Clients streaming from a subscribe route now, by route and broker.
+    pub subscribers: IntGaugeVec,
+    /// Messages written to subscribers (one per subscriber that got it), by route and broker.
+    pub delivered: IntCounterVec,
+    /// Streams that ended before their client left, by route, broker and reason
+    /// (`slow_client`, `broker_unavailable`).
+    pub streams_ended: IntCounterVec,
 }
 
 fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Error> {
@@ -94,6 +101,30 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
         .buckets(LATENCY_BUCKETS.to_vec()),
         &["broker"],
     )?;
+    let subscribers = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_subscribers",
+            "Clients streaming from a subscribe route now, by route and broker",
+        ),
+        &["route", "broker"],
+    )?;
+    let delivered = IntCounterVec::new(
+        Opts::new(
+            "tollgate_messages_delivered_total",
+            "Messages written to subscribers, one per subscriber, by route and broker",
+        ),
+        &["route", "broker"],
+    )?;
+    let streams_ended = IntCounterVec::new(
+        Opts::new(
+            "tollgate_subscriptions_ended_total",
+            "Subscriber streams the gateway ended (slow client, broker down), by route, broker and reason",
+        ),
+        &["route", "broker", "reason"],
+    )?;
+    registry.register(Box::new(subscribers.clone()))?;
+    registry.register(Box::new(delivered.clone()))?;
+    registry.register(Box::new(streams_ended.clone()))?;
     registry.register(Box::new(up.clone()))?;
     registry.register(Box::new(published.clone()))?;
     registry.register(Box::new(failed.clone()))?;
@@ -105,6 +136,9 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
         failed,
         deduplicated,
         publish_duration,
+        subscribers,
+        delivered,
+        streams_ended,
     })
 }
 

@@ -173,6 +173,57 @@ pub enum Destination {
     },
 }
 
+/// A route that streams a broker's messages to each client as Server-Sent Events
+/// (`[routes.NAME.subscribe]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeConfig {
+    /// Index into `GatewayConfig::brokers`.
+    pub broker: usize,
+    /// The broker's name.
+    pub broker_name: Arc<str>,
+    /// Where the messages come from.
+    pub source: Source,
+    /// Only messages whose key (Kafka) equals this, filled from the request.
+    pub filter_key: Option<Template>,
+    /// Only messages with these headers equal to these values, filled from the request.
+    pub filter_headers: Vec<(HeaderName, Template)>,
+    /// A comment line is sent after this much silence, so proxies keep the stream open and a
+    /// gone client is noticed.
+    pub heartbeat: Duration,
+    /// Messages held for one client; a client that falls this far behind is cut.
+    pub buffer: usize,
+    /// Clients streaming from this route at once (per instance); one more gets 503.
+    pub max_subscribers: usize,
+}
+
+/// Where a subscribe route's messages come from; every name is a template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A Kafka topic, from its end or from the client's `Last-Event-ID`.
+    Kafka {
+        /// Topic.
+        topic: Template,
+    },
+    /// A queue of the client's own (server-named, exclusive) bound to an exchange.
+    AmqpBinding {
+        /// Exchange.
+        exchange: Template,
+        /// Binding key (may hold `*` and `#` on a topic exchange).
+        routing_key: Template,
+    },
+    /// A named queue its subscribers share, each message acknowledged once it was written to
+    /// a client.
+    AmqpQueue {
+        /// Queue.
+        queue: Template,
+    },
+    /// A NATS subject (may hold wildcards).
+    Nats {
+        /// Subject.
+        subject: Template,
+    },
+}
+
 /// Whether a publish waits for the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishMode {

@@ -23,7 +23,8 @@ use crate::router::RouteTable;
 
 pub use broker::{
     AmqpSettings, BrokerConfig, BrokerKind, BrokerTls, Destination, IdempotencyConfig, KafkaSasl,
-    KafkaSettings, NatsSettings, PublishConfig, PublishMode, Template, TemplatePart,
+    KafkaSettings, NatsSettings, PublishConfig, PublishMode, Source, SubscribeConfig, Template,
+    TemplatePart,
 };
 pub use route::{Rewrite, RewritePart, Route};
 pub use upstream::{

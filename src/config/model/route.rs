@@ -30,6 +30,8 @@ pub struct Route {
     pub retry_non_idempotent: bool,
     /// Publishes the request body to a broker instead of calling an upstream.
     pub publish: Option<super::PublishConfig>,
+    /// Streams a broker's messages to the client instead of calling an upstream.
+    pub subscribe: Option<super::SubscribeConfig>,
 }
 
 /// How a route changes the path before proxying.

@@ -7,7 +7,8 @@
 //! (`[[listeners]]`, `[admin]`), `upstreams.rs` (`[upstreams.NAME]`, targets, balancing, TLS),
 //! `discovery.rs`, `health.rs` (active checks, outlier detection), `retry.rs` (retries, circuit
 //! breaker), `brokers.rs` (`[brokers.NAME]`), `routes.rs` (`[routes.NAME]`, the route table),
-//! `publish.rs` (`[routes.NAME.publish]`) with `template.rs` (its destination templates),
+//! `publish.rs` (`[routes.NAME.publish]`) and `subscribe.rs` (`[routes.NAME.subscribe]`) with
+//! `template.rs` (their destination templates),
 //! `plugins.rs` (building plugins, chains), `logs.rs` (`[log]`, `[access_log]`), `tracing.rs` (`[tracing]`). This file holds
 //! what they share and the order they run in.
 
@@ -21,6 +22,7 @@ mod publish;
 mod retry;
 mod routes;
 mod server;
+mod subscribe;
 mod template;
 #[cfg(test)]
 mod testing;

@@ -39,7 +39,7 @@ impl Validator<'_, '_> {
         params: &[Arc<str>],
         targets: &Targets<'_>,
     ) -> Option<PublishConfig> {
-        self.upstream_keys_on_publish(route, r);
+        self.upstream_keys_without_upstream(route, r, "publish");
         self.publish_methods(route, r);
         let s = p.get_ref();
         let Some(&broker) = targets.broker_index.get(s.broker.get_ref()) else {
@@ -136,8 +136,13 @@ impl Validator<'_, '_> {
         vec![Method::POST, Method::PUT]
     }
 
-    /// Keys about the upstream leg, which a publish route does not have.
-    fn upstream_keys_on_publish(&mut self, route: &str, r: &file::RouteSection) {
+    /// Keys about the upstream leg, which a publish or subscribe route does not have.
+    pub(super) fn upstream_keys_without_upstream(
+        &mut self,
+        route: &str,
+        r: &file::RouteSection,
+        kind: &str,
+    ) {
         fn at<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
             v.as_ref().map(Spanned::span)
         }
@@ -161,7 +166,7 @@ impl Validator<'_, '_> {
                 self.c.at(
                     span,
                     format!(
-                        "route `{route}`: `{key}` does not apply to a publish route (it has no upstream)"
+                        "route `{route}`: `{key}` does not apply to a {kind} route (it has no upstream)"
                     ),
                 );
             }
@@ -303,7 +308,7 @@ impl Validator<'_, '_> {
     }
 
     /// One destination template, parsed and checked by `check`; errors point at its value.
-    fn template(
+    pub(super) fn template(
         &mut self,
         route: &str,
         key: &str,
@@ -637,8 +642,8 @@ mod tests {
                  [routes.c]\nexact = \"/c\"\n[routes.c.publish]\nbroker = \"kafka\"\ntopic = \"c\"\n"
             )),
             [
-                "gateway.toml:19:12: route `a`: `upstream` and `publish` cannot both be set (a publish route answers without an upstream)",
-                "gateway.toml:23:1: route `b` needs `upstream` or `publish`",
+                "gateway.toml:20:1: route `a`: `upstream` and `publish` cannot both be set (a route has one of `upstream`, `publish` and `subscribe`)",
+                "gateway.toml:23:1: route `b` needs `upstream`, `publish` or `subscribe`",
                 "gateway.toml:28:10: route `c`: broker `kafka` is not defined",
             ]
         );

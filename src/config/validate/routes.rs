@@ -48,8 +48,10 @@ struct Reported;
 enum Target {
     /// An upstream, by index.
     Upstream(usize),
-    /// A broker.
+    /// A broker, published to.
     Publish(Box<super::super::model::PublishConfig>),
+    /// A broker, streamed from.
+    Subscribe(Box<super::super::model::SubscribeConfig>),
 }
 
 impl Validator<'_, '_> {
@@ -92,29 +94,8 @@ impl Validator<'_, '_> {
             _ => Vec::new(),
         };
         let plugins = self.route_plugins(name, r, refs.route_tables, refs.globals);
-        let target = match (&r.upstream, &r.publish) {
-            (Some(u), None) => self
-                .upstream_ref(name, u, &refs.targets)
-                .map(Target::Upstream),
-            (None, Some(p)) => self
-                .publish(name, r, p, &param_names, &refs.targets)
-                .map(|p| Target::Publish(Box::new(p))),
-            (Some(u), Some(_)) => {
-                self.c.at(
-                    u.span(),
-                    format!("route `{name}`: `upstream` and `publish` cannot both be set (a publish route answers without an upstream)"),
-                );
-                None
-            }
-            (None, None) => {
-                self.c.at(
-                    section.span(),
-                    format!("route `{name}` needs `upstream` or `publish`"),
-                );
-                None
-            }
-        };
-        let rewrite = if r.publish.is_none() {
+        let target = self.route_target(name, section, &param_names, &refs.targets);
+        let rewrite = if r.publish.is_none() && r.subscribe.is_none() {
             self.rewrite(name, r, path.as_ref(), &param_names)
         } else {
             Rewrite::None
@@ -122,10 +103,11 @@ impl Validator<'_, '_> {
         let (Some(path), Some(target), Ok(methods)) = (path, target, methods) else {
             return None;
         };
-        let (upstream, upstream_name, publish, methods) = match target {
+        let (upstream, upstream_name, publish, subscribe, methods) = match target {
             Target::Upstream(u) => (
                 Some(u),
                 refs.targets.upstreams[u].name.clone(),
+                None,
                 None,
                 methods,
             ),
@@ -133,7 +115,15 @@ impl Validator<'_, '_> {
                 None,
                 Arc::from(""),
                 Some(*p),
+                None,
                 Some(methods.unwrap_or_else(Self::publish_default_methods)),
+            ),
+            Target::Subscribe(s) => (
+                None,
+                Arc::from(""),
+                None,
+                Some(*s),
+                Some(methods.unwrap_or_else(|| vec![Method::GET])),
             ),
         };
         // Building the transcoder compiles the schema: its errors are config errors.
@@ -178,12 +168,63 @@ impl Validator<'_, '_> {
                     .as_ref()
                     .is_some_and(|b| *b.get_ref()),
                 publish,
+                subscribe,
             },
             instances: RouteInstances {
                 plugins,
                 transcoder,
             },
         })
+    }
+
+    /// Where a route sends what it matches: exactly one of `upstream`, `publish` and
+    /// `subscribe`.
+    fn route_target(
+        &mut self,
+        name: &str,
+        section: &Spanned<file::RouteSection>,
+        params: &[Arc<str>],
+        targets: &Targets<'_>,
+    ) -> Option<Target> {
+        let r = section.get_ref();
+        let set: Vec<(&str, Range<usize>)> = [
+            ("upstream", r.upstream.as_ref().map(Spanned::span)),
+            ("publish", r.publish.as_ref().map(Spanned::span)),
+            ("subscribe", r.subscribe.as_ref().map(Spanned::span)),
+        ]
+        .into_iter()
+        .filter_map(|(k, s)| Some((k, s?)))
+        .collect();
+        if set.len() > 1 {
+            let (second, span) = set[1].clone();
+            self.c.at(
+                span,
+                format!(
+                    "route `{name}`: `{}` and `{second}` cannot both be set (a route has one of \
+                     `upstream`, `publish` and `subscribe`)",
+                    set[0].0
+                ),
+            );
+            return None;
+        }
+        if let Some(u) = &r.upstream {
+            return self.upstream_ref(name, u, targets).map(Target::Upstream);
+        }
+        if let Some(p) = &r.publish {
+            return self
+                .publish(name, r, p, params, targets)
+                .map(|p| Target::Publish(Box::new(p)));
+        }
+        if let Some(s) = &r.subscribe {
+            return self
+                .subscribe(name, r, s, params, targets)
+                .map(|s| Target::Subscribe(Box::new(s)));
+        }
+        self.c.at(
+            section.span(),
+            format!("route `{name}` needs `upstream`, `publish` or `subscribe`"),
+        );
+        None
     }
 
     /// The upstream a route names, which must be defined.
@@ -529,8 +570,8 @@ mod tests {
                  [routes]\nb = { prefix = \"/b\", upstream = \"u\", prfix = \"/x\" }\n"
             )),
             [
-                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `plugins`",
-                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `plugins`",
+                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `subscribe`, `plugins`",
+                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `subscribe`, `plugins`",
             ]
         );
     }

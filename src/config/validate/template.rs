@@ -178,6 +178,48 @@ pub(super) fn nats_subject(t: &Template) -> Result<(), String> {
     Ok(())
 }
 
+/// A NATS subject to subscribe to: as one to publish to, but a token may be the wildcard `*`,
+/// and the last one `>`. A placeholder fills one token (its value cannot be a wildcard), so a
+/// client cannot widen what it receives.
+pub(super) fn nats_subscription(t: &Template) -> Result<(), String> {
+    if t.parts.is_empty() {
+        return Err("must not be empty".into());
+    }
+    for lit in literals(t) {
+        if lit.chars().any(char::is_whitespace) {
+            return Err("a NATS subject cannot contain spaces or other whitespace".into());
+        }
+    }
+    let shape = shape(t);
+    let tokens: Vec<&str> = shape.split('.').collect();
+    if tokens.iter().any(|t| t.is_empty()) {
+        return Err(
+            "a NATS subject has no empty token (no `..`, and no `.` at its start or end)".into(),
+        );
+    }
+    for (i, token) in tokens.iter().enumerate() {
+        let wild = token.contains(['*', '>']);
+        if wild && !(*token == "*" || (*token == ">" && i + 1 == tokens.len())) {
+            return Err(format!(
+                "`{token}`: a wildcard is a whole token, `*` anywhere and `>` only last"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An AMQP queue name: any text of at most 255 bytes that does not start with `amq.` (the
+/// broker's own).
+pub(super) fn amqp_queue(t: &Template) -> Result<(), String> {
+    if t.parts.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if shape(t).starts_with("amq.") {
+        return Err("names starting with `amq.` are the broker's own".into());
+    }
+    short_string(t, "a queue name")
+}
+
 /// An AMQP exchange name: letters, digits, `-`, `_`, `.` and `:`, at most 255 bytes; empty is
 /// the default exchange.
 pub(super) fn amqp_exchange(t: &Template) -> Result<(), String> {

@@ -1,0 +1,388 @@
+//! The subscribe handler: a route with `[routes.NAME.subscribe]` answers `GET` with a stream of
+//! Server-Sent Events, one per broker message that passes the route's filters. The route's
+//! plugins (auth, limits) run before, as on any route.
+//!
+//! The stream opens with a comment once the consumer is positioned, so a message the broker
+//! takes after the client saw the first bytes reaches it. Silence is broken by a comment every
+//! `heartbeat`. A client that falls `buffer` messages behind is cut; the broker going away
+//! ends the stream with an `error` event; the client leaving frees its place and, when it was
+//! the last of its source, the consumer, at once (the pipeline watches the connection while it
+//! streams).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Response};
+
+use super::{HandlerRequest, ServeHandler};
+use crate::broker::subscribe::{self as sub, Event, Feed, Next, Subscription};
+use crate::broker::template::{self, from_request, render};
+use crate::broker::{Broker, PublishError, SubscriberSlot};
+use crate::config::{Source, SubscribeConfig};
+use crate::error::GatewayError;
+use crate::grpc::ResponseBody;
+
+/// Serves a subscribe route.
+pub struct SubscribeHandler {
+    route: Arc<str>,
+    config: SubscribeConfig,
+    broker: Arc<Broker>,
+    /// Whether the request's values choose the source (an unknown one is then the client's
+    /// 404): known from the templates once.
+    source_from_request: bool,
+}
+
+impl SubscribeHandler {
+    /// The handler of a route streaming from `broker`.
+    pub fn new(route: Arc<str>, config: SubscribeConfig, broker: Arc<Broker>) -> Self {
+        let source_from_request = match &config.source {
+            Source::Kafka { topic } => from_request(topic),
+            Source::AmqpBinding {
+                exchange,
+                routing_key,
+            } => from_request(exchange) || from_request(routing_key),
+            Source::AmqpQueue { queue } => from_request(queue),
+            Source::Nats { subject } => from_request(subject),
+        };
+        Self {
+            route,
+            config,
+            broker,
+            source_from_request,
+        }
+    }
+
+    /// Where the client's messages come from, its templates filled from the request.
+    fn subscription(&self, req: &HandlerRequest<'_>) -> Result<Subscription, GatewayError> {
+        let fill = |t, check| render(t, req.ctx, &req.head.headers, check);
+        Ok(match &self.config.source {
+            Source::Kafka { topic } => Subscription::Kafka {
+                topic: fill(topic, template::kafka_topic)?,
+                resume: last_event_id(req)?,
+            },
+            Source::AmqpBinding {
+                exchange,
+                routing_key,
+            } => Subscription::AmqpBinding {
+                exchange: fill(exchange, template::amqp_name)?,
+                routing_key: fill(routing_key, template::amqp_key)?,
+            },
+            Source::AmqpQueue { queue } => Subscription::AmqpQueue {
+                queue: fill(queue, template::amqp_key)?,
+            },
+            Source::Nats { subject } => Subscription::Nats {
+                subject: fill(subject, template::nats_token)?,
+            },
+        })
+    }
+
+    /// The route's filters, filled from the request.
+    fn filter(&self, req: &HandlerRequest<'_>) -> Result<Filter, GatewayError> {
+        let fill = |t| render(t, req.ctx, &req.head.headers, template::any_value);
+        Ok(Filter {
+            key: self.config.filter_key.as_ref().map(fill).transpose()?,
+            headers: self
+                .config
+                .filter_headers
+                .iter()
+                .map(|(name, t)| Ok((name.as_str().to_owned(), fill(t)?)))
+                .collect::<Result<_, GatewayError>>()?,
+        })
+    }
+}
+
+/// `Last-Event-ID` of a Kafka subscriber: the positions to resume from.
+fn last_event_id(req: &HandlerRequest<'_>) -> Result<Option<Vec<(i32, i64)>>, GatewayError> {
+    let Some(v) = req.head.headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let id = v.to_str().ok().filter(|s| !s.is_empty());
+    match id.and_then(sub::parse_kafka_event_id) {
+        Some(positions) => Ok(Some(positions)),
+        None => Err(GatewayError::BadLastEventId(format!(
+            "Last-Event-ID `{}` is not an id of this stream's events (PARTITION:OFFSET, comma-separated)",
+            String::from_utf8_lossy(v.as_bytes()).escape_debug()
+        ))),
+    }
+}
+
+/// Which messages a subscriber gets.
+struct Filter {
+    key: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl Filter {
+    fn passes(&self, e: &Event) -> bool {
+        if let Some(key) = &self.key {
+            if e.key.as_deref() != Some(key.as_bytes()) {
+                return false;
+            }
+        }
+        self.headers.iter().all(|(name, want)| {
+            e.headers
+                .iter()
+                .any(|(n, v)| n == name && v.as_ref() == want.as_bytes())
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHandler for SubscribeHandler {
+    fn takes(&self, _head: &http::request::Parts) -> bool {
+        true
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        0
+    }
+
+    async fn serve(&self, req: HandlerRequest<'_>) -> Result<Response<ResponseBody>, GatewayError> {
+        if !req.body.is_empty() {
+            return Err(GatewayError::BodyTooLarge(format!(
+                "route `{}` streams messages and takes no request body",
+                self.route
+            )));
+        }
+        let Some(slot) = self
+            .broker
+            .subscriber_slot(&self.route, self.config.max_subscribers)
+        else {
+            return Err(GatewayError::TooManySubscribers {
+                route: self.route.clone(),
+                limit: self.config.max_subscribers,
+            });
+        };
+        let subscription = self.subscription(&req)?;
+        let filter = self.filter(&req)?;
+        let feed = self
+            .broker
+            .subscribe(subscription, self.config.buffer)
+            .await
+            .map_err(|mut e| {
+                if let PublishError::NoDestination { from_request, .. } = &mut e {
+                    *from_request = self.source_from_request;
+                }
+                e
+            })?;
+        let stream = Stream {
+            feed,
+            filter,
+            heartbeat: self.config.heartbeat,
+            delivered: None,
+            state: Phase::Opening,
+            count: Count::new(&self.route, self.broker.name()),
+            request_id: req.ctx.request_id.to_string(),
+            _slot: slot,
+        };
+        let body = futures_util::stream::unfold(stream, Stream::next);
+        let mut resp = Response::new(crate::grpc::body::streamed(body));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // nginx in front would otherwise hold events back until its buffer fills.
+        h.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+        Ok(resp)
+    }
+}
+
+/// Where a stream is.
+enum Phase {
+    /// Nothing sent yet.
+    Opening,
+    /// Sending events.
+    Streaming,
+    /// The last chunk was sent.
+    Done,
+}
+
+/// One subscriber's stream, as the response body pulls it.
+struct Stream {
+    feed: Feed,
+    filter: Filter,
+    heartbeat: std::time::Duration,
+    /// The last event handed to the pipeline, acknowledged once the pipeline asks for the
+    /// next chunk (it asks after it wrote the last one to the client).
+    delivered: Option<Arc<Event>>,
+    state: Phase,
+    count: Count,
+    request_id: String,
+    /// The subscriber's place in the route's count, given back with the stream.
+    _slot: SubscriberSlot,
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+impl Stream {
+    async fn next(mut self) -> Option<(Chunk, Self)> {
+        if let Some(e) = self.delivered.take() {
+            e.acknowledge().await;
+        }
+        match self.state {
+            Phase::Done => return None,
+            Phase::Opening => {
+                self.state = Phase::Streaming;
+                return Some((Ok(Bytes::from_static(b": subscribed\n\n")), self));
+            }
+            Phase::Streaming => {}
+        }
+        loop {
+            let next = tokio::time::timeout(self.heartbeat, self.feed.next()).await;
+            let chunk = match next {
+                Err(_) => Ok(Bytes::from_static(b": heartbeat\n\n")),
+                Ok(Next::Event(e)) => {
+                    if !self.filter.passes(&e) {
+                        // Not this subscriber's: the broker still wants it acknowledged.
+                        e.acknowledge().await;
+                        continue;
+                    }
+                    self.count.delivered();
+                    let chunk = event(&e);
+                    self.delivered = Some(e);
+                    Ok(chunk)
+                }
+                Ok(Next::Lagged(n)) => {
+                    self.count.ended("slow_client");
+                    self.state = Phase::Done;
+                    Err(std::io::Error::other(format!(
+                        "the subscriber fell {n} messages behind its buffer and was cut"
+                    )))
+                }
+                Ok(Next::Ended(why)) => {
+                    self.count.ended("broker_unavailable");
+                    self.state = Phase::Done;
+                    Ok(error_event(&why, &self.request_id))
+                }
+            };
+            return Some((chunk, self));
+        }
+    }
+}
+
+/// An event: its id (where the broker has positions) and its payload as `data` lines; a
+/// payload that is not UTF-8 goes as base64 in an event of type `binary`.
+fn event(e: &Event) -> Bytes {
+    let mut out = BytesMut::with_capacity(e.payload.len() + 64);
+    if let Some(id) = &e.id {
+        out.put_slice(b"id: ");
+        out.put_slice(id.as_bytes());
+        out.put_u8(b'\n');
+    }
+    match std::str::from_utf8(&e.payload) {
+        Ok(text) => data_lines(&mut out, text),
+        Err(_) => {
+            out.put_slice(b"event: binary\n");
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&e.payload);
+            data_lines(&mut out, &encoded);
+        }
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// `data:` lines of `text`: one per line, as SSE has it (a client joins them with `\n`).
+fn data_lines(out: &mut BytesMut, text: &str) {
+    // SSE ends a line at CR, LF or CRLF alike.
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    for line in text.split('\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+}
+
+/// The last event of a stream whose source stopped: the gateway's error body, as a request
+/// made now would get it.
+fn error_event(why: &str, request_id: &str) -> Bytes {
+    let body = serde_json::json!({ "error": {
+        "status": 503,
+        "code": "broker_unavailable",
+        "message": why,
+        "request_id": request_id,
+    }});
+    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+}
+
+/// A subscriber in the metrics: counted while it streams.
+struct Count {
+    labels: [Arc<str>; 2],
+}
+
+impl Count {
+    fn new(route: &Arc<str>, broker: &str) -> Self {
+        let labels = [route.clone(), Arc::from(broker)];
+        if let Some(m) = crate::telemetry::metrics::metrics() {
+            m.brokers
+                .subscribers
+                .with_label_values(&[&*labels[0], &*labels[1]])
+                .inc();
+        }
+        Self { labels }
+    }
+
+    fn delivered(&self) {
+        if let Some(m) = crate::telemetry::metrics::metrics() {
+            m.brokers
+                .delivered
+                .with_label_values(&[&*self.labels[0], &*self.labels[1]])
+                .inc();
+        }
+    }
+
+    fn ended(&self, reason: &str) {
+        if let Some(m) = crate::telemetry::metrics::metrics() {
+            m.brokers
+                .streams_ended
+                .with_label_values(&[&*self.labels[0], &*self.labels[1], reason])
+                .inc();
+        }
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        if let Some(m) = crate::telemetry::metrics::metrics() {
+            m.brokers
+                .subscribers
+                .with_label_values(&[&*self.labels[0], &*self.labels[1]])
+                .dec();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(payload: &[u8], id: Option<&str>) -> Event {
+        Event::new(
+            id.map(Arc::from),
+            None,
+            Vec::new(),
+            Bytes::copy_from_slice(payload),
+        )
+    }
+
+    #[test]
+    fn events_are_data_lines_with_their_id() {
+        assert_eq!(
+            event(&ev(b"{\"a\":1}", Some("0:5,1:2"))),
+            Bytes::from_static(b"id: 0:5,1:2\ndata: {\"a\":1}\n\n")
+        );
+        assert_eq!(
+            event(&ev(b"one\ntwo\r\nthree", None)),
+            Bytes::from_static(b"data: one\ndata: two\ndata: three\n\n")
+        );
+        assert_eq!(event(&ev(b"", None)), Bytes::from_static(b"data: \n\n"));
+        assert_eq!(
+            event(&ev(&[0xff, 0x00], None)),
+            Bytes::from_static(b"event: binary\ndata: /wA=\n\n")
+        );
+    }
+}
