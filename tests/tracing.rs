@@ -1062,3 +1062,88 @@ subject = "{subject}"
         "{tp}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_streamed_to_a_subscriber_gets_a_receive_span_in_the_producers_trace() {
+    let mut rx = grpc_receiver().await;
+    let nats = brokers::Nats::shared().await;
+    let stream = brokers::unique("RECEIVED");
+    let subject = brokers::unique("received");
+    nats.create_stream(&stream, &[&subject]).await;
+    let gw = common::Gateway::start(&format!(
+        r#"
+[tracing]
+enabled = true
+protocol = "grpc"
+endpoint = "{}"
+scheduled_delay = "100ms"
+
+[brokers.nats]
+kind = "nats"
+servers = ["{}"]
+
+[routes.events]
+exact = "/events"
+[routes.events.publish]
+broker = "nats"
+subject = "{subject}"
+
+[routes.stream]
+exact = "/stream"
+[routes.stream.subscribe]
+broker = "nats"
+subject = "{subject}"
+"#,
+        rx.endpoint,
+        nats.url()
+    ))
+    .await;
+    let sse = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut sub = sse.get(gw.url("/stream")).send().await.unwrap();
+    assert_eq!(sub.status().as_u16(), 200);
+    // The opening comment says the subscription is in place.
+    let first = sub.chunk().await.unwrap().unwrap_or_default();
+    assert!(first.starts_with(b": subscribed"), "{first:?}");
+    let trace_id = "6cf92f3577b34da6a3ce929d0e0e4738";
+    let resp = common::client()
+        .post(gw.url("/events"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body("traced")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("data: traced") {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), sub.chunk())
+            .await
+            .expect("the event")
+            .unwrap()
+            .expect("the stream goes on");
+        got.extend_from_slice(&chunk);
+    }
+    // The span ended once the event was written (the stream was asked for more).
+    drop(sub);
+    let spans = spans_of(&mut rx, trace_id, 3).await;
+    let producer = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Producer as i32)
+        .expect("producer span");
+    let consumer = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Consumer as i32)
+        .expect("consumer span");
+    assert_eq!(consumer.span.name, format!("receive {subject}"));
+    assert_eq!(
+        hex(&consumer.span.parent_span_id),
+        hex(&producer.span.span_id)
+    );
+    assert_eq!(
+        str_attr(&consumer.span, "messaging.operation.type").as_deref(),
+        Some("receive")
+    );
+    assert_eq!(
+        str_attr(&consumer.span, "messaging.system").as_deref(),
+        Some("nats")
+    );
+}

@@ -24,6 +24,7 @@ use crate::broker::{Broker, PublishError, SubscriberSlot};
 use crate::config::{Source, SubscribeConfig};
 use crate::error::GatewayError;
 use crate::grpc::ResponseBody;
+use crate::telemetry::trace::MessagingSpan;
 
 /// Serves a subscribe route.
 pub struct SubscribeHandler {
@@ -157,6 +158,12 @@ impl ServeHandler for SubscribeHandler {
             });
         };
         let subscription = self.subscription(&req)?;
+        let (system, destination) = match &subscription {
+            Subscription::Kafka { topic, .. } => ("kafka", topic.clone()),
+            Subscription::AmqpBinding { exchange, .. } => ("rabbitmq", exchange.clone()),
+            Subscription::AmqpQueue { queue } => ("rabbitmq", queue.clone()),
+            Subscription::Nats { subject } => ("nats", subject.clone()),
+        };
         let filter = self.filter(&req)?;
         let feed = self
             .broker
@@ -173,6 +180,8 @@ impl ServeHandler for SubscribeHandler {
             filter,
             heartbeat: self.config.heartbeat,
             delivered: None,
+            system,
+            destination,
             state: Phase::Opening,
             count: Count::new(&self.route, self.broker.name()),
             request_id: req.ctx.request_id.to_string(),
@@ -207,9 +216,12 @@ struct Stream {
     feed: Feed,
     filter: Filter,
     heartbeat: std::time::Duration,
-    /// The last event handed to the pipeline, acknowledged once the pipeline asks for the
-    /// next chunk (it asks after it wrote the last one to the client).
-    delivered: Option<Arc<Event>>,
+    /// The last event handed to the pipeline, acknowledged (and its span ended) once the
+    /// pipeline asks for the next chunk (it asks after it wrote the last one to the client).
+    delivered: Option<(Arc<Event>, Option<MessagingSpan>)>,
+    /// `messaging.system` and the destination, for receive spans.
+    system: &'static str,
+    destination: String,
     state: Phase,
     count: Count,
     request_id: String,
@@ -221,8 +233,11 @@ type Chunk = Result<Bytes, std::io::Error>;
 
 impl Stream {
     async fn next(mut self) -> Option<(Chunk, Self)> {
-        if let Some(e) = self.delivered.take() {
+        if let Some((e, span)) = self.delivered.take() {
             e.acknowledge().await;
+            if let Some(span) = span {
+                span.finish(None, None);
+            }
         }
         match self.state {
             Phase::Done => return None,
@@ -244,7 +259,8 @@ impl Stream {
                     }
                     self.count.delivered();
                     let chunk = event(&e);
-                    self.delivered = Some(e);
+                    let span = MessagingSpan::receive(&e.headers, self.system, &self.destination);
+                    self.delivered = Some((e, span));
                     Ok(chunk)
                 }
                 Ok(Next::Lagged(n)) => {

@@ -365,6 +365,44 @@ impl MessagingSpan {
         span.is_recording().then_some(Self(span))
     }
 
+    /// Starts `receive {destination}` for a message handed to a subscriber, continuing the
+    /// trace its headers carry (`traceparent`, `tracestate`: a producer's span); `None` when
+    /// tracing is off, the message carries no context, or its trace is not sampled.
+    pub fn receive(
+        headers: &[(String, bytes::Bytes)],
+        system: &'static str,
+        destination: &str,
+    ) -> Option<Self> {
+        let tracer = pipeline::tracer()?;
+        let mut carried = http::HeaderMap::new();
+        for (name, value) in headers {
+            let name = match name.as_str() {
+                "traceparent" => TRACEPARENT,
+                "tracestate" => TRACESTATE,
+                _ => continue,
+            };
+            if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                carried.insert(name, v);
+            }
+        }
+        if !carried.contains_key(TRACEPARENT) {
+            return None;
+        }
+        let parent = TraceContextPropagator::new()
+            .extract_with_context(&Context::new(), &HeaderExtractor(&carried));
+        let span = tracer
+            .span_builder(format!("receive {destination}"))
+            .with_kind(SpanKind::Consumer)
+            .with_attributes([
+                KeyValue::new("messaging.system", system),
+                KeyValue::new("messaging.destination.name", destination.to_owned()),
+                KeyValue::new("messaging.operation.type", "receive"),
+                KeyValue::new("messaging.operation.name", "receive"),
+            ])
+            .start_with_context(&tracer, &parent);
+        span.is_recording().then_some(Self(span))
+    }
+
     /// `traceparent` and `tracestate` for the message's headers.
     pub fn context_headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
         let sc = self.0.span_context();
