@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""SSE fan-out: the gateway's memory per subscriber, and its CPU per delivered event.
+
+Starts nats-server (and tansu for Kafka when it is installed) and tollgate (release build) with
+one subscribe route and one publish route per broker, then for each broker:
+
+  1. opens one subscriber and publishes a message through the gateway (warm-up: the shared
+     consumer exists), and reads the gateway's RSS (VmRSS from /proc);
+  2. opens N more subscribers on the same topic/subject (raw sockets, each read until the
+     stream's opening comment), publishes M messages through the gateway, waits until every
+     subscriber got every one, and reads the RSS again;
+  3. reports (RSS after - RSS before) / N, and the gateway's CPU time per delivered event.
+
+Everything on 127.0.0.1; every process started here is stopped at the end.
+
+    python3 benches/load/sse_fanout.py [--subscribers 1000] [--messages 20]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from publish import ROOT, cpu_seconds, free_port, nats_request, wait_port  # noqa: E402
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def subscribe(port, path):
+    """An open SSE stream, read up to its opening comment."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n\r\n"
+                 .encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    buf = b""
+    while b": subscribed" not in buf:
+        buf += await reader.read(4096)
+    return reader, writer
+
+
+async def read_events(reader, want):
+    got, buf = 0, b""
+    while got < want:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise RuntimeError(f"stream ended after {got} of {want} events")
+        buf += chunk
+        got += buf.count(b"\ndata: ")
+        buf = buf[buf.rfind(b"\n"):]
+    return got
+
+
+def publish(port, path, n):
+    import urllib.request
+    for i in range(n):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     data=json.dumps({"n": i, "pad": "x" * 100}).encode(),
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 202, r.status
+
+
+async def measure(gw_pid, port, name, subscribers, messages):
+    path = f"/{name}/stream"
+    first = await subscribe(port, path)
+    await asyncio.to_thread(publish, port, f"/{name}/in", 1)
+    await read_events(first[0], 1)
+    await asyncio.sleep(1)
+    before = rss_kib(gw_pid)
+    streams = []
+    for _ in range(subscribers):
+        streams.append(await subscribe(port, path))
+    cpu0 = cpu_seconds(gw_pid)
+    await asyncio.to_thread(publish, port, f"/{name}/in", messages)
+    await asyncio.gather(*(read_events(r, messages) for r, _ in streams))
+    cpu = cpu_seconds(gw_pid) - cpu0
+    after = rss_kib(gw_pid)
+    for _, w in streams + [first]:
+        w.close()
+    delivered = subscribers * messages
+    return {
+        "subscribers": subscribers,
+        "messages": messages,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_per_subscriber_kib": round((after - before) / subscribers, 1),
+        "events_delivered": delivered,
+        "gateway_cpu_s": round(cpu, 2),
+        "gateway_cpu_us_per_event": round(cpu / delivered * 1e6, 2) if delivered else None,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--subscribers", type=int, default=1000)
+    ap.add_argument("--messages", type=int, default=20)
+    a = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    tollgate = os.path.join(ROOT, "target", "release", "tollgate")
+    tmp = tempfile.mkdtemp(prefix="tollgate-sse-bench-")
+    procs = []
+    try:
+        nats_port = free_port()
+        procs.append(subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p",
+                                       str(nats_port), "-sd", os.path.join(tmp, "js")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert wait_port(nats_port), "nats-server did not start"
+        created = nats_request(nats_port, "$JS.API.STREAM.CREATE.FANOUT",
+                               json.dumps({"name": "FANOUT", "subjects": ["fanout.>"],
+                                           "storage": "memory"}))
+        assert b"error" not in created, created
+        brokers = [("nats", "nats", f'servers = ["nats://127.0.0.1:{nats_port}"]',
+                    'subject = "fanout.in"', 'subject = "fanout.in"')]
+        tansu = os.path.join(os.environ.get("TOLLGATE_TOOLS",
+                                            os.path.expanduser("~/.cache/tollgate-tools")),
+                             "bin", "tansu")
+        if os.path.exists(tansu):
+            kp = free_port()
+            procs.append(subprocess.Popen(
+                [tansu, "broker", "--listener-url", f"tcp://127.0.0.1:{kp}",
+                 "--advertised-listener-url", f"tcp://127.0.0.1:{kp}",
+                 "--storage-engine", "memory://tansu/"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            assert wait_port(kp), "tansu did not start"
+            subprocess.run([tansu, "topic", "create", "fanout", "--partitions", "1",
+                            "--broker", f"tcp://127.0.0.1:{kp}"], check=False,
+                           capture_output=True, timeout=60)
+            brokers.append(("kafka", "kafka", f'bootstrap = ["127.0.0.1:{kp}"]',
+                            'topic = "fanout"', 'topic = "fanout"'))
+        port, admin = free_port(), free_port()
+        cfg = [f'[[listeners]]\nname = "bench"\naddress = "127.0.0.1:{port}"\n',
+               f'[admin]\naddress = "127.0.0.1:{admin}"\n', '[log]\nlevel = "warn"\n']
+        for name, kind, conn, pub, sub in brokers:
+            cfg.append(f'[brokers.{name}]\nkind = "{kind}"\n{conn}\n')
+            cfg.append(f'[routes.{name}-in]\nexact = "/{name}/in"\n[routes.{name}-in.publish]\n'
+                       f'broker = "{name}"\n{pub}\n')
+            cfg.append(f'[routes.{name}-stream]\nexact = "/{name}/stream"\n'
+                       f'[routes.{name}-stream.subscribe]\nbroker = "{name}"\n{sub}\n')
+        path = os.path.join(tmp, "gateway.toml")
+        with open(path, "w") as f:
+            f.write("\n".join(cfg))
+        gw = subprocess.Popen([tollgate, "-c", path], stdout=subprocess.DEVNULL,
+                              stderr=open(os.path.join(tmp, "gateway.log"), "w"))
+        procs.append(gw)
+        assert wait_port(port), "tollgate did not start"
+        report = {}
+        for name, *_ in brokers:
+            report[name] = asyncio.run(measure(gw.pid, port, name, a.subscribers, a.messages))
+            time.sleep(1)
+        print(json.dumps(report, indent=2))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
