@@ -600,3 +600,87 @@ subject = "feed"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn over_h2c_a_stream_has_heartbeats_and_a_client_resetting_it_is_noticed_at_once() {
+    let nats = Nats::shared().await;
+    let subject = unique("sse-h2");
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.bus]
+kind = "nats"
+servers = ["{url}"]
+
+[routes.feed]
+exact = "/feed"
+[routes.feed.subscribe]
+broker = "bus"
+subject = "{subject}"
+heartbeat = "100ms"
+"#,
+        url = nats.url()
+    ))
+    .await;
+    let resp = tokio::time::timeout(HANG, common::h2c_client().get(gw.url("/feed")).send())
+        .await
+        .expect("subscribe hung")
+        .expect("subscribe");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut s = Stream {
+        resp,
+        buf: Vec::new(),
+    };
+    assert_eq!(s.block().await.as_deref(), Some(": subscribed"));
+    // Silence is broken by comments.
+    assert_eq!(s.block().await.as_deref(), Some(": heartbeat"));
+    let client = nats.connect().await;
+    client
+        .publish(subject.clone(), "over h2".into())
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+    assert_eq!(s.event().await.map(|e| e.data), Some("over h2".to_owned()));
+    let subscribers = "tollgate_subscribers{broker=\"bus\",route=\"feed\"}";
+    wait_metric(&gw, subscribers, 1.0).await;
+    // Dropping the response resets the HTTP/2 stream; the connection stays open.
+    drop(s);
+    wait_metric(&gw, subscribers, 0.0).await;
+}
+
+#[tokio::test]
+async fn a_subscribe_request_with_a_body_or_a_missing_value_is_refused_before_streaming() {
+    let nats = Nats::shared().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.bus]
+kind = "nats"
+servers = ["{url}"]
+
+[routes.feed]
+exact = "/feed"
+[routes.feed.subscribe]
+broker = "bus"
+subject = "tenants.{{header.x-tenant}}"
+"#,
+        url = nats.url()
+    ))
+    .await;
+    let resp = sse_client().get(gw.url("/feed")).send().await.expect("get");
+    expect_error(resp, 400, "missing_value").await;
+    let resp = sse_client()
+        .get(gw.url("/feed"))
+        .header("x-tenant", "acme.*")
+        .send()
+        .await
+        .expect("get");
+    expect_error(resp, 400, "bad_destination").await;
+    let resp = sse_client()
+        .get(gw.url("/feed"))
+        .header("x-tenant", "acme")
+        .body("a body")
+        .send()
+        .await
+        .expect("get");
+    expect_error(resp, 413, "body_too_large").await;
+}

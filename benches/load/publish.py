@@ -7,11 +7,16 @@ Starts a real broker (nats-server with JetStream; tansu for Kafka when it is ins
   1. throughput: `oha -n N -c C` POSTs of a 256-byte body, and the gateway process's CPU time
      (utime + stime from /proc) over the run: acknowledged messages per CPU-second of gateway;
   2. latency: `oha -q RATE` for a fixed number of requests, p50/p99 of the publish (answer after
-     the broker's acknowledgement).
+     the broker's acknowledgement);
+  3. the baseline: the same client library publishing directly (examples/direct-publish, with
+     the gateway's producer settings, as many messages in flight as oha's connections) — its own
+     CPU per acknowledged message — plus the gateway's CPU per plainly proxied request (a GET to
+     sample-http). The issue's goal: gateway CPU per message <= 1.5 x that sum.
 
 Everything on 127.0.0.1; every process started here is stopped at the end. The broker's CPU does
 not count: only the gateway's process is measured.
 
+    cargo build --release -p tollgate -p sample-http -p direct-publish
     python3 benches/load/publish.py [--requests 20000] [--concurrency 32] [--rate 2000]
 """
 
@@ -106,6 +111,7 @@ def main():
         assert b"error" not in created, created
         brokers = [("nats", "nats", f'servers = ["nats://127.0.0.1:{nats_port}"]',
                     'subject = "bench.in"')]
+        direct = {"nats": ["nats", f"nats://127.0.0.1:{nats_port}", "bench.direct"]}
         tansu = os.path.join(os.environ.get("TOLLGATE_TOOLS",
                                             os.path.expanduser("~/.cache/tollgate-tools")),
                              "bin", "tansu")
@@ -122,9 +128,17 @@ def main():
                            capture_output=True, timeout=60)
             brokers.append(("kafka", "kafka", f'bootstrap = ["127.0.0.1:{kp}"]',
                             'topic = "bench"'))
+            direct["kafka"] = ["kafka", f"127.0.0.1:{kp}", "bench"]
+        upstream = free_port()
+        procs.append(subprocess.Popen([os.path.join(ROOT, "target", "release", "sample-http"),
+                                       f"127.0.0.1:{upstream}", "users"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert wait_port(upstream), "sample-http did not start"
         port, admin = free_port(), free_port()
         cfg = [f'[[listeners]]\nname = "bench"\naddress = "127.0.0.1:{port}"\n',
-               f'[admin]\naddress = "127.0.0.1:{admin}"\n', '[log]\nlevel = "warn"\n']
+               f'[admin]\naddress = "127.0.0.1:{admin}"\n', '[log]\nlevel = "warn"\n',
+               f'[upstreams.plain]\ntargets = ["127.0.0.1:{upstream}"]\n'
+               '[routes.plain]\nexact = "/users/1"\nupstream = "plain"\n']
         for name, kind, conn, dest in brokers:
             cfg.append(f'[brokers.{name}]\nkind = "{kind}"\n{conn}\n')
             cfg.append(f'[routes.{name}]\nexact = "/{name}"\n[routes.{name}.publish]\n'
@@ -140,6 +154,18 @@ def main():
         with open(body_file, "w") as f:
             f.write(json.dumps({"event": "bench", "pad": "x" * 220})[:256])
         report = {}
+        plain = f"http://127.0.0.1:{port}/users/1"
+        subprocess.run([oha(), "--no-tui", "-n", "2000", "-c", str(a.concurrency), plain],
+                       capture_output=True, check=True)
+        before = cpu_seconds(gw.pid)
+        out = subprocess.run([oha(), "--no-tui", "--output-format", "json", "-n",
+                              str(a.requests), "-c", str(a.concurrency), plain],
+                             capture_output=True, check=True, text=True)
+        proxied = json.loads(out.stdout)["statusCodeDistribution"].get("200", 0)
+        proxied_us = (cpu_seconds(gw.pid) - before) / proxied * 1e6 if proxied else None
+        report["proxied_request"] = {"requests": proxied,
+                                     "gateway_cpu_us_per_request": round(proxied_us, 1)
+                                     if proxied_us else None}
         for name, *_ in brokers:
             url = f"http://127.0.0.1:{port}/{name}"
             run_oha(["-n", "2000", "-c", str(a.concurrency)], url, body_file)  # warm-up
@@ -162,6 +188,17 @@ def main():
                 "p99_ms": round(lat["latencyPercentiles"]["p99"] * 1000, 2),
                 "latency_run_202": lat["statusCodeDistribution"].get("202", 0),
             }
+            tool = os.path.join(ROOT, "target", "release", "direct-publish")
+            if os.path.exists(tool):
+                out = subprocess.run([tool] + direct[name] + [str(a.requests),
+                                                              str(a.concurrency)],
+                                     capture_output=True, text=True, timeout=600)
+                d = json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr}
+                report[name]["direct_client"] = d
+                per_msg = report[name]["gateway_cpu_us_per_message"]
+                if d.get("cpu_us_per_message") and per_msg and proxied_us:
+                    base = d["cpu_us_per_message"] + proxied_us
+                    report[name]["ratio_to_direct_plus_proxied"] = round(per_msg / base, 2)
         print(json.dumps(report, indent=2))
     finally:
         for p in procs:

@@ -321,6 +321,16 @@ pub(super) struct Consuming {
     positions: Vec<(i32, i64)>,
 }
 
+impl Drop for Consuming {
+    fn drop(&mut self) {
+        // Closing a librdkafka consumer waits on its threads: not on a proxy worker.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let consumer = self.consumer.clone();
+            rt.spawn_blocking(move || drop(consumer));
+        }
+    }
+}
+
 impl Consuming {
     pub(super) async fn run(mut self, ring: &broadcast::Sender<Item>) -> String {
         loop {

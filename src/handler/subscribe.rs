@@ -247,8 +247,11 @@ impl Stream {
             }
             Phase::Streaming => {}
         }
+        // Measured from the last chunk written, so that messages filtered out do not put the
+        // heartbeat off.
+        let due = tokio::time::Instant::now() + self.heartbeat;
         loop {
-            let next = tokio::time::timeout(self.heartbeat, self.feed.next()).await;
+            let next = tokio::time::timeout_at(due, self.feed.next()).await;
             let chunk = match next {
                 Err(_) => Ok(Bytes::from_static(b": heartbeat\n\n")),
                 Ok(Next::Event(e)) => {
