@@ -86,6 +86,7 @@ async def measure(gw_pid, port, name, subscribers, messages):
     streams = []
     for _ in range(subscribers):
         streams.append(await subscribe(port, path))
+    connected = rss_kib(gw_pid)
     cpu0 = cpu_seconds(gw_pid)
     await asyncio.to_thread(publish, port, f"/{name}/in", messages)
     await asyncio.gather(*(read_events(r, messages) for r, _ in streams))
@@ -98,6 +99,7 @@ async def measure(gw_pid, port, name, subscribers, messages):
         "subscribers": subscribers,
         "messages": messages,
         "rss_before_kib": before,
+        "rss_connected_kib": connected,
         "rss_after_kib": after,
         "rss_per_subscriber_kib": round((after - before) / subscribers, 1),
         "events_delivered": delivered,
@@ -106,10 +108,47 @@ async def measure(gw_pid, port, name, subscribers, messages):
     }
 
 
+async def held_requests(gw_pid, port, n):
+    """The same number of plain proxied requests held open by an upstream that has not answered
+    yet: what any held request costs the gateway (pingora's session, the request's state)."""
+    async def hold(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read()  # until the gateway gives the request up
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+
+    upstream = await asyncio.start_server(hold, "127.0.0.1", HELD_UPSTREAM_PORT)
+    first = await asyncio.open_connection("127.0.0.1", port)
+    first[1].write(b"GET /held HTTP/1.1\r\nhost: bench\r\n\r\n")
+    await first[1].drain()
+    await asyncio.sleep(1)
+    before = rss_kib(gw_pid)
+    conns = []
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /held HTTP/1.1\r\nhost: bench\r\n\r\n")
+        await w.drain()
+        conns.append((r, w))
+    await asyncio.sleep(2)
+    after = rss_kib(gw_pid)
+    for _, w in conns + [first]:
+        w.close()
+    upstream.close()
+    return {"requests": n, "rss_before_kib": before, "rss_after_kib": after,
+            "rss_per_request_kib": round((after - before) / n, 1)}
+
+
+HELD_UPSTREAM_PORT = free_port()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscribers", type=int, default=1000)
     ap.add_argument("--messages", type=int, default=20)
+    ap.add_argument("--brokers", default="nats,kafka",
+                    help="which, in order (each after the other in one gateway process); "
+                         "`held` holds as many plain proxied requests open, for comparison")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -153,6 +192,8 @@ def main():
                        f'broker = "{name}"\n{pub}\n')
             cfg.append(f'[routes.{name}-stream]\nexact = "/{name}/stream"\n'
                        f'[routes.{name}-stream.subscribe]\nbroker = "{name}"\n{sub}\n')
+        cfg.append(f'[upstreams.held]\ntargets = ["127.0.0.1:{HELD_UPSTREAM_PORT}"]\n'
+                   '[routes.held]\nexact = "/held"\nupstream = "held"\nread_timeout = "1h"\n')
         path = os.path.join(tmp, "gateway.toml")
         with open(path, "w") as f:
             f.write("\n".join(cfg))
@@ -161,8 +202,13 @@ def main():
         procs.append(gw)
         assert wait_port(port), "tollgate did not start"
         report = {}
-        for name, *_ in brokers:
-            report[name] = asyncio.run(measure(gw.pid, port, name, a.subscribers, a.messages))
+        wanted = a.brokers.split(",")
+        for name in wanted:
+            if name == "held":
+                report[name] = asyncio.run(held_requests(gw.pid, port, a.subscribers))
+            elif name in {b[0] for b in brokers}:
+                report[name] = asyncio.run(measure(gw.pid, port, name, a.subscribers,
+                                                   a.messages))
             time.sleep(1)
         print(json.dumps(report, indent=2))
     finally:
