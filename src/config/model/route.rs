@@ -30,6 +30,8 @@ pub struct Route {
     pub retry_non_idempotent: bool,
     /// Publishes the request body to a broker instead of calling an upstream.
     pub publish: Option<super::PublishConfig>,
+    /// Sends the request body to a broker and answers with the correlated reply.
+    pub request_reply: Option<super::RequestReplyConfig>,
 }
 
 /// How a route changes the path before proxying.

@@ -8,6 +8,7 @@
 //! `discovery.rs`, `health.rs` (active checks, outlier detection), `retry.rs` (retries, circuit
 //! breaker), `brokers.rs` (`[brokers.NAME]`), `routes.rs` (`[routes.NAME]`, the route table),
 //! `publish.rs` (`[routes.NAME.publish]`) with `template.rs` (its destination templates),
+//! `request_reply.rs` (`[routes.NAME.request_reply]`, sharing publish's destinations),
 //! `plugins.rs` (building plugins, chains), `logs.rs` (`[log]`, `[access_log]`), `tracing.rs` (`[tracing]`). This file holds
 //! what they share and the order they run in.
 
@@ -18,6 +19,7 @@ mod listeners;
 mod logs;
 mod plugins;
 mod publish;
+mod request_reply;
 mod retry;
 mod routes;
 mod server;

@@ -10,6 +10,7 @@ use http::{HeaderName, Method, StatusCode};
 use toml::Spanned;
 
 use super::super::file::{self, BrokerKind as Kind};
+use super::super::values::ByteSize;
 use super::super::model::{
     BrokerConfig, BrokerKind, Destination, IdempotencyConfig, PublishConfig, PublishMode, Template,
 };
@@ -39,7 +40,7 @@ impl Validator<'_, '_> {
         params: &[Arc<str>],
         targets: &Targets<'_>,
     ) -> Option<PublishConfig> {
-        self.upstream_keys_on_publish(route, r);
+        self.upstream_keys_without_upstream(route, r, "a publish route");
         self.publish_methods(route, r);
         let s = p.get_ref();
         let Some(&broker) = targets.broker_index.get(s.broker.get_ref()) else {
@@ -53,10 +54,11 @@ impl Validator<'_, '_> {
             return None;
         };
         let b = targets.brokers.get(broker)?;
-        self.foreign_destination_keys(route, s, b);
-        let destination = self.destination(route, p, b, params);
+        let keys = s.destination_keys();
+        self.foreign_destination_keys(route, &keys, b);
+        let destination = self.destination(route, p.span(), &keys, b, params, "publishing to");
         let headers = self.publish_headers(route, &s.headers);
-        let max_body_bytes = self.max_body_bytes(route, s, b);
+        let max_body_bytes = self.max_body_bytes(route, s.max_body_bytes.as_ref(), b);
         let mode = self.publish_mode(route, s, b);
         let status = match &s.status {
             Some(st) => match StatusCode::from_u16(*st.get_ref()) {
@@ -136,8 +138,14 @@ impl Validator<'_, '_> {
         vec![Method::POST, Method::PUT]
     }
 
-    /// Keys about the upstream leg, which a publish route does not have.
-    fn upstream_keys_on_publish(&mut self, route: &str, r: &file::RouteSection) {
+    /// Keys about the upstream leg, which a route answered by a broker (`what`: "a publish
+    /// route") does not have.
+    pub(super) fn upstream_keys_without_upstream(
+        &mut self,
+        route: &str,
+        r: &file::RouteSection,
+        what: &str,
+    ) {
         fn at<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
             v.as_ref().map(Spanned::span)
         }
@@ -161,7 +169,7 @@ impl Validator<'_, '_> {
                 self.c.at(
                     span,
                     format!(
-                        "route `{route}`: `{key}` does not apply to a publish route (it has no upstream)"
+                        "route `{route}`: `{key}` does not apply to {what} (it has no upstream)"
                     ),
                 );
             }
@@ -185,10 +193,10 @@ impl Validator<'_, '_> {
     }
 
     /// Reports every destination key that belongs to another kind of broker.
-    fn foreign_destination_keys(
+    pub(super) fn foreign_destination_keys(
         &mut self,
         route: &str,
-        s: &file::PublishSection,
+        s: &file::DestinationKeys<'_>,
         b: &BrokerConfig,
     ) {
         let kind = match b.kind {
@@ -197,11 +205,11 @@ impl Validator<'_, '_> {
             BrokerKind::Nats(_) => Kind::Nats,
         };
         let keys = [
-            ("topic", Kind::Kafka, &s.topic),
-            ("key", Kind::Kafka, &s.key),
-            ("exchange", Kind::Amqp, &s.exchange),
-            ("routing_key", Kind::Amqp, &s.routing_key),
-            ("subject", Kind::Nats, &s.subject),
+            ("topic", Kind::Kafka, s.topic),
+            ("key", Kind::Kafka, s.key),
+            ("exchange", Kind::Amqp, s.exchange),
+            ("routing_key", Kind::Amqp, s.routing_key),
+            ("subject", Kind::Nats, s.subject),
         ];
         for (key, owner, value) in keys {
             if let (Some(v), true) = (value, owner != kind) {
@@ -218,21 +226,23 @@ impl Validator<'_, '_> {
         }
     }
 
-    /// Where messages go, by the broker's kind.
-    fn destination(
+    /// Where messages go, by the broker's kind; a missing key is reported at `table` (the
+    /// table's span), saying what the route is `doing` ("publishing to").
+    pub(super) fn destination(
         &mut self,
         route: &str,
-        p: &Spanned<file::PublishSection>,
+        table: Range<usize>,
+        s: &file::DestinationKeys<'_>,
         b: &BrokerConfig,
         params: &[Arc<str>],
+        doing: &str,
     ) -> Option<Destination> {
-        let s = p.get_ref();
         let mut required = |key: &str, v: &Option<Spanned<String>>| {
             if v.is_none() {
                 self.c.at(
-                    p.span(),
+                    table.clone(),
                     format!(
-                        "route `{route}`: publishing to {} broker `{}` needs `{key}`",
+                        "route `{route}`: {doing} {} broker `{}` needs `{key}`",
                         b.kind.as_str(),
                         b.name
                     ),
@@ -241,7 +251,7 @@ impl Validator<'_, '_> {
         };
         match &b.kind {
             BrokerKind::Kafka(_) => {
-                required("topic", &s.topic);
+                required("topic", s.topic);
                 let topic = self.template(
                     route,
                     "topic",
@@ -249,7 +259,7 @@ impl Validator<'_, '_> {
                     params,
                     template::kafka_topic,
                 );
-                let key = match &s.key {
+                let key = match s.key {
                     Some(k) if k.get_ref().is_empty() => {
                         self.c.at(
                             k.span(),
@@ -262,8 +272,8 @@ impl Validator<'_, '_> {
                 Some(Destination::Kafka { topic: topic?, key })
             }
             BrokerKind::Amqp(_) => {
-                required("routing_key", &s.routing_key);
-                let exchange = match &s.exchange {
+                required("routing_key", s.routing_key);
+                let exchange = match s.exchange {
                     None => Some(Template {
                         source: String::new(),
                         parts: Vec::new(),
@@ -289,7 +299,7 @@ impl Validator<'_, '_> {
                 })
             }
             BrokerKind::Nats(_) => {
-                required("subject", &s.subject);
+                required("subject", s.subject);
                 let subject = self.template(
                     route,
                     "subject",
@@ -303,7 +313,7 @@ impl Validator<'_, '_> {
     }
 
     /// One destination template, parsed and checked by `check`; errors point at its value.
-    fn template(
+    pub(super) fn template(
         &mut self,
         route: &str,
         key: &str,
@@ -326,7 +336,7 @@ impl Validator<'_, '_> {
     }
 
     /// `headers`: request headers copied into the message, lower-cased, each once.
-    fn publish_headers(&mut self, route: &str, names: &[Spanned<String>]) -> Vec<HeaderName> {
+    pub(super) fn publish_headers(&mut self, route: &str, names: &[Spanned<String>]) -> Vec<HeaderName> {
         let mut out: Vec<HeaderName> = Vec::new();
         for n in names {
             match HeaderName::from_bytes(n.get_ref().as_bytes()) {
@@ -342,14 +352,19 @@ impl Validator<'_, '_> {
     }
 
     /// `max_body_bytes`: 1 MiB or the broker's message limit if smaller; never above it.
-    fn max_body_bytes(&mut self, route: &str, s: &file::PublishSection, b: &BrokerConfig) -> usize {
+    pub(super) fn max_body_bytes(
+        &mut self,
+        route: &str,
+        max: Option<&Spanned<ByteSize>>,
+        b: &BrokerConfig,
+    ) -> usize {
         // NATS servers announce their limit (`max_payload`) when the client connects.
         let limit = match &b.kind {
             BrokerKind::Kafka(k) => Some((k.message_max_bytes, "message_max_bytes")),
             BrokerKind::Amqp(a) => Some((a.max_message_bytes, "max_message_bytes")),
             BrokerKind::Nats(_) => None,
         };
-        let Some(v) = &s.max_body_bytes else {
+        let Some(v) = max else {
             return limit.map_or(DEFAULT_MAX_BODY, |(l, _)| l.min(DEFAULT_MAX_BODY));
         };
         let n = usize::try_from(v.get_ref().as_u64()).unwrap_or(usize::MAX);
@@ -638,7 +653,7 @@ mod tests {
             )),
             [
                 "gateway.toml:19:12: route `a`: `upstream` and `publish` cannot both be set (a publish route answers without an upstream)",
-                "gateway.toml:23:1: route `b` needs `upstream` or `publish`",
+                "gateway.toml:23:1: route `b` needs `upstream`, `publish` or `request_reply`",
                 "gateway.toml:28:10: route `c`: broker `kafka` is not defined",
             ]
         );

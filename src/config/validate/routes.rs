@@ -50,6 +50,8 @@ enum Target {
     Upstream(usize),
     /// A broker.
     Publish(Box<super::super::model::PublishConfig>),
+    /// A broker, answered by the reply.
+    RequestReply(Box<super::super::model::RequestReplyConfig>),
 }
 
 impl Validator<'_, '_> {
@@ -92,29 +94,42 @@ impl Validator<'_, '_> {
             _ => Vec::new(),
         };
         let plugins = self.route_plugins(name, r, refs.route_tables, refs.globals);
-        let target = match (&r.upstream, &r.publish) {
-            (Some(u), None) => self
+        let target = match (&r.upstream, &r.publish, &r.request_reply) {
+            (Some(u), None, None) => self
                 .upstream_ref(name, u, &refs.targets)
                 .map(Target::Upstream),
-            (None, Some(p)) => self
+            (None, Some(p), None) => self
                 .publish(name, r, p, &param_names, &refs.targets)
                 .map(|p| Target::Publish(Box::new(p))),
-            (Some(u), Some(_)) => {
+            (None, None, Some(t)) => self
+                .request_reply(name, r, t, &param_names, &refs.targets)
+                .map(|t| Target::RequestReply(Box::new(t))),
+            (Some(u), Some(_), None) => {
                 self.c.at(
                     u.span(),
                     format!("route `{name}`: `upstream` and `publish` cannot both be set (a publish route answers without an upstream)"),
                 );
                 None
             }
-            (None, None) => {
+            (None, None, None) => {
                 self.c.at(
                     section.span(),
-                    format!("route `{name}` needs `upstream` or `publish`"),
+                    format!("route `{name}` needs `upstream`, `publish` or `request_reply`"),
+                );
+                None
+            }
+            (u, _, _) => {
+                let span = u.as_ref().map_or(section.span(), Spanned::span);
+                self.c.at(
+                    span,
+                    format!(
+                        "route `{name}`: a route has one of `upstream`, `publish` and `request_reply`"
+                    ),
                 );
                 None
             }
         };
-        let rewrite = if r.publish.is_none() {
+        let rewrite = if r.publish.is_none() && r.request_reply.is_none() {
             self.rewrite(name, r, path.as_ref(), &param_names)
         } else {
             Rewrite::None
@@ -122,10 +137,11 @@ impl Validator<'_, '_> {
         let (Some(path), Some(target), Ok(methods)) = (path, target, methods) else {
             return None;
         };
-        let (upstream, upstream_name, publish, methods) = match target {
+        let (upstream, upstream_name, publish, request_reply, methods) = match target {
             Target::Upstream(u) => (
                 Some(u),
                 refs.targets.upstreams[u].name.clone(),
+                None,
                 None,
                 methods,
             ),
@@ -133,8 +149,13 @@ impl Validator<'_, '_> {
                 None,
                 Arc::from(""),
                 Some(*p),
+                None,
                 Some(methods.unwrap_or_else(Self::publish_default_methods)),
             ),
+            Target::RequestReply(t) => {
+                let methods = Self::request_reply_methods(methods, &t);
+                (None, Arc::from(""), None, Some(*t), Some(methods))
+            }
         };
         // Building the transcoder compiles the schema: its errors are config errors.
         let transcoder = match (&r.grpc, upstream) {
@@ -178,6 +199,7 @@ impl Validator<'_, '_> {
                     .as_ref()
                     .is_some_and(|b| *b.get_ref()),
                 publish,
+                request_reply,
             },
             instances: RouteInstances {
                 plugins,
@@ -529,8 +551,8 @@ mod tests {
                  [routes]\nb = { prefix = \"/b\", upstream = \"u\", prfix = \"/x\" }\n"
             )),
             [
-                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `plugins`",
-                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `plugins`",
+                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `request_reply`, `plugins`",
+                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `request_reply`, `plugins`",
             ]
         );
     }
