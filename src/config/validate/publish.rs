@@ -10,10 +10,10 @@ use http::{HeaderName, Method, StatusCode};
 use toml::Spanned;
 
 use super::super::file::{self, BrokerKind as Kind};
-use super::super::values::ByteSize;
 use super::super::model::{
     BrokerConfig, BrokerKind, Destination, IdempotencyConfig, PublishConfig, PublishMode, Template,
 };
+use super::super::values::ByteSize;
 
 /// How long an `Idempotency-Key`'s answer is kept unless the route says otherwise.
 const DEFAULT_IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -336,7 +336,11 @@ impl Validator<'_, '_> {
     }
 
     /// `headers`: request headers copied into the message, lower-cased, each once.
-    pub(super) fn publish_headers(&mut self, route: &str, names: &[Spanned<String>]) -> Vec<HeaderName> {
+    pub(super) fn publish_headers(
+        &mut self,
+        route: &str,
+        names: &[Spanned<String>],
+    ) -> Vec<HeaderName> {
         let mut out: Vec<HeaderName> = Vec::new();
         for n in names {
             match HeaderName::from_bytes(n.get_ref().as_bytes()) {

@@ -48,14 +48,8 @@ impl Validator<'_, '_> {
         let b = targets.brokers.get(broker)?;
         let keys = s.destination_keys();
         self.foreign_destination_keys(route, &keys, b);
-        let destination = self.destination(
-            route,
-            t.span(),
-            &keys,
-            b,
-            params,
-            "sending requests to",
-        );
+        let destination =
+            self.destination(route, t.span(), &keys, b, params, "sending requests to");
         let reply_topic = self.reply_topic(route, t, b);
         let headers = self.publish_headers(route, &s.headers);
         let max_body_bytes = self.max_body_bytes(route, s.max_body_bytes.as_ref(), b);
@@ -322,7 +316,8 @@ mod tests {
         // POST by default; GET too when replies may be polled for.
         let table = &built.config.table;
         let headers = HeaderMap::new();
-        let at = |m: Method, path: &str| table.match_request(&m, None, path, &headers).map(|m| m.id);
+        let at =
+            |m: Method, path: &str| table.match_request(&m, None, path, &headers).map(|m| m.id);
         assert_eq!(at(Method::POST, "/quotes/1"), Some(0));
         assert_eq!(at(Method::GET, "/quotes/1"), None);
         assert_eq!(at(Method::PUT, "/quotes/1"), None);
