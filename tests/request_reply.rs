@@ -17,55 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use brokers::{unique, Kafka, Nats, RabbitMq};
+use brokers::{metric, unique, wait_broker, Kafka, Nats, RabbitMq, HANG};
 use common::{client, expect_error, Gateway};
 use futures_util::StreamExt;
-
-/// Bounds waits that only a hang reaches.
-const HANG: Duration = Duration::from_secs(60);
-
-/// Waits until `/brokers` says `name` is in `state` (`up` or `down`).
-async fn wait_broker(gw: &Gateway, name: &str, state: &str) {
-    let url = format!("http://{}/brokers", gw.admin);
-    let deadline = tokio::time::Instant::now() + HANG;
-    loop {
-        let body: serde_json::Value = client()
-            .get(&url)
-            .send()
-            .await
-            .expect("/brokers")
-            .json()
-            .await
-            .expect("/brokers json");
-        let found = body["brokers"]
-            .as_array()
-            .and_then(|bs| bs.iter().find(|b| b["name"] == name).cloned());
-        if found.is_some_and(|b| b["state"] == state) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "broker `{name}` never became {state}: {body}\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn metric(gw: &Gateway, line_start: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("http://{}/metrics", gw.admin))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// What every responder of these tests answers, from the request's headers and body: the
 /// status the request asks for (`x-want-status`, sent as `http-status`), its content type, the
@@ -242,10 +196,29 @@ subject = "{nobody}"
 
     let resp = ask(&gw, "/silent", "{}", &[]).await;
     expect_error(resp, 504, "reply_timeout").await;
+    // Its reply, late, is dropped: counted, kept by nobody.
+    let mut silent = silent;
+    let held = tokio::time::timeout(HANG, silent.next())
+        .await
+        .expect("the request reached the silent responder")
+        .expect("a request");
+    let late = nats.connect().await;
+    late.publish(held.reply.expect("reply subject"), "too late".into())
+        .await
+        .expect("late reply");
+    late.flush().await.expect("flush");
+    let unmatched = "tollgate_replies_unmatched_total{broker=\"rpc\"}";
+    let deadline = tokio::time::Instant::now() + HANG;
+    while metric(&gw, unmatched).await != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late reply never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let resp = ask(&gw, "/nobody", "{}", &[]).await;
     assert_eq!(header(&resp, "retry-after"), Some("1"));
     expect_error(resp, 503, "no_responder").await;
-    drop(silent);
 
     let replied =
         "tollgate_request_reply_total{broker=\"rpc\",outcome=\"replied\",route=\"quote\"}";

@@ -168,15 +168,16 @@ impl Amqp {
         Ok((live, events))
     }
 
+    /// The live connection.
+    fn live(&self, broker: &BrokerConfig) -> Result<Arc<Live>, PublishError> {
+        self.live
+            .load_full()
+            .ok_or_else(|| unavailable(broker, "not connected".to_owned()))
+    }
+
     /// The confirm-mode channel, opened again if the broker closed it.
     async fn channel(&self, broker: &BrokerConfig) -> Result<Arc<Channel>, PublishError> {
-        let unavailable = |reason: String| PublishError::Unavailable {
-            broker: broker.name.clone(),
-            reason,
-        };
-        let Some(live) = self.live.load_full() else {
-            return Err(unavailable("not connected".to_owned()));
-        };
+        let live = self.live(broker)?;
         if let Some(ch) = live.channel.load_full().filter(|c| c.status().connected()) {
             return Ok(ch);
         }
@@ -187,7 +188,7 @@ impl Amqp {
         let ch = Arc::new(
             confirm_channel(&live.connection)
                 .await
-                .map_err(|e| unavailable(e.to_string()))?,
+                .map_err(|e| unavailable(broker, e.to_string()))?,
         );
         live.channel.store(Some(ch.clone()));
         Ok(ch)
@@ -253,13 +254,7 @@ impl Amqp {
     /// The channel requests go on, opened (consuming direct reply-to) if there is none or the
     /// broker closed it.
     async fn rpc_channel(&self, broker: &BrokerConfig) -> Result<Arc<RpcChannel>, PublishError> {
-        let unavailable = |reason: String| PublishError::Unavailable {
-            broker: broker.name.clone(),
-            reason,
-        };
-        let Some(live) = self.live.load_full() else {
-            return Err(unavailable("not connected".to_owned()));
-        };
+        let live = self.live(broker)?;
         let usable = |rpc: &Arc<RpcChannel>| rpc.channel.status().connected();
         if let Some(rpc) = live.rpc.load_full().filter(usable) {
             return Ok(rpc);
@@ -270,7 +265,7 @@ impl Amqp {
         }
         let channel = confirm_channel(&live.connection)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(broker, e.to_string()))?;
         // Consuming before the first request is published: RabbitMQ refuses a request with
         // direct reply-to from a channel that does not consume it.
         let mut consumer = channel
@@ -284,7 +279,7 @@ impl Amqp {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(broker, e.to_string()))?;
         let waiters = Waiters::new();
         let (tokens, name) = (waiters.clone(), broker.name.clone());
         let task = tokio::spawn(async move {
@@ -372,6 +367,13 @@ impl Amqp {
             confirmed(broker, exchange, routing_key, confirmation).map(|_| ())
         };
         reply::exchange(broker, waiting, send, deadline, timeout, routing_key).await
+    }
+}
+
+fn unavailable(broker: &BrokerConfig, reason: String) -> PublishError {
+    PublishError::Unavailable {
+        broker: broker.name.clone(),
+        reason,
     }
 }
 

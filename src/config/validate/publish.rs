@@ -43,17 +43,7 @@ impl Validator<'_, '_> {
         self.upstream_keys_without_upstream(route, r, "a publish route");
         self.publish_methods(route, r);
         let s = p.get_ref();
-        let Some(&broker) = targets.broker_index.get(s.broker.get_ref()) else {
-            self.c.at(
-                s.broker.span(),
-                format!(
-                    "route `{route}`: broker `{}` is not defined",
-                    s.broker.get_ref()
-                ),
-            );
-            return None;
-        };
-        let b = targets.brokers.get(broker)?;
+        let (broker, b) = self.broker_ref(route, &s.broker, targets)?;
         let keys = s.destination_keys();
         self.foreign_destination_keys(route, &keys, b);
         let destination = self.destination(route, p.span(), &keys, b, params, "publishing to");
@@ -87,6 +77,26 @@ impl Validator<'_, '_> {
             status,
             idempotency,
         })
+    }
+
+    /// The broker a route names, which must be defined: its index and settings.
+    pub(super) fn broker_ref<'t>(
+        &mut self,
+        route: &str,
+        name: &Spanned<String>,
+        targets: &Targets<'t>,
+    ) -> Option<(usize, &'t BrokerConfig)> {
+        let Some(&i) = targets.broker_index.get(name.get_ref()) else {
+            self.c.at(
+                name.span(),
+                format!(
+                    "route `{route}`: broker `{}` is not defined",
+                    name.get_ref()
+                ),
+            );
+            return None;
+        };
+        Some((i, targets.brokers.get(i)?))
     }
 
     /// `idempotency_window` ("1h"; "0s" turns it off) and `idempotency_max_keys` (100000).

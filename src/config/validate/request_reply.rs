@@ -35,17 +35,7 @@ impl Validator<'_, '_> {
     ) -> Option<RequestReplyConfig> {
         self.upstream_keys_without_upstream(route, r, "a request_reply route");
         let s = t.get_ref();
-        let Some(&broker) = targets.broker_index.get(s.broker.get_ref()) else {
-            self.c.at(
-                s.broker.span(),
-                format!(
-                    "route `{route}`: broker `{}` is not defined",
-                    s.broker.get_ref()
-                ),
-            );
-            return None;
-        };
-        let b = targets.brokers.get(broker)?;
+        let (broker, b) = self.broker_ref(route, &s.broker, targets)?;
         let keys = s.destination_keys();
         self.foreign_destination_keys(route, &keys, b);
         let destination =
