@@ -671,3 +671,77 @@ reply_topic = "r"
     let resp = ask(&gw, "/n", "{}", &[("prefer", "respond-async")]).await;
     expect_error(resp, 503, "broker_unavailable").await;
 }
+
+#[tokio::test]
+async fn a_nats_server_that_goes_down_gets_503_and_answers_again_when_back() {
+    let mut nats = Nats::start().await;
+    let subject = unique("back");
+    nats_responder(&nats, &subject).await;
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.rpc]
+kind = "nats"
+servers = ["{url}"]
+connect_timeout = "1s"
+
+[routes.q]
+exact = "/q"
+[routes.q.request_reply]
+broker = "rpc"
+subject = "{subject}"
+headers = ["x-tenant"]
+"#,
+        url = nats.url(),
+    ))
+    .await;
+    wait_broker(&gw, "rpc", "up").await;
+    expect_reply(ask(&gw, "/q", "before", &[]).await, 200, "before").await;
+
+    nats.stop();
+    wait_broker(&gw, "rpc", "down").await;
+    let resp = ask(&gw, "/q", "{}", &[]).await;
+    expect_error(resp, 503, "broker_unavailable").await;
+
+    nats.restart().await;
+    nats_responder(&nats, &subject).await;
+    wait_broker(&gw, "rpc", "up").await;
+    // The gateway's inbox subscription came back with its connection.
+    expect_reply(ask(&gw, "/q", "after", &[]).await, 200, "after").await;
+}
+
+#[tokio::test]
+async fn a_rabbitmq_that_goes_down_gets_503_and_answers_again_when_back() {
+    let mut rabbit = RabbitMq::start().await;
+    let queue = unique("back");
+    amqp_responder(&rabbit, &queue).await;
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.rpc]
+kind = "amqp"
+url = "{url}"
+connect_timeout = "2s"
+
+[routes.q]
+exact = "/q"
+[routes.q.request_reply]
+broker = "rpc"
+routing_key = "{queue}"
+headers = ["x-tenant"]
+"#,
+        url = rabbit.url(),
+    ))
+    .await;
+    wait_broker(&gw, "rpc", "up").await;
+    expect_reply(ask(&gw, "/q", "before", &[]).await, 200, "before").await;
+
+    rabbit.stop();
+    wait_broker(&gw, "rpc", "down").await;
+    let resp = ask(&gw, "/q", "{}", &[]).await;
+    expect_error(resp, 503, "broker_unavailable").await;
+
+    rabbit.restart().await;
+    amqp_responder(&rabbit, &queue).await;
+    wait_broker(&gw, "rpc", "up").await;
+    // A new connection, and on it a new channel consuming direct reply-to.
+    expect_reply(ask(&gw, "/q", "after", &[]).await, 200, "after").await;
+}

@@ -255,7 +255,8 @@ impl Amqp {
     /// broker closed it.
     async fn rpc_channel(&self, broker: &BrokerConfig) -> Result<Arc<RpcChannel>, PublishError> {
         let live = self.live(broker)?;
-        let usable = |rpc: &Arc<RpcChannel>| rpc.channel.status().connected();
+        let usable =
+            |rpc: &Arc<RpcChannel>| rpc.channel.status().connected() && !rpc.task.is_finished();
         if let Some(rpc) = live.rpc.load_full().filter(usable) {
             return Ok(rpc);
         }

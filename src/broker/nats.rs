@@ -40,8 +40,9 @@ pub(super) struct Nats {
 struct Live {
     client: Client,
     jetstream: async_nats::jetstream::Context,
-    /// Where replies to this gateway's requests come, subscribed at the first request.
-    inbox: tokio::sync::OnceCell<Inbox>,
+    /// Where replies to this gateway's requests come, subscribed at the first request (and
+    /// again if its subscription ended).
+    inbox: tokio::sync::Mutex<Option<Arc<Inbox>>>,
 }
 
 /// One wildcard subscription (`_INBOX.<unique>.*`) for the replies of every request, each
@@ -90,7 +91,7 @@ impl Nats {
                 self.live.store(Some(Arc::new(Live {
                     client: client.clone(),
                     jetstream,
-                    inbox: tokio::sync::OnceCell::new(),
+                    inbox: tokio::sync::Mutex::new(None),
                 })));
                 // The client keeps trying without a word while no server answers: past the
                 // connect timeout the broker is down, and publishes are refused at once.
@@ -230,11 +231,21 @@ impl Nats {
         let Some(live) = self.live.load_full() else {
             return Err(unavailable("not connected".to_owned()).into());
         };
-        let inbox = live
-            .inbox
-            .get_or_try_init(|| Inbox::subscribe(&live.client, broker))
-            .await
-            .map_err(unavailable)?;
+        let inbox = {
+            let mut kept = live.inbox.lock().await;
+            match kept.as_ref().filter(|i| !i.task.is_finished()) {
+                Some(inbox) => inbox.clone(),
+                None => {
+                    let inbox = Arc::new(
+                        Inbox::subscribe(&live.client, broker)
+                            .await
+                            .map_err(unavailable)?,
+                    );
+                    *kept = Some(inbox.clone());
+                    inbox
+                }
+            }
+        };
         let waiting = inbox.waiters.register(reply::correlation_id());
         let reply_to = format!("{}.{}", inbox.prefix, waiting.id());
         let headers = headers(&message);
