@@ -745,3 +745,38 @@ headers = ["x-tenant"]
     // A new connection, and on it a new channel consuming direct reply-to.
     expect_reply(ask(&gw, "/q", "after", &[]).await, 200, "after").await;
 }
+
+#[tokio::test]
+async fn requests_hold_the_brokers_max_in_flight_and_one_more_is_refused_at_once() {
+    let nats = Nats::shared().await;
+    let subject = unique("held");
+    // Subscribed, never answering: the first request holds the one place until its timeout.
+    let _held = nats.subscribe(&subject).await;
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.rpc]
+kind = "nats"
+servers = ["{url}"]
+max_in_flight = 1
+
+[routes.q]
+exact = "/q"
+[routes.q.request_reply]
+broker = "rpc"
+subject = "{subject}"
+timeout = "60s"
+respond_async = true
+"#,
+        url = nats.url(),
+    ))
+    .await;
+    wait_broker(&gw, "rpc", "up").await;
+    // Answered 202 once its place was taken.
+    let first = ask(&gw, "/q", "{}", &[("prefer", "respond-async")]).await;
+    assert_eq!(first.status().as_u16(), 202);
+    let resp = ask(&gw, "/q", "{}", &[]).await;
+    assert_eq!(header(&resp, "retry-after"), Some("1"));
+    expect_error(resp, 503, "broker_busy").await;
+    let resp = ask(&gw, "/q", "{}", &[("prefer", "respond-async")]).await;
+    expect_error(resp, 503, "broker_busy").await;
+}

@@ -200,16 +200,7 @@ impl Amqp {
         message: Message,
         mode: PublishMode,
     ) -> Result<Receipt, PublishError> {
-        let Target::Amqp {
-            exchange,
-            routing_key,
-        } = &message.target
-        else {
-            return Err(PublishError::Rejected {
-                broker: broker.name.clone(),
-                reason: "not an AMQP destination".to_owned(),
-            });
-        };
+        let (exchange, routing_key) = amqp_target(broker, &message)?;
         let props = properties(&message);
         let options = BasicPublishOptions {
             mandatory: true,
@@ -318,17 +309,7 @@ impl Amqp {
         deadline: tokio::time::Instant,
         timeout: std::time::Duration,
     ) -> Result<Reply, RequestError> {
-        let Target::Amqp {
-            exchange,
-            routing_key,
-        } = &message.target
-        else {
-            return Err(PublishError::Rejected {
-                broker: broker.name.clone(),
-                reason: "not an AMQP destination".to_owned(),
-            }
-            .into());
-        };
+        let (exchange, routing_key) = amqp_target(broker, &message)?;
         let props = properties(&message).with_reply_to(ShortString::from(DIRECT_REPLY_TO));
         let failed = |e: lapin::Error| error(broker, exchange, &e, message.target_from_request);
         let publish = |rpc: Arc<RpcChannel>| {
@@ -368,6 +349,23 @@ impl Amqp {
             confirmed(broker, exchange, routing_key, confirmation).map(|_| ())
         };
         reply::exchange(broker, waiting, send, deadline, timeout, routing_key).await
+    }
+}
+
+/// The exchange and routing key of an AMQP message.
+fn amqp_target<'m>(
+    broker: &BrokerConfig,
+    message: &'m Message,
+) -> Result<(&'m String, &'m String), PublishError> {
+    match &message.target {
+        Target::Amqp {
+            exchange,
+            routing_key,
+        } => Ok((exchange, routing_key)),
+        _ => Err(PublishError::Rejected {
+            broker: broker.name.clone(),
+            reason: "not an AMQP destination".to_owned(),
+        }),
     }
 }
 

@@ -342,7 +342,30 @@ impl Broker {
         timeout: Duration,
     ) -> Result<Reply, RequestError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let _permit = self.admit().await?;
+        let admitted = self.admit_request().await?;
+        self.request_admitted(admitted, message, reply_topic, deadline, timeout)
+            .await
+    }
+
+    /// A request's place among the messages in flight (see [`Broker::request`]), taken before
+    /// the request is sent: an asynchronous request is refused at once when the broker is down
+    /// or busy.
+    pub async fn admit_request(&self) -> Result<Admitted, PublishError> {
+        let permit = self.admit().await?;
+        Ok(Admitted { _permit: permit })
+    }
+
+    /// [`Broker::request`] with its place taken already; the reply is waited for until
+    /// `deadline` (`timeout` after the request came).
+    pub async fn request_admitted(
+        &self,
+        admitted: Admitted,
+        message: Message,
+        reply_topic: Option<&str>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        let _permit = admitted;
         let started = std::time::Instant::now();
         let config = &self.config;
         let exchange = async {
@@ -393,6 +416,13 @@ impl Broker {
         }
         result
     }
+}
+
+/// A request's place among a broker's messages in flight, held until its reply came or it
+/// gave up.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The brokers of a snapshot, by index as `GatewayConfig::brokers` has them.

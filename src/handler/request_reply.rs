@@ -124,20 +124,15 @@ impl RequestReplyHandler {
     }
 
     /// Sends the request in the background and answers 202 with where to poll for its reply.
-    fn respond_async(
+    async fn respond_async(
         &self,
         req: HandlerRequest<'_>,
         kept: &Arc<KeptReplies>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
         let (message, span) = self.message(&req)?;
-        // A broker known to be down is said now, not at the first poll.
-        if let crate::broker::State::Down { error } = self.broker.state().0 {
-            return Err(crate::broker::PublishError::Unavailable {
-                broker: self.broker.config().name.clone(),
-                reason: error,
-            }
-            .into());
-        }
+        // A broker that is down or busy is said now, not at the first poll.
+        let admitted = self.broker.admit_request().await?;
         let consumer = consumer(&req);
         let id = kept.wait(
             consumer,
@@ -152,7 +147,7 @@ impl RequestReplyHandler {
         let (route, timeout, task_id) = (self.route.clone(), self.config.timeout, id.clone());
         tokio::spawn(async move {
             let reply = broker
-                .request(message, reply_topic.as_deref(), timeout)
+                .request_admitted(admitted, message, reply_topic.as_deref(), deadline, timeout)
                 .await;
             if let Some(span) = span {
                 span.finish(reply.as_ref().err().map(RequestError::code), None);
@@ -322,7 +317,7 @@ impl ServeHandler for RequestReplyHandler {
                 )));
             }
             if prefers_async(head) {
-                let answer = self.respond_async(req, kept);
+                let answer = self.respond_async(req, kept).await;
                 if let Err(e) = &answer {
                     self.count(e.code());
                 }
