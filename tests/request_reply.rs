@@ -450,9 +450,17 @@ exact = "/nowhere"
 broker = "rpc"
 exchange = "amq.direct"
 routing_key = "{nowhere}"
+
+[routes.no-exchange]
+exact = "/no-exchange"
+[routes.no-exchange.request_reply]
+broker = "rpc"
+exchange = "{missing}"
+routing_key = "x"
 "#,
         url = rabbit.url(),
         nowhere = unique("nowhere"),
+        missing = unique("missing"),
     ))
     .await;
     wait_broker(&gw, "rpc", "up").await;
@@ -468,6 +476,11 @@ routing_key = "{nowhere}"
     let resp = ask(&gw, "/nowhere", "{}", &[]).await;
     expect_error(resp, 502, "unroutable").await;
     // An unroutable request leaves the channel usable.
+    let resp = ask(&gw, "/quote", "{}", &[]).await;
+    expect_reply(resp, 200, "{}").await;
+    // A missing exchange closes the channel; the next request gets a new one.
+    let resp = ask(&gw, "/no-exchange", "{}", &[]).await;
+    expect_error(resp, 502, "unknown_destination").await;
     let resp = ask(&gw, "/quote", "{}", &[]).await;
     expect_reply(resp, 200, "{}").await;
 }
