@@ -7,7 +7,8 @@
 //! polled for.
 //!
 //! Nothing waits on the clock: a responder that never answers is one that holds the request by
-//! design, and the hang bounds below only catch hangs.
+//! design (its route's 300 ms timeout decides nothing else), the routes that are answered wait
+//! 30 s, and the hang bounds only catch hangs.
 
 #[path = "common/brokers.rs"]
 mod brokers;
@@ -151,6 +152,7 @@ template = "/quotes/{{id}}"
 broker = "rpc"
 subject = "{prefix}.{{id}}"
 headers = ["x-tenant", "x-want-status"]
+timeout = "30s"
 
 [routes.silent]
 exact = "/silent"
@@ -436,6 +438,7 @@ exact = "/quote"
 broker = "rpc"
 routing_key = "{queue}"
 headers = ["x-tenant", "x-want-status"]
+timeout = "30s"
 
 [routes.silent]
 exact = "/silent"
@@ -574,6 +577,7 @@ topic = "{requests}"
 key = "{{id}}"
 reply_topic = "{replies}"
 headers = ["x-tenant", "x-want-status"]
+timeout = "30s"
 
 [routes.silent]
 exact = "/silent"
@@ -703,6 +707,7 @@ exact = "/q"
 broker = "rpc"
 subject = "{subject}"
 headers = ["x-tenant"]
+timeout = "30s"
 "#,
         url = nats.url(),
     ))
@@ -740,6 +745,7 @@ exact = "/q"
 broker = "rpc"
 routing_key = "{queue}"
 headers = ["x-tenant"]
+timeout = "30s"
 "#,
         url = rabbit.url(),
     ))

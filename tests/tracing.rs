@@ -1106,6 +1106,7 @@ exact = "/rpc"
 [routes.rpc.request_reply]
 broker = "nats"
 subject = "{subject}"
+timeout = "30s"
 "#,
         rx.endpoint,
         nats.url()
