@@ -190,7 +190,14 @@ impl RequestReplyHandler {
         id: &str,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         match kept.get(id, &consumer(req)) {
-            None => Err(GatewayError::ReplyNotFound(id.escape_debug().to_string())),
+            // The id is the client's: said back escaped, and no longer than an id is.
+            None => Err(GatewayError::ReplyNotFound(
+                id.chars()
+                    .take(32)
+                    .collect::<String>()
+                    .escape_debug()
+                    .to_string(),
+            )),
             Some(None) => {
                 let body = serde_json::json!({ "reply_id": id, "status": "pending" });
                 let mut resp = Response::new(crate::grpc::body::full(body.to_string()));
