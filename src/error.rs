@@ -98,6 +98,16 @@ pub enum GatewayError {
     /// A message was not published (or not acknowledged) by a broker.
     #[error(transparent)]
     Publish(#[from] crate::broker::PublishError),
+    /// A request-reply route's request got no reply: not sent (as a publish), no reply within
+    /// the route's timeout (504 `reply_timeout`), nobody subscribed (503 `no_responder`).
+    #[error(transparent)]
+    Request(crate::broker::RequestError),
+    /// A reply the gateway cannot answer with (its status header is not a status).
+    #[error("{0}")]
+    BadReply(String),
+    /// A poll for an asynchronous reply that this gateway does not know (never, or no more).
+    #[error("no reply `{0}` is kept here: unknown, expired, or another client's")]
+    ReplyNotFound(String),
     /// A publish route's template needs a value the request does not have, or has one that
     /// cannot be part of the destination.
     #[error(transparent)]
@@ -157,6 +167,13 @@ impl GatewayError {
             NoHealthyTarget(_) | UpstreamOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamStatus { status, .. } => *status,
             Publish(e) => e.status(),
+            Request(crate::broker::RequestError::Publish(e)) => e.status(),
+            Request(crate::broker::RequestError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Request(crate::broker::RequestError::NoResponder { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            BadReply(_) => StatusCode::BAD_GATEWAY,
+            ReplyNotFound(_) => StatusCode::NOT_FOUND,
             Destination(_) | BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
             IdempotencyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -193,6 +210,9 @@ impl GatewayError {
             UpstreamOverloaded { .. } => "upstream_overloaded",
             UpstreamStatus { .. } => "upstream_error",
             Publish(e) => e.code(),
+            Request(e) => e.code(),
+            BadReply(_) => "bad_reply",
+            ReplyNotFound(_) => "reply_not_found",
             Destination(e) => e.code(),
             BadIdempotencyKey(_) => "bad_idempotency_key",
             IdempotencyKeyInUse => "idempotency_key_in_use",
@@ -210,10 +230,11 @@ impl GatewayError {
     pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
         match self {
             GatewayError::Plugin(e) => &e.headers,
-            GatewayError::Publish(e) => e.headers(),
-            GatewayError::IdempotencyStore(_) | GatewayError::TooManySubscribers { .. } => {
-                crate::broker::retry_after()
-            }
+            GatewayError::Publish(e)
+            | GatewayError::Request(crate::broker::RequestError::Publish(e)) => e.headers(),
+            GatewayError::Request(crate::broker::RequestError::NoResponder { .. })
+            | GatewayError::IdempotencyStore(_)
+            | GatewayError::TooManySubscribers { .. } => crate::broker::retry_after(),
             _ => &[],
         }
     }
@@ -221,6 +242,16 @@ impl GatewayError {
     /// The gRPC status code a gRPC client gets for it.
     pub fn grpc_code(&self) -> u32 {
         crate::grpc::code_for_gateway_status(self.status())
+    }
+}
+
+impl From<crate::broker::RequestError> for GatewayError {
+    fn from(e: crate::broker::RequestError) -> Self {
+        match e {
+            // One variant for a message that was not sent, by publish or request alike.
+            crate::broker::RequestError::Publish(p) => GatewayError::Publish(p),
+            e => GatewayError::Request(e),
+        }
     }
 }
 

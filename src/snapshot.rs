@@ -15,6 +15,7 @@ use crate::config::{Built, GatewayConfig, PluginEntry, Route};
 use crate::grpc::Transcoder;
 use crate::handler::grpc::GrpcHandler;
 use crate::handler::publish::PublishHandler;
+use crate::handler::request_reply::{KeptReplies, RequestReplyHandler};
 use crate::handler::subscribe::SubscribeHandler;
 use crate::handler::Handler;
 use crate::telemetry::metrics::{create_config_series, RouteMetrics};
@@ -34,6 +35,10 @@ pub struct Snapshot {
     /// The `Idempotency-Key` answers of each publish route that keeps them, by route name:
     /// kept across reloads while the route's settings do not change.
     idempotency: HashMap<Arc<str>, Arc<idempotency::Keys>>,
+    /// The asynchronous replies of each request-reply route that offers them, by route name:
+    /// kept across reloads while the route's settings do not change, so that a reload does not
+    /// lose what clients poll for.
+    replies: HashMap<Arc<str>, Arc<KeptReplies>>,
     /// Runtime objects of each route, same index as `config.routes`.
     routes: Vec<RouteRuntime>,
     /// The global plugins in execution order: the chain of a request no route matched.
@@ -69,6 +74,7 @@ impl Snapshot {
         let Built { config, instances } = built;
         let brokers = Brokers::build(&config.brokers, previous.map(|p| &p.brokers));
         let idempotency = idempotency_stores(&config.routes, previous);
+        let replies = reply_stores(&config.routes, previous);
         create_config_series(
             config.upstreams.iter().map(|u| &*u.name),
             config.routes.iter().map(|r| &*r.name),
@@ -86,7 +92,13 @@ impl Snapshot {
             .map(|(r, route)| RouteRuntime {
                 body_plan: BodyPlan::of_chain(r.plugins.iter().map(|e| &*e.plugin)),
                 plugins: r.plugins.into(),
-                handler: handler(route, r.transcoder.as_ref(), &brokers, &idempotency),
+                handler: handler(
+                    route,
+                    r.transcoder.as_ref(),
+                    &brokers,
+                    &idempotency,
+                    &replies,
+                ),
                 transcoder: r.transcoder,
                 metrics: RouteMetrics::default(),
             })
@@ -98,6 +110,7 @@ impl Snapshot {
             clusters,
             brokers,
             idempotency,
+            replies,
             routes,
             global_plugins: instances.global_plugins.into(),
             stop,
@@ -252,13 +265,47 @@ fn idempotency_stores(
         .collect()
 }
 
-/// What serves a route: its publish or subscribe table's broker, its transcoder, or the proxy.
+/// The asynchronous replies of each request-reply route that offers them; a route whose
+/// settings did not change keeps `previous`'s.
+fn reply_stores(
+    routes: &[Route],
+    previous: Option<&Snapshot>,
+) -> HashMap<Arc<str>, Arc<KeptReplies>> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let config = r.request_reply.as_ref()?.respond_async.as_ref()?;
+            let kept = previous
+                .and_then(|p| p.replies.get(&r.name))
+                .filter(|s| s.config() == config)
+                .cloned();
+            Some((
+                r.name.clone(),
+                kept.unwrap_or_else(|| Arc::new(KeptReplies::new(*config))),
+            ))
+        })
+        .collect()
+}
+
+/// What serves a route: its publish, subscribe or request-reply table's broker, its
+/// transcoder, or the proxy.
 fn handler(
     route: &Route,
     transcoder: Option<&Arc<Transcoder>>,
     brokers: &Brokers,
     idempotency: &HashMap<Arc<str>, Arc<idempotency::Keys>>,
+    replies: &HashMap<Arc<str>, Arc<KeptReplies>>,
 ) -> Handler {
+    if let Some(rr) = &route.request_reply {
+        if let Some(broker) = brokers.get(rr.broker) {
+            return Handler::Serve(Arc::new(RequestReplyHandler::new(
+                route.name.clone(),
+                rr.clone(),
+                broker.clone(),
+                replies.get(&route.name).cloned(),
+            )));
+        }
+    }
     if let Some(publish) = &route.publish {
         if let Some(broker) = brokers.get(publish.broker) {
             return Handler::Serve(Arc::new(PublishHandler::new(

@@ -9,54 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use brokers::{unique, Kafka, Nats, RabbitMq};
+use brokers::{metric, unique, wait_broker, Kafka, Nats, RabbitMq, HANG};
 use common::{client, expect_error, Gateway};
-
-/// Bounds waits that only a hang reaches.
-const HANG: Duration = Duration::from_secs(60);
-
-/// Waits until `/brokers` says `name` is in `state` (`up` or `down`).
-async fn wait_broker(gw: &Gateway, name: &str, state: &str) -> serde_json::Value {
-    let url = format!("http://{}/brokers", gw.admin);
-    let deadline = tokio::time::Instant::now() + HANG;
-    loop {
-        let body: serde_json::Value = client()
-            .get(&url)
-            .send()
-            .await
-            .expect("/brokers")
-            .json()
-            .await
-            .expect("/brokers json");
-        let found = body["brokers"]
-            .as_array()
-            .and_then(|bs| bs.iter().find(|b| b["name"] == name).cloned());
-        if let Some(b) = found.filter(|b| b["state"] == state) {
-            return b;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "broker `{name}` never became {state}: {body}\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn metric(gw: &Gateway, line_start: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("http://{}/metrics", gw.admin))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 fn header<'a>(headers: &'a [(String, Option<Vec<u8>>)], name: &str) -> Option<&'a [u8]> {
     headers

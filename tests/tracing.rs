@@ -1064,6 +1064,86 @@ subject = "{subject}"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_queue_carries_the_producer_span_to_the_responder() {
+    use futures_util::StreamExt;
+    let mut rx = grpc_receiver().await;
+    let nats = brokers::Nats::shared().await;
+    let subject = brokers::unique("traced-rpc");
+    // The responder answers with the trace context its request carried.
+    let responder = nats.connect().await;
+    let mut requests = responder
+        .subscribe(subject.clone())
+        .await
+        .expect("subscribe");
+    responder.flush().await.expect("flush");
+    tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            let tp = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("traceparent"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, tp.into()).await;
+            }
+        }
+    });
+    let gw = common::Gateway::start(&format!(
+        r#"
+[tracing]
+enabled = true
+protocol = "grpc"
+endpoint = "{}"
+scheduled_delay = "100ms"
+
+[brokers.nats]
+kind = "nats"
+servers = ["{}"]
+
+[routes.rpc]
+exact = "/rpc"
+[routes.rpc.request_reply]
+broker = "nats"
+subject = "{subject}"
+timeout = "30s"
+"#,
+        rx.endpoint,
+        nats.url()
+    ))
+    .await;
+    let trace_id = "6cf92f3577b34da6a3ce929d0e0e4738";
+    let resp = common::client()
+        .post(gw.url("/rpc"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body("traced")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let seen = resp.text().await.unwrap();
+    let spans = spans_of(&mut rx, trace_id, 2).await;
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Server as i32)
+        .expect("server span");
+    let producer = spans
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Producer as i32)
+        .expect("producer span");
+    assert_eq!(producer.span.name, format!("send {subject}"));
+    assert_eq!(
+        hex(&producer.span.parent_span_id),
+        hex(&server.span.span_id)
+    );
+    assert_eq!(str_attr(&producer.span, "error.type"), None);
+    assert_eq!(
+        seen,
+        format!("00-{trace_id}-{}-01", hex(&producer.span.span_id))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_streamed_to_a_subscriber_gets_a_receive_span_in_the_producers_trace() {
     let mut rx = grpc_receiver().await;
     let nats = brokers::Nats::shared().await;
@@ -1104,7 +1184,7 @@ subject = "{subject}"
     // The opening comment says the subscription is in place.
     let first = sub.chunk().await.unwrap().unwrap_or_default();
     assert!(first.starts_with(b": subscribed"), "{first:?}");
-    let trace_id = "6cf92f3577b34da6a3ce929d0e0e4738";
+    let trace_id = "7df92f3577b34da6a3ce929d0e0e4739";
     let resp = common::client()
         .post(gw.url("/events"))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))

@@ -19,9 +19,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
-use tokio::sync::broadcast;
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
 
+use super::reply::{self, Answer, Reply, RequestError, Waiters};
 use super::subscribe::{self, Consumer, Event, Item};
 use super::{Backoff, Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{AmqpSettings, BrokerConfig, PublishMode};
@@ -51,6 +51,29 @@ pub(super) struct Amqp {
 struct Live {
     connection: Arc<Connection>,
     channel: ArcSwapOption<Channel>,
+    /// The channel requests are sent on, opened at the first request.
+    rpc: ArcSwapOption<RpcChannel>,
+}
+
+/// RabbitMQ's direct reply-to: a reply published to this pseudo-queue goes straight to the
+/// channel that consumes it and sent the request.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// A confirm-mode channel consuming direct reply-to (no-ack, as RabbitMQ requires), shared by
+/// every request of the broker, with the requests waiting on it. Not the publish channel: a
+/// channel error (a missing exchange) closes a channel, and with it every reply still to come
+/// on it; publishes must not share that fate, nor requests the publish channel's.
+struct RpcChannel {
+    channel: Arc<Channel>,
+    waiters: Arc<Waiters>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for RpcChannel {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.waiters.close();
+    }
 }
 
 impl Drop for Live {
@@ -144,19 +167,21 @@ impl Amqp {
         let live = Live {
             connection: Arc::new(connection),
             channel: ArcSwapOption::from(Some(Arc::new(channel))),
+            rpc: ArcSwapOption::empty(),
         };
         Ok((live, events))
     }
 
+    /// The live connection.
+    fn live(&self, broker: &BrokerConfig) -> Result<Arc<Live>, PublishError> {
+        self.live
+            .load_full()
+            .ok_or_else(|| unavailable(broker, "not connected".to_owned()))
+    }
+
     /// The confirm-mode channel, opened again if the broker closed it.
     async fn channel(&self, broker: &BrokerConfig) -> Result<Arc<Channel>, PublishError> {
-        let unavailable = |reason: String| PublishError::Unavailable {
-            broker: broker.name.clone(),
-            reason,
-        };
-        let Some(live) = self.live.load_full() else {
-            return Err(unavailable("not connected".to_owned()));
-        };
+        let live = self.live(broker)?;
         if let Some(ch) = live.channel.load_full().filter(|c| c.status().connected()) {
             return Ok(ch);
         }
@@ -167,7 +192,7 @@ impl Amqp {
         let ch = Arc::new(
             confirm_channel(&live.connection)
                 .await
-                .map_err(|e| unavailable(e.to_string()))?,
+                .map_err(|e| unavailable(broker, e.to_string()))?,
         );
         live.channel.store(Some(ch.clone()));
         Ok(ch)
@@ -179,16 +204,7 @@ impl Amqp {
         message: Message,
         mode: PublishMode,
     ) -> Result<Receipt, PublishError> {
-        let Target::Amqp {
-            exchange,
-            routing_key,
-        } = &message.target
-        else {
-            return Err(PublishError::Rejected {
-                broker: broker.name.clone(),
-                reason: "not an AMQP destination".to_owned(),
-            });
-        };
+        let (exchange, routing_key) = amqp_target(broker, &message)?;
         let props = properties(&message);
         let options = BasicPublishOptions {
             mandatory: true,
@@ -227,28 +243,205 @@ impl Amqp {
         }
         let confirmation = confirm.await.map_err(failed)?;
         super::observe_ack(broker, started);
-        match confirmation {
-            Confirmation::Ack(None) => Ok(Receipt::Amqp {
-                exchange: exchange.clone(),
-                routing_key: routing_key.clone(),
-            }),
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
-                Err(PublishError::Unroutable {
-                    broker: broker.name.clone(),
-                    exchange: exchange.clone(),
-                    routing_key: routing_key.clone(),
-                })
-            }
-            Confirmation::Nack(None) => Err(PublishError::Rejected {
-                broker: broker.name.clone(),
-                reason: "the broker did not take the message (nack)".to_owned(),
-            }),
-            Confirmation::NotRequested => Err(PublishError::Rejected {
-                broker: broker.name.clone(),
-                reason: "the channel is not in confirm mode".to_owned(),
-            }),
-        }
+        confirmed(broker, exchange, routing_key, confirmation)
     }
+
+    /// The channel requests go on, opened (consuming direct reply-to) if there is none or the
+    /// broker closed it.
+    async fn rpc_channel(&self, broker: &BrokerConfig) -> Result<Arc<RpcChannel>, PublishError> {
+        let live = self.live(broker)?;
+        let usable =
+            |rpc: &Arc<RpcChannel>| rpc.channel.status().connected() && !rpc.task.is_finished();
+        if let Some(rpc) = live.rpc.load_full().filter(usable) {
+            return Ok(rpc);
+        }
+        let _one = self.reopen.lock().await;
+        if let Some(rpc) = live.rpc.load_full().filter(usable) {
+            return Ok(rpc);
+        }
+        let channel = confirm_channel(&live.connection)
+            .await
+            .map_err(|e| unavailable(broker, e.to_string()))?;
+        // Consuming before the first request is published: RabbitMQ refuses a request with
+        // direct reply-to from a channel that does not consume it.
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(DIRECT_REPLY_TO),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(broker, e.to_string()))?;
+        let waiters = Waiters::new();
+        let (tokens, name) = (waiters.clone(), broker.name.clone());
+        let task = tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let Some(id) = delivery.properties.correlation_id().clone() else {
+                    reply::unmatched(&name);
+                    continue;
+                };
+                let reply = Reply {
+                    headers: reply_headers(&delivery.properties),
+                    payload: Bytes::from(delivery.data),
+                };
+                if !tokens.answer(id.as_str(), Answer::Reply(reply)) {
+                    reply::unmatched(&name);
+                }
+            }
+            // The channel closed: no reply comes to its requests any more.
+            tokens.close();
+        });
+        let rpc = Arc::new(RpcChannel {
+            channel: Arc::new(channel),
+            waiters,
+            task: task.abort_handle(),
+        });
+        live.rpc.store(Some(rpc.clone()));
+        Ok(rpc)
+    }
+
+    /// Publishes a request (mandatory, confirmed, `reply_to` direct reply-to, `correlation_id`
+    /// its own) and waits until `deadline` for the reply.
+    pub(super) async fn request(
+        &self,
+        broker: &BrokerConfig,
+        message: Message,
+        deadline: tokio::time::Instant,
+        timeout: std::time::Duration,
+    ) -> Result<Reply, RequestError> {
+        let (exchange, routing_key) = amqp_target(broker, &message)?;
+        let props = properties(&message).with_reply_to(ShortString::from(DIRECT_REPLY_TO));
+        let failed = |e: lapin::Error| error(broker, exchange, &e, message.target_from_request);
+        let publish = |rpc: Arc<RpcChannel>| {
+            let waiting = rpc.waiters.register(reply::correlation_id());
+            let props = props
+                .clone()
+                .with_correlation_id(ShortString::from(waiting.id()));
+            let payload = &message.payload;
+            async move {
+                let confirm = rpc
+                    .channel
+                    .basic_publish(
+                        ShortString::from(exchange.as_str()),
+                        ShortString::from(routing_key.as_str()),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        payload,
+                        props,
+                    )
+                    .await;
+                (waiting, confirm)
+            }
+        };
+        let (waiting, confirm) = match publish(self.rpc_channel(broker).await?).await {
+            // Another request's error closed the channel under this one: once more on a new
+            // channel (nothing was sent on the closed one).
+            (_, Err(e)) if matches!(e.kind(), ErrorKind::InvalidChannelState(..)) => {
+                publish(self.rpc_channel(broker).await?).await
+            }
+            other => other,
+        };
+        let confirm = confirm.map_err(failed)?;
+        let send = async {
+            let confirmation = confirm.await.map_err(failed)?;
+            confirmed(broker, exchange, routing_key, confirmation).map(|_| ())
+        };
+        reply::exchange(broker, waiting, send, deadline, timeout, routing_key).await
+    }
+}
+
+/// The exchange and routing key of an AMQP message.
+fn amqp_target<'m>(
+    broker: &BrokerConfig,
+    message: &'m Message,
+) -> Result<(&'m String, &'m String), PublishError> {
+    match &message.target {
+        Target::Amqp {
+            exchange,
+            routing_key,
+        } => Ok((exchange, routing_key)),
+        _ => Err(PublishError::Rejected {
+            broker: broker.name.clone(),
+            reason: "not an AMQP destination".to_owned(),
+        }),
+    }
+}
+
+fn unavailable(broker: &BrokerConfig, reason: String) -> PublishError {
+    PublishError::Unavailable {
+        broker: broker.name.clone(),
+        reason,
+    }
+}
+
+/// What the broker's confirmation of a mandatory message means.
+fn confirmed(
+    broker: &BrokerConfig,
+    exchange: &str,
+    routing_key: &str,
+    confirmation: Confirmation,
+) -> Result<Receipt, PublishError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(Receipt::Amqp {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(PublishError::Unroutable {
+            broker: broker.name.clone(),
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        Confirmation::Nack(None) => Err(PublishError::Rejected {
+            broker: broker.name.clone(),
+            reason: "the broker did not take the message (nack)".to_owned(),
+        }),
+        Confirmation::NotRequested => Err(PublishError::Rejected {
+            broker: broker.name.clone(),
+            reason: "the channel is not in confirm mode".to_owned(),
+        }),
+    }
+}
+
+/// A reply's headers: its content type and encoding properties, then its header table, each
+/// value as text (numbers and booleans written out; nested tables and arrays left out).
+fn reply_headers(props: &BasicProperties) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Some(t) = props.content_type() {
+        out.push(("content-type".to_owned(), t.as_str().as_bytes().to_vec()));
+    }
+    if let Some(e) = props.content_encoding() {
+        out.push((
+            "content-encoding".to_owned(),
+            e.as_str().as_bytes().to_vec(),
+        ));
+    }
+    for (name, value) in props.headers().iter().flat_map(|t| t.inner()) {
+        let text = match value {
+            AMQPValue::LongString(v) => v.as_bytes().to_vec(),
+            AMQPValue::ShortString(v) => v.as_str().as_bytes().to_vec(),
+            AMQPValue::ByteArray(v) => v.as_slice().to_vec(),
+            AMQPValue::Boolean(v) => v.to_string().into_bytes(),
+            AMQPValue::ShortShortInt(v) => v.to_string().into_bytes(),
+            AMQPValue::ShortShortUInt(v) => v.to_string().into_bytes(),
+            AMQPValue::ShortInt(v) => v.to_string().into_bytes(),
+            AMQPValue::ShortUInt(v) => v.to_string().into_bytes(),
+            AMQPValue::LongInt(v) => v.to_string().into_bytes(),
+            AMQPValue::LongUInt(v) => v.to_string().into_bytes(),
+            AMQPValue::LongLongInt(v) => v.to_string().into_bytes(),
+            AMQPValue::Timestamp(v) => v.to_string().into_bytes(),
+            AMQPValue::Float(v) => v.to_string().into_bytes(),
+            AMQPValue::Double(v) => v.to_string().into_bytes(),
+            _ => continue,
+        };
+        out.push((name.as_str().to_owned(), text));
+    }
+    out
 }
 
 async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
@@ -313,13 +506,8 @@ impl Amqp {
     /// A channel of the subscriber's own: an error on it (a missing exchange or queue closes
     /// the channel) touches no other subscriber, and closing it ends its consumer.
     async fn subscriber_channel(&self, broker: &BrokerConfig) -> Result<Channel, PublishError> {
-        let Some(live) = self.live.load_full() else {
-            return Err(PublishError::Unavailable {
-                broker: broker.name.clone(),
-                reason: "not connected".to_owned(),
-            });
-        };
-        live.connection
+        self.live(broker)?
+            .connection
             .create_channel()
             .await
             .map_err(|e| error(broker, "", &e, false))

@@ -3,6 +3,7 @@
 //! writes it twice. librdkafka keeps its own connections (and reconnects); the keeper asks for
 //! the cluster's metadata to tell `/brokers` whether the cluster answers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,13 +12,13 @@ use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message as _;
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::broadcast;
 
+use super::reply::{self, Answer, Reply, RequestError, Waiters};
 use super::subscribe::{self, Consumer, Event, Item};
 use super::{Backoff, Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{BrokerConfig, KafkaSettings, PublishMode};
@@ -32,8 +33,10 @@ pub(super) struct Kafka {
     /// fences the producer instead), and a fresh producer is correct on every broker.
     producer: ArcSwap<FutureProducer>,
     config: ClientConfig,
-    /// What subscribers' consumers are made with: the connection settings, no producer's.
+    /// The reply consumers' settings: the connection's, without the producer's.
     consumer_config: ClientConfig,
+    /// One consumer per reply topic, made at its first request and kept with the broker.
+    replies: tokio::sync::Mutex<HashMap<String, Arc<ReplyConsumer>>>,
     /// Wakes the keeper to check the cluster now: librdkafka reports a dead broker only
     /// through messages that time out.
     check_now: tokio::sync::Notify,
@@ -42,8 +45,8 @@ pub(super) struct Kafka {
 impl Kafka {
     /// The producer; librdkafka connects in the background from here on.
     pub(super) fn new(broker: &BrokerConfig, k: &KafkaSettings) -> Result<Self, KafkaError> {
-        let base = base_config(broker, k);
-        let mut c = base.clone();
+        let connection = connection_config(broker, k);
+        let mut c = connection.clone();
         c.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", k.linger.as_millis().to_string())
@@ -58,12 +61,31 @@ impl Kafka {
                     .as_millis()
                     .max(1)
                     .to_string(),
+            )
+            // A missing topic is an error within a second, not after librdkafka's 30 s wait
+            // for it to appear (the gateway creates no topics).
+            .set(
+                "topic.metadata.propagation.max.ms",
+                broker
+                    .publish_timeout
+                    .as_millis()
+                    .clamp(1, 1000)
+                    .to_string(),
             );
+        let mut consumer_config = connection;
+        // Partitions are assigned, not subscribed: the group id is required by the client but
+        // no group is joined, and no offset is committed (replies are read from the end).
+        consumer_config
+            .set("group.id", format!("{}-replies", k.client_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
         let producer = c.create()?;
         Ok(Self {
             producer: ArcSwap::from_pointee(producer),
             config: c,
-            consumer_config: base,
+            consumer_config,
+            replies: tokio::sync::Mutex::new(HashMap::new()),
             check_now: tokio::sync::Notify::new(),
         })
     }
@@ -80,10 +102,6 @@ impl Kafka {
     ) -> Result<Consumer, PublishError> {
         let mut config = self.consumer_config.clone();
         config
-            // librdkafka wants a group even for a consumer that never joins it.
-            .set("group.id", format!("tollgate-{}", broker.name))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
             // What librdkafka prefetches per consumer: the gateway's own ring bounds a
             // subscriber, this bounds the consumer behind it.
             .set("queued.max.messages.kbytes", "1024")
@@ -268,52 +286,6 @@ impl Kafka {
     }
 }
 
-/// Errors after which the idempotent producer's sequence state is unusable.
-fn needs_new_producer(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageTimedOut
-                | RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::UnknownProducerId
-                | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                | RDKafkaErrorCode::Fatal
-        )
-    )
-}
-
-/// What a Kafka error means for the client.
-fn error(broker: &BrokerConfig, topic: &str, e: &KafkaError, from_request: bool) -> PublishError {
-    let name: Arc<str> = broker.name.clone();
-    match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
-            PublishError::NoDestination {
-                broker: name,
-                what: "topic",
-                name: topic.to_owned(),
-                from_request,
-            }
-        }
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
-            PublishError::TooLarge(format!("the message is larger than broker `{name}` takes"))
-        }
-        Some(
-            RDKafkaErrorCode::MessageTimedOut
-            | RDKafkaErrorCode::AllBrokersDown
-            | RDKafkaErrorCode::BrokerTransportFailure
-            | RDKafkaErrorCode::QueueFull,
-        ) => PublishError::Unavailable {
-            broker: name,
-            reason: e.to_string(),
-        },
-        _ => PublishError::Rejected {
-            broker: name,
-            reason: e.to_string(),
-        },
-    }
-}
-
 /// A positioned consumer of one topic.
 pub(super) struct Consuming {
     consumer: Arc<StreamConsumer>,
@@ -405,24 +377,14 @@ pub fn parse_event_id(id: &str) -> Option<Vec<(i32, i64)>> {
     Some(out)
 }
 
-/// What every client of the broker is made with: addresses, timeouts, TLS and credentials.
-fn base_config(broker: &BrokerConfig, k: &KafkaSettings) -> ClientConfig {
+/// What producer and consumers share: the cluster, the client id, TLS and SASL, timeouts.
+fn connection_config(broker: &BrokerConfig, k: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", k.bootstrap.join(","))
         .set("client.id", &k.client_id)
         .set(
             "socket.connection.setup.timeout.ms",
             broker.connect_timeout.as_millis().max(1000).to_string(),
-        )
-        // A missing topic is an error within a second, not after librdkafka's 30 s wait
-        // for it to appear (the gateway creates no topics).
-        .set(
-            "topic.metadata.propagation.max.ms",
-            broker
-                .publish_timeout
-                .as_millis()
-                .clamp(1, 1000)
-                .to_string(),
         )
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
@@ -450,4 +412,227 @@ fn base_config(broker: &BrokerConfig, k: &KafkaSettings) -> ClientConfig {
             .set("sasl.password", sasl.password.expose());
     }
     c
+}
+
+/// The header a Kafka request carries its correlation id in, and its reply must carry back.
+pub(super) const CORRELATION_ID: &str = "correlation-id";
+/// The header a Kafka request names its reply topic in.
+pub(super) const REPLY_TO: &str = "reply-to";
+
+/// A reply topic's consumer: every partition assigned (no consumer group), read from where
+/// each partition ended when it was made, each reply handed to the request waiting for it.
+struct ReplyConsumer {
+    waiters: Arc<Waiters>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for ReplyConsumer {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.waiters.close();
+    }
+}
+
+impl Kafka {
+    /// The consumer of `topic`, made at its first request: positioned at the end of every
+    /// partition before the request is sent, so that its reply cannot come before the
+    /// consumer's start.
+    async fn reply_consumer(
+        &self,
+        broker: &BrokerConfig,
+        topic: &str,
+    ) -> Result<Arc<ReplyConsumer>, PublishError> {
+        let mut replies = self.replies.lock().await;
+        if let Some(c) = replies.get(topic) {
+            return Ok(c.clone());
+        }
+        let name = broker.name.clone();
+        let consumer: StreamConsumer =
+            self.consumer_config
+                .create()
+                .map_err(|e| PublishError::Rejected {
+                    broker: name.clone(),
+                    reason: format!("the reply consumer: {e}"),
+                })?;
+        let consumer = Arc::new(consumer);
+        let (c, t, wait) = (consumer.clone(), topic.to_owned(), broker.connect_timeout);
+        // Metadata and watermarks are blocking calls of librdkafka.
+        let assigned = tokio::task::spawn_blocking(move || assign_at_end(&c, &t, wait))
+            .await
+            .map_err(|e| PublishError::Unavailable {
+                broker: name.clone(),
+                reason: e.to_string(),
+            })?;
+        match assigned {
+            Ok(()) => {}
+            Err(Assign::NoTopic) => {
+                return Err(PublishError::NoDestination {
+                    broker: name,
+                    what: "reply topic",
+                    name: topic.to_owned(),
+                    from_request: false,
+                })
+            }
+            Err(Assign::Kafka(e)) => {
+                return Err(PublishError::Unavailable {
+                    broker: name,
+                    reason: format!("reply topic `{topic}`: {e}"),
+                })
+            }
+        }
+        let waiters = Waiters::new();
+        let tokens = waiters.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => {
+                        let mut id = None;
+                        let mut headers = Vec::new();
+                        for h in m.headers().iter().flat_map(|hs| hs.iter()) {
+                            let value = h.value.unwrap_or_default();
+                            if h.key == CORRELATION_ID {
+                                id = std::str::from_utf8(value).ok().map(str::to_owned);
+                            }
+                            headers.push((h.key.to_owned(), value.to_vec()));
+                        }
+                        let reply = Reply {
+                            headers,
+                            payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                        };
+                        let answered =
+                            id.is_some_and(|id| tokens.answer(&id, Answer::Reply(reply)));
+                        if !answered {
+                            reply::unmatched(&name);
+                        }
+                    }
+                    // librdkafka reconnects by itself; its errors here are reports.
+                    Err(e) => {
+                        tracing::debug!(broker = %name, error = %e, "Kafka reply consumer");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        let c = Arc::new(ReplyConsumer {
+            waiters,
+            task: task.abort_handle(),
+        });
+        replies.insert(topic.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Produces a request with its correlation id and reply topic in headers, acknowledged as
+    /// a publish is, and waits until `deadline` for the reply on `reply_topic`.
+    pub(super) async fn request(
+        &self,
+        broker: &BrokerConfig,
+        mut message: Message,
+        reply_topic: &str,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        let consumer = self.reply_consumer(broker, reply_topic).await?;
+        let waiting = consumer.waiters.register(reply::correlation_id());
+        message
+            .headers
+            .retain(|(n, _)| n.as_str() != CORRELATION_ID && n.as_str() != REPLY_TO);
+        for (name, value) in [(CORRELATION_ID, waiting.id()), (REPLY_TO, reply_topic)] {
+            let value = http::HeaderValue::from_str(value).map_err(|e| PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: e.to_string(),
+            })?;
+            message
+                .headers
+                .push((http::HeaderName::from_static(name), value));
+        }
+        let topic = match &message.target {
+            Target::Kafka { topic, .. } => topic.clone(),
+            _ => String::new(),
+        };
+        let send = async {
+            self.publish(broker, message, PublishMode::Confirmed)
+                .await
+                .map(|_| ())
+        };
+        reply::exchange(broker, waiting, send, deadline, timeout, &topic).await
+    }
+}
+
+/// Why a reply consumer was not assigned its partitions.
+enum Assign {
+    NoTopic,
+    Kafka(KafkaError),
+}
+
+/// Assigns every partition of `topic` to `consumer` at its high watermark (the offset the
+/// next record gets).
+fn assign_at_end(consumer: &StreamConsumer, topic: &str, wait: Duration) -> Result<(), Assign> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Timeout::After(wait))
+        .map_err(Assign::Kafka)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Assign::NoTopic);
+    }
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Timeout::After(wait))
+            .map_err(Assign::Kafka)?;
+        assignment
+            .add_partition_offset(topic, p, Offset::Offset(high))
+            .map_err(Assign::Kafka)?;
+    }
+    consumer.assign(&assignment).map_err(Assign::Kafka)
+}
+
+/// Errors after which the idempotent producer's sequence state is unusable.
+fn needs_new_producer(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+/// What a Kafka error means for the client.
+fn error(broker: &BrokerConfig, topic: &str, e: &KafkaError, from_request: bool) -> PublishError {
+    let name: Arc<str> = broker.name.clone();
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            PublishError::NoDestination {
+                broker: name,
+                what: "topic",
+                name: topic.to_owned(),
+                from_request,
+            }
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            PublishError::TooLarge(format!("the message is larger than broker `{name}` takes"))
+        }
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::QueueFull,
+        ) => PublishError::Unavailable {
+            broker: name,
+            reason: e.to_string(),
+        },
+        _ => PublishError::Rejected {
+            broker: name,
+            reason: e.to_string(),
+        },
+    }
 }

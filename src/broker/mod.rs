@@ -13,6 +13,7 @@ mod error;
 pub mod idempotency;
 mod kafka;
 mod nats;
+mod reply;
 pub mod subscribe;
 pub mod template;
 
@@ -27,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 pub use error::{retry_after, PublishError};
+pub use reply::{Reply, RequestError};
 
 use crate::config::{BrokerConfig, BrokerKind, PublishMode};
 
@@ -309,6 +311,19 @@ impl Broker {
         Some(SubscriberSlot(count))
     }
 
+    /// A place among the messages in flight, once the broker is up (one still making its first
+    /// connection gets its connect timeout): publishes and requests alike.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PublishError> {
+        self.usable().await?;
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PublishError::Busy {
+                broker: self.config.name.clone(),
+                limit: self.config.max_in_flight,
+            })
+    }
+
     /// Publishes a message and, in `Confirmed` mode, waits for the broker's acknowledgement.
     pub async fn publish(
         &self,
@@ -316,13 +331,7 @@ impl Broker {
         mode: PublishMode,
     ) -> Result<Receipt, PublishError> {
         let name = &self.config.name;
-        self.usable().await?;
-        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
-            return Err(PublishError::Busy {
-                broker: name.clone(),
-                limit: self.config.max_in_flight,
-            });
-        };
+        let _permit = self.admit().await?;
         let publish = async {
             match &*self.client {
                 Client::Kafka(k) => k.publish(&self.config, message, mode).await,
@@ -362,6 +371,100 @@ impl Drop for SubscriberSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+impl Broker {
+    /// Sends a request and waits up to `timeout` (from now) for its correlated reply: the
+    /// request holds its place among the messages in flight until then. `reply_topic` is where
+    /// a Kafka responder answers (the other kinds answer to the gateway's own address).
+    pub async fn request(
+        &self,
+        message: Message,
+        reply_topic: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let admitted = self.admit_request().await?;
+        self.request_admitted(admitted, message, reply_topic, deadline, timeout)
+            .await
+    }
+
+    /// A request's place among the messages in flight (see [`Broker::request`]), taken before
+    /// the request is sent: an asynchronous request is refused at once when the broker is down
+    /// or busy.
+    pub async fn admit_request(&self) -> Result<Admitted, PublishError> {
+        let permit = self.admit().await?;
+        Ok(Admitted { _permit: permit })
+    }
+
+    /// [`Broker::request`] with its place taken already; the reply is waited for until
+    /// `deadline` (`timeout` after the request came).
+    pub async fn request_admitted(
+        &self,
+        admitted: Admitted,
+        message: Message,
+        reply_topic: Option<&str>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        let _permit = admitted;
+        let started = std::time::Instant::now();
+        let config = &self.config;
+        let exchange = async {
+            match (&*self.client, reply_topic) {
+                (Client::Kafka(k), Some(topic)) => {
+                    k.request(config, message, topic, deadline, timeout).await
+                }
+                (Client::Amqp(a), _) => a.request(config, message, deadline, timeout).await,
+                (Client::Nats(n), _) => n.request(config, message, deadline, timeout).await,
+                (Client::Kafka(_), None) => Err(PublishError::Rejected {
+                    broker: config.name.clone(),
+                    reason: "a Kafka request needs a reply topic".to_owned(),
+                }
+                .into()),
+                (Client::Unusable(error), _) => Err(PublishError::Unavailable {
+                    broker: config.name.clone(),
+                    reason: error.clone(),
+                }
+                .into()),
+            }
+        };
+        // Each step has its own bound; this one makes sure that none is missed.
+        let result = tokio::time::timeout_at(deadline + config.publish_timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestError::Timeout {
+                    broker: config.name.clone(),
+                    after: timeout,
+                })
+            });
+        match &result {
+            Ok(_) => {
+                if let Some(m) = crate::telemetry::metrics::metrics() {
+                    m.brokers
+                        .reply_duration
+                        .with_label_values(&[&*config.name])
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            Err(RequestError::Publish(
+                PublishError::NoAck { .. } | PublishError::Unavailable { .. },
+            )) => {
+                if let Client::Kafka(k) = &*self.client {
+                    k.suspect();
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// A request's place among a broker's messages in flight, held until its reply came or it
+/// gave up.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The brokers of a snapshot, by index as `GatewayConfig::brokers` has them.

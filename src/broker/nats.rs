@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
+use super::reply::{self, Answer, Reply, RequestError, Waiters};
 use super::subscribe::{self, Consumer, Item};
 use super::{Message, PublishError, Receipt, State, StateCell, Target};
 use crate::config::{BrokerConfig, NatsSettings, PublishMode};
@@ -44,6 +45,25 @@ pub(super) struct Nats {
 struct Live {
     client: Client,
     jetstream: async_nats::jetstream::Context,
+    /// Where replies to this gateway's requests come, subscribed at the first request (and
+    /// again if its subscription ended).
+    inbox: tokio::sync::Mutex<Option<Arc<Inbox>>>,
+}
+
+/// One wildcard subscription (`_INBOX.<unique>.*`) for the replies of every request, each
+/// request's reply subject one token under it. (The client library's own request call keeps a
+/// request's entry until its reply comes, so every request that timed out would stay in its
+/// map: these entries go when the request stops waiting.)
+struct Inbox {
+    prefix: String,
+    waiters: Arc<Waiters>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Nats {
@@ -76,6 +96,7 @@ impl Nats {
                 self.live.store(Some(Arc::new(Live {
                     client: client.clone(),
                     jetstream,
+                    inbox: tokio::sync::Mutex::new(None),
                 })));
                 // The client keeps trying without a word while no server answers: past the
                 // connect timeout the broker is down, and publishes are refused at once.
@@ -122,13 +143,7 @@ impl Nats {
         let Some(live) = self.live.load_full() else {
             return Err(unavailable("not connected".to_owned()));
         };
-        let mut headers = HeaderMap::new();
-        for (name, value) in &message.headers {
-            // NATS headers are text; a value that is not is left out rather than mangled.
-            if let Ok(v) = value.to_str() {
-                headers.append(nats_name(name.as_str()).as_str(), v);
-            }
-        }
+        let mut headers = headers(&message);
         if let Some(id) = &message.dedup_id {
             // JetStream drops a message whose id it saw within the stream's duplicate window:
             // a retry of a publish whose acknowledgement was lost is not stored twice.
@@ -180,6 +195,133 @@ impl Nats {
             stream: Some(ack.stream),
             sequence: Some(ack.sequence),
             duplicate: ack.duplicate,
+        })
+    }
+}
+
+/// The message's headers as NATS headers.
+fn headers(message: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &message.headers {
+        // NATS headers are text; a value that is not is left out rather than mangled.
+        if let Ok(v) = value.to_str() {
+            headers.append(nats_name(name.as_str()).as_str(), v);
+        }
+    }
+    headers
+}
+
+impl Nats {
+    /// Sends a core NATS request (a message with a reply subject under the gateway's inbox) and
+    /// waits until `deadline` for its reply. A subject nobody subscribes to is answered at once
+    /// by the server ("no responders").
+    pub(super) async fn request(
+        &self,
+        broker: &BrokerConfig,
+        message: Message,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        let Target::Nats { subject } = &message.target else {
+            return Err(PublishError::Rejected {
+                broker: broker.name.clone(),
+                reason: "not a NATS destination".to_owned(),
+            }
+            .into());
+        };
+        let unavailable = |reason: String| PublishError::Unavailable {
+            broker: broker.name.clone(),
+            reason,
+        };
+        let Some(live) = self.live.load_full() else {
+            return Err(unavailable("not connected".to_owned()).into());
+        };
+        let inbox = {
+            let mut kept = live.inbox.lock().await;
+            match kept.as_ref().filter(|i| !i.task.is_finished()) {
+                Some(inbox) => inbox.clone(),
+                None => {
+                    let inbox = Arc::new(
+                        Inbox::subscribe(&live.client, broker)
+                            .await
+                            .map_err(unavailable)?,
+                    );
+                    *kept = Some(inbox.clone());
+                    inbox
+                }
+            }
+        };
+        let waiting = inbox.waiters.register(reply::correlation_id());
+        let reply_to = format!("{}.{}", inbox.prefix, waiting.id());
+        let headers = headers(&message);
+        let send = async {
+            live.client
+                .publish_with_reply_and_headers(
+                    subject.clone(),
+                    reply_to,
+                    headers,
+                    message.payload.clone(),
+                )
+                .await
+                .map_err(|e| match e.kind() {
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                        PublishError::TooLarge(format!(
+                            "the message is larger than broker `{}` takes (its max_payload)",
+                            broker.name
+                        ))
+                    }
+                    _ => unavailable(e.to_string()),
+                })
+        };
+        reply::exchange(broker, waiting, send, deadline, timeout, subject).await
+    }
+}
+
+impl Inbox {
+    /// Subscribes to the gateway's reply subjects and hands every reply to its request. The
+    /// client subscribes again by itself after a reconnection.
+    async fn subscribe(client: &Client, broker: &BrokerConfig) -> Result<Inbox, String> {
+        let prefix = client.new_inbox();
+        let mut subscriber = client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let waiters = Waiters::new();
+        let (tokens, name) = (waiters.clone(), broker.name.clone());
+        let start = prefix.len() + 1;
+        let task = tokio::spawn(async move {
+            while let Some(m) = subscriber.next().await {
+                let Some(id) = m.subject.get(start..) else {
+                    continue;
+                };
+                let answer = if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    Answer::NoResponders
+                } else {
+                    let headers = m
+                        .headers
+                        .iter()
+                        .flat_map(|h| h.iter())
+                        .flat_map(|(name, values)| {
+                            values
+                                .iter()
+                                .map(move |v| (name.to_string(), v.as_str().as_bytes().to_vec()))
+                        })
+                        .collect();
+                    Answer::Reply(Reply {
+                        headers,
+                        payload: m.payload,
+                    })
+                };
+                if !tokens.answer(id, answer) {
+                    reply::unmatched(&name);
+                }
+            }
+            tokens.close();
+        });
+        Ok(Inbox {
+            prefix,
+            waiters,
+            task: task.abort_handle(),
         })
     }
 }

@@ -392,6 +392,7 @@ pub struct RouteSection {
     pub grpc: Option<Spanned<crate::grpc::GrpcSection>>,
     pub publish: Option<Spanned<PublishSection>>,
     pub subscribe: Option<Spanned<SubscribeSection>>,
+    pub request_reply: Option<Spanned<RequestReplySection>>,
     /// Route plugins. Only its presence is checked here; the registry reads the table again with
     /// spans so plugin errors point into it (and shows it).
     #[allow(dead_code)]
@@ -547,6 +548,64 @@ pub struct SubscribeFilter {
     pub key: Option<Spanned<String>>,
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
+}
+
+/// The destination keys of a publish or request-reply table, borrowed: both are read by the
+/// same validation.
+pub struct DestinationKeys<'a> {
+    pub topic: &'a Option<Spanned<String>>,
+    pub key: &'a Option<Spanned<String>>,
+    pub exchange: &'a Option<Spanned<String>>,
+    pub routing_key: &'a Option<Spanned<String>>,
+    pub subject: &'a Option<Spanned<String>>,
+}
+
+impl PublishSection {
+    pub fn destination_keys(&self) -> DestinationKeys<'_> {
+        DestinationKeys {
+            topic: &self.topic,
+            key: &self.key,
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            subject: &self.subject,
+        }
+    }
+}
+
+/// `[routes.NAME.request_reply]`: the destination keys of `publish`, the Kafka reply topic, and
+/// how long and how a reply is waited for.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestReplySection {
+    pub broker: Spanned<String>,
+    // Kafka
+    pub topic: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub reply_topic: Option<Spanned<String>>,
+    // AMQP
+    pub exchange: Option<Spanned<String>>,
+    pub routing_key: Option<Spanned<String>>,
+    // NATS
+    pub subject: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<ByteSize>>,
+    pub timeout: Option<Spanned<Duration>>,
+    pub respond_async: Option<Spanned<bool>>,
+    pub async_ttl: Option<Spanned<Duration>>,
+    pub async_max_replies: Option<Spanned<u64>>,
+}
+
+impl RequestReplySection {
+    pub fn destination_keys(&self) -> DestinationKeys<'_> {
+        DestinationKeys {
+            topic: &self.topic,
+            key: &self.key,
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            subject: &self.subject,
+        }
+    }
 }
 
 /// `mode = "..."` of a publish route.

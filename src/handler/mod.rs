@@ -5,7 +5,9 @@
 //!   ways; the shell's upstream phases (src/proxy/upstream.rs) pick targets and retry through
 //!   [`crate::upstream::Attempt`].
 //! - [`Handler::Serve`]: the gateway answers itself through a [`ServeHandler`] — today gRPC
-//!   transcoding (src/handler/grpc.rs); a new kind of route adds its own module here.
+//!   transcoding (src/handler/grpc.rs), publishing (src/handler/publish.rs) and request-reply
+//!   (src/handler/request_reply.rs) over a broker; a new kind of route adds its own module
+//!   here.
 //!
 //! The contract of a `ServeHandler`, in the order the pipeline calls it:
 //! 1. [`ServeHandler::takes`] — after routing and the plugins' request phase: whether this
@@ -22,7 +24,9 @@
 //!    shape. A body that fails mid-stream cuts the client's response off.
 
 pub mod grpc;
+mod message;
 pub mod publish;
+pub mod request_reply;
 pub mod subscribe;
 
 use std::sync::Arc;

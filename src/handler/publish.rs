@@ -7,18 +7,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use http::{HeaderName, HeaderValue, Response};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{HandlerRequest, ServeHandler};
+use super::{message, HandlerRequest, ServeHandler};
 use crate::broker::idempotency::{self, Answer, Claim, Pending};
-use crate::broker::template::{self, from_request, render, TemplateError};
-use crate::broker::{Broker, Message, PublishError, Receipt, Target};
-use crate::config::{Destination, PublishConfig, PublishMode};
+use crate::broker::{Broker, Message, PublishError, Receipt};
+use crate::config::{PublishConfig, PublishMode};
 use crate::error::GatewayError;
 use crate::grpc::ResponseBody;
-use crate::telemetry::trace::MessagingSpan;
 
 /// Serves a publish route.
 pub struct PublishHandler {
@@ -39,14 +37,7 @@ impl PublishHandler {
         broker: Arc<Broker>,
         idempotency: Option<Arc<idempotency::Keys>>,
     ) -> Self {
-        let destination_from_request = match &config.destination {
-            Destination::Kafka { topic, .. } => from_request(topic),
-            Destination::Amqp {
-                exchange,
-                routing_key,
-            } => from_request(exchange) || from_request(routing_key),
-            Destination::Nats { subject } => from_request(subject),
-        };
+        let destination_from_request = message::from_request(&config.destination);
         Self {
             route,
             config,
@@ -110,54 +101,6 @@ impl PublishHandler {
         }
     }
 
-    /// Where the message goes, its templates filled from the request.
-    fn target(&self, req: &HandlerRequest<'_>) -> Result<Target, GatewayError> {
-        let fill = |t, check| render(t, req.ctx, &req.head.headers, check);
-        Ok(match &self.config.destination {
-            Destination::Kafka { topic, key } => Target::Kafka {
-                topic: kafka_topic_name(fill(topic, template::kafka_topic)?, topic)?,
-                key: key
-                    .as_ref()
-                    .map(|k| fill(k, template::any_value))
-                    .transpose()?,
-            },
-            Destination::Amqp {
-                exchange,
-                routing_key,
-            } => Target::Amqp {
-                exchange: short_string(fill(exchange, template::amqp_name)?, exchange)?,
-                routing_key: short_string(fill(routing_key, template::amqp_key)?, routing_key)?,
-            },
-            Destination::Nats { subject } => Target::Nats {
-                subject: fill(subject, template::nats_token)?,
-            },
-        })
-    }
-
-    /// The message's headers: the content type, the request id, the trace context and the
-    /// headers the route names.
-    fn headers(
-        &self,
-        req: &HandlerRequest<'_>,
-        span: Option<&MessagingSpan>,
-    ) -> Vec<(HeaderName, HeaderValue)> {
-        let headers = &req.head.headers;
-        let mut out = Vec::with_capacity(self.config.headers.len() + 4);
-        if let Some(v) = headers.get(CONTENT_TYPE) {
-            out.push((CONTENT_TYPE, v.clone()));
-        }
-        if let Ok(v) = HeaderValue::from_str(&req.ctx.request_id) {
-            out.push((X_REQUEST_ID, v));
-        }
-        match span {
-            Some(span) => out.extend(span.context_headers()),
-            // Not traced here: the client's context goes on as it came.
-            None => copy(headers, &[TRACEPARENT, TRACESTATE], &mut out),
-        }
-        copy(headers, &self.config.headers, &mut out);
-        out
-    }
-
     fn count(&self, code: Option<&str>) {
         let Some(m) = crate::telemetry::metrics::metrics() else {
             return;
@@ -181,35 +124,6 @@ impl PublishHandler {
                 .inc(),
         }
     }
-}
-
-/// A filled Kafka topic that Kafka takes: not `.` or `..`, at most 249 characters.
-fn kafka_topic_name(name: String, t: &crate::config::Template) -> Result<String, TemplateError> {
-    if name == "." || name == ".." || name.len() > 249 {
-        return Err(TemplateError::Invalid {
-            template: t.source.clone(),
-            what: "the filled topic".to_owned(),
-            value: name.escape_debug().to_string(),
-            why: "a Kafka topic is 1 to 249 characters and not `.` or `..`",
-        });
-    }
-    Ok(name)
-}
-
-/// A filled AMQP exchange or routing key fits the protocol's short string (255 bytes).
-fn short_string(name: String, t: &crate::config::Template) -> Result<String, TemplateError> {
-    if name.len() > 255 {
-        return Err(TemplateError::Invalid {
-            template: t.source.clone(),
-            what: "the filled name".to_owned(),
-            value: format!(
-                "{}...",
-                name.chars().take(32).collect::<String>().escape_debug()
-            ),
-            why: "AMQP names are at most 255 bytes",
-        });
-    }
-    Ok(name)
 }
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -260,21 +174,6 @@ fn replay(kept: Answer) -> Response<ResponseBody> {
     resp
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-
-fn copy(from: &HeaderMap, names: &[HeaderName], out: &mut Vec<(HeaderName, HeaderValue)>) {
-    for name in names {
-        if out.iter().any(|(n, _)| n == name) {
-            continue;
-        }
-        for v in from.get_all(name) {
-            out.push((name.clone(), v.clone()));
-        }
-    }
-}
-
 /// The answer's body: the broker's receipt with the request id.
 #[derive(Serialize)]
 struct ReceiptBody<'a> {
@@ -316,7 +215,7 @@ impl PublishHandler {
                 self.config.max_body_bytes, self.route
             )));
         }
-        let target = self.target(&req)?;
+        let target = message::target(&self.config.destination, &req)?;
         let (pending, dedup_id) = match self.claim(&req).await? {
             Some(Keyed::Replay(kept)) => return Ok(replay(kept)),
             Some(Keyed::Publish {
@@ -326,19 +225,9 @@ impl PublishHandler {
             }) => (Some((pending, fingerprint)), Some(dedup_id)),
             None => (None, None),
         };
-        let destination = match &target {
-            Target::Kafka { topic, .. } => topic.as_str(),
-            Target::Amqp { exchange, .. } => exchange.as_str(),
-            Target::Nats { subject } => subject.as_str(),
-        };
-        let system = match &target {
-            Target::Kafka { .. } => "kafka",
-            Target::Amqp { .. } => "rabbitmq",
-            Target::Nats { .. } => "nats",
-        };
-        let span = MessagingSpan::start(req.ctx.trace.as_ref(), system, destination);
+        let span = message::span(&req, &target);
         let message = Message {
-            headers: self.headers(&req, span.as_ref()),
+            headers: message::headers(&req, &self.config.headers, span.as_ref()),
             target,
             target_from_request: self.destination_from_request,
             payload: req.body.clone(),

@@ -62,6 +62,14 @@ pub struct BrokerMetrics {
     /// Streams that ended before their client left, by route, broker and reason
     /// (`slow_client`, `broker_unavailable`).
     pub streams_ended: IntCounterVec,
+    /// Request-reply requests by route, broker and outcome (`replied`, or the error code:
+    /// `reply_timeout`, `no_responder`, `bad_reply`, `broker_unavailable`, ...).
+    pub requests: IntCounterVec,
+    /// Time from sending a request to its reply, by broker.
+    pub reply_duration: HistogramVec,
+    /// Replies no request waited for (late, after the timeout, or another gateway's), by
+    /// broker.
+    pub replies_unmatched: IntCounterVec,
 }
 
 fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Error> {
@@ -125,6 +133,31 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
     registry.register(Box::new(subscribers.clone()))?;
     registry.register(Box::new(delivered.clone()))?;
     registry.register(Box::new(streams_ended.clone()))?;
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "tollgate_request_reply_total",
+            "Request-reply requests, by route, broker and outcome (replied or the error code)",
+        ),
+        &["route", "broker", "outcome"],
+    )?;
+    let reply_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_reply_duration_seconds",
+            "Time from sending a request to a broker to its correlated reply",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["broker"],
+    )?;
+    let replies_unmatched = IntCounterVec::new(
+        Opts::new(
+            "tollgate_replies_unmatched_total",
+            "Replies that no request waited for (late, or another gateway's), by broker",
+        ),
+        &["broker"],
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(reply_duration.clone()))?;
+    registry.register(Box::new(replies_unmatched.clone()))?;
     registry.register(Box::new(up.clone()))?;
     registry.register(Box::new(published.clone()))?;
     registry.register(Box::new(failed.clone()))?;
@@ -139,6 +172,9 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
         subscribers,
         delivered,
         streams_ended,
+        requests,
+        reply_duration,
+        replies_unmatched,
     })
 }
 

@@ -37,7 +37,7 @@ use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::OnceCell;
 
-use crate::common::free_port;
+use crate::common::{client, free_port, Gateway};
 
 /// Kafka's readiness: tansu starts in well under a second, but a loaded machine stretches that.
 const KAFKA_READY: Duration = Duration::from_secs(60);
@@ -55,6 +55,55 @@ pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway's view of its brokers
+
+/// Bounds waits that only a hang reaches.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// Waits until the gateway's `/brokers` says `name` is in `state` (`up` or `down`).
+pub async fn wait_broker(gw: &Gateway, name: &str, state: &str) -> serde_json::Value {
+    let url = format!("http://{}/brokers", gw.admin);
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let body: serde_json::Value = client()
+            .get(&url)
+            .send()
+            .await
+            .expect("/brokers")
+            .json()
+            .await
+            .expect("/brokers json");
+        let found = body["brokers"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["name"] == name).cloned());
+        if let Some(b) = found.filter(|b| b["state"] == state) {
+            return b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broker `{name}` never became {state}: {body}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn metric(gw: &Gateway, line_start: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("http://{}/metrics", gw.admin))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -136,6 +136,42 @@ pub struct PublishConfig {
     pub idempotency: Option<IdempotencyConfig>,
 }
 
+/// A route that sends its request body to a broker and answers with the reply
+/// (`[routes.NAME.request_reply]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestReplyConfig {
+    /// Index into `GatewayConfig::brokers`.
+    pub broker: usize,
+    /// The broker's name.
+    pub broker_name: Arc<str>,
+    /// Where requests go.
+    pub destination: Destination,
+    /// Kafka: the topic replies come back on (one consumer per broker and topic); `None` for
+    /// the other kinds, whose replies come back to the gateway's own address (AMQP direct
+    /// reply-to, a NATS inbox).
+    pub reply_topic: Option<String>,
+    /// Request headers copied into the message, besides those always copied.
+    pub headers: Vec<HeaderName>,
+    /// Largest request body taken; more gets 413.
+    pub max_body_bytes: usize,
+    /// Longest wait for the reply, from when the request is sent; past it 504.
+    pub timeout: Duration,
+    /// `Prefer: respond-async`; `None` when the route does not offer it.
+    pub respond_async: Option<AsyncReplies>,
+    /// Whether GET requests are requests (the route lists GET in `methods`); otherwise a GET
+    /// only polls for an asynchronous reply.
+    pub get_is_request: bool,
+}
+
+/// How a request-reply route keeps the replies of `Prefer: respond-async` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsyncReplies {
+    /// How long a reply (or its timeout) is kept for polling once it is known.
+    pub ttl: Duration,
+    /// Most replies kept (or awaited) at once for the route; the oldest is forgotten first.
+    pub max_replies: usize,
+}
+
 /// `Idempotency-Key` on a publish route: a repeated key within the window gets the first
 /// answer again and publishes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,9 +22,9 @@ use tollgate_plugin_api::Secret;
 use crate::router::RouteTable;
 
 pub use broker::{
-    AmqpSettings, BrokerConfig, BrokerKind, BrokerTls, Destination, IdempotencyConfig, KafkaSasl,
-    KafkaSettings, NatsSettings, PublishConfig, PublishMode, Source, SubscribeConfig, Template,
-    TemplatePart,
+    AmqpSettings, AsyncReplies, BrokerConfig, BrokerKind, BrokerTls, Destination,
+    IdempotencyConfig, KafkaSasl, KafkaSettings, NatsSettings, PublishConfig, PublishMode,
+    RequestReplyConfig, Source, SubscribeConfig, Template, TemplatePart,
 };
 pub use route::{Rewrite, RewritePart, Route};
 pub use upstream::{

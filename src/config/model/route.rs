@@ -32,6 +32,8 @@ pub struct Route {
     pub publish: Option<super::PublishConfig>,
     /// Streams a broker's messages to the client instead of calling an upstream.
     pub subscribe: Option<super::SubscribeConfig>,
+    /// Sends the request body to a broker and answers with the correlated reply.
+    pub request_reply: Option<super::RequestReplyConfig>,
 }
 
 /// How a route changes the path before proxying.

@@ -9,6 +9,7 @@
 //! breaker), `brokers.rs` (`[brokers.NAME]`), `routes.rs` (`[routes.NAME]`, the route table),
 //! `publish.rs` (`[routes.NAME.publish]`) and `subscribe.rs` (`[routes.NAME.subscribe]`) with
 //! `template.rs` (their destination templates),
+//! `request_reply.rs` (`[routes.NAME.request_reply]`, sharing publish's destinations),
 //! `plugins.rs` (building plugins, chains), `logs.rs` (`[log]`, `[access_log]`), `tracing.rs` (`[tracing]`). This file holds
 //! what they share and the order they run in.
 
@@ -19,6 +20,7 @@ mod listeners;
 mod logs;
 mod plugins;
 mod publish;
+mod request_reply;
 mod retry;
 mod routes;
 mod server;

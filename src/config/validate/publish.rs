@@ -13,6 +13,7 @@ use super::super::file::{self, BrokerKind as Kind};
 use super::super::model::{
     BrokerConfig, BrokerKind, Destination, IdempotencyConfig, PublishConfig, PublishMode, Template,
 };
+use super::super::values::ByteSize;
 
 /// How long an `Idempotency-Key`'s answer is kept unless the route says otherwise.
 const DEFAULT_IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -39,24 +40,15 @@ impl Validator<'_, '_> {
         params: &[Arc<str>],
         targets: &Targets<'_>,
     ) -> Option<PublishConfig> {
-        self.upstream_keys_without_upstream(route, r, "publish");
+        self.upstream_keys_without_upstream(route, r, "a publish route");
         self.publish_methods(route, r);
         let s = p.get_ref();
-        let Some(&broker) = targets.broker_index.get(s.broker.get_ref()) else {
-            self.c.at(
-                s.broker.span(),
-                format!(
-                    "route `{route}`: broker `{}` is not defined",
-                    s.broker.get_ref()
-                ),
-            );
-            return None;
-        };
-        let b = targets.brokers.get(broker)?;
-        self.foreign_destination_keys(route, s, b);
-        let destination = self.destination(route, p, b, params);
+        let (broker, b) = self.broker_ref(route, &s.broker, targets)?;
+        let keys = s.destination_keys();
+        self.foreign_destination_keys(route, &keys, b);
+        let destination = self.destination(route, p.span(), &keys, b, params, "publishing to");
         let headers = self.publish_headers(route, &s.headers);
-        let max_body_bytes = self.max_body_bytes(route, s, b);
+        let max_body_bytes = self.max_body_bytes(route, s.max_body_bytes.as_ref(), b);
         let mode = self.publish_mode(route, s, b);
         let status = match &s.status {
             Some(st) => match StatusCode::from_u16(*st.get_ref()) {
@@ -85,6 +77,26 @@ impl Validator<'_, '_> {
             status,
             idempotency,
         })
+    }
+
+    /// The broker a route names, which must be defined: its index and settings.
+    pub(super) fn broker_ref<'t>(
+        &mut self,
+        route: &str,
+        name: &Spanned<String>,
+        targets: &Targets<'t>,
+    ) -> Option<(usize, &'t BrokerConfig)> {
+        let Some(&i) = targets.broker_index.get(name.get_ref()) else {
+            self.c.at(
+                name.span(),
+                format!(
+                    "route `{route}`: broker `{}` is not defined",
+                    name.get_ref()
+                ),
+            );
+            return None;
+        };
+        Some((i, targets.brokers.get(i)?))
     }
 
     /// `idempotency_window` ("1h"; "0s" turns it off) and `idempotency_max_keys` (100000).
@@ -136,12 +148,13 @@ impl Validator<'_, '_> {
         vec![Method::POST, Method::PUT]
     }
 
-    /// Keys about the upstream leg, which a publish or subscribe route does not have.
+    /// Keys about the upstream leg, which a route answered by a broker (`what`: "a publish
+    /// route") does not have.
     pub(super) fn upstream_keys_without_upstream(
         &mut self,
         route: &str,
         r: &file::RouteSection,
-        kind: &str,
+        what: &str,
     ) {
         fn at<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
             v.as_ref().map(Spanned::span)
@@ -166,7 +179,7 @@ impl Validator<'_, '_> {
                 self.c.at(
                     span,
                     format!(
-                        "route `{route}`: `{key}` does not apply to a {kind} route (it has no upstream)"
+                        "route `{route}`: `{key}` does not apply to {what} (it has no upstream)"
                     ),
                 );
             }
@@ -190,10 +203,10 @@ impl Validator<'_, '_> {
     }
 
     /// Reports every destination key that belongs to another kind of broker.
-    fn foreign_destination_keys(
+    pub(super) fn foreign_destination_keys(
         &mut self,
         route: &str,
-        s: &file::PublishSection,
+        s: &file::DestinationKeys<'_>,
         b: &BrokerConfig,
     ) {
         let kind = match b.kind {
@@ -202,11 +215,11 @@ impl Validator<'_, '_> {
             BrokerKind::Nats(_) => Kind::Nats,
         };
         let keys = [
-            ("topic", Kind::Kafka, &s.topic),
-            ("key", Kind::Kafka, &s.key),
-            ("exchange", Kind::Amqp, &s.exchange),
-            ("routing_key", Kind::Amqp, &s.routing_key),
-            ("subject", Kind::Nats, &s.subject),
+            ("topic", Kind::Kafka, s.topic),
+            ("key", Kind::Kafka, s.key),
+            ("exchange", Kind::Amqp, s.exchange),
+            ("routing_key", Kind::Amqp, s.routing_key),
+            ("subject", Kind::Nats, s.subject),
         ];
         for (key, owner, value) in keys {
             if let (Some(v), true) = (value, owner != kind) {
@@ -223,21 +236,23 @@ impl Validator<'_, '_> {
         }
     }
 
-    /// Where messages go, by the broker's kind.
-    fn destination(
+    /// Where messages go, by the broker's kind; a missing key is reported at `table` (the
+    /// table's span), saying what the route is `doing` ("publishing to").
+    pub(super) fn destination(
         &mut self,
         route: &str,
-        p: &Spanned<file::PublishSection>,
+        table: Range<usize>,
+        s: &file::DestinationKeys<'_>,
         b: &BrokerConfig,
         params: &[Arc<str>],
+        doing: &str,
     ) -> Option<Destination> {
-        let s = p.get_ref();
         let mut required = |key: &str, v: &Option<Spanned<String>>| {
             if v.is_none() {
                 self.c.at(
-                    p.span(),
+                    table.clone(),
                     format!(
-                        "route `{route}`: publishing to {} broker `{}` needs `{key}`",
+                        "route `{route}`: {doing} {} broker `{}` needs `{key}`",
                         b.kind.as_str(),
                         b.name
                     ),
@@ -246,7 +261,7 @@ impl Validator<'_, '_> {
         };
         match &b.kind {
             BrokerKind::Kafka(_) => {
-                required("topic", &s.topic);
+                required("topic", s.topic);
                 let topic = self.template(
                     route,
                     "topic",
@@ -254,7 +269,7 @@ impl Validator<'_, '_> {
                     params,
                     template::kafka_topic,
                 );
-                let key = match &s.key {
+                let key = match s.key {
                     Some(k) if k.get_ref().is_empty() => {
                         self.c.at(
                             k.span(),
@@ -267,8 +282,8 @@ impl Validator<'_, '_> {
                 Some(Destination::Kafka { topic: topic?, key })
             }
             BrokerKind::Amqp(_) => {
-                required("routing_key", &s.routing_key);
-                let exchange = match &s.exchange {
+                required("routing_key", s.routing_key);
+                let exchange = match s.exchange {
                     None => Some(Template {
                         source: String::new(),
                         parts: Vec::new(),
@@ -294,7 +309,7 @@ impl Validator<'_, '_> {
                 })
             }
             BrokerKind::Nats(_) => {
-                required("subject", &s.subject);
+                required("subject", s.subject);
                 let subject = self.template(
                     route,
                     "subject",
@@ -331,7 +346,11 @@ impl Validator<'_, '_> {
     }
 
     /// `headers`: request headers copied into the message, lower-cased, each once.
-    fn publish_headers(&mut self, route: &str, names: &[Spanned<String>]) -> Vec<HeaderName> {
+    pub(super) fn publish_headers(
+        &mut self,
+        route: &str,
+        names: &[Spanned<String>],
+    ) -> Vec<HeaderName> {
         let mut out: Vec<HeaderName> = Vec::new();
         for n in names {
             match HeaderName::from_bytes(n.get_ref().as_bytes()) {
@@ -347,14 +366,19 @@ impl Validator<'_, '_> {
     }
 
     /// `max_body_bytes`: 1 MiB or the broker's message limit if smaller; never above it.
-    fn max_body_bytes(&mut self, route: &str, s: &file::PublishSection, b: &BrokerConfig) -> usize {
+    pub(super) fn max_body_bytes(
+        &mut self,
+        route: &str,
+        max: Option<&Spanned<ByteSize>>,
+        b: &BrokerConfig,
+    ) -> usize {
         // NATS servers announce their limit (`max_payload`) when the client connects.
         let limit = match &b.kind {
             BrokerKind::Kafka(k) => Some((k.message_max_bytes, "message_max_bytes")),
             BrokerKind::Amqp(a) => Some((a.max_message_bytes, "max_message_bytes")),
             BrokerKind::Nats(_) => None,
         };
-        let Some(v) = &s.max_body_bytes else {
+        let Some(v) = max else {
             return limit.map_or(DEFAULT_MAX_BODY, |(l, _)| l.min(DEFAULT_MAX_BODY));
         };
         let n = usize::try_from(v.get_ref().as_u64()).unwrap_or(usize::MAX);
@@ -642,8 +666,8 @@ mod tests {
                  [routes.c]\nexact = \"/c\"\n[routes.c.publish]\nbroker = \"kafka\"\ntopic = \"c\"\n"
             )),
             [
-                "gateway.toml:20:1: route `a`: `upstream` and `publish` cannot both be set (a route has one of `upstream`, `publish` and `subscribe`)",
-                "gateway.toml:23:1: route `b` needs `upstream`, `publish` or `subscribe`",
+                "gateway.toml:20:1: route `a`: `upstream` and `publish` cannot both be set (a route has one of `upstream`, `publish`, `subscribe` and `request_reply`)",
+                "gateway.toml:23:1: route `b` needs `upstream`, `publish`, `subscribe` or `request_reply`",
                 "gateway.toml:28:10: route `c`: broker `kafka` is not defined",
             ]
         );

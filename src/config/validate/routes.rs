@@ -52,6 +52,8 @@ enum Target {
     Publish(Box<super::super::model::PublishConfig>),
     /// A broker, streamed from.
     Subscribe(Box<super::super::model::SubscribeConfig>),
+    /// A broker, answered by the reply.
+    RequestReply(Box<super::super::model::RequestReplyConfig>),
 }
 
 impl Validator<'_, '_> {
@@ -95,7 +97,7 @@ impl Validator<'_, '_> {
         };
         let plugins = self.route_plugins(name, r, refs.route_tables, refs.globals);
         let target = self.route_target(name, section, &param_names, &refs.targets);
-        let rewrite = if r.publish.is_none() && r.subscribe.is_none() {
+        let rewrite = if r.publish.is_none() && r.subscribe.is_none() && r.request_reply.is_none() {
             self.rewrite(name, r, path.as_ref(), &param_names)
         } else {
             Rewrite::None
@@ -103,10 +105,11 @@ impl Validator<'_, '_> {
         let (Some(path), Some(target), Ok(methods)) = (path, target, methods) else {
             return None;
         };
-        let (upstream, upstream_name, publish, subscribe, methods) = match target {
+        let (upstream, upstream_name, publish, subscribe, request_reply, methods) = match target {
             Target::Upstream(u) => (
                 Some(u),
                 refs.targets.upstreams[u].name.clone(),
+                None,
                 None,
                 None,
                 methods,
@@ -116,6 +119,7 @@ impl Validator<'_, '_> {
                 Arc::from(""),
                 Some(*p),
                 None,
+                None,
                 Some(methods.unwrap_or_else(Self::publish_default_methods)),
             ),
             Target::Subscribe(s) => (
@@ -123,8 +127,13 @@ impl Validator<'_, '_> {
                 Arc::from(""),
                 None,
                 Some(*s),
+                None,
                 Some(methods.unwrap_or_else(|| vec![Method::GET])),
             ),
+            Target::RequestReply(t) => {
+                let methods = Self::request_reply_methods(methods, &t);
+                (None, Arc::from(""), None, None, Some(*t), Some(methods))
+            }
         };
         // Building the transcoder compiles the schema: its errors are config errors.
         let transcoder = match (&r.grpc, upstream) {
@@ -169,6 +178,7 @@ impl Validator<'_, '_> {
                     .is_some_and(|b| *b.get_ref()),
                 publish,
                 subscribe,
+                request_reply,
             },
             instances: RouteInstances {
                 plugins,
@@ -177,8 +187,8 @@ impl Validator<'_, '_> {
         })
     }
 
-    /// Where a route sends what it matches: exactly one of `upstream`, `publish` and
-    /// `subscribe`.
+    /// Where a route sends what it matches: exactly one of `upstream`, `publish`, `subscribe`
+    /// and `request_reply`.
     fn route_target(
         &mut self,
         name: &str,
@@ -191,6 +201,7 @@ impl Validator<'_, '_> {
             ("upstream", r.upstream.as_ref().map(Spanned::span)),
             ("publish", r.publish.as_ref().map(Spanned::span)),
             ("subscribe", r.subscribe.as_ref().map(Spanned::span)),
+            ("request_reply", r.request_reply.as_ref().map(Spanned::span)),
         ]
         .into_iter()
         .filter_map(|(k, s)| Some((k, s?)))
@@ -201,7 +212,7 @@ impl Validator<'_, '_> {
                 span,
                 format!(
                     "route `{name}`: `{}` and `{second}` cannot both be set (a route has one of \
-                     `upstream`, `publish` and `subscribe`)",
+                     `upstream`, `publish`, `subscribe` and `request_reply`)",
                     set[0].0
                 ),
             );
@@ -220,9 +231,14 @@ impl Validator<'_, '_> {
                 .subscribe(name, r, s, params, targets)
                 .map(|s| Target::Subscribe(Box::new(s)));
         }
+        if let Some(t) = &r.request_reply {
+            return self
+                .request_reply(name, r, t, params, targets)
+                .map(|t| Target::RequestReply(Box::new(t)));
+        }
         self.c.at(
             section.span(),
-            format!("route `{name}` needs `upstream`, `publish` or `subscribe`"),
+            format!("route `{name}` needs `upstream`, `publish`, `subscribe` or `request_reply`"),
         );
         None
     }
@@ -570,8 +586,8 @@ mod tests {
                  [routes]\nb = { prefix = \"/b\", upstream = \"u\", prfix = \"/x\" }\n"
             )),
             [
-                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `subscribe`, `plugins`",
-                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `subscribe`, `plugins`",
+                "gateway.toml:6:1: unknown field `upsteam`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `subscribe`, `request_reply`, `plugins`",
+                "gateway.toml:8:38: unknown field `prfix`, expected one of `exact`, `prefix`, `template`, `host`, `methods`, `headers`, `upstream`, `strip_prefix`, `rewrite`, `connect_timeout`, `read_timeout`, `write_timeout`, `disable_plugins`, `retry_non_idempotent`, `grpc`, `publish`, `subscribe`, `request_reply`, `plugins`",
             ]
         );
     }

@@ -35,7 +35,7 @@ impl Validator<'_, '_> {
         params: &[Arc<str>],
         targets: &Targets<'_>,
     ) -> Option<SubscribeConfig> {
-        self.upstream_keys_without_upstream(route, r, "subscribe");
+        self.upstream_keys_without_upstream(route, r, "a subscribe route");
         self.subscribe_methods(route, r);
         let s = section.get_ref();
         let Some(&broker) = targets.broker_index.get(s.broker.get_ref()) else {
@@ -395,7 +395,7 @@ mod tests {
                 "gateway.toml:29:19: route `c`: `max_subscribers` must be at least 1",
                 "gateway.toml:34:12: route `d`: the default exchange cannot be bound; name an exchange, or subscribe to a `queue`",
                 "gateway.toml:41:18: route `e`: `filter.key` applies to Kafka brokers (messages with keys), and broker `n` is nats",
-                "gateway.toml:45:1: route `f`: `upstream` and `subscribe` cannot both be set (a route has one of `upstream`, `publish` and `subscribe`)",
+                "gateway.toml:45:1: route `f`: `upstream` and `subscribe` cannot both be set (a route has one of `upstream`, `publish`, `subscribe` and `request_reply`)",
             ]
         );
     }
