@@ -56,6 +56,9 @@ const METRICS: &[(&str, Kind)] = &[
     ("tollgate_subscribers", Kind::Gauge),
     ("tollgate_messages_delivered_total", Kind::Counter),
     ("tollgate_subscriptions_ended_total", Kind::Counter),
+    ("tollgate_request_reply_total", Kind::Counter),
+    ("tollgate_reply_duration_seconds", Kind::Histogram),
+    ("tollgate_replies_unmatched_total", Kind::Counter),
 ];
 
 // ------------------------------------------------------------------------------------------------

@@ -374,8 +374,8 @@ mod tests {
                 "gateway.toml:27:13: route `b`: `async_ttl` must be greater than 0",
                 "gateway.toml:28:21: route `b`: `async_max_replies` must be at least 1",
                 "gateway.toml:29:18: route `b`: `max_body_bytes` must be greater than 0",
-                "gateway.toml:32:12: route `c`: a route has one of `upstream`, `publish` and `request_reply`",
-                "gateway.toml:36:1: route `d`: a route has one of `upstream`, `publish` and `request_reply`",
+                "gateway.toml:33:1: route `c`: `upstream` and `request_reply` cannot both be set (a route has one of `upstream`, `publish`, `subscribe` and `request_reply`)",
+                "gateway.toml:41:1: route `d`: `publish` and `request_reply` cannot both be set (a route has one of `upstream`, `publish`, `subscribe` and `request_reply`)",
                 "gateway.toml:44:1: route `e` needs `upstream`, `publish`, `subscribe` or `request_reply`",
             ]
         );
