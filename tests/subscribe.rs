@@ -10,12 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use brokers::{unique, Kafka, Nats, RabbitMq};
+use brokers::{metric, unique, Kafka, Nats, RabbitMq, HANG};
 use common::{expect_error, Gateway};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-/// Bounds waits that only a hang reaches.
-const HANG: Duration = Duration::from_secs(60);
 
 /// A client without a total timeout: a stream lasts as long as the test wants.
 fn sse_client() -> reqwest::Client {
@@ -106,22 +103,6 @@ impl Stream {
             return Some(e);
         }
     }
-}
-
-/// The value of the metric line starting with `line_start`.
-async fn metric(gw: &Gateway, line_start: &str) -> Option<f64> {
-    let text = common::client()
-        .get(format!("http://{}/metrics", gw.admin))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Waits until the metric is `want`.

@@ -110,52 +110,26 @@ impl Kafka {
             .create()
             .map_err(|e| error(broker, topic, &e, false))?;
         let consumer = Arc::new(consumer);
-        let (c, t, timeout) = (consumer.clone(), topic.to_owned(), broker.connect_timeout);
+        let (c, t, wait) = (consumer.clone(), topic.to_owned(), broker.connect_timeout);
         // Metadata and watermarks are blocking calls of librdkafka.
-        let positions =
-            tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, KafkaError> {
-                let metadata = c.fetch_metadata(Some(&t), timeout)?;
-                let partitions: Vec<i32> = match metadata.topics().first() {
-                    Some(m) if m.error().is_none() => {
-                        m.partitions().iter().map(|p| p.id()).collect()
-                    }
-                    _ => Vec::new(),
-                };
-                if partitions.is_empty() {
-                    return Err(KafkaError::MetadataFetch(
-                        RDKafkaErrorCode::UnknownTopicOrPartition,
-                    ));
-                }
-                let mut positions = Vec::with_capacity(partitions.len());
-                for p in partitions {
-                    let (low, high) = c.fetch_watermarks(&t, p, timeout)?;
-                    let at = match &resume {
-                        None => high,
-                        Some(r) => r
-                            .iter()
-                            .find(|(rp, _)| *rp == p)
-                            .map_or(low, |(_, o)| (*o).clamp(low, high)),
-                    };
-                    positions.push((p, at));
-                }
-                positions.sort_unstable();
-                Ok(positions)
-            })
+        let assigned = tokio::task::spawn_blocking(move || assign(&c, &t, resume.as_deref(), wait))
             .await
             .map_err(|e| PublishError::Unavailable {
                 broker: broker.name.clone(),
                 reason: e.to_string(),
-            })?
-            .map_err(|e| error(broker, topic, &e, false))?;
-        let mut assignment = TopicPartitionList::new();
-        for (p, at) in &positions {
-            assignment
-                .add_partition_offset(topic, *p, Offset::Offset(*at))
-                .map_err(|e| error(broker, topic, &e, false))?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(|e| error(broker, topic, &e, false))?;
+            })?;
+        let positions = match assigned {
+            Ok(positions) => positions,
+            Err(Assign::NoTopic) => {
+                return Err(PublishError::NoDestination {
+                    broker: broker.name.clone(),
+                    what: "topic",
+                    name: topic.to_owned(),
+                    from_request: false,
+                })
+            }
+            Err(Assign::Kafka(e)) => return Err(error(broker, topic, &e, false)),
+        };
         Ok(Consumer::Kafka(Consuming {
             consumer,
             positions,
@@ -457,7 +431,7 @@ impl Kafka {
         let consumer = Arc::new(consumer);
         let (c, t, wait) = (consumer.clone(), topic.to_owned(), broker.connect_timeout);
         // Metadata and watermarks are blocking calls of librdkafka.
-        let assigned = tokio::task::spawn_blocking(move || assign_at_end(&c, &t, wait))
+        let assigned = tokio::task::spawn_blocking(move || assign(&c, &t, None, wait).map(drop))
             .await
             .map_err(|e| PublishError::Unavailable {
                 broker: name.clone(),
@@ -564,9 +538,16 @@ enum Assign {
     Kafka(KafkaError),
 }
 
-/// Assigns every partition of `topic` to `consumer` at its high watermark (the offset the
-/// next record gets).
-fn assign_at_end(consumer: &StreamConsumer, topic: &str, wait: Duration) -> Result<(), Assign> {
+/// Assigns every partition of `topic` to `consumer`: at its high watermark (the offset the next
+/// record gets), or with `resume` at the offset it names, clamped to what the partition still
+/// holds (a partition `resume` does not name is newer than it, and is read from its start).
+/// Returns where each partition was assigned, by partition.
+fn assign(
+    consumer: &StreamConsumer,
+    topic: &str,
+    resume: Option<&[(i32, i64)]>,
+    wait: Duration,
+) -> Result<Vec<(i32, i64)>, Assign> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Timeout::After(wait))
         .map_err(Assign::Kafka)?;
@@ -580,15 +561,26 @@ fn assign_at_end(consumer: &StreamConsumer, topic: &str, wait: Duration) -> Resu
         return Err(Assign::NoTopic);
     }
     let mut assignment = TopicPartitionList::new();
+    let mut positions = Vec::with_capacity(partitions.len());
     for p in partitions {
-        let (_, high) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(topic, p, Timeout::After(wait))
             .map_err(Assign::Kafka)?;
+        let at = match resume {
+            None => high,
+            Some(r) => r
+                .iter()
+                .find(|(rp, _)| *rp == p)
+                .map_or(low, |(_, o)| (*o).clamp(low, high)),
+        };
         assignment
-            .add_partition_offset(topic, p, Offset::Offset(high))
+            .add_partition_offset(topic, p, Offset::Offset(at))
             .map_err(Assign::Kafka)?;
+        positions.push((p, at));
     }
-    consumer.assign(&assignment).map_err(Assign::Kafka)
+    consumer.assign(&assignment).map_err(Assign::Kafka)?;
+    positions.sort_unstable();
+    Ok(positions)
 }
 
 /// Errors after which the idempotent producer's sequence state is unusable.

@@ -209,20 +209,34 @@ impl Validator<'_, '_> {
         s: &file::DestinationKeys<'_>,
         b: &BrokerConfig,
     ) {
+        self.foreign_keys(
+            route,
+            b,
+            &[
+                ("topic", Kind::Kafka, s.topic),
+                ("key", Kind::Kafka, s.key),
+                ("exchange", Kind::Amqp, s.exchange),
+                ("routing_key", Kind::Amqp, s.routing_key),
+                ("subject", Kind::Nats, s.subject),
+            ],
+        );
+    }
+
+    /// Reports every key set in `keys` (name, the kind of broker it is for, value) that
+    /// belongs to another kind of broker than `b`.
+    pub(super) fn foreign_keys(
+        &mut self,
+        route: &str,
+        b: &BrokerConfig,
+        keys: &[(&str, Kind, &Option<Spanned<String>>)],
+    ) {
         let kind = match b.kind {
             BrokerKind::Kafka(_) => Kind::Kafka,
             BrokerKind::Amqp(_) => Kind::Amqp,
             BrokerKind::Nats(_) => Kind::Nats,
         };
-        let keys = [
-            ("topic", Kind::Kafka, s.topic),
-            ("key", Kind::Kafka, s.key),
-            ("exchange", Kind::Amqp, s.exchange),
-            ("routing_key", Kind::Amqp, s.routing_key),
-            ("subject", Kind::Nats, s.subject),
-        ];
         for (key, owner, value) in keys {
-            if let (Some(v), true) = (value, owner != kind) {
+            if let (Some(v), true) = (value, *owner != kind) {
                 self.c.at(
                     v.span(),
                     format!(

@@ -38,18 +38,18 @@ impl Validator<'_, '_> {
         self.upstream_keys_without_upstream(route, r, "a subscribe route");
         self.subscribe_methods(route, r);
         let s = section.get_ref();
-        let Some(&broker) = targets.broker_index.get(s.broker.get_ref()) else {
-            self.c.at(
-                s.broker.span(),
-                format!(
-                    "route `{route}`: broker `{}` is not defined",
-                    s.broker.get_ref()
-                ),
-            );
-            return None;
-        };
-        let b = targets.brokers.get(broker)?;
-        self.foreign_source_keys(route, s, b);
+        let (broker, b) = self.broker_ref(route, &s.broker, targets)?;
+        self.foreign_keys(
+            route,
+            b,
+            &[
+                ("topic", Kind::Kafka, &s.topic),
+                ("exchange", Kind::Amqp, &s.exchange),
+                ("routing_key", Kind::Amqp, &s.routing_key),
+                ("queue", Kind::Amqp, &s.queue),
+                ("subject", Kind::Nats, &s.subject),
+            ],
+        );
         let source = self.source(route, section, b, params);
         let (filter_key, filter_headers) = self.subscribe_filter(route, s, b, params);
         let heartbeat = match &s.heartbeat {
@@ -108,35 +108,6 @@ impl Validator<'_, '_> {
                     m.span(),
                     format!(
                         "route `{route}`: a subscribe route takes GET only (leave `methods` out)"
-                    ),
-                );
-            }
-        }
-    }
-
-    /// Reports every source key that belongs to another kind of broker.
-    fn foreign_source_keys(&mut self, route: &str, s: &file::SubscribeSection, b: &BrokerConfig) {
-        let kind = match b.kind {
-            BrokerKind::Kafka(_) => Kind::Kafka,
-            BrokerKind::Amqp(_) => Kind::Amqp,
-            BrokerKind::Nats(_) => Kind::Nats,
-        };
-        let keys = [
-            ("topic", Kind::Kafka, &s.topic),
-            ("exchange", Kind::Amqp, &s.exchange),
-            ("routing_key", Kind::Amqp, &s.routing_key),
-            ("queue", Kind::Amqp, &s.queue),
-            ("subject", Kind::Nats, &s.subject),
-        ];
-        for (key, owner, value) in keys {
-            if let (Some(v), true) = (value, owner != kind) {
-                self.c.at(
-                    v.span(),
-                    format!(
-                        "route `{route}`: `{key}` applies to {} brokers, and broker `{}` is {}",
-                        owner.as_str(),
-                        b.name,
-                        kind.as_str()
                     ),
                 );
             }
