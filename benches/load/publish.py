@@ -87,6 +87,36 @@ def run_oha(args, url, body_file):
     return json.loads(out.stdout)
 
 
+def start_brokers(tmp, procs, name):
+    """nats-server with a JetStream stream on `{name}.>`, and tansu with a topic `name` when it
+    is installed; the processes go into `procs`. Returns (NATS port, Kafka port or None)."""
+    nats_port = free_port()
+    procs.append(subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p",
+                                   str(nats_port), "-sd", os.path.join(tmp, "js")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    assert wait_port(nats_port), "nats-server did not start"
+    created = nats_request(nats_port, f"$JS.API.STREAM.CREATE.{name.upper()}",
+                           json.dumps({"name": name.upper(), "subjects": [f"{name}.>"],
+                                       "storage": "memory", "max_msgs": 1000000}))
+    assert b"error" not in created, created
+    tansu = os.path.join(os.environ.get("TOLLGATE_TOOLS",
+                                        os.path.expanduser("~/.cache/tollgate-tools")),
+                         "bin", "tansu")
+    if not os.path.exists(tansu):
+        return nats_port, None
+    kp = free_port()
+    procs.append(subprocess.Popen(
+        [tansu, "broker", "--listener-url", f"tcp://127.0.0.1:{kp}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{kp}",
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    assert wait_port(kp), "tansu did not start"
+    subprocess.run([tansu, "topic", "create", name, "--partitions", "1",
+                    "--broker", f"tcp://127.0.0.1:{kp}"], check=False,
+                   capture_output=True, timeout=60)
+    return nats_port, kp
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
@@ -100,32 +130,11 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tollgate-publish-bench-")
     procs = []
     try:
-        nats_port = free_port()
-        procs.append(subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p",
-                                       str(nats_port), "-sd", os.path.join(tmp, "js")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        assert wait_port(nats_port), "nats-server did not start"
-        created = nats_request(nats_port, "$JS.API.STREAM.CREATE.BENCH",
-                               json.dumps({"name": "BENCH", "subjects": ["bench.>"],
-                                           "storage": "memory", "max_msgs": 1000000}))
-        assert b"error" not in created, created
+        nats_port, kp = start_brokers(tmp, procs, "bench")
         brokers = [("nats", "nats", f'servers = ["nats://127.0.0.1:{nats_port}"]',
                     'subject = "bench.in"')]
         direct = {"nats": ["nats", f"nats://127.0.0.1:{nats_port}", "bench.direct"]}
-        tansu = os.path.join(os.environ.get("TOLLGATE_TOOLS",
-                                            os.path.expanduser("~/.cache/tollgate-tools")),
-                             "bin", "tansu")
-        if os.path.exists(tansu):
-            kp = free_port()
-            procs.append(subprocess.Popen(
-                [tansu, "broker", "--listener-url", f"tcp://127.0.0.1:{kp}",
-                 "--advertised-listener-url", f"tcp://127.0.0.1:{kp}",
-                 "--storage-engine", "memory://tansu/"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            assert wait_port(kp), "tansu did not start"
-            subprocess.run([tansu, "topic", "create", "bench", "--partitions", "1",
-                            "--broker", f"tcp://127.0.0.1:{kp}"], check=False,
-                           capture_output=True, timeout=60)
+        if kp:
             brokers.append(("kafka", "kafka", f'bootstrap = ["127.0.0.1:{kp}"]',
                             'topic = "bench"'))
             direct["kafka"] = ["kafka", f"127.0.0.1:{kp}", "bench"]

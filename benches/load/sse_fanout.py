@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from publish import ROOT, cpu_seconds, free_port, nats_request, wait_port  # noqa: E402
+from publish import ROOT, cpu_seconds, free_port, start_brokers, wait_port  # noqa: E402
 
 
 def rss_kib(pid):
@@ -156,31 +156,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tollgate-sse-bench-")
     procs = []
     try:
-        nats_port = free_port()
-        procs.append(subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p",
-                                       str(nats_port), "-sd", os.path.join(tmp, "js")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        assert wait_port(nats_port), "nats-server did not start"
-        created = nats_request(nats_port, "$JS.API.STREAM.CREATE.FANOUT",
-                               json.dumps({"name": "FANOUT", "subjects": ["fanout.>"],
-                                           "storage": "memory"}))
-        assert b"error" not in created, created
+        nats_port, kp = start_brokers(tmp, procs, "fanout")
         brokers = [("nats", "nats", f'servers = ["nats://127.0.0.1:{nats_port}"]',
                     'subject = "fanout.in"', 'subject = "fanout.in"')]
-        tansu = os.path.join(os.environ.get("TOLLGATE_TOOLS",
-                                            os.path.expanduser("~/.cache/tollgate-tools")),
-                             "bin", "tansu")
-        if os.path.exists(tansu):
-            kp = free_port()
-            procs.append(subprocess.Popen(
-                [tansu, "broker", "--listener-url", f"tcp://127.0.0.1:{kp}",
-                 "--advertised-listener-url", f"tcp://127.0.0.1:{kp}",
-                 "--storage-engine", "memory://tansu/"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            assert wait_port(kp), "tansu did not start"
-            subprocess.run([tansu, "topic", "create", "fanout", "--partitions", "1",
-                            "--broker", f"tcp://127.0.0.1:{kp}"], check=False,
-                           capture_output=True, timeout=60)
+        if kp:
             brokers.append(("kafka", "kafka", f'bootstrap = ["127.0.0.1:{kp}"]',
                             'topic = "fanout"', 'topic = "fanout"'))
         port, admin = free_port(), free_port()
