@@ -665,3 +665,69 @@ subject = "tenants.{{header.x-tenant}}"
         .expect("get");
     expect_error(resp, 413, "body_too_large").await;
 }
+
+#[tokio::test]
+async fn a_nats_subject_a_stream_stores_resumes_exactly_from_its_sequence() {
+    let nats = Nats::shared().await;
+    let stream = unique("SSE_RESUME");
+    let subject = unique("sse-resume");
+    nats.create_stream(&stream, &[&format!("{subject}.>")])
+        .await;
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.bus]
+kind = "nats"
+servers = ["{url}"]
+
+[routes.send]
+template = "/send/{{kind}}"
+[routes.send.publish]
+broker = "bus"
+subject = "{subject}.{{kind}}"
+
+[routes.feed]
+template = "/feed/{{kind}}"
+[routes.feed.subscribe]
+broker = "bus"
+subject = "{subject}.{{kind}}"
+"#,
+        url = nats.url()
+    ))
+    .await;
+    let send = |body: &'static str| {
+        let url = gw.url("/send/orders");
+        async move {
+            let resp = common::client()
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .expect("publish");
+            assert_eq!(resp.status().as_u16(), 202);
+        }
+    };
+    // Stored before anyone subscribed: a stream starts at what comes next.
+    send("before").await;
+    let mut s = Stream::open(&gw.url("/feed/orders"), None).await;
+    send("one").await;
+    send("two").await;
+    let one = s.event().await.expect("an event");
+    assert_eq!(one.data, "one");
+    let id = one
+        .id
+        .expect("a stored message's event has its stream sequence");
+    assert_eq!(s.event().await.map(|e| e.data), Some("two".to_owned()));
+    drop(s);
+    send("three").await;
+    let mut resumed = Stream::open(&gw.url("/feed/orders"), Some(&id)).await;
+    for want in ["two", "three"] {
+        assert_eq!(resumed.event().await.map(|e| e.data), Some(want.to_owned()));
+    }
+    let resp = sse_client()
+        .get(gw.url("/feed/orders"))
+        .header("last-event-id", "0:12")
+        .send()
+        .await
+        .expect("get");
+    expect_error(resp, 400, "bad_last_event_id").await;
+}

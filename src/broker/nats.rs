@@ -327,11 +327,16 @@ impl Inbox {
 }
 
 impl Nats {
-    /// A core subscription to `subject`, registered with the server before this returns.
+    /// What feeds subscribers of `subject`, in place before this returns (a message published
+    /// from then on, by any client, reaches it). With JetStream on and a stream that stores the
+    /// subject: an ordered consumer of that stream from its next message, or from `resume` (a
+    /// stream sequence the client had), whose events carry their sequence. Otherwise a core
+    /// subscription, whose events carry nothing to resume from.
     pub(super) async fn consume(
         &self,
         broker: &BrokerConfig,
         subject: &str,
+        resume: Option<u64>,
     ) -> Result<Consumer, PublishError> {
         let unavailable = |reason: String| PublishError::Unavailable {
             broker: broker.name.clone(),
@@ -340,54 +345,116 @@ impl Nats {
         let Some(live) = self.live.load_full() else {
             return Err(unavailable("not connected".to_owned()));
         };
+        let jetstream = self.settings.as_ref().is_some_and(|n| n.jetstream);
+        if jetstream {
+            if let Ok(stream) = live.jetstream.stream_by_subject(subject).await {
+                return ordered(&live.jetstream, &stream, subject, resume)
+                    .await
+                    .map_err(|e| PublishError::Rejected {
+                        broker: broker.name.clone(),
+                        reason: format!("stream `{stream}`: {e}"),
+                    });
+            }
+        }
         let subscriber = live
             .client
             .subscribe(subject.to_owned())
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        // The server has the subscription once it answered the PING flush sends after it: a
-        // message published from then on, by any client, reaches it.
+        // The server has the subscription once it answered the PING flush sends after it.
         live.client
             .flush()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        Ok(Consumer::Nats(Consuming(subscriber)))
+        Ok(Consumer::Nats(Consuming::Core(subscriber)))
     }
 }
 
-/// A subscriber's subscription (unsubscribed when dropped).
-pub(super) struct Consuming(async_nats::Subscriber);
+/// An ordered consumer of `stream` filtered on `subject`, made on the server before this
+/// returns: from the stream's next message, or after sequence `resume`.
+async fn ordered(
+    jetstream: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+    resume: Option<u64>,
+) -> Result<Consumer, String> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let deliver_policy = match resume {
+        Some(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq.saturating_add(1),
+        },
+        None => DeliverPolicy::New,
+    };
+    let stream = jetstream
+        .get_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy,
+            ..OrderedConfig::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok(Consumer::Nats(Consuming::Stream(Box::new(messages))))
+}
+
+/// The event id of a JetStream message: its stream sequence.
+pub fn parse_event_id(id: &str) -> Option<u64> {
+    id.parse().ok()
+}
+
+/// What feeds a NATS subscriber's source.
+pub(super) enum Consuming {
+    /// A core subscription (unsubscribed when dropped).
+    Core(async_nats::Subscriber),
+    /// An ordered JetStream consumer.
+    Stream(Box<async_nats::jetstream::consumer::pull::Ordered>),
+}
 
 impl Consuming {
-    pub(super) async fn run(mut self, ring: &broadcast::Sender<Item>) -> String {
-        while let Some(m) = self.0.next().await {
-            let headers = m
-                .headers
-                .as_ref()
-                .map(|hs| {
-                    hs.iter()
-                        .flat_map(|(name, values)| {
-                            let name = name.to_string().to_ascii_lowercase();
-                            values.iter().map(move |v| {
-                                (name.clone(), Bytes::copy_from_slice(v.as_str().as_bytes()))
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            subscribe::deliver(
-                ring,
-                subscribe::Event {
-                    id: None,
-                    key: None,
-                    headers,
-                    payload: m.payload,
-                    ack: None,
-                },
-            );
+    pub(super) async fn run(self, ring: &broadcast::Sender<Item>) -> String {
+        match self {
+            Consuming::Core(mut subscriber) => {
+                while let Some(m) = subscriber.next().await {
+                    subscribe::deliver(ring, event(None, &m.headers, m.payload));
+                }
+                "the subscription closed".to_owned()
+            }
+            Consuming::Stream(mut messages) => {
+                while let Some(m) = messages.next().await {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => return e.to_string(),
+                    };
+                    let id = m.info().ok().map(|i| i.stream_sequence.to_string());
+                    let (headers, payload) = (m.headers.clone(), m.payload.clone());
+                    subscribe::deliver(ring, event(id, &headers, payload));
+                }
+                "the stream's consumer closed".to_owned()
+            }
         }
-        "the subscription closed".to_owned()
     }
+}
+
+/// A subscriber's event of a NATS message.
+fn event(id: Option<String>, headers: &Option<HeaderMap>, payload: Bytes) -> subscribe::Event {
+    let headers = headers
+        .as_ref()
+        .map(|hs| {
+            hs.iter()
+                .flat_map(|(name, values)| {
+                    let name = name.to_string().to_ascii_lowercase();
+                    values
+                        .iter()
+                        .map(move |v| (name.clone(), Bytes::copy_from_slice(v.as_str().as_bytes())))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    subscribe::Event::new(id.map(Into::into), None, headers, payload)
 }
 
 /// The client's settings: timeouts, endless reconnection with backoff, credentials, TLS, and

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 pub use super::kafka::parse_event_id as parse_kafka_event_id;
+pub use super::nats::parse_event_id as parse_nats_event_id;
 use super::{Broker, Client, PublishError, State};
 
 /// One message as subscribers get it.
@@ -106,10 +107,13 @@ pub enum Subscription {
         /// Queue.
         queue: String,
     },
-    /// A NATS subject.
+    /// A NATS subject, from now or (when a JetStream stream stores it) after a stream
+    /// sequence of a `Last-Event-ID`.
     Nats {
         /// Subject.
         subject: String,
+        /// The stream sequence the client had.
+        resume: Option<u64>,
     },
 }
 
@@ -121,7 +125,10 @@ impl Subscription {
                 topic,
                 resume: None,
             } => Some(format!("kafka {topic} {buffer}")),
-            Subscription::Nats { subject } => Some(format!("nats {subject} {buffer}")),
+            Subscription::Nats {
+                subject,
+                resume: None,
+            } => Some(format!("nats {subject} {buffer}")),
             _ => None,
         }
     }
@@ -218,8 +225,8 @@ impl Broker {
             (Client::Amqp(a), Subscription::AmqpQueue { queue }) => {
                 a.consume_queue(&config, &queue, buffer).await?
             }
-            (Client::Nats(n), Subscription::Nats { subject }) => {
-                n.consume(&config, &subject).await?
+            (Client::Nats(n), Subscription::Nats { subject, resume }) => {
+                n.consume(&config, &subject, resume).await?
             }
             (Client::Unusable(error), _) => {
                 return Err(PublishError::Unavailable {

@@ -62,7 +62,11 @@ impl SubscribeHandler {
         Ok(match &self.config.source {
             Source::Kafka { topic } => Subscription::Kafka {
                 topic: fill(topic, template::kafka_topic)?,
-                resume: last_event_id(req)?,
+                resume: last_event_id(
+                    req,
+                    sub::parse_kafka_event_id,
+                    "PARTITION:OFFSET, comma-separated",
+                )?,
             },
             Source::AmqpBinding {
                 exchange,
@@ -76,6 +80,7 @@ impl SubscribeHandler {
             },
             Source::Nats { subject } => Subscription::Nats {
                 subject: fill(subject, template::nats_token)?,
+                resume: last_event_id(req, sub::parse_nats_event_id, "a stream sequence")?,
             },
         })
     }
@@ -95,17 +100,25 @@ impl SubscribeHandler {
     }
 }
 
-/// `Last-Event-ID` of a Kafka subscriber: the positions to resume from.
-fn last_event_id(req: &HandlerRequest<'_>) -> Result<Option<Vec<(i32, i64)>>, GatewayError> {
+/// `Last-Event-ID`, read by `parse` (events' ids look like `form`): where to resume from.
+fn last_event_id<T>(
+    req: &HandlerRequest<'_>,
+    parse: fn(&str) -> Option<T>,
+    form: &str,
+) -> Result<Option<T>, GatewayError> {
     let Some(v) = req.head.headers.get("last-event-id") else {
         return Ok(None);
     };
     let id = v.to_str().ok().filter(|s| !s.is_empty());
-    match id.and_then(sub::parse_kafka_event_id) {
-        Some(positions) => Ok(Some(positions)),
+    match id.and_then(parse) {
+        Some(at) => Ok(Some(at)),
         None => Err(GatewayError::BadLastEventId(format!(
-            "Last-Event-ID `{}` is not an id of this stream's events (PARTITION:OFFSET, comma-separated)",
-            String::from_utf8_lossy(v.as_bytes()).escape_debug()
+            "Last-Event-ID `{}` is not an id of this stream's events ({form})",
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(64)
+                .collect::<String>()
+                .escape_debug()
         ))),
     }
 }
@@ -162,7 +175,7 @@ impl ServeHandler for SubscribeHandler {
             Subscription::Kafka { topic, .. } => ("kafka", topic.clone()),
             Subscription::AmqpBinding { exchange, .. } => ("rabbitmq", exchange.clone()),
             Subscription::AmqpQueue { queue } => ("rabbitmq", queue.clone()),
-            Subscription::Nats { subject } => ("nats", subject.clone()),
+            Subscription::Nats { subject, .. } => ("nats", subject.clone()),
         };
         let filter = self.filter(&req)?;
         let feed = self
