@@ -26,7 +26,7 @@ static MALLOC_CONF: &u8 = &b"tcache_max:131072\0"[0];
     about = "An API gateway and edge reverse proxy"
 )]
 struct Cli {
-    /// The config file.
+    /// The config file (`-`: standard input, for `check`).
     #[arg(short, long, global = true, default_value = "gateway.toml")]
     config: PathBuf,
     /// Take over the listening sockets of a running tollgate (zero-downtime upgrade; see
@@ -60,16 +60,44 @@ fn main() -> ExitCode {
     // fetch over HTTPS); installing fails only if one is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = tollgate::plugins::builtin_registry();
-    let built = match config::load(&cli.config, &registry) {
+    let command = cli.command.unwrap_or(Command::Run);
+    let stdin = cli.config.as_os_str() == "-";
+    let loaded = match (&command, stdin) {
+        (Command::Check, true) => {
+            // Errors name `<stdin>`; relative paths in it resolve from the working directory.
+            let mut src = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut src) {
+                Ok(_) => config::load_str(std::path::Path::new("<stdin>"), &src, &registry),
+                Err(e) => {
+                    eprintln!("<stdin>: cannot read the config: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        (Command::Run, true) => {
+            eprintln!(
+                "-: the gateway reads its config from a file, which it watches and reloads; \
+                 `-` (standard input) is for `tollgate check`"
+            );
+            return ExitCode::from(1);
+        }
+        _ => config::load(&cli.config, &registry),
+    };
+    let built = match loaded {
         Ok(b) => b,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(1);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Check => {
-            println!("{}: ok", cli.config.display());
+            let shown = if stdin {
+                "<stdin>".into()
+            } else {
+                cli.config.display().to_string()
+            };
+            println!("{shown}: ok");
             ExitCode::SUCCESS
         }
         Command::Run => {

@@ -306,3 +306,56 @@ fields = ["name"]
         "plugin `require-json-field`: `fields` must name at least one field",
     );
 }
+
+/// `tollgate check -c -` with `input` on standard input, run in `dir`.
+fn check_stdin(input: &str, dir: &Path) -> (i32, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c", "-"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tollgate check");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write the config");
+    let out = child.wait_with_output().expect("tollgate check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_config_on_standard_input_is_checked_with_paths_from_the_working_directory() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("gateway.toml")).expect("gateway.toml");
+    let (code, out) = check_stdin(&text, repo);
+    assert_eq!((code, out.trim()), (0, "<stdin>: ok"));
+    // From elsewhere its protos are not found: they are relative to where it is checked.
+    let (code, out) = check_stdin(&text, &std::env::temp_dir());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("<stdin>:"), "{out}");
+    let (code, out) = check_stdin("[routes.x]\nexact = \"/x\"\nupstream = \"nope\"\n", repo);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("<stdin>:3:12: route `x`: upstream `nope` is not defined"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_gateway_does_not_run_from_standard_input() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["-c", "-"])
+        .output()
+        .expect("run tollgate");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is for `tollgate check`"), "{err}");
+}
