@@ -289,6 +289,9 @@ impl BackgroundService for Background {
         self.reloader.set_ready();
         let _ = shutdown.changed().await;
         let graceful = *shutdown.borrow();
+        // Streams to subscribers never end by themselves: they end now, so that the drain
+        // waits for requests, not for clients' patience.
+        crate::handler::subscribe::close_streams();
         let _ = stop_tx.send(true);
         self.reloader.stop_watching();
         self.snapshot.load().stop_tasks();

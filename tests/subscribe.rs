@@ -731,3 +731,165 @@ subject = "{subject}.{{kind}}"
         .expect("get");
     expect_error(resp, 400, "bad_last_event_id").await;
 }
+
+#[tokio::test]
+async fn a_value_too_long_for_a_nats_subject_is_refused_and_the_broker_stays_up() {
+    let nats = Nats::shared().await;
+    let prefix = unique("sse-long");
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.bus]
+kind = "nats"
+servers = ["{url}"]
+jetstream = false
+
+[routes.feed]
+template = "/feed/{{kind}}"
+[routes.feed.subscribe]
+broker = "bus"
+subject = "{prefix}.{{kind}}"
+
+[routes.send]
+template = "/send/{{kind}}"
+[routes.send.publish]
+broker = "bus"
+subject = "{prefix}.{{kind}}"
+mode = "fire_and_forget"
+"#,
+        url = nats.url()
+    ))
+    .await;
+    let mut open = Stream::open(&gw.url("/feed/a"), None).await;
+    // Longer than the server's protocol line: sent, it would close the connection every
+    // request shares.
+    let long = "k".repeat(5000);
+    let resp = sse_client()
+        .get(gw.url(&format!("/feed/{long}")))
+        .send()
+        .await
+        .expect("get");
+    expect_error(resp, 400, "bad_destination").await;
+    let resp = common::client()
+        .post(gw.url(&format!("/send/{long}")))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    expect_error(resp, 400, "bad_destination").await;
+    let resp = common::client()
+        .post(gw.url("/send/a"))
+        .body("still here")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(
+        open.event().await.map(|e| e.data),
+        Some("still here".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_stall_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = Nats::shared().await;
+    let subject = unique("sse-stall");
+    let gw = Gateway::start(&format!(
+        r#"
+[brokers.bus]
+kind = "nats"
+servers = ["{url}"]
+
+[routes.feed]
+exact = "/feed"
+[routes.feed.subscribe]
+broker = "bus"
+subject = "{subject}"
+stall_timeout = "1s"
+"#,
+        url = nats.url()
+    ))
+    .await;
+    let addr = gw
+        .url("/")
+        .replace("http://", "")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /feed HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .expect("request");
+    // Read up to the opening comment, then never again.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(": subscribed") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(HANG, conn.read(&mut buf))
+            .await
+            .expect("the stream opens")
+            .expect("read");
+        assert!(n > 0, "closed before the stream opened");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // More than the socket buffers hold: writing blocks, and stays blocked.
+    let client = nats.connect().await;
+    let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    for _ in 0..400 {
+        client
+            .publish(subject.clone(), payload.clone())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+    wait_metric(
+        &gw,
+        "tollgate_subscriptions_ended_total{broker=\"bus\",reason=\"slow_client\",route=\"feed\"}",
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &gw,
+        "tollgate_subscribers{broker=\"bus\",route=\"feed\"}",
+        0.0,
+    )
+    .await;
+    drop(conn);
+}
+
+#[tokio::test]
+async fn shutting_down_ends_every_stream_at_once() {
+    let nats = Nats::shared().await;
+    let mut gw = Gateway::start(&format!(
+        r#"
+[server]
+# Were streams waited for, the gateway would not exit within the test's patience.
+graceful_shutdown_timeout = "1h"
+
+[brokers.bus]
+kind = "nats"
+servers = ["{url}"]
+
+[routes.feed]
+exact = "/feed"
+[routes.feed.subscribe]
+broker = "bus"
+subject = "{subject}"
+"#,
+        url = nats.url(),
+        subject = unique("sse-shutdown"),
+    ))
+    .await;
+    let mut s = Stream::open(&gw.url("/feed"), None).await;
+    gw.signal("TERM");
+    assert_eq!(
+        s.block().await.as_deref(),
+        Some(": the gateway is shutting down")
+    );
+    assert_eq!(s.block().await, None, "the stream ends after it");
+    assert!(
+        gw.wait_exit(HANG),
+        "the gateway did not exit\n{}",
+        gw.logs()
+    );
+}

@@ -255,7 +255,7 @@ impl Broker {
                 format!("broker `{name}` is unavailable")
             };
             let why = tokio::select! {
-                why = run.run(&tx) => why,
+                why = run.run(&tx) => format!("broker `{name}` ended the stream: {why}"),
                 why = down => why,
             };
             let _ = tx.send(Item::Ended(why.into()));

@@ -124,10 +124,18 @@ pub fn render(
                 Some((name, _)) => return Err(missing(format!("path parameter `{name}`"))),
                 None => return Err(missing(format!("path parameter {i}"))),
             },
-            TemplatePart::Header(name) => match headers.get(name).and_then(|v| v.to_str().ok()) {
-                Some(v) if !v.is_empty() => {
+            TemplatePart::Header(name) => match headers.get(name).map(|v| v.to_str()) {
+                Some(Ok(v)) if !v.is_empty() => {
                     checked(format!("header `{name}`"), v)?;
                     out.push_str(v)
+                }
+                Some(Err(_)) => {
+                    return Err(TemplateError::Invalid {
+                        template: template.source.clone(),
+                        what: format!("header `{name}`"),
+                        value: "(bytes that are not visible ASCII)".to_owned(),
+                        why: "a value that goes into a destination or filter is text",
+                    })
                 }
                 _ => return Err(missing(format!("header `{name}`"))),
             },
@@ -207,6 +215,15 @@ mod tests {
             e.to_string(),
             "`t` needs header `x-tenant`, which the request does not have (or has empty)"
         );
+        // Present, but not text: said so, not called missing.
+        let mut latin1 = HeaderMap::new();
+        latin1.insert(
+            "x-tenant",
+            HeaderValue::from_bytes(b"caf\xe9").expect("an obs-text header value"),
+        );
+        let e = render(&t, &ctx(), &latin1, any_value).expect_err("not text");
+        assert_eq!(e.code(), "bad_destination");
+        assert!(e.to_string().contains("is text"), "{e}");
         let t = template(vec![TemplatePart::Var("consumer".into())]);
         assert!(render(&t, &ctx(), &headers, any_value).is_err());
         let mut c = ctx();

@@ -537,6 +537,7 @@ pub struct SubscribeSection {
     pub subject: Option<Spanned<String>>,
     pub filter: Option<Spanned<SubscribeFilter>>,
     pub heartbeat: Option<Spanned<Duration>>,
+    pub stall_timeout: Option<Spanned<Duration>>,
     pub buffer: Option<Spanned<u64>>,
     pub max_subscribers: Option<Spanned<u64>>,
 }

@@ -9,12 +9,24 @@ pub struct Duration(pub std::time::Duration);
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Duration).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{s}`: {e} (write e.g. \"250ms\", \"5s\", \"1m\")"
-            ))
-        })
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // A bare number has no unit to go by: say how a duration is written.
+                f.write_str("a duration string such as \"250ms\", \"5s\" or \"1m\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+                humantime::parse_duration(s).map(Duration).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration `{s}`: {e} (write e.g. \"250ms\", \"5s\", \"1m\")"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 

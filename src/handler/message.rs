@@ -46,7 +46,7 @@ pub(super) fn target(
             routing_key: short_string(fill(routing_key, template::amqp_key)?, routing_key)?,
         },
         Destination::Nats { subject } => Target::Nats {
-            subject: fill(subject, template::nats_token)?,
+            subject: nats_subject_name(fill(subject, template::nats_token)?, subject)?,
         },
     })
 }
@@ -85,8 +85,26 @@ pub(super) fn span(req: &HandlerRequest<'_>, target: &Target) -> Option<Messagin
     MessagingSpan::start(req.ctx.trace.as_ref(), system, destination)
 }
 
+/// A filled NATS subject of at most 255 bytes. The server closes a connection whose protocol
+/// line is over its `max_control_line` (4 KiB by default), and that connection is every
+/// request's: one long value must not take the broker away from everyone.
+pub(super) fn nats_subject_name(name: String, t: &Template) -> Result<String, TemplateError> {
+    if name.len() > 255 {
+        return Err(TemplateError::Invalid {
+            template: t.source.clone(),
+            what: "the filled subject".to_owned(),
+            value: format!(
+                "{}...",
+                name.chars().take(32).collect::<String>().escape_debug()
+            ),
+            why: "a NATS subject here is at most 255 bytes",
+        });
+    }
+    Ok(name)
+}
+
 /// A filled Kafka topic that Kafka takes: not `.` or `..`, at most 249 characters.
-fn kafka_topic_name(name: String, t: &Template) -> Result<String, TemplateError> {
+pub(super) fn kafka_topic_name(name: String, t: &Template) -> Result<String, TemplateError> {
     if name == "." || name == ".." || name.len() > 249 {
         return Err(TemplateError::Invalid {
             template: t.source.clone(),
@@ -99,7 +117,7 @@ fn kafka_topic_name(name: String, t: &Template) -> Result<String, TemplateError>
 }
 
 /// A filled AMQP exchange or routing key fits the protocol's short string (255 bytes).
-fn short_string(name: String, t: &Template) -> Result<String, TemplateError> {
+pub(super) fn short_string(name: String, t: &Template) -> Result<String, TemplateError> {
     if name.len() > 255 {
         return Err(TemplateError::Invalid {
             template: t.source.clone(),

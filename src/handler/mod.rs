@@ -21,7 +21,10 @@
 //!    tries, the request id, the ring-hash key, whether the request may be sent again). It
 //!    returns a response whose body the pipeline streams to the client (the plugins' response
 //!    phase runs on its head), or a [`GatewayError`] the pipeline renders in the client's
-//!    shape. A body that fails mid-stream cuts the client's response off.
+//!    shape. A body that fails mid-stream cuts the client's response off; so does a chunk not
+//!    written within the response's [`StallTimeout`], when it carries one. While a body of
+//!    unknown length streams, the pipeline watches the client's connection, and drops the body
+//!    the moment the client leaves.
 
 pub mod grpc;
 mod message;
@@ -38,6 +41,18 @@ use tollgate_plugin_api::RequestContext;
 use crate::error::GatewayError;
 use crate::grpc::ResponseBody;
 use crate::upstream::Attempt;
+
+/// Put in a streamed response's extensions by a handler whose client may stop reading (a
+/// Server-Sent Events stream): the pipeline cuts the response when one chunk of its body cannot
+/// be written within `after`, and sets `stalled`, so the handler knows why its body was dropped.
+/// Without it a client that stops reading holds its connection (and what feeds it) for good.
+#[derive(Debug, Clone)]
+pub struct StallTimeout {
+    /// The longest one chunk may wait to be written.
+    pub after: std::time::Duration,
+    /// Set when the pipeline cut the response for it.
+    pub stalled: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// What serves a route's requests.
 #[derive(Clone)]

@@ -9,6 +9,7 @@
 //! the last of its source, the consumer, at once (the pipeline watches the connection while it
 //! streams).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,7 +18,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Response};
 
-use super::{HandlerRequest, ServeHandler};
+use super::message::{kafka_topic_name, nats_subject_name, short_string};
+use super::{HandlerRequest, ServeHandler, StallTimeout};
 use crate::broker::subscribe::{self as sub, Event, Feed, Next, Subscription};
 use crate::broker::template::{self, from_request, render};
 use crate::broker::{Broker, PublishError, SubscriberSlot};
@@ -61,7 +63,7 @@ impl SubscribeHandler {
         let fill = |t, check| render(t, req.ctx, &req.head.headers, check);
         Ok(match &self.config.source {
             Source::Kafka { topic } => Subscription::Kafka {
-                topic: fill(topic, template::kafka_topic)?,
+                topic: kafka_topic_name(fill(topic, template::kafka_topic)?, topic)?,
                 resume: last_event_id(
                     req,
                     sub::parse_kafka_event_id,
@@ -72,14 +74,14 @@ impl SubscribeHandler {
                 exchange,
                 routing_key,
             } => Subscription::AmqpBinding {
-                exchange: fill(exchange, template::amqp_name)?,
-                routing_key: fill(routing_key, template::amqp_key)?,
+                exchange: short_string(fill(exchange, template::amqp_name)?, exchange)?,
+                routing_key: short_string(fill(routing_key, template::amqp_key)?, routing_key)?,
             },
             Source::AmqpQueue { queue } => Subscription::AmqpQueue {
-                queue: fill(queue, template::amqp_key)?,
+                queue: short_string(fill(queue, template::amqp_key)?, queue)?,
             },
             Source::Nats { subject } => Subscription::Nats {
-                subject: fill(subject, template::nats_token)?,
+                subject: nats_subject_name(fill(subject, template::nats_token)?, subject)?,
                 resume: last_event_id(req, sub::parse_nats_event_id, "a stream sequence")?,
             },
         })
@@ -188,8 +190,11 @@ impl ServeHandler for SubscribeHandler {
                 }
                 e
             })?;
+        let stalled = Arc::new(AtomicBool::new(false));
         let stream = Stream {
             feed,
+            stalled: stalled.clone(),
+            closing: CLOSING.subscribe(),
             filter,
             heartbeat: self.config.heartbeat,
             delivered: None,
@@ -202,6 +207,10 @@ impl ServeHandler for SubscribeHandler {
         };
         let body = futures_util::stream::unfold(stream, Stream::next);
         let mut resp = Response::new(crate::grpc::body::streamed(body));
+        resp.extensions_mut().insert(StallTimeout {
+            after: self.config.stall_timeout,
+            stalled,
+        });
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -227,6 +236,10 @@ enum Phase {
 /// One subscriber's stream, as the response body pulls it.
 struct Stream {
     feed: Feed,
+    /// Set by the pipeline when it cut the stream because the client took no bytes.
+    stalled: Arc<AtomicBool>,
+    /// Turns true when the gateway shuts down.
+    closing: tokio::sync::watch::Receiver<bool>,
     filter: Filter,
     heartbeat: std::time::Duration,
     /// The last event handed to the pipeline, acknowledged (and its span ended) once the
@@ -264,7 +277,17 @@ impl Stream {
         // heartbeat off.
         let due = tokio::time::Instant::now() + self.heartbeat;
         loop {
-            let next = tokio::time::timeout_at(due, self.feed.next()).await;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(due, self.feed.next()) => Some(next),
+                _ = self.closing.wait_for(|closing| *closing) => None,
+            };
+            let Some(next) = next else {
+                // Ended, not cut: the client's EventSource reconnects, to an instance that is
+                // not going away.
+                self.state = Phase::Done;
+                let bye = Bytes::from_static(b": the gateway is shutting down\n\n");
+                return Some((Ok(bye), self));
+            };
             let chunk = match next {
                 Err(_) => Ok(Bytes::from_static(b": heartbeat\n\n")),
                 Ok(Next::Event(e)) => {
@@ -327,6 +350,24 @@ fn data_lines(out: &mut BytesMut, text: &str) {
         out.put_slice(line.as_bytes());
         out.put_u8(b'\n');
     }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.stalled.load(Ordering::Acquire) {
+            self.count.ended("slow_client");
+        }
+    }
+}
+
+/// Set when the gateway shuts down: every stream ends at once rather than hold the shutdown
+/// for its grace period.
+static CLOSING: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
+
+/// Ends every subscriber's stream (the gateway is shutting down).
+pub fn close_streams() {
+    CLOSING.send_replace(true);
 }
 
 /// The last event of a stream whose source stopped: the gateway's error body, as a request

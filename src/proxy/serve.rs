@@ -2,6 +2,8 @@
 //! the listener's deadlines, the handler called with the route's upstream tries, and its
 //! response streamed to the client through the plugins' response phase.
 
+use std::sync::atomic::Ordering;
+
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use pingora_core::ErrorType;
@@ -11,7 +13,7 @@ use pingora_proxy::Session;
 use super::context::RequestState;
 use super::{chain, prepare, respond, upstream, Gateway};
 use crate::error::GatewayError;
-use crate::handler::{HandlerRequest, ServeHandler};
+use crate::handler::{HandlerRequest, ServeHandler, StallTimeout};
 
 impl Gateway {
     /// Serves the request with `handler`; every outcome, errors included, is answered here.
@@ -101,6 +103,7 @@ async fn write_response(
     response: http::Response<crate::grpc::ResponseBody>,
 ) {
     let (parts, mut body) = response.into_parts();
+    let stall = parts.extensions.get::<StallTimeout>().cloned();
     let status = parts.status.as_u16();
     let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
     // A body of unknown length may stream for as long as the client stays (Server-Sent
@@ -159,7 +162,24 @@ async fn write_response(
                     // The last data ends the stream itself: a unary answer then goes out as one
                     // HTTP/2 DATA frame, not a second, empty one.
                     let end = hyper::body::Body::is_end_stream(&body);
-                    if session.write_response_body(Some(data), end).await.is_err() || end {
+                    let write = session.write_response_body(Some(data), end);
+                    let written = match &stall {
+                        None => write.await,
+                        Some(stall) => match tokio::time::timeout(stall.after, write).await {
+                            Ok(written) => written,
+                            Err(_) => {
+                                // The client stopped reading: the rest of the stream would
+                                // only queue behind it.
+                                stall.stalled.store(true, Ordering::Release);
+                                tracing::info!(request_id = %st.ctx.request_id,
+                                    route = %st.ctx.route, after = ?stall.after,
+                                    "client took no bytes of its stream; cut");
+                                session.set_keepalive(None);
+                                return;
+                            }
+                        },
+                    };
+                    if written.is_err() || end {
                         return;
                     }
                 }

@@ -226,6 +226,9 @@ pub struct SubscribeConfig {
     /// A comment line is sent after this much silence, so proxies keep the stream open and a
     /// gone client is noticed.
     pub heartbeat: Duration,
+    /// A client that takes no bytes of its stream for this long, while an event waits to be
+    /// written to it, is cut.
+    pub stall_timeout: Duration,
     /// Messages held for one client; a client that falls this far behind is cut.
     pub buffer: usize,
     /// Clients streaming from this route at once (per instance); one more gets 503.

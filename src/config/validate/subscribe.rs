@@ -16,6 +16,9 @@ use super::Validator;
 
 /// Silence after which a comment line is sent unless the route says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a client may take no bytes while an event waits for it, unless the route says
+/// otherwise.
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages held for one client unless the route says otherwise.
 const DEFAULT_BUFFER: usize = 256;
 /// The most a route may hold per client: the buffer is allocated as messages arrive, but a
@@ -63,6 +66,17 @@ impl Validator<'_, '_> {
             Some(h) => h.get_ref().0,
             None => DEFAULT_HEARTBEAT,
         };
+        let stall_timeout = match &s.stall_timeout {
+            Some(h) if h.get_ref().0.is_zero() => {
+                self.c.at(
+                    h.span(),
+                    format!("route `{route}`: `stall_timeout` must be longer than 0s"),
+                );
+                DEFAULT_STALL_TIMEOUT
+            }
+            Some(h) => h.get_ref().0,
+            None => DEFAULT_STALL_TIMEOUT,
+        };
         let buffer = match &s.buffer {
             Some(n) if !(1..=MAX_BUFFER).contains(n.get_ref()) => {
                 self.c.at(
@@ -95,6 +109,7 @@ impl Validator<'_, '_> {
             filter_key: filter_key?,
             filter_headers: filter_headers?,
             heartbeat,
+            stall_timeout,
             buffer,
             max_subscribers,
         })
