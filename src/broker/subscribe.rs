@@ -14,6 +14,7 @@
 //! consumer fails; it is stopped the moment its last feed is dropped.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -138,6 +139,23 @@ impl Subscription {
 pub(super) struct Source {
     ring: broadcast::Sender<Item>,
     task: tokio::task::AbortHandle,
+    /// Set by the task before it sends `Ended`: a feed that joins a source finds out whether
+    /// it would still hear of the end.
+    ended: Arc<AtomicBool>,
+}
+
+impl Source {
+    /// A feed of this source, unless it has ended (a feed that joined after the end would
+    /// wait for messages that never come).
+    fn feed(self: &Arc<Self>) -> Option<Feed> {
+        let rx = self.ring.subscribe();
+        // Subscribed first: if the end was not yet flagged, its `Ended` is sent after this
+        // feed joined, and reaches it.
+        (!self.ended.load(AtomicOrdering::SeqCst)).then(|| Feed {
+            rx,
+            _source: self.clone(),
+        })
+    }
 }
 
 impl Drop for Source {
@@ -187,11 +205,12 @@ impl Broker {
         };
         // Held while a source starts, so that two first subscribers make one consumer.
         let mut shared = self.sources.0.lock().await;
-        if let Some(source) = shared.get(&key).and_then(Weak::upgrade) {
-            return Ok(Feed {
-                rx: source.ring.subscribe(),
-                _source: source,
-            });
+        if let Some(feed) = shared
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .and_then(|s| s.feed())
+        {
+            return Ok(feed);
         }
         let source = self.start_source(subscription, buffer).await?;
         shared.retain(|_, s| s.strong_count() > 0);
@@ -242,6 +261,8 @@ impl Broker {
             }
         };
         let tx = ring.clone();
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = ended.clone();
         let mut state = self.state.0.subscribe();
         let name = config.name.clone();
         let task = tokio::spawn(async move {
@@ -258,11 +279,13 @@ impl Broker {
                 why = run.run(&tx) => format!("broker `{name}` ended the stream: {why}"),
                 why = down => why,
             };
+            flag.store(true, AtomicOrdering::SeqCst);
             let _ = tx.send(Item::Ended(why.into()));
         });
         Ok(Arc::new(Source {
             ring,
             task: task.abort_handle(),
+            ended,
         }))
     }
 }
