@@ -275,3 +275,121 @@ fn the_schema_carries_docs_defaults_and_allowed_values() {
     let cors = &defs["CorsConfig"]["properties"];
     assert_eq!(cors["max_age_secs"]["default"], 600, "a plugin's default");
 }
+
+/// The defaults the schema states are the ones validation applies: a file that leaves the keys
+/// out loads into a model holding exactly the schema's values.
+#[test]
+fn stated_defaults_are_what_the_loader_applies() {
+    let schema = tollgate::config::schema(&tollgate::plugins::builtin_registry());
+    let defs = &schema["$defs"];
+    let default = |section: &str, key: &str| -> Value {
+        let d = defs[section]["properties"][key]["default"].clone();
+        assert!(!d.is_null(), "{section}.{key} states no default");
+        d
+    };
+    let duration = |section: &str, key: &str| -> std::time::Duration {
+        let d = default(section, key);
+        humantime::parse_duration(d.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{section}.{key}: default {d} is not a duration: {e}"))
+    };
+    let number = |section: &str, key: &str| -> u64 {
+        default(section, key)
+            .as_u64()
+            .unwrap_or_else(|| panic!("{section}.{key}: the default is not a whole number"))
+    };
+    let src = format!(
+        "{BASE}\n[upstreams.users.health_check]\n[upstreams.users.outlier_detection]\n\
+         [upstreams.users.retry]\n"
+    );
+    let built = tollgate::config::load_str(
+        Path::new("gateway.toml"),
+        &src,
+        &tollgate::plugins::builtin_registry(),
+    )
+    .expect("loads");
+    let config = &built.config;
+    let server = &config.server;
+    let s = "ServerSection";
+    assert_eq!(
+        server.max_request_header_bytes as u64,
+        number(s, "max_request_header_bytes")
+    );
+    assert_eq!(server.max_uri_bytes as u64, number(s, "max_uri_bytes"));
+    assert_eq!(
+        server.keepalive_pool_size as u64,
+        number(s, "keepalive_pool_size")
+    );
+    assert_eq!(
+        server.graceful_shutdown_timeout,
+        duration(s, "graceful_shutdown_timeout")
+    );
+    assert_eq!(server.watch_config, default(s, "watch_config") == true);
+    assert_eq!(
+        server.upgrade_sock.display().to_string(),
+        default(s, "upgrade_sock").as_str().unwrap_or_default()
+    );
+    assert_eq!(
+        server.client.request_header_timeout,
+        duration(s, "request_header_timeout")
+    );
+    assert_eq!(
+        server.client.client_body_timeout,
+        duration(s, "client_body_timeout")
+    );
+
+    let up = &config.upstreams[0];
+    let u = "UpstreamSection";
+    assert_eq!(up.dns_refresh, duration(u, "dns_refresh"));
+    assert_eq!(up.timeouts.connect, duration(u, "connect_timeout"));
+    assert_eq!(up.timeouts.read, duration(u, "read_timeout"));
+    assert_eq!(up.timeouts.write, duration(u, "write_timeout"));
+    assert_eq!(up.timeouts.idle, duration(u, "idle_timeout"));
+    assert_eq!(up.panic_mode, default(u, "panic_mode") == true);
+
+    let health = up.health_check.as_ref().expect("a health check");
+    let h = "HealthCheckSection";
+    assert_eq!(health.interval, duration(h, "interval"));
+    assert_eq!(health.timeout, duration(h, "timeout"));
+    assert_eq!(health.jitter, duration(h, "jitter"));
+    assert_eq!(
+        u64::from(health.healthy_threshold),
+        number(h, "healthy_threshold")
+    );
+    assert_eq!(
+        u64::from(health.unhealthy_threshold),
+        number(h, "unhealthy_threshold")
+    );
+
+    let outlier = up
+        .outlier
+        .as_ref()
+        .expect("outlier detection is on by default");
+    let o = "OutlierSection";
+    assert_eq!(
+        u64::from(outlier.consecutive_failures),
+        number(o, "consecutive_failures")
+    );
+    assert_eq!(
+        outlier.base_ejection_time,
+        duration(o, "base_ejection_time")
+    );
+    assert_eq!(outlier.max_ejection_time, duration(o, "max_ejection_time"));
+    assert_eq!(
+        u64::from(outlier.max_ejection_percent),
+        number(o, "max_ejection_percent")
+    );
+
+    let retry = &up.retry;
+    let r = "RetrySection";
+    assert_eq!(u64::from(retry.attempts), number(r, "attempts"));
+    assert_eq!(retry.backoff_base, duration(r, "backoff_base"));
+    assert_eq!(retry.backoff_max, duration(r, "backoff_max"));
+    assert_eq!(
+        Some(retry.budget_ratio),
+        default(r, "budget_ratio").as_f64()
+    );
+    assert_eq!(
+        u64::from(retry.budget_min_retries),
+        number(r, "budget_min_retries")
+    );
+}
