@@ -393,3 +393,42 @@ fn stated_defaults_are_what_the_loader_applies() {
         number(r, "budget_min_retries")
     );
 }
+
+/// Every key has a text for hovers and completion: its own `description`, or the one of the
+/// definition it refers to.
+#[test]
+fn every_key_is_described() {
+    fn walk(node: &Value, defs: &Value, path: &str, missing: &mut Vec<String>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::Object(props)) = map.get("properties") {
+                    // An enum variant written as a one-key table (`{ header = "..." }`): the
+                    // variant's text is the key's.
+                    let variant = props.len() == 1 && map.get("description").is_some();
+                    for (key, prop) in props {
+                        let own = prop.get("description").is_some();
+                        let referred = prop["$ref"]
+                            .as_str()
+                            .and_then(|r| r.strip_prefix("#/$defs/"))
+                            .is_some_and(|d| defs[d].get("description").is_some());
+                        if !own && !referred && !variant {
+                            missing.push(format!("{path}.{key}"));
+                        }
+                    }
+                }
+                for (k, v) in map {
+                    walk(v, defs, &format!("{path}/{k}"), missing);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, defs, path, missing)),
+            _ => {}
+        }
+    }
+    let schema = tollgate::config::schema(&tollgate::plugins::builtin_registry());
+    let mut missing = Vec::new();
+    walk(&schema, &schema["$defs"], "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "keys without a doc comment: {missing:#?}"
+    );
+}

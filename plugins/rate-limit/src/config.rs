@@ -156,17 +156,24 @@ pub enum OnError {
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RedisTable {
+    /// The server: `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`.
     url: RedisUrl,
+    /// Prepended to every Redis key.
     #[serde(default = "default_prefix")]
     prefix: String,
+    /// Longest wait of a request for Redis, dialling included.
     #[serde(default = "default_timeout")]
     timeout: ConfigDuration,
+    /// Longest a connection attempt may take (requests never wait longer than `timeout`).
     #[serde(default = "default_connect_timeout")]
     connect_timeout: ConfigDuration,
+    /// After a failure, how long Redis is left alone (requests get `on_error` meanwhile).
     #[serde(default = "default_retry_interval")]
     retry_interval: ConfigDuration,
+    /// The answer while Redis cannot decide.
     #[serde(default)]
     on_error: OnError,
+    /// Refuse requests a local limiter already finds over the limit, without asking Redis.
     #[serde(default)]
     local_precheck: bool,
 }
@@ -313,6 +320,13 @@ impl<'de> Deserialize<'de> for RedisUrl {
 /// A positive duration written like `"100ms"`, `"2s"`, `"1m 30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConfigDuration(Duration);
+
+// Only for the defaults the schema states: written as it is read.
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_duration(&self.0, s)
+    }
+}
 
 impl schemars::JsonSchema for ConfigDuration {
     fn schema_name() -> std::borrow::Cow<'static, str> {
