@@ -281,6 +281,9 @@ pub enum Balance {
 /// enum: serde's internally tagged enums lose the spans that errors point with.
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "`discovery = { type = ..., ... }`: find an upstream's targets in DNS or Consul. `type` decides which other keys apply."
+)]
 pub struct DiscoverySection {
     /// "dns" (A/AAAA), "dns_srv" (SRV) or "consul".
     #[serde(rename = "type")]
@@ -639,6 +642,9 @@ pub enum HeaderCondition {
 /// lose the spans errors point with); the keys of the other kinds are refused in validation.
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "`[brokers.NAME]`: a message broker. `kind` decides which other keys apply; a key of another kind is an error."
+)]
 pub struct BrokerSection {
     /// The kind of broker; it decides which other keys apply.
     pub kind: BrokerKind,
@@ -765,6 +771,9 @@ pub struct BrokerTls {
 /// broker's kind.
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "`[routes.NAME.publish]`: publish the request body to a broker. The broker's kind decides the destination keys."
+)]
 pub struct PublishSection {
     /// Name of a [brokers.NAME]; its kind decides the destination keys.
     pub broker: Spanned<String>,

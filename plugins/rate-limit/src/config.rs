@@ -155,6 +155,9 @@ pub enum OnError {
 /// The table form of [`RedisConfig`].
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "`backend = { redis = { url = ..., ... } }`: Redis and how the limit uses it."
+)]
 struct RedisTable {
     /// The server: `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`.
     url: RedisUrl,

@@ -21,6 +21,9 @@ use super::error::{SettingProblem, SettingsError};
 /// `[tracing]` of gateway.toml as serde reads it (and `/config` shows it, secrets redacted).
 #[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "`[tracing]`: OpenTelemetry traces over OTLP (docs/operations/tracing.md); `OTEL_*` variables apply too."
+)]
 pub struct TracingSection {
     /// Exports traces when true; nothing else turns tracing on.
     #[serde(default)]
