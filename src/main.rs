@@ -65,8 +65,18 @@ fn main() -> ExitCode {
     let registry = tollgate::plugins::builtin_registry();
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Schema = command {
-        print!("{}", config::schema_text(&registry));
-        return ExitCode::SUCCESS;
+        // Written without `print!`, which panics when stdout is gone (`tollgate schema | head`).
+        let mut out = std::io::stdout().lock();
+        let written =
+            std::io::Write::write_all(&mut out, config::schema_text(&registry).as_bytes())
+                .and_then(|()| std::io::Write::flush(&mut out));
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate schema: cannot write the schema: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let stdin = cli.config.as_os_str() == "-";
     let loaded = match (&command, stdin) {
