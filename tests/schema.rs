@@ -237,6 +237,18 @@ fn value_patterns_agree_with_the_loader() {
             false,
         ),
         ("[plugins.rate-limit]\nlimits = [{ rate = \"100/week\" }]", false),
+        (
+            "[upstreams.hashed]\ntargets = [\"127.0.0.1:3002\"]\nbalance = \"ring_hash\"\nhash_on = \"header:x-user\"",
+            true,
+        ),
+        (
+            "[upstreams.hashed]\ntargets = [\"127.0.0.1:3002\"]\nbalance = \"ring_hash\"\nhash_on = \"client-ip\"",
+            false,
+        ),
+        ("[access_log]\nfields = [\"status\", \"route\"]", true),
+        ("[access_log]\nfields = [\"status\", \"latency\"]", false),
+        ("[upstreams.users.retry]\non = [\"reset\", \"timeout\"]", true),
+        ("[upstreams.users.retry]\non = [\"reset\", \"5xx\"]", false),
     ];
     let mut wrong = Vec::new();
     for (change, valid) in cases {

@@ -139,6 +139,7 @@ pub struct AccessLogSection {
     /// Subset and order of the fields of a line: time, request_id, trace_id, client_ip, method,
     /// host, path, query, protocol, route, upstream, target, status, bytes_sent, bytes_received,
     /// duration_ms, upstream_ms, attempts, error. Default: all.
+    #[schemars(extend("items" = { "type": "string", "enum": crate::telemetry::access_log::FIELDS }))]
     pub fields: Option<Vec<Spanned<String>>>,
 }
 
@@ -253,6 +254,7 @@ pub struct UpstreamSection {
     pub balance: Option<Balance>,
     /// Key of `ring_hash`: "header:NAME", "cookie:NAME", "client_ip" or "path".
     #[schemars(extend("default" = "client_ip"))]
+    #[schemars(extend("pattern" = r"^(client_ip|path|header:.+|cookie:.*\S.*)$"))]
     pub hash_on: Option<Spanned<String>>,
     /// When no target is available, send to all of them anyway instead of answering 503.
     #[schemars(extend("default" = true))]
@@ -402,6 +404,7 @@ pub struct RetrySection {
     pub attempts: Option<u32>,
     /// Causes retried: "connect_failure", "reset", "timeout".
     #[schemars(extend("default" = ["connect_failure", "reset"]))]
+    #[schemars(extend("items" = { "type": "string", "enum": ["connect_failure", "reset", "timeout"] }))]
     pub on: Option<Vec<Spanned<String>>>,
     /// Response statuses that are retried, as 503 or "502-504".
     #[schemars(extend("default" = []))]
