@@ -46,6 +46,9 @@ enum Command {
     Run,
     /// Validate the config file and exit: 0 when valid, 1 with every error otherwise.
     Check,
+    /// Print the JSON Schema of gateway.toml (draft 2020-12), plugin tables included, for
+    /// editors and validators (docs/editor-support.md). Reads no config file.
+    Schema,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -61,6 +64,20 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = tollgate::plugins::builtin_registry();
     let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Schema = command {
+        // Written without `print!`, which panics when stdout is gone (`tollgate schema | head`).
+        let mut out = std::io::stdout().lock();
+        let written =
+            std::io::Write::write_all(&mut out, config::schema_text(&registry).as_bytes())
+                .and_then(|()| std::io::Write::flush(&mut out));
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate schema: cannot write the schema: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let stdin = cli.config.as_os_str() == "-";
     let loaded = match (&command, stdin) {
         (Command::Check, true) => {
@@ -91,6 +108,8 @@ fn main() -> ExitCode {
         }
     };
     match command {
+        // Answered before any config is read.
+        Command::Schema => ExitCode::SUCCESS,
         Command::Check => {
             let shown = if stdin {
                 "<stdin>".into()

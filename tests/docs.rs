@@ -16,6 +16,9 @@
 //!   required), `<!-- docs-test: env "NAME=VALUE" -->` (set while the block loads). Items
 //!   combine with commas: `<!-- docs-test: complete, error "no `[[listeners]]`" -->`.
 //!
+//! A block that loads must also pass the JSON Schema of gateway.toml (`tollgate schema`), checked
+//! by the `jsonschema` crate: the schema cannot refuse what the docs show.
+//!
 //! Blocks load as if the file were `gateway.toml` in a directory holding the files the docs'
 //! examples name (`certs/`, `secrets/`, `proto/`, `api/books.pb`), made by [`example_files`].
 //! A failure names the block's file and line, and maps the loader's `LINE:COL` into the doc.
@@ -279,7 +282,7 @@ fn check(block: &Block, dir: &Path) -> Result<(), String> {
     }
     let errors = result.err().map(|e| in_doc(&e.to_string(), &path, block));
     match (&block.error, errors) {
-        (None, None) => Ok(()),
+        (None, None) => against_schema(&src),
         (None, Some(errors)) => Err(format!("does not load:\n{errors}")),
         (Some(want), None) => Err(format!("loads, but the marker says it fails with `{want}`")),
         (Some(want), Some(errors)) if errors.contains(want.as_str()) => Ok(()),
@@ -287,6 +290,28 @@ fn check(block: &Block, dir: &Path) -> Result<(), String> {
             "fails, but not with `{want}`:\n{errors}\n(the wrapper the test appended: {:?})",
             wrapper(&block.text)
         )),
+    }
+}
+
+/// What the JSON Schema of gateway.toml says of a file the loader accepts.
+fn against_schema(src: &str) -> Result<(), String> {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let schema = tollgate::config::schema(&tollgate::plugins::builtin_registry());
+        jsonschema::draft202012::new(&schema).expect("the schema compiles")
+    });
+    let doc: serde_json::Value = toml::from_str(src).map_err(|e| format!("not TOML: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("  {}: {e}", e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "loads, but the JSON Schema (`tollgate schema`) refuses it:\n{}",
+            errors.join("\n")
+        ))
     }
 }
 

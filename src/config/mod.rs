@@ -13,6 +13,8 @@ mod error;
 mod file;
 pub mod model;
 mod restart_only;
+mod schema;
+mod spanned;
 mod tls;
 mod validate;
 mod values;
@@ -28,6 +30,7 @@ pub use built::{Built, Instances, PluginEntry, RouteInstances};
 pub use error::{ConfigError, ConfigErrors, Escaped};
 pub use model::*;
 pub use restart_only::ProcessSettings;
+pub use schema::{schema, schema_text};
 
 use error::Collector;
 use file::FileConfig;

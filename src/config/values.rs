@@ -30,6 +30,16 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        tollgate_plugin_api::schema::duration()
+    }
+}
+
 /// Written as humantime writes it (`"1m 30s"`), which reads back the same.
 impl Serialize for Duration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tollgate_plugin_api::ByteSize;
 
 /// The route's `grpc` table: where the schema comes from and how JSON is mapped.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcSection {
     /// `.proto` files to compile at start-up, relative to the config file's folder or to an
@@ -49,10 +50,13 @@ pub struct GrpcSection {
     #[serde(default)]
     pub stream_format: StreamFormat,
     /// The largest request body accepted (413 above it).
+    #[schemars(extend("default" = DEFAULT_MAX_BODY))]
     pub max_body_bytes: Option<ByteSize>,
     /// The largest single message accepted from the upstream.
+    #[schemars(extend("default" = DEFAULT_MAX_BODY))]
     pub max_message_bytes: Option<ByteSize>,
     /// The deepest JSON nesting accepted in a request.
+    #[schemars(extend("default" = DEFAULT_MAX_DEPTH))]
     pub max_depth: Option<usize>,
     /// Deadline of a call when the client sends no `grpc-timeout`.
     #[serde(
@@ -60,6 +64,7 @@ pub struct GrpcSection {
         deserialize_with = "duration",
         serialize_with = "write_duration"
     )]
+    #[schemars(schema_with = "duration_schema")]
     pub timeout: Option<Duration>,
     /// Time to open the HTTP/2 connection to the upstream.
     #[serde(
@@ -67,12 +72,15 @@ pub struct GrpcSection {
         deserialize_with = "duration",
         serialize_with = "write_duration"
     )]
+    #[schemars(schema_with = "duration_schema", extend("default" = "5s"))]
     pub connect_timeout: Option<Duration>,
     /// Request headers sent on as gRPC metadata.
+    #[schemars(extend("default" = DEFAULT_FORWARD_HEADERS))]
     pub forward_headers: Option<Vec<String>>,
     /// Response metadata names returned as HTTP headers; all non-reserved ones when unset.
     pub response_headers: Option<Vec<String>>,
     /// Prefix put before response metadata names in HTTP headers.
+    #[schemars(extend("default" = DEFAULT_RESPONSE_PREFIX))]
     pub response_header_prefix: Option<String>,
     /// Accept gRPC-Web clients on this route.
     #[serde(default = "yes")]
@@ -94,6 +102,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     })
 }
 
+fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    tollgate_plugin_api::schema::duration()
+}
+
 /// Written as humantime writes it (`"1m 30s"`), which reads back the same.
 fn write_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
@@ -103,7 +115,7 @@ fn write_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S:
 }
 
 /// Field names of response JSON.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JsonNames {
     /// `displayName`, as the proto3 JSON mapping says.
@@ -114,7 +126,7 @@ pub enum JsonNames {
 }
 
 /// What an unknown JSON field or query parameter does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownFields {
     /// 400 naming the field.
@@ -125,7 +137,7 @@ pub enum UnknownFields {
 }
 
 /// How server-streaming responses are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamFormat {
     /// `[{...},{...}]`, each element sent as its message arrives.

@@ -109,6 +109,27 @@ impl Serialize for ByteSize {
     }
 }
 
+/// The text forms `FromStr` reads: digits, then one of `UNITS` (exactly), spaces around either.
+const BYTE_SIZE_PATTERN: &str = r"^\s*[0-9]+\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$";
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size in bytes: a whole number of bytes, or a whole number with a \
+                unit, e.g. \"10MB\" or \"512KiB\" (KB, MB, GB are powers of 1000; KiB, MiB, GiB \
+                powers of 1024).",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": BYTE_SIZE_PATTERN }
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

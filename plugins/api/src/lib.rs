@@ -53,6 +53,7 @@ mod count;
 mod error;
 mod error_chain;
 mod registry;
+pub mod schema;
 mod secret;
 pub mod trace;
 pub mod util;
@@ -70,6 +71,7 @@ pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use registry::{
     BuildContext, BuildError, BuildErrorKind, PluginFactory, PluginRegistry, PluginSpec,
 };
+pub use schemars;
 pub use secret::{redact_url, Secret, SecretUrl, REDACTED};
 pub use trace::{IoSpan, TraceParent};
 pub use util::{decode_query_value, generate_request_id, is_sane_request_id, push_ip};

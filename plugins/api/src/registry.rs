@@ -29,6 +29,15 @@ pub trait PluginFactory: Send + Sync + 'static {
     /// Validates the config and builds the plugin. The message of an error is shown to the user
     /// with the position of the plugin's table.
     fn build(config: Self::Config, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String>;
+
+    /// The JSON Schema of the plugin's table, for `tollgate schema` (editor completion and
+    /// checks). The default accepts any table: a plugin whose config derives
+    /// [`JsonSchema`](schemars::JsonSchema) returns `generator.subschema_for::<Self::Config>()`,
+    /// so its schema cannot drift from what it deserializes.
+    fn config_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let _ = generator;
+        schemars::json_schema!({ "type": "object" })
+    }
 }
 
 /// What a factory may need from the surroundings when it builds a plugin.
@@ -75,6 +84,7 @@ pub struct BuildError {
 type BuildFn =
     for<'i> fn(Spanned<DeValue<'i>>, &BuildContext) -> Result<Arc<dyn Plugin>, BuildError>;
 type RenderFn = for<'i> fn(Spanned<DeValue<'i>>) -> Result<serde_json::Value, BuildError>;
+type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 /// A registered plugin kind.
 #[derive(Clone)]
@@ -85,6 +95,7 @@ pub struct PluginSpec {
     pub priority: i32,
     build: BuildFn,
     render: RenderFn,
+    schema: SchemaFn,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -156,6 +167,7 @@ impl PluginRegistry {
                 priority: F::PRIORITY,
                 build: build_typed::<F>,
                 render: render_typed::<F>,
+                schema: F::config_schema,
             },
         );
         self
@@ -164,6 +176,18 @@ impl PluginRegistry {
     /// The registered kind of that name.
     pub fn get(&self, name: &str) -> Option<&PluginSpec> {
         self.specs.get(name)
+    }
+
+    /// The JSON Schema of every registered kind's table, by name; definitions they share are
+    /// added to `generator`.
+    pub fn config_schemas(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> BTreeMap<&'static str, schemars::Schema> {
+        self.specs
+            .values()
+            .map(|spec| (spec.name, (spec.schema)(generator)))
+            .collect()
     }
 
     /// Names of all registered kinds, sorted.

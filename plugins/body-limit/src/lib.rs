@@ -20,7 +20,7 @@ use tollgate_plugin_api::{
 };
 
 /// Configuration of the `body-limit` plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct BodyLimitConfig {
     /// The largest request body let through.
@@ -37,6 +37,12 @@ impl PluginFactory for BodyLimitPlugin {
     // plugins that would read or transform the body.
     const PRIORITY: i32 = 5000;
     type Config = BodyLimitConfig;
+
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
 
     fn build(config: Self::Config, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         if config.max_bytes.as_u64() == 0 {

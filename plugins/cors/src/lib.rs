@@ -31,7 +31,7 @@ use tollgate_plugin_api::{
 use crate::origin::OriginRule;
 
 /// Configuration of the `cors` plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct CorsConfig {
     /// Allowed origins: `"*"`, exact origins, or `"scheme://*.host"` subdomain patterns.
@@ -73,6 +73,12 @@ impl PluginFactory for CorsPlugin {
     // it must be answered before a plugin would refuse it for lacking them.
     const PRIORITY: i32 = 9000;
     type Config = CorsConfig;
+
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
 
     fn build(config: Self::Config, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         Cors::compile(config).map(|c| Arc::new(c) as Arc<dyn Plugin>)

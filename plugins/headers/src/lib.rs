@@ -27,7 +27,7 @@ use tollgate_plugin_api::{
 };
 
 /// Configuration of the `headers` plugin.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
 pub struct HeadersConfig {
     /// Changes to the request sent upstream (values are secret: they often carry credentials).
@@ -37,8 +37,9 @@ pub struct HeadersConfig {
 }
 
 /// Header changes of one direction, as written in the config; `V` is how a value is held.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
+#[schemars(bound = "V: schemars::JsonSchema + Default + Serialize")]
 pub struct HeaderOpsConfig<V> {
     /// Headers to append, keeping existing values.
     pub add: BTreeMap<String, V>,
@@ -80,6 +81,12 @@ impl PluginFactory for HeadersPlugin {
     // what the upstream and the client see (e.g. it can strip a header another plugin added).
     const PRIORITY: i32 = 1000;
     type Config = HeadersConfig;
+
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
 
     fn build(config: Self::Config, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         Ok(Arc::new(Headers {

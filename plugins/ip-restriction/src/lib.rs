@@ -24,7 +24,7 @@ use tollgate_plugin_api::{
 };
 
 /// Configuration of the `ip-restriction` plugin.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
 pub struct IpRestrictionConfig {
     /// Allowed CIDR blocks or addresses; when non-empty, every other client is refused.
@@ -45,6 +45,12 @@ impl PluginFactory for IpRestrictionPlugin {
     // little as possible and learn nothing about the route.
     const PRIORITY: i32 = 9500;
     type Config = IpRestrictionConfig;
+
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
 
     fn build(config: Self::Config, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         if config.allow.is_empty() && config.deny.is_empty() {

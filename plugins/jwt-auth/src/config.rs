@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use tollgate_plugin_api::{ByteSize, SecretUrl};
 
 /// Configuration of the `jwt-auth` plugin (`[routes.x.plugins.jwt-auth]`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtAuthConfig {
     /// Who issues accepted tokens and with which keys; a token is matched to one by its `iss`.
@@ -60,7 +60,7 @@ pub struct JwtAuthConfig {
 
 /// One issuer of tokens and where its verification keys come from. HMAC secrets are never
 /// written here, only where they are read from (`secret_env`, `secret_file`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// The `iss` of its tokens; optional only when it is the sole provider.
@@ -79,6 +79,7 @@ pub struct ProviderConfig {
     pub secret_base64: bool,
     /// Never accepted: present only to explain why, at its position (and never shown).
     #[serde(skip_serializing)]
+    #[schemars(skip)]
     pub secret: Option<IgnoredAny>,
     /// PEM file of an RSA, EC (P-256/P-384) or Ed25519 public key.
     pub public_key_file: Option<String>,
@@ -138,6 +139,16 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        tollgate_plugin_api::schema::duration()
+    }
+}
+
 impl Serialize for Duration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(self.0))
@@ -173,6 +184,17 @@ impl<'de> Deserialize<'de> for AlgorithmName {
     }
 }
 
+impl schemars::JsonSchema for AlgorithmName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JwtAlgorithm".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = ALGORITHM_NAMES.split(", ").collect();
+        schemars::json_schema!({ "type": "string", "enum": names })
+    }
+}
+
 impl Serialize for AlgorithmName {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
@@ -180,7 +202,7 @@ impl Serialize for AlgorithmName {
 }
 
 /// One place a token may be carried in.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TokenSourceConfig {
     /// A request header; `authorization` expects the `Bearer` scheme.
@@ -198,6 +220,19 @@ pub struct TokenFrom(pub Vec<TokenSourceConfig>);
 impl Default for TokenFrom {
     fn default() -> Self {
         Self(vec![TokenSourceConfig::Header("authorization".to_owned())])
+    }
+}
+
+impl schemars::JsonSchema for TokenFrom {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TokenFrom".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let one = generator.subschema_for::<TokenSourceConfig>();
+        schemars::json_schema!({
+            "anyOf": [one, { "type": "array", "items": one }]
+        })
     }
 }
 

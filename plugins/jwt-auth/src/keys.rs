@@ -366,7 +366,7 @@ pub(crate) fn parse_jwks(
     body: &[u8],
     allowed: &[Algorithm],
 ) -> Result<(Vec<VerifyKey>, Vec<Skipped>), String> {
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
     struct Document {
         keys: Vec<serde_json::Value>,
     }

@@ -76,6 +76,12 @@ impl PluginFactory for JwtAuthPlugin {
     const PRIORITY: i32 = 8000;
     type Config = JwtAuthConfig;
 
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
+
     fn build(config: Self::Config, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         JwtAuth::compile(config, ctx, &|name| std::env::var_os(name))
             .map(|p| Arc::new(p) as Arc<dyn Plugin>)

@@ -189,7 +189,7 @@ impl Verifier {
             // Its validation rules check `iss` (when it has an issuer) after the signature.
             return Ok((0, only));
         }
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Deserialize, schemars::JsonSchema)]
         struct Issuer {
             iss: Option<serde_json::Value>,
         }

@@ -32,7 +32,7 @@ use tollgate_plugin_api::{
 };
 
 /// Configuration of the `key-auth` plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyAuthConfig {
     /// Header the key is read from.
@@ -66,7 +66,7 @@ impl Default for KeyAuthConfig {
 }
 
 /// One consumer in the config.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerEntry {
     /// Consumer name (forwarded upstream, usable as a rate-limit key).
@@ -86,6 +86,12 @@ impl PluginFactory for KeyAuthPlugin {
     // limiting, so limits can be keyed on the consumer.
     const PRIORITY: i32 = 8100;
     type Config = KeyAuthConfig;
+
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
 
     fn build(config: Self::Config, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         let header = HeaderName::from_bytes(config.header.as_bytes())

@@ -13,7 +13,7 @@ use crate::key::{KeySpec, MissingKey};
 use crate::rate::Rate;
 
 /// `[routes.x.plugins.rate-limit]`
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// The limits; a request is admitted only when every one of them admits it. Required.
@@ -34,7 +34,7 @@ fn default_max_keys() -> usize {
 }
 
 /// One limit: `{ rate = "10/s", burst = 20, key = "client_ip" }`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Sustained rate, e.g. `"100/s"`. Required.
@@ -59,6 +59,20 @@ pub struct LimitConfig {
 #[serde(transparent)]
 pub struct Burst(pub NonZeroU32);
 
+impl schemars::JsonSchema for Burst {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Burst".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "integer", "minimum": 1, "maximum": u32::MAX })
+    }
+}
+
 impl<'de> Deserialize<'de> for Burst {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let n = i64::deserialize(d)?;
@@ -77,7 +91,9 @@ impl<'de> Deserialize<'de> for Burst {
 }
 
 /// Which rate-limit headers to send.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HeaderMode {
     /// `RateLimit-Policy` and `RateLimit` of draft-ietf-httpapi-ratelimit-headers-10.
@@ -90,7 +106,7 @@ pub enum HeaderMode {
 }
 
 /// Where the counting happens: `"local"` or `{ redis = ... }`.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum BackendConfig {
     /// In this process; each gateway instance counts on its own.
@@ -124,7 +140,9 @@ pub struct RedisConfig {
 }
 
 /// What requests get while Redis cannot decide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// Fail open: admit (limited by the local pre-check if enabled).
@@ -135,20 +153,30 @@ pub enum OnError {
 }
 
 /// The table form of [`RedisConfig`].
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "`backend = { redis = { url = ..., ... } }`: Redis and how the limit uses it."
+)]
 struct RedisTable {
+    /// The server: `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`.
     url: RedisUrl,
+    /// Prepended to every Redis key.
     #[serde(default = "default_prefix")]
     prefix: String,
+    /// Longest wait of a request for Redis, dialling included.
     #[serde(default = "default_timeout")]
     timeout: ConfigDuration,
+    /// Longest a connection attempt may take (requests never wait longer than `timeout`).
     #[serde(default = "default_connect_timeout")]
     connect_timeout: ConfigDuration,
+    /// After a failure, how long Redis is left alone (requests get `on_error` meanwhile).
     #[serde(default = "default_retry_interval")]
     retry_interval: ConfigDuration,
+    /// The answer while Redis cannot decide.
     #[serde(default)]
     on_error: OnError,
+    /// Refuse requests a local limiter already finds over the limit, without asking Redis.
     #[serde(default)]
     local_precheck: bool,
 }
@@ -177,6 +205,19 @@ impl From<RedisTable> for RedisConfig {
             on_error: t.on_error,
             local_precheck: t.local_precheck,
         }
+    }
+}
+
+// Read as a URL alone or as the table `RedisTable`.
+impl schemars::JsonSchema for RedisConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RedisBackend".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let table = generator.subschema_for::<RedisTable>();
+        let url = generator.subschema_for::<RedisUrl>();
+        schemars::json_schema!({ "anyOf": [url, table] })
     }
 }
 
@@ -254,6 +295,24 @@ fn write_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.collect_str(&humantime::format_duration(*d))
 }
 
+impl schemars::JsonSchema for RedisUrl {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RedisUrl".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A Redis URL, e.g. \"redis://cache:6379/0\" (its password is redacted \
+                when shown)."
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for RedisUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -264,6 +323,23 @@ impl<'de> Deserialize<'de> for RedisUrl {
 /// A positive duration written like `"100ms"`, `"2s"`, `"1m 30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConfigDuration(Duration);
+
+// Only for the defaults the schema states: written as it is read.
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_duration(&self.0, s)
+    }
+}
+
+impl schemars::JsonSchema for ConfigDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        tollgate_plugin_api::schema::duration()
+    }
+}
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -159,9 +159,36 @@ impl<'de> Deserialize<'de> for KeySpec {
     }
 }
 
+/// One part of a key as written: a fixed name or `KIND:NAME`.
+const KEY_PART_PATTERN: &str = r"^(client_ip|consumer|route|(header|claim|param):.+)$";
+
+impl schemars::JsonSchema for KeySpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RateLimitKey".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "What requests are counted by: client_ip, consumer, route, \
+                header:NAME, claim:NAME or param:NAME, or a list of them (each distinct).",
+            "anyOf": [
+                { "type": "string", "pattern": KEY_PART_PATTERN },
+                {
+                    "type": "array",
+                    "items": { "type": "string", "pattern": KEY_PART_PATTERN },
+                    "minItems": 1,
+                    "uniqueItems": true
+                }
+            ]
+        })
+    }
+}
+
 /// What a limit does with a request that lacks a part of its key (no such header, no consumer,
 /// no such claim or parameter, unknown client address).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, DeriveDeserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, DeriveDeserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingKey {
     /// Count the request by its client address in place of the missing part (default): a limit
@@ -281,7 +308,7 @@ mod tests {
     use std::sync::Arc;
 
     fn spec(toml_value: &str) -> Result<KeySpec, String> {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Deserialize, schemars::JsonSchema)]
         struct W {
             key: KeySpec,
         }

@@ -63,6 +63,12 @@ impl PluginFactory for RateLimitPlugin {
     const PRIORITY: i32 = 7000;
     type Config = RateLimitConfig;
 
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
+
     fn build(config: Self::Config, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         Ok(Arc::new(RateLimit::from_config(config)?))
     }

@@ -119,6 +119,21 @@ impl FromStr for Rate {
     }
 }
 
+impl schemars::JsonSchema for Rate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Rate".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Requests per window: COUNT/UNIT with a unit of s, min, h or d, \
+                e.g. \"100/s\" or \"6000/min\".",
+            "type": "string",
+            "pattern": r"^\s*[0-9]+\s*/\s*(s|sec|second|min|minute|h|hour|d|day)\s*$"
+        })
+    }
+}
+
 /// Written as `COUNT/UNIT`, which reads back the same.
 impl Serialize for Rate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

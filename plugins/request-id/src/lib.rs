@@ -23,7 +23,7 @@ use tollgate_plugin_api::{
 };
 
 /// Configuration of the `request-id` plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", default)]
 pub struct RequestIdConfig {
     /// Header the id is read from, forwarded in and echoed in.
@@ -53,6 +53,12 @@ impl PluginFactory for RequestIdPlugin {
     // Runs first so that every later plugin, and every error it returns, sees the final id.
     const PRIORITY: i32 = 10000;
     type Config = RequestIdConfig;
+
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
 
     fn build(config: Self::Config, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         let header = HeaderName::try_from(config.header.as_str())

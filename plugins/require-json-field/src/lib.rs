@@ -21,7 +21,7 @@ use tollgate_plugin_api::{
 };
 
 /// Configuration of the `require-json-field` plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct RequireJsonFieldConfig {
     /// Top-level fields the JSON object must have.
@@ -45,6 +45,12 @@ impl PluginFactory for RequireJsonFieldPlugin {
     // headers (1000).
     const PRIORITY: i32 = 4500;
     type Config = RequireJsonFieldConfig;
+
+    fn config_schema(
+        generator: &mut tollgate_plugin_api::schemars::SchemaGenerator,
+    ) -> tollgate_plugin_api::schemars::Schema {
+        generator.subschema_for::<Self::Config>()
+    }
 
     fn build(config: Self::Config, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, String> {
         if config.fields.is_empty() {

@@ -7,8 +7,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::super::spanned::Spanned;
 use tollgate_plugin_api::{Secret, SecretUrl};
-use toml::Spanned;
 
 use super::super::file::{self, BrokerKind as Kind};
 use super::super::model::{

@@ -3,8 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::super::spanned::Spanned;
 use tollgate_plugin_api::SecretUrl;
-use toml::Spanned;
 
 use super::super::file::{self, DiscoveryKind};
 use super::super::model::{ConsulQuery, DiscoveryConfig, DiscoverySource, Nameservers};

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use super::super::spanned::Spanned;
 use http::Method;
-use toml::Spanned;
 
 use super::super::file;
 use super::super::model::{HealthCheckConfig, OutlierConfig, ProbeKind, Protocol};

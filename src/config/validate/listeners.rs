@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use super::super::spanned::Spanned;
 use tollgate_plugin_api::Secret;
-use toml::Spanned;
 
 use super::super::file;
 use super::super::model::{AdminSettings, ClientLimits, Listener, ListenerTls};

@@ -1,6 +1,6 @@
 //! `[log]` and `[access_log]`.
 
-use toml::Spanned;
+use super::super::spanned::Spanned;
 
 use super::super::file;
 use super::super::log_filter;

@@ -35,10 +35,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::spanned::Spanned;
 use serde::de::DeserializeOwned;
 use tollgate_plugin_api::PluginRegistry;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
-use toml::Spanned;
 
 use super::built::{Built, Instances};
 use super::error::Collector;
@@ -51,7 +51,7 @@ use super::values;
 /// formed. serde stops at the first error, so without this a file with mistakes in several
 /// places would get only the first one reported.
 pub(super) fn section_errors(root: &DeTable<'_>, c: &mut Collector<'_>) -> bool {
-    fn one<T: DeserializeOwned>(value: &Spanned<DeValue<'_>>, c: &mut Collector<'_>) -> bool {
+    fn one<T: DeserializeOwned>(value: &toml::Spanned<DeValue<'_>>, c: &mut Collector<'_>) -> bool {
         match T::deserialize(ValueDeserializer::from(value.clone())) {
             Ok(_) => true,
             Err(e) => {
@@ -61,7 +61,10 @@ pub(super) fn section_errors(root: &DeTable<'_>, c: &mut Collector<'_>) -> bool 
             }
         }
     }
-    fn each<T: DeserializeOwned>(value: &Spanned<DeValue<'_>>, c: &mut Collector<'_>) -> bool {
+    fn each<T: DeserializeOwned>(
+        value: &toml::Spanned<DeValue<'_>>,
+        c: &mut Collector<'_>,
+    ) -> bool {
         let mut ok = true;
         match value.get_ref() {
             DeValue::Array(items) => {

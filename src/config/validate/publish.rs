@@ -6,8 +6,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::super::spanned::Spanned;
 use http::{HeaderName, Method, StatusCode};
-use toml::Spanned;
 
 use super::super::file::{self, BrokerKind as Kind};
 use super::super::model::{

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::super::spanned::Spanned;
 use http::Method;
-use toml::Spanned;
 
 use super::super::file;
 use super::super::model::{AsyncReplies, BrokerConfig, BrokerKind, RequestReplyConfig};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use toml::Spanned;
+use super::super::spanned::Spanned;
 
 use super::super::file;
 use super::super::model::{CircuitBreakerConfig, RetryConfig};

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::super::spanned::Spanned;
 use http::{HeaderName, Method};
 use toml::de::DeTable;
-use toml::Spanned;
 
 use super::super::built::{PluginEntry, RouteInstances};
 use super::super::file::{self, HeaderCondition};

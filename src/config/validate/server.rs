@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::super::spanned::Spanned;
 use ipnet::IpNet;
-use toml::Spanned;
 
 use super::super::file;
 use super::super::model::{ClientLimits, EscapedSlashes, ServerSettings};

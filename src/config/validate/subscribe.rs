@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::super::spanned::Spanned;
 use http::HeaderName;
-use toml::Spanned;
 
 use super::super::file::{self, BrokerKind as Kind};
 use super::super::model::{BrokerConfig, BrokerKind, Source, SubscribeConfig, Template};

@@ -1,7 +1,7 @@
 //! `[tracing]`: the table and the standard `OTEL_*` variables are merged and checked by
 //! `telemetry::trace` (which owns their rules); this places its verdict in the report.
 
-use toml::Spanned;
+use super::super::spanned::Spanned;
 
 use super::Validator;
 use crate::telemetry::trace::{TracingSection, TracingSettings};

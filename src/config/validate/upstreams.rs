@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::super::spanned::Spanned;
 use http::{HeaderName, HeaderValue};
-use toml::Spanned;
 
 use super::super::file::{self, TargetEntry};
 use super::super::model::{

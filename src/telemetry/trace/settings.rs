@@ -12,14 +12,18 @@ use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
 use http::{HeaderName, HeaderValue};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tollgate_plugin_api::{redact_url, Secret, SecretUrl};
 
 use super::error::{SettingProblem, SettingsError};
 
 /// `[tracing]` of gateway.toml as serde reads it (and `/config` shows it, secrets redacted).
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "`[tracing]`: OpenTelemetry traces over OTLP (docs/operations/tracing.md); `OTEL_*` variables apply too."
+)]
 pub struct TracingSection {
     /// Exports traces when true; nothing else turns tracing on.
     #[serde(default)]
@@ -29,25 +33,46 @@ pub struct TracingSection {
     /// (`https://user:password@host`) are secret.
     pub endpoint: Option<SecretUrl>,
     /// `"grpc"` or `"http/protobuf"`.
+    #[schemars(extend("enum" = ["grpc", "http/protobuf"], "default" = "grpc"))]
     pub protocol: Option<String>,
     /// `service.name` of the exported resource.
+    #[schemars(extend("default" = DEFAULT_SERVICE_NAME))]
     pub service_name: Option<String>,
     /// One of the `OTEL_TRACES_SAMPLER` names (see [`SAMPLERS`]).
+    #[schemars(extend("enum" = SAMPLERS, "default" = "parentbased_traceidratio"))]
     pub sampler: Option<String>,
     /// Fraction of new traces kept by the `*traceidratio` samplers, in `[0, 1]`.
     pub ratio: Option<f64>,
     /// Deadline of one export, retries included (`"10s"`, `"500ms"`).
+    #[schemars(
+        schema_with = "duration_schema",
+        extend("default" = humantime::format_duration(DEFAULT_TIMEOUT).to_string())
+    )]
+    // `schema_with` cannot see the `Option`: without `default` the key would be required.
+    #[serde(default)]
     pub timeout: Option<String>,
     /// Extra headers (gRPC metadata) sent with every export, e.g. an API key; the values are
     /// secret.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret<String>>,
     /// Finished spans buffered for export; past it spans are dropped, never waited for.
+    #[schemars(extend("default" = DEFAULT_MAX_QUEUE_SIZE))]
     pub max_queue_size: Option<usize>,
     /// Most spans in one export request.
+    #[schemars(extend("default" = DEFAULT_MAX_EXPORT_BATCH_SIZE))]
     pub max_export_batch_size: Option<usize>,
     /// Longest time a finished span waits before its batch is sent (`"5s"`).
+    #[schemars(
+        schema_with = "duration_schema",
+        extend("default" = humantime::format_duration(DEFAULT_SCHEDULED_DELAY).to_string())
+    )]
+    // `schema_with` cannot see the `Option`: without `default` the key would be required.
+    #[serde(default)]
     pub scheduled_delay: Option<String>,
+}
+
+fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    tollgate_plugin_api::schema::duration()
 }
 
 /// Validated tracing settings; `Default` is tracing off.
