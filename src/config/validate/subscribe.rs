@@ -253,6 +253,19 @@ impl Validator<'_, '_> {
         let Some(f) = &s.filter else {
             return (Some(None), Some(Vec::new()));
         };
+        if s.queue.is_some() {
+            // A named queue's messages are shared work, each handed to one subscriber: one that
+            // subscriber filtered out would be lost to the others.
+            self.c.at(
+                f.span(),
+                format!(
+                    "route `{route}`: `filter` does not apply to a `queue` (each of its messages \
+                     goes to one subscriber, and one filtered out would be lost to the others); \
+                     bind a queue of the client's own with `exchange` and `routing_key` instead"
+                ),
+            );
+            return (None, None);
+        }
         let f = f.get_ref();
         let key = match &f.key {
             Some(k) if !matches!(b.kind, BrokerKind::Kafka(_)) => {
@@ -367,7 +380,8 @@ mod tests {
                  [routes.c]\nexact = \"/c\"\n[routes.c.subscribe]\nbroker = \"k\"\nsubject = \"x\"\nheartbeat = \"0s\"\nbuffer = 0\nmax_subscribers = 0\n\
                  [routes.d]\nexact = \"/d\"\n[routes.d.subscribe]\nbroker = \"q\"\nexchange = \"\"\nrouting_key = \"k\"\n\
                  [routes.e]\nexact = \"/e\"\n[routes.e.subscribe]\nbroker = \"n\"\nsubject = \"x\"\nfilter = { key = \"{header.k}\" }\n\
-                 [routes.f]\nexact = \"/f\"\nupstream = \"nope\"\n[routes.f.subscribe]\nbroker = \"n\"\nsubject = \"x\"\n"
+                 [routes.f]\nexact = \"/f\"\nupstream = \"nope\"\n[routes.f.subscribe]\nbroker = \"n\"\nsubject = \"x\"\n\
+                 [routes.g]\nexact = \"/g\"\n[routes.g.subscribe]\nbroker = \"q\"\nqueue = \"work\"\nfilter = { headers = { x-t = \"a\" } }\n"
             )),
             [
                 "gateway.toml:12:12: route `a`: a subscribe route takes GET only (leave `methods` out)",
@@ -382,6 +396,7 @@ mod tests {
                 "gateway.toml:34:12: route `d`: the default exchange cannot be bound; name an exchange, or subscribe to a `queue`",
                 "gateway.toml:41:18: route `e`: `filter.key` applies to Kafka brokers (messages with keys), and broker `n` is nats",
                 "gateway.toml:45:1: route `f`: `upstream` and `subscribe` cannot both be set (a route has one of `upstream`, `publish`, `subscribe` and `request_reply`)",
+                "gateway.toml:53:10: route `g`: `filter` does not apply to a `queue` (each of its messages goes to one subscriber, and one filtered out would be lost to the others); bind a queue of the client's own with `exchange` and `routing_key` instead",
             ]
         );
     }
