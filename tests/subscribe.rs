@@ -490,6 +490,9 @@ broker = "bus"
 subject = "{subject}"
 buffer = 2
 max_subscribers = 1
+# Whichever comes first cuts it: falling two messages behind, or a write that waits (the
+# client reads nothing).
+stall_timeout = "2s"
 "#,
         url = nats.url()
     ))
