@@ -218,6 +218,24 @@ impl Validator<'_, '_> {
         }
     }
 
+    /// A duration that must be longer than zero; `default` when absent. `message` words the
+    /// error (each key's has its own wording).
+    pub(super) fn nonzero_duration(
+        &mut self,
+        d: Option<&Spanned<values::Duration>>,
+        default: Duration,
+        message: impl FnOnce() -> String,
+    ) -> Duration {
+        match d {
+            Some(d) if d.get_ref().0.is_zero() => {
+                self.c.at(d.span(), message());
+                default
+            }
+            Some(d) => d.get_ref().0,
+            None => default,
+        }
+    }
+
     /// A count that must be at least 1; `default` when absent.
     fn positive(&mut self, v: Option<&Spanned<u32>>, default: u32, key: &str) -> u32 {
         match v {

@@ -43,17 +43,9 @@ impl Validator<'_, '_> {
         let reply_topic = self.reply_topic(route, t, b);
         let headers = self.publish_headers(route, &s.headers);
         let max_body_bytes = self.max_body_bytes(route, s.max_body_bytes.as_ref(), b);
-        let timeout = match &s.timeout {
-            Some(d) if d.get_ref().0.is_zero() => {
-                self.c.at(
-                    d.span(),
-                    format!("route `{route}`: request_reply `timeout` must be greater than 0"),
-                );
-                DEFAULT_TIMEOUT
-            }
-            Some(d) => d.get_ref().0,
-            None => DEFAULT_TIMEOUT,
-        };
+        let timeout = self.nonzero_duration(s.timeout.as_ref(), DEFAULT_TIMEOUT, || {
+            format!("route `{route}`: request_reply `timeout` must be greater than 0")
+        });
         let respond_async = self.async_replies(route, s);
         let get_is_request = r.methods.as_ref().is_some_and(|ms| {
             ms.get_ref()
@@ -158,17 +150,9 @@ impl Validator<'_, '_> {
         s: &file::RequestReplySection,
     ) -> Option<AsyncReplies> {
         let on = s.respond_async.as_ref().is_some_and(|b| *b.get_ref());
-        let ttl = match &s.async_ttl {
-            Some(d) if d.get_ref().0.is_zero() => {
-                self.c.at(
-                    d.span(),
-                    format!("route `{route}`: `async_ttl` must be greater than 0"),
-                );
-                DEFAULT_ASYNC_TTL
-            }
-            Some(d) => d.get_ref().0,
-            None => DEFAULT_ASYNC_TTL,
-        };
+        let ttl = self.nonzero_duration(s.async_ttl.as_ref(), DEFAULT_ASYNC_TTL, || {
+            format!("route `{route}`: `async_ttl` must be greater than 0")
+        });
         let max_replies = match &s.async_max_replies {
             Some(n) if *n.get_ref() == 0 => {
                 self.c.at(

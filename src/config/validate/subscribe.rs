@@ -55,28 +55,13 @@ impl Validator<'_, '_> {
         );
         let source = self.source(route, section, b, params);
         let (filter_key, filter_headers) = self.subscribe_filter(route, s, b, params);
-        let heartbeat = match &s.heartbeat {
-            Some(h) if h.get_ref().0.is_zero() => {
-                self.c.at(
-                    h.span(),
-                    format!("route `{route}`: `heartbeat` must be longer than 0s"),
-                );
-                DEFAULT_HEARTBEAT
-            }
-            Some(h) => h.get_ref().0,
-            None => DEFAULT_HEARTBEAT,
-        };
-        let stall_timeout = match &s.stall_timeout {
-            Some(h) if h.get_ref().0.is_zero() => {
-                self.c.at(
-                    h.span(),
-                    format!("route `{route}`: `stall_timeout` must be longer than 0s"),
-                );
-                DEFAULT_STALL_TIMEOUT
-            }
-            Some(h) => h.get_ref().0,
-            None => DEFAULT_STALL_TIMEOUT,
-        };
+        let heartbeat = self.nonzero_duration(s.heartbeat.as_ref(), DEFAULT_HEARTBEAT, || {
+            format!("route `{route}`: `heartbeat` must be longer than 0s")
+        });
+        let stall_timeout =
+            self.nonzero_duration(s.stall_timeout.as_ref(), DEFAULT_STALL_TIMEOUT, || {
+                format!("route `{route}`: `stall_timeout` must be longer than 0s")
+            });
         let buffer = match &s.buffer {
             Some(n) if !(1..=MAX_BUFFER).contains(n.get_ref()) => {
                 self.c.at(
