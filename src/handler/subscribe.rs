@@ -382,29 +382,34 @@ fn error_event(why: &str, request_id: &str) -> Bytes {
     Bytes::from(format!("event: error\ndata: {body}\n\n"))
 }
 
-/// A subscriber in the metrics: counted while it streams.
+/// A subscriber in the metrics: counted while it streams. The series are looked up once per
+/// stream, not once per event.
 struct Count {
+    subscribers: Option<prometheus::IntGauge>,
+    delivered: Option<prometheus::IntCounter>,
     labels: [Arc<str>; 2],
 }
 
 impl Count {
     fn new(route: &Arc<str>, broker: &str) -> Self {
         let labels = [route.clone(), Arc::from(broker)];
-        if let Some(m) = crate::telemetry::metrics::metrics() {
-            m.brokers
-                .subscribers
-                .with_label_values(&[&*labels[0], &*labels[1]])
-                .inc();
+        let m = crate::telemetry::metrics::metrics();
+        let series = [&*labels[0], &*labels[1]];
+        let subscribers = m.map(|m| m.brokers.subscribers.with_label_values(&series));
+        let delivered = m.map(|m| m.brokers.delivered.with_label_values(&series));
+        if let Some(g) = &subscribers {
+            g.inc();
         }
-        Self { labels }
+        Self {
+            subscribers,
+            delivered,
+            labels,
+        }
     }
 
     fn delivered(&self) {
-        if let Some(m) = crate::telemetry::metrics::metrics() {
-            m.brokers
-                .delivered
-                .with_label_values(&[&*self.labels[0], &*self.labels[1]])
-                .inc();
+        if let Some(c) = &self.delivered {
+            c.inc();
         }
     }
 
@@ -420,11 +425,8 @@ impl Count {
 
 impl Drop for Count {
     fn drop(&mut self) {
-        if let Some(m) = crate::telemetry::metrics::metrics() {
-            m.brokers
-                .subscribers
-                .with_label_values(&[&*self.labels[0], &*self.labels[1]])
-                .dec();
+        if let Some(g) = &self.subscribers {
+            g.dec();
         }
     }
 }

@@ -109,14 +109,15 @@ async fn write_response(
     // A body of unknown length may stream for as long as the client stays (Server-Sent
     // Events, gRPC server streaming): the connection is watched meanwhile, so a client that
     // left ends the stream (and frees what feeds it) at once, not at the next write.
-    let watch = hyper::body::Body::size_hint(&body).exact().is_none();
+    let exact = hyper::body::Body::size_hint(&body).exact();
+    let watch = exact.is_none();
     // The handler's head becomes pingora's as it is (HTTP/1.1 names go out title-cased):
     // copying header by header into a case-preserving map cost more than building it.
     let mut header = ResponseHeader::from(parts);
     // pingora frames an HTTP/1.1 body by these headers; with neither it would delimit the body
     // by closing the connection while saying keep-alive.
     if !has_length {
-        match hyper::body::Body::size_hint(&body).exact() {
+        match exact {
             Some(n) => {
                 let _ = header.insert_header(http::header::CONTENT_LENGTH, n);
             }
