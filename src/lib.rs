@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod certificates;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -4,12 +4,14 @@
 //! but the error report.
 //!
 //! Triggers: `POST /reload` on the admin listener, SIGHUP, and (with `server.watch_config`) a
-//! change of the file's modification time.
+//! change of the file, or of a certificate or key file it names (listener certificates and
+//! upstream client certificates are read again by every reload).
 //!
 //! Keys that only a restart applies (`config::ProcessSettings` classifies them) are compared with
 //! the config the process started with: a change is logged once and listed in `pending_restart`
 //! until it is reverted or the process restarts.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -261,38 +263,89 @@ impl Reloader {
         }
     }
 
-    /// Reloads whenever the file's modification time changes (polled: no platform watcher to
-    /// miss events on editors that replace the file).
+    /// Reloads whenever the config file, or a certificate or key file the live config names,
+    /// changes (polled: no platform watcher to miss events on editors or tools such as
+    /// cert-manager that replace a file by renaming another over it; the inode is part of the
+    /// fingerprint, so a replacement with the same size and time still counts).
     pub fn watch_file(
         self: Arc<Self>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send {
-        let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         // The baseline is taken now, before readiness is reported, not when the task first
         // runs: an edit made right after "ready" must count as a change.
-        let mut last: Option<SystemTime> = mtime(&self.path);
+        let mut last = self.fingerprints();
         async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => return,
                 }
-                let now = mtime(&self.path);
-                match now {
-                    // Deleted (or moved away mid-edit): nothing to read, so nothing changes; said
-                    // once, so an operator who removed it by mistake knows the gateway noticed.
-                    None if last.is_some() => {
-                        last = None;
-                        tracing::warn!(path = %self.path.display(),
-                            "config file is gone; the running config keeps serving until it is back");
+                let now = self.fingerprints();
+                let mut changed = None;
+                for (path, print) in &now {
+                    match (print, last.get(path)) {
+                        // A file the config names only now: it was read by the reload that
+                        // named it.
+                        (_, None) => {}
+                        // Deleted (or moved away mid-edit): nothing to read, so nothing
+                        // changes; said once, so an operator who removed it by mistake knows
+                        // the gateway noticed.
+                        (None, Some(Some(_))) => {
+                            tracing::warn!(path = %path.display(),
+                                "watched file is gone; the running config keeps serving until it is back");
+                        }
+                        (Some(p), Some(before)) if Some(p) != before.as_ref() => {
+                            changed.get_or_insert(path.clone());
+                        }
+                        _ => {}
                     }
-                    Some(_) if now != last => {
-                        last = now;
-                        let _ = self.reload("file change").await;
-                    }
-                    _ => {}
+                }
+                if let Some(path) = changed {
+                    let trigger = if path == self.path {
+                        "file change"
+                    } else {
+                        "certificate file change"
+                    };
+                    let _ = self.reload(trigger).await;
+                    // The reload may name other files; they start from what it read.
+                    last = self.fingerprints();
+                } else {
+                    last = now;
                 }
             }
         }
+    }
+
+    /// The watched files and what each looks like now (`None`: cannot be read).
+    fn fingerprints(&self) -> BTreeMap<PathBuf, Option<Fingerprint>> {
+        let snapshot = self.snapshot.load();
+        std::iter::once(self.path.clone())
+            .chain(snapshot.config.certificate_files())
+            .map(|p| {
+                let print = Fingerprint::of(&p);
+                (p, print)
+            })
+            .collect()
+    }
+}
+
+/// What a watched file looks like, enough to see it was rewritten or replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl Fingerprint {
+    /// Follows symbolic links, so a Kubernetes secret volume's swapped `..data` link counts.
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode: m.ino(),
+        })
     }
 }

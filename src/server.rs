@@ -25,13 +25,36 @@ use crate::snapshot::Snapshot;
 /// How long an HTTP/2 connection may stay open with no stream: the HTTP/1.1 keep-alive time.
 const H2_IDLE_SECS: u64 = 60;
 
-/// Hands out the one certificate of a listener (loaded and checked at config time).
-#[derive(Debug)]
-struct FixedCert(Arc<CertifiedKey>);
+/// Hands out a listener's certificate as the live snapshot has it, so a reload (or a renewed
+/// file, which the watcher turns into one) changes the certificate of new handshakes while
+/// connections already made keep theirs. The certificate the listener started with is kept for a
+/// listener the live config no longer has (or has without TLS): removing either needs a restart,
+/// and until then the socket keeps serving.
+struct LiveCert {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    listener: String,
+    started_with: Arc<CertifiedKey>,
+}
 
-impl ResolvesServerCert for FixedCert {
+impl std::fmt::Debug for LiveCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCert")
+            .field("listener", &self.listener)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        let live = self.snapshot.load();
+        let current = live
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == self.listener)
+            .and_then(|l| l.tls.as_ref())
+            .map(|t| t.certified_key.clone());
+        Some(current.unwrap_or_else(|| self.started_with.clone()))
     }
 }
 
@@ -214,7 +237,11 @@ fn proxy_service(
                         listener: l.name.to_string(),
                         error,
                     })?;
-                settings.set_cert_resolver(Arc::new(FixedCert(tls.certified_key.clone())));
+                settings.set_cert_resolver(Arc::new(LiveCert {
+                    snapshot: snapshot.clone(),
+                    listener: l.name.to_string(),
+                    started_with: tls.certified_key.clone(),
+                }));
                 if tls.h2 {
                     settings.enable_h2();
                 }

@@ -257,6 +257,15 @@ impl ServeHttp for AdminApp {
             }
             ("GET", "/readyz") => self.readyz(),
             ("GET", "/brokers") => self.brokers(),
+            ("GET", "/certificates") => {
+                let snap = self.snapshot.load();
+                let certificates =
+                    crate::certificates::in_use(&snap.config, std::time::SystemTime::now());
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"generation": snap.generation, "certificates": certificates}),
+                )
+            }
             ("GET", "/metrics") => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -266,6 +275,7 @@ impl ServeHttp for AdminApp {
                         snap.generation,
                         snap.target_availability(),
                         snap.brokers.iter().map(|b| (b.name(), b.is_up())),
+                        &crate::certificates::in_use(&snap.config, std::time::SystemTime::now()),
                     )
                     .into_bytes()
                 },
@@ -296,7 +306,8 @@ impl ServeHttp for AdminApp {
             },
             (
                 _,
-                "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/brokers" | "/config"
+                "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/brokers" | "/certificates"
+                | "/config"
                 | "/routes/explain" | "/reload",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,

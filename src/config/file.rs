@@ -574,6 +574,11 @@ pub struct UpstreamTls {
     /// Verify the server certificate and host name.
     #[schemars(extend("default" = true))]
     pub verify: Option<bool>,
+    /// PEM certificate chain the gateway presents to the targets (mutual TLS); needs
+    /// `client_key_file`.
+    pub client_cert_file: Option<Spanned<String>>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<Spanned<String>>,
 }
 
 /// `[routes.NAME]`

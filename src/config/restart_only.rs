@@ -160,22 +160,21 @@ impl Changes {
     }
 }
 
-/// Whether two TLS settings serve the same: the certificate is given to the listener at start,
-/// so a renewed certificate at the same path is a change too.
+/// Whether two TLS settings differ only in what a reload applies: the certificate resolver reads
+/// the live snapshot on every handshake, so the certificate, its key and their paths are
+/// reloadable; turning TLS on or off and the ALPN offer were given to pingora at start.
 fn same_tls(a: Option<&ListenerTls>, b: Option<&ListenerTls>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => {
             let ListenerTls {
-                cert_file,
-                key_file,
                 h2,
-                certified_key,
+                // Read per handshake from the snapshot.
+                cert_file: _,
+                key_file: _,
+                certified_key: _,
             } = b;
-            a.cert_file == *cert_file
-                && a.key_file == *key_file
-                && a.h2 == *h2
-                && a.certified_key.cert == certified_key.cert
+            a.h2 == *h2
         }
         _ => false,
     }
@@ -249,26 +248,39 @@ mod tests {
     }
 
     #[test]
-    fn a_renewed_certificate_at_the_same_path_needs_a_restart() {
+    fn listener_certificates_are_reloadable_but_tls_on_off_and_h2_are_not() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let write_cert = || {
+        let write_cert = |name: &str| {
             let cert =
                 rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-            std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).expect("cert");
-            std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem())
-                .expect("key");
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.cert.pem()).expect("cert");
+            std::fs::write(
+                dir.path().join(format!("{name}.key")),
+                cert.signing_key.serialize_pem(),
+            )
+            .expect("key");
         };
-        let tls = format!(
-            "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8443\"\n\
-             tls = {{ cert_file = \"{0}/cert.pem\", key_file = \"{0}/key.pem\" }}\n",
-            dir.path().display()
-        );
-        write_cert();
-        let running = settings(&tls);
-        assert!(running.restart_only_changes(&settings(&tls)).is_empty());
-        write_cert();
+        let tls = |name: &str, h2: bool| {
+            format!(
+                "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8443\"\n\
+                 tls = {{ cert_file = \"{0}/{name}.pem\", key_file = \"{0}/{name}.key\", h2 = {h2} }}\n",
+                dir.path().display()
+            )
+        };
+        write_cert("a");
+        write_cert("b");
+        let running = settings(&tls("a", true));
+        write_cert("a");
+        assert!(running.restart_only_changes(&settings(&tls("a", true))).is_empty());
+        assert!(running.restart_only_changes(&settings(&tls("b", true))).is_empty());
         assert_eq!(
-            running.restart_only_changes(&settings(&tls)),
+            running.restart_only_changes(&settings(&tls("b", false))),
+            ["listeners.public.tls"]
+        );
+        assert_eq!(
+            running.restart_only_changes(&settings(
+                "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8443\"\nh2c = false\n"
+            )),
             ["listeners.public.tls"]
         );
     }

@@ -39,6 +39,36 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 
 /// Loads a certificate chain and its private key and checks that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, KeyError> {
+    load_pair(cert, key).map(|(certified, _)| certified)
+}
+
+/// A client certificate for upstream mutual TLS: as [`load_certified_key`], plus the form
+/// pingora's connector takes.
+pub fn load_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<CertifiedKey>, Arc<pingora_core::utils::tls::CertKey>), KeyError> {
+    let (certified, key_der) = load_pair(cert, key)?;
+    // pingora turns these bytes back into a key with an `unwrap`, per connection: what it
+    // cannot read must be refused here.
+    let der = key_der.secret_der().to_vec();
+    if PrivateKeyDer::try_from(der.clone()).is_err() {
+        return Err(KeyError::Key(format!(
+            "private key `{}` is not in a DER form the upstream connector reads (PKCS#8, PKCS#1 or SEC1)",
+            key.display()
+        )));
+    }
+    let chain = certified.cert.iter().map(|c| c.as_ref().to_vec()).collect();
+    Ok((
+        certified,
+        Arc::new(pingora_core::utils::tls::CertKey::new(chain, der)),
+    ))
+}
+
+fn load_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<CertifiedKey>, PrivateKeyDer<'static>), KeyError> {
     let chain: Vec<CertificateDer<'static>> = read_pem_certs(cert)
         .map_err(KeyError::Cert)?
         .into_iter()
@@ -64,5 +94,5 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             cert.display()
         ))
     })?;
-    Ok(Arc::new(certified))
+    Ok((Arc::new(certified), key_der))
 }

@@ -135,26 +135,25 @@ impl From<SocketAddr> for Target {
     }
 }
 
-/// The rustls client config of an upstream's TLS settings for calls the gateway makes itself
-/// (transcoding, reflection): the CAs given as DER (`ca_file`) or the system roots,
-/// verification on or off, ALPN `h2`. Build it once per upstream: loading the system roots
-/// reads the filesystem.
+/// The rustls client config of an upstream's TLS settings for connections the gateway makes
+/// itself (transcoding, reflection, health checks): the CAs given as DER (`ca_file`) or the
+/// system roots, verification on or off, the client certificate if any, and `alpn`. Build it
+/// once per upstream: loading the system roots reads the filesystem.
 pub fn client_config(
-    ca_certs: Option<&[Vec<u8>]>,
-    verify: bool,
+    tls: &crate::config::UpstreamTls,
+    alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TargetError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(TargetError::Setup)?;
-    let mut config = if !verify {
+    let builder = if !tls.verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match ca_certs {
+        match &tls.ca_certs {
             Some(cas) => {
                 for der in cas {
                     roots
@@ -170,10 +169,35 @@ pub fn client_config(
                 }
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let mut config = match &tls.client_cert {
+        Some(c) => builder.with_client_cert_resolver(Arc::new(OneClientCert(
+            c.certified_key.clone(),
+        ))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// `client_cert_file`: the one certificate offered whatever the server asks for (the server
+/// decides whether it is acceptable, as with any client).
+#[derive(Debug)]
+struct OneClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OneClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// `verify = false`: any certificate is taken, but the handshake signatures are still checked

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub generation: IntGauge,
     /// Target health (1 available, 0 not), refreshed at scrape.
     target_healthy: IntGaugeVec,
+    /// Seconds until each certificate in use expires, computed at scrape.
+    certificate_expiry: IntGaugeVec,
     /// Message brokers and publishing.
     pub brokers: BrokerMetrics,
 }
@@ -212,6 +214,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["upstream", "target"],
     )?;
     registry.register(Box::new(target_healthy.clone()))?;
+    let certificate_expiry = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_certificate_expiry_seconds",
+            "Seconds until a certificate in use expires (negative once expired), by use, name and serial",
+        ),
+        &["kind", "name", "serial"],
+    )?;
+    registry.register(Box::new(certificate_expiry.clone()))?;
     Ok(Metrics {
         requests: counter(
             "tollgate_requests_total",
@@ -266,6 +276,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Generation of the live config",
         )?,
         target_healthy,
+        certificate_expiry,
         brokers: broker_metrics(&registry)?,
         registry,
     })
@@ -406,12 +417,13 @@ pub fn method_label(m: &http::Method) -> &'static str {
     METHODS[method_index(m)]
 }
 
-/// The text exposition of every metric, with the live config's generation and the health of
-/// its targets, given as `(upstream, address, available)`.
+/// The text exposition of every metric, with the live config's generation, the health of
+/// its targets, given as `(upstream, address, available)`, and its certificates.
 pub fn render<'a>(
     generation: u64,
     targets: impl IntoIterator<Item = (&'a str, SocketAddr, bool)>,
     brokers: impl IntoIterator<Item = (&'a str, bool)>,
+    certificates: &[crate::certificates::CertificateInfo],
 ) -> String {
     let Some(m) = metrics() else {
         return String::new();
@@ -427,6 +439,13 @@ pub fn render<'a>(
         m.target_healthy
             .with_label_values(&[upstream, &address.to_string()])
             .set(i64::from(available));
+    }
+    // A renewed certificate has a new serial: its predecessor's series goes with it.
+    m.certificate_expiry.reset();
+    for c in certificates {
+        m.certificate_expiry
+            .with_label_values(&[c.kind.as_str(), &c.name, &c.serial])
+            .set(c.expires_in_seconds);
     }
     m.generation
         .set(i64::try_from(generation).unwrap_or(i64::MAX));

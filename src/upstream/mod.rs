@@ -82,6 +82,8 @@ pub struct Cluster {
     panic_logged_ms: std::sync::atomic::AtomicU64,
     /// TLS client config of the gateway's own gRPC calls, built on first use.
     grpc_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, crate::grpc::TargetError>>,
+    /// TLS client config of the health checks, built on first use (the ALPN of the protocol).
+    probe_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, crate::grpc::TargetError>>,
 }
 
 impl Cluster {
@@ -98,6 +100,36 @@ impl Cluster {
             .clone()
     }
 
+    /// TLS of a health check of `target`: the upstream's `tls` settings with the SNI rule of
+    /// proxied requests, offering the ALPN proxied requests offer. `None` for plaintext.
+    pub fn probe_tls(
+        &self,
+        target: &Target,
+    ) -> Result<Option<crate::upstream::probe::ProbeTls>, crate::grpc::TargetError> {
+        let Some(tls) = &self.config.tls else {
+            return Ok(None);
+        };
+        let alpn: &[&[u8]] = match self.config.protocol {
+            crate::config::Protocol::H2 => &[b"h2"],
+            _ => &[b"http/1.1"],
+        };
+        let config = self
+            .probe_tls
+            .get_or_init(|| crate::grpc::client_config(tls, alpn))
+            .clone()?;
+        let sni = tls
+            .sni
+            .clone()
+            .or_else(|| target.hostname.clone())
+            .unwrap_or_else(|| target.address.ip().to_string());
+        let server_name = rustls::pki_types::ServerName::try_from(sni.clone())
+            .map_err(|_| crate::grpc::TargetError::ServerName(sni))?;
+        Ok(Some(crate::upstream::probe::ProbeTls {
+            config,
+            server_name,
+        }))
+    }
+
     fn build_grpc_target(
         &self,
         target: &Target,
@@ -107,7 +139,7 @@ impl Cluster {
             Some(tls) => {
                 let config = self
                     .grpc_tls
-                    .get_or_init(|| crate::grpc::client_config(tls.ca_certs.as_deref(), tls.verify))
+                    .get_or_init(|| crate::grpc::client_config(tls, &[b"h2"]))
                     .clone()?;
                 let sni = tls
                     .sni
@@ -146,6 +178,7 @@ impl Cluster {
             counters: Arc::new(Counters::default()),
             panic_logged_ms: std::sync::atomic::AtomicU64::new(0),
             grpc_tls: std::sync::OnceLock::new(),
+            probe_tls: std::sync::OnceLock::new(),
         };
         let endpoints: Vec<Endpoint> = config
             .targets

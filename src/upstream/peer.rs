@@ -39,6 +39,7 @@ pub fn build_peer(upstream: &UpstreamConfig, target: &Target, route: &Route) -> 
         o.verify_cert = tls.verify;
         o.verify_hostname = tls.verify;
         o.ca = tls.ca.clone();
+        peer.client_cert_key = tls.client_cert.as_ref().map(|c| c.pingora.clone());
     }
     peer
 }

@@ -13,7 +13,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::discovery::{ConsulClient, ConsulError, DnsError, DnsResolver, Endpoint, Nameservers};
-use super::probe::probe;
+use super::probe::{probe, ProbeError};
 use super::Cluster;
 use crate::config::{DiscoverySource, HealthCheckConfig};
 
@@ -290,8 +290,12 @@ async fn check_round(cluster: &Cluster, hc: &HealthCheckConfig) {
     for t in targets {
         let kind = hc.probe.clone();
         let timeout = hc.timeout;
+        let tls = cluster.probe_tls(&t);
         set.spawn(async move {
-            let result = probe(&kind, t.address, timeout).await;
+            let result = match tls {
+                Ok(tls) => probe(&kind, t.address, timeout, tls.as_ref()).await,
+                Err(e) => Err(ProbeError::TlsSetup(e)),
+            };
             (t, result)
         });
     }

@@ -28,7 +28,7 @@ pub use broker::{
 };
 pub use route::{Rewrite, RewritePart, Route};
 pub use upstream::{
-    Algorithm, BalanceConfig, CircuitBreakerConfig, ConsulQuery, DiscoveryConfig, DiscoverySource,
+    Algorithm, BalanceConfig, CircuitBreakerConfig, ClientCert, ConsulQuery, DiscoveryConfig, DiscoverySource,
     HashOn, HealthCheckConfig, Nameservers, OutlierConfig, ProbeKind, Protocol, RetryConfig,
     TargetConfig, Timeouts, UpstreamConfig, UpstreamTls,
 };
@@ -63,6 +63,24 @@ pub struct GatewayConfig {
     /// The admin `/config` view of the file: its sections as written and every plugin's typed
     /// config, secrets redacted (see `config/view.rs`). The file's text itself is not kept.
     pub view: Arc<serde_json::Value>,
+}
+
+impl GatewayConfig {
+    /// Every certificate and key file the config reads: those of TLS listeners and upstream
+    /// client certificates. A change of one of them is a reason to reload.
+    pub fn certificate_files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        let listeners = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| [t.cert_file.clone(), t.key_file.clone()]);
+        let upstreams = self
+            .upstreams
+            .iter()
+            .filter_map(|u| u.tls.as_ref()?.client_cert.as_ref())
+            .flat_map(|c| [c.cert_file.clone(), c.key_file.clone()]);
+        listeners.chain(upstreams)
+    }
 }
 
 /// `[server]`, with defaults applied.

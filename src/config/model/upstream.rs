@@ -267,6 +267,21 @@ pub struct UpstreamTls {
     pub ca: Option<std::sync::Arc<[pingora_core::utils::tls::WrappedX509]>>,
     /// Verify the server certificate and host name.
     pub verify: bool,
+    /// The certificate the gateway presents to the targets (mutual TLS).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate and its key, read and checked to belong together at config time.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key.
+    pub key_file: std::path::PathBuf,
+    /// For the gateway's own TLS clients (gRPC calls, health checks).
+    pub certified_key: std::sync::Arc<rustls::sign::CertifiedKey>,
+    /// The same for pingora's connector, built once per config rather than per attempt.
+    pub pingora: std::sync::Arc<pingora_core::utils::tls::CertKey>,
 }
 
 /// Upstream timeouts.

@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::super::file::{self, TargetEntry};
 use super::super::model::{
-    Algorithm, BalanceConfig, HashOn, Protocol, TargetConfig, Timeouts, UpstreamConfig, UpstreamTls,
+    Algorithm, BalanceConfig, ClientCert, HashOn, Protocol, TargetConfig, Timeouts, UpstreamConfig, UpstreamTls,
 };
 use super::super::tls;
 use super::Validator;
@@ -142,6 +142,7 @@ impl Validator<'_, '_> {
                 ca_certs: None,
                 ca: None,
                 verify: true,
+                client_cert: None,
             }),
             (None, _) => None,
         }
@@ -281,6 +282,49 @@ impl Validator<'_, '_> {
             ca_certs,
             ca,
             verify: t.verify.unwrap_or(true),
+            client_cert: self.client_cert(t),
+        }
+    }
+
+    /// `client_cert_file` and `client_key_file`: both or neither, read and checked to belong
+    /// together.
+    fn client_cert(&mut self, t: &file::UpstreamTls) -> Option<ClientCert> {
+        let (cert, key) = match (&t.client_cert_file, &t.client_key_file) {
+            (None, None) => return None,
+            (Some(c), Some(k)) => (c, k),
+            (Some(c), None) => {
+                self.c.at(
+                    c.span(),
+                    "`client_cert_file` needs `client_key_file` (the certificate's private key) too",
+                );
+                return None;
+            }
+            (None, Some(k)) => {
+                self.c.at(
+                    k.span(),
+                    "`client_key_file` needs `client_cert_file` (the certificate it belongs to) too",
+                );
+                return None;
+            }
+        };
+        let cert_file = self.existing_file(cert, "client certificate");
+        let key_file = self.existing_file(key, "client private key");
+        let (cert_file, key_file) = (cert_file?, key_file?);
+        match tls::load_client_cert(&cert_file, &key_file) {
+            Ok((certified_key, pingora)) => Some(ClientCert {
+                cert_file,
+                key_file,
+                certified_key,
+                pingora,
+            }),
+            Err(tls::KeyError::Cert(m)) => {
+                self.c.at(cert.span(), m);
+                None
+            }
+            Err(tls::KeyError::Key(m)) => {
+                self.c.at(key.span(), m);
+                None
+            }
         }
     }
 }

@@ -19,6 +19,13 @@ pub enum ProbeError {
     /// The TCP connect failed otherwise.
     #[error("connect failed: {0}")]
     Connect(io::Error),
+    /// The TLS handshake failed (untrusted or mismatched certificate, client certificate
+    /// refused, no common protocol).
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    /// The upstream's TLS client cannot be set up (no system CAs, an SNI that is no name).
+    #[error("{0}")]
+    TlsSetup(crate::grpc::TargetError),
     /// The check's path and host make no request target.
     #[error("invalid request target `{authority}` `{path}`")]
     InvalidTarget {

@@ -38,10 +38,12 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// Runs one probe against `target` with an overall `timeout`. Ok(()) = healthy; Err = why not,
 /// as a short reason ("status 503 not in 200-299", "connect refused", "timed out after 1s",
 /// "grpc status NOT_SERVING", "grpc-status 12: unimplemented" ...).
+/// HTTP checks of an upstream with `tls` go over TLS with `tls` (a TCP check stays a connect).
 pub async fn probe(
     kind: &ProbeKind,
     target: SocketAddr,
     timeout: Duration,
+    tls: Option<&ProbeTls>,
 ) -> Result<(), ProbeError> {
     let check = async {
         match kind {
@@ -52,7 +54,15 @@ pub async fn probe(
                 host,
                 expected,
                 h2c,
-            } => http_check(target, path, method, host.as_deref(), expected, *h2c).await,
+            } => {
+                let check = HttpCheck {
+                    path,
+                    method,
+                    host: host.as_deref(),
+                    expected,
+                };
+                http_check(target, &check, *h2c, tls).await
+            }
             ProbeKind::Grpc { service, authority } => {
                 grpc::check(target, service, authority.as_deref()).await
             }
@@ -73,18 +83,37 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeError> {
         })
 }
 
+/// TLS towards a target: the upstream's `tls` settings (trust, verification, client
+/// certificate) and the name to send and verify, as proxied requests use them.
+#[derive(Clone)]
+pub struct ProbeTls {
+    /// The upstream's client config, with the ALPN of its protocol.
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// SNI and the name the certificate must match.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+/// What an HTTP check asks and accepts.
+struct HttpCheck<'a> {
+    path: &'a str,
+    method: &'a Method,
+    host: Option<&'a str>,
+    expected: &'a [(u16, u16)],
+}
+
 /// One HTTP request; healthy when the status is expected and the body (up to the limit) arrives.
+/// Over TLS, HTTP/2 is spoken when the target chose it by ALPN.
 async fn http_check(
     target: SocketAddr,
-    path: &str,
-    method: &Method,
-    host: Option<&str>,
-    expected: &[(u16, u16)],
+    check: &HttpCheck<'_>,
     h2c: bool,
+    tls: Option<&ProbeTls>,
 ) -> Result<(), ProbeError> {
-    let authority = host.map_or_else(|| target.to_string(), str::to_string);
-    let request = build_request(method.clone(), path, &authority, h2c, Bytes::new())?;
-    exchange(target, h2c, request, |response| async move {
+    let authority = check
+        .host
+        .map_or_else(|| target.to_string(), str::to_string);
+    let expected = check.expected;
+    let read = |response: Response<Incoming>| async move {
         let status = response.status().as_u16();
         if !status_expected(status, expected) {
             return Err(ProbeError::UnexpectedStatus {
@@ -93,8 +122,33 @@ async fn http_check(
             });
         }
         drain(response.into_body()).await
-    })
-    .await
+    };
+    let tcp = connect(target).await?;
+    match tls {
+        None => {
+            let request =
+                build_request(check.method.clone(), check.path, &authority, h2c, Bytes::new())?;
+            exchange_over(TokioIo::new(tcp), h2c, request, read).await
+        }
+        Some(tls) => {
+            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(tls.server_name.clone(), tcp)
+                .await
+                .map_err(ProbeError::Tls)?;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let mut request =
+                build_request(check.method.clone(), check.path, &authority, h2, Bytes::new())?;
+            if h2 {
+                // `:scheme` follows the URI's.
+                let uri = format!("https://{authority}{}", check.path);
+                *request.uri_mut() = uri.parse().map_err(|_| ProbeError::InvalidTarget {
+                    authority: authority.clone(),
+                    path: check.path.to_string(),
+                })?;
+            }
+            exchange_over(TokioIo::new(stream), h2, request, read).await
+        }
+    }
 }
 
 /// Builds a probe request. HTTP/1.1 gets an origin-form URI and a `Host` header; HTTP/2 carries
@@ -141,7 +195,21 @@ where
     F: FnOnce(Response<Incoming>) -> Fut,
     Fut: Future<Output = Result<T, ProbeError>>,
 {
-    let io = TokioIo::new(connect(target).await?);
+    exchange_over(TokioIo::new(connect(target).await?), h2, request, read).await
+}
+
+/// [`exchange`] over a connection already made (plain or TLS).
+async fn exchange_over<I, T, F, Fut>(
+    io: TokioIo<I>,
+    h2: bool,
+    request: Request<Full<Bytes>>,
+    read: F,
+) -> Result<T, ProbeError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnOnce(Response<Incoming>) -> Fut,
+    Fut: Future<Output = Result<T, ProbeError>>,
+{
     let handshake_failed = |version| move |cause| ProbeError::Handshake { version, cause };
     if h2 {
         let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io)
