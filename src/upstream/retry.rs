@@ -45,6 +45,34 @@ pub enum FailureKind {
     Internal,
 }
 
+/// Whether the cause of `e` is a TLS alert the upstream sent.
+fn tls_alert_received(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> =
+        e.cause.as_deref().map(|c| c as &(dyn std::error::Error + 'static));
+    while let Some(c) = cause {
+        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return matches!(tls, rustls::Error::AlertReceived(_));
+        }
+        // pingora nests its errors, sometimes boxed once more, and keeps them out of `source`.
+        let nested = c
+            .downcast_ref::<Error>()
+            .or_else(|| c.downcast_ref::<Box<Error>>().map(|b| &**b));
+        cause = match nested {
+            Some(nested) => nested
+                .cause
+                .as_deref()
+                .map(|c| c as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
+}
+
 impl FailureKind {
     /// Classifies a pingora error of an attempt. `request_body_done`: whether the client had
     /// sent its whole body — pingora restarts the upstream read timeout on every piece of body,
@@ -66,6 +94,11 @@ impl FailureKind {
                 Self::Connect
             }
             TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => Self::Tls,
+            // TLS 1.3 lets the client finish its handshake before the server has judged the
+            // client certificate, so a refusal (no or an untrusted client certificate) arrives
+            // as an alert on the first read: the upstream's TLS refused the connection and its
+            // application never saw the request.
+            ConnectionClosed | ReadError | WriteError if tls_alert_received(e) => Self::Tls,
             ConnectionClosed | ReadError | WriteError | H1Error | H2Error | InvalidH2
             | H2Downgrade | InvalidHTTPHeader => Self::Reset,
             HTTPStatus(s) => Self::Status(*s),
