@@ -315,6 +315,24 @@ async fn a_second_handshake_with_the_same_client_resumes_the_session() {
     );
     // 0-RTT is off: the server never accepts early data.
     assert!(!second.get_ref().1.is_early_data_accepted());
+
+    // TLS 1.2 resumes by session ID from the same cache.
+    let mut tls12 = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    tls12.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls12 = Arc::new(tls12);
+    let (mut first, _) = keep_alive(addr, &tls12).await;
+    assert_eq!(get_status(&mut first).await, 200);
+    let second = connect(addr, &tls12).await;
+    assert_eq!(
+        second.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
 }
 
 /// An HTTPS upstream that requires a client certificate issued by `pki`'s CA and answers with

@@ -48,6 +48,7 @@ const METRICS: &[(&str, Kind)] = &[
     ("tollgate_auth_failures_total", Kind::Counter),
     ("tollgate_config_reloads_total", Kind::Counter),
     ("tollgate_config_generation", Kind::Gauge),
+    ("tollgate_certificate_expiry_seconds", Kind::Gauge),
     ("tollgate_broker_up", Kind::Gauge),
     ("tollgate_messages_published_total", Kind::Counter),
     ("tollgate_messages_failed_total", Kind::Counter),

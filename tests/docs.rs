@@ -383,6 +383,13 @@ fn example_files(root: &Path) -> tempfile::TempDir {
     );
     write("certs/internal-ca.pem", pem.as_bytes());
     write("certs/partner-ca.pem", pem.as_bytes());
+    let client = rcgen::generate_simple_self_signed(vec!["tollgate.example.com".to_owned()])
+        .expect("client certificate");
+    write("certs/tollgate-client.pem", client.cert.pem().as_bytes());
+    write(
+        "certs/tollgate-client.key",
+        client.signing_key.serialize_pem().as_bytes(),
+    );
     // `printf %s acme-batch-key | sha256sum`
     write(
         "secrets/api-keys.txt",
