@@ -59,11 +59,21 @@ pub struct CertificateInfo {
 pub fn in_use(config: &GatewayConfig, now: SystemTime) -> Vec<CertificateInfo> {
     let listeners = config.listeners.iter().filter_map(|l| {
         let tls = l.tls.as_ref()?;
-        Some((Use::Listener, &l.name, &tls.cert_file, tls.certified_key.end_entity_cert().ok()?))
+        Some((
+            Use::Listener,
+            &l.name,
+            &tls.cert_file,
+            tls.certified_key.end_entity_cert().ok()?,
+        ))
     });
     let upstreams = config.upstreams.iter().filter_map(|u| {
         let c = u.tls.as_ref()?.client_cert.as_ref()?;
-        Some((Use::Upstream, &*u.name, &c.cert_file, c.certified_key.end_entity_cert().ok()?))
+        Some((
+            Use::Upstream,
+            &*u.name,
+            &c.cert_file,
+            c.certified_key.end_entity_cert().ok()?,
+        ))
     });
     let listeners = listeners.map(|(k, n, f, c)| (k, n.as_str(), f, c));
     listeners
@@ -141,9 +151,11 @@ mod tests {
     #[test]
     fn a_listener_certificate_is_described_with_its_names_and_time_left() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["gw.example.com".to_string(), "127.0.0.1".to_string()])
-                .expect("params");
+        let mut params = rcgen::CertificateParams::new(vec![
+            "gw.example.com".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "gw.example.com");

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pki::{Leaf, Pki};
 use common::{free_port, full, Gateway};
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
@@ -18,76 +19,6 @@ use tokio::net::TcpListener;
 /// Generous bound for anything that has to happen (a reload picked up, a check passed): it
 /// catches a hang, never a slow machine.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A test CA and the certificates it issues.
-struct Pki {
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-    ca_pem: String,
-    ca_der: CertificateDer<'static>,
-}
-
-/// A certificate and its key, as PEM and DER.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "tollgate test CA");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("ca");
-        Pki {
-            ca_pem: cert.pem(),
-            ca_der: cert.der().clone(),
-            ca: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `localhost` and 127.0.0.1 named `cn`, with `key` (or a new one).
-    fn issue(&self, cn: &str, serial: u8, key: Option<&rcgen::KeyPair>) -> Leaf {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[serial]));
-        let fresh;
-        let key = match key {
-            Some(k) => k,
-            None => {
-                fresh = rcgen::KeyPair::generate().expect("key");
-                &fresh
-            }
-        };
-        let cert = params.signed_by(key, &self.ca).expect("leaf");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn roots(&self) -> rustls::RootCertStore {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).expect("root");
-        roots
-    }
-
-    /// A client trusting this CA, speaking HTTP/1.1.
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        common::install_crypto();
-        let mut config = rustls::ClientConfig::builder()
-            .with_root_certificates(self.roots())
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-}
 
 /// Writes `text` to `dir/name` the way cert-manager and most renewal tools do: a new file
 /// renamed over the old one.
@@ -119,7 +50,10 @@ async fn connect(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> TlsStr
 }
 
 /// The certificate a fresh handshake gets.
-async fn served_cert(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> CertificateDer<'static> {
+async fn served_cert(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> CertificateDer<'static> {
     let tls = connect(addr, config).await;
     tls.get_ref().1.peer_certificates().expect("certs")[0].clone()
 }
@@ -218,7 +152,10 @@ async fn tls_gateway(leaf: &Leaf) -> (Gateway, SocketAddr) {
 async fn a_renewed_listener_certificate_serves_new_handshakes_and_open_connections_stay() {
     let pki = Pki::new();
     let key = rcgen::KeyPair::generate().expect("key");
-    let (a, b) = (pki.issue("gw-a", 1, Some(&key)), pki.issue("gw-b", 2, Some(&key)));
+    let (a, b) = (
+        pki.issue("gw-a", 1, Some(&key)),
+        pki.issue("gw-b", 2, Some(&key)),
+    );
     let (gw, addr) = tls_gateway(&a).await;
     let client = pki.client_config();
 
@@ -232,8 +169,15 @@ async fn a_renewed_listener_certificate_serves_new_handshakes_and_open_connectio
     assert_eq!(first["name"], "public-tls", "{listed}");
     assert_eq!(first["subject"], "CN=gw-a", "{listed}");
     assert_eq!(first["serial"], "01", "{listed}");
-    assert_eq!(first["sans"], serde_json::json!(["localhost", "127.0.0.1"]), "{listed}");
-    assert!(first["expires_in_seconds"].as_i64().is_some_and(|s| s > 0), "{listed}");
+    assert_eq!(
+        first["sans"],
+        serde_json::json!(["localhost", "127.0.0.1"]),
+        "{listed}"
+    );
+    assert!(
+        first["expires_in_seconds"].as_i64().is_some_and(|s| s > 0),
+        "{listed}"
+    );
     assert!(
         metrics(&gw).await.contains(
             "tollgate_certificate_expiry_seconds{kind=\"listener\",name=\"public-tls\",serial=\"01\"}"
@@ -253,8 +197,15 @@ async fn a_renewed_listener_certificate_serves_new_handshakes_and_open_connectio
     assert_eq!(listed["certificates"][0]["serial"], "02", "{listed}");
     let text = metrics(&gw).await;
     assert!(text.contains("serial=\"02\""), "{text}");
-    assert!(!text.contains("serial=\"01\""), "the old series is gone: {text}");
-    assert!(gw.logs().contains("certificate file change"), "{}", gw.logs());
+    assert!(
+        !text.contains("serial=\"01\""),
+        "the old series is gone: {text}"
+    );
+    assert!(
+        gw.logs().contains("certificate file change"),
+        "{}",
+        gw.logs()
+    );
 }
 
 #[tokio::test]
@@ -288,11 +239,19 @@ async fn a_broken_renewal_keeps_the_old_certificate_and_fails_like_a_broken_relo
         let ready = admin_json(&gw, "/readyz").await;
         let error = ready["last_reload_error"].as_str().unwrap_or_default();
         assert!(error.contains(says), "{ready}");
-        assert!(error.contains("gateway.toml:"), "the error has its position: {ready}");
-        assert_eq!(served_cert(addr, &client).await, a.der, "the old certificate serves");
+        assert!(
+            error.contains("gateway.toml:"),
+            "the error has its position: {ready}"
+        );
+        assert_eq!(
+            served_cert(addr, &client).await,
+            a.der,
+            "the old certificate serves"
+        );
     }
     assert!(
-        gw.logs().contains("config reload failed; the previous config keeps serving"),
+        gw.logs()
+            .contains("config reload failed; the previous config keeps serving"),
         "{}",
         gw.logs()
     );
@@ -317,9 +276,10 @@ async fn a_second_handshake_with_the_same_client_resumes_the_session() {
     assert!(!second.get_ref().1.is_early_data_accepted());
 
     // TLS 1.2 resumes by session ID from the same cache.
-    let mut tls12 = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
-        .with_root_certificates(pki.roots())
-        .with_no_client_auth();
+    let mut tls12 =
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates(pki.roots())
+            .with_no_client_auth();
     tls12.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tls12 = Arc::new(tls12);
     let (mut first, _) = keep_alive(addr, &tls12).await;
@@ -407,6 +367,9 @@ async fn upstream_mutual_tls_presents_the_client_certificate_to_requests_and_hea
          [upstreams.without-cert]\ntargets = [\"{upstream}\"]\n\
          tls = {{ sni = \"localhost\", ca_file = \"ca.pem\" }}\n\
          [upstreams.without-cert.outlier_detection]\nenabled = false\n\n\
+         [upstreams.checked-without-cert]\ntargets = [\"{upstream}\"]\n\
+         tls = {{ sni = \"localhost\", ca_file = \"ca.pem\" }}\n\
+         [upstreams.checked-without-cert.health_check]\npath = \"/\"\ninterval = \"100ms\"\n\n\
          [routes.with]\nprefix = \"/with\"\nupstream = \"with-cert\"\n\
          [routes.without]\nprefix = \"/without\"\nupstream = \"without-cert\"\n"
     );
@@ -421,6 +384,15 @@ async fn upstream_mutual_tls_presents_the_client_certificate_to_requests_and_hea
         .and_then(|u| u.iter().find(|u| u["name"] == "with-cert"))
         .expect("with-cert listed");
     assert_eq!(with["targets"][0]["healthy"], true, "{upstreams}");
+    let without = upstreams["upstreams"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["name"] == "checked-without-cert"))
+        .expect("checked-without-cert listed");
+    assert_eq!(without["targets"][0]["healthy"], false, "{upstreams}");
+    let problem = without["targets"][0]["last_problem"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(problem.contains("CertificateRequired"), "{upstreams}");
 
     let resp = http.get(gw.url("/with")).send().await.expect("send");
     assert_eq!(resp.status(), 200);
@@ -473,17 +445,33 @@ async fn client_certificate_mistakes_are_config_errors_at_their_position() {
             .output()
             .expect("run check");
         assert!(!out.status.success(), "{tls} must be refused");
-        String::from_utf8_lossy(&out.stderr).to_string()
-            + &String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
     };
     let said = check("client_cert_file = \"c.pem\"");
-    assert!(said.contains("gateway.toml:5:") && said.contains("`client_cert_file` needs `client_key_file`"), "{said}");
+    assert!(
+        said.contains("gateway.toml:5:")
+            && said.contains("`client_cert_file` needs `client_key_file`"),
+        "{said}"
+    );
     let said = check("client_key_file = \"o.key\"");
-    assert!(said.contains("gateway.toml:5:") && said.contains("`client_key_file` needs `client_cert_file`"), "{said}");
+    assert!(
+        said.contains("gateway.toml:5:")
+            && said.contains("`client_key_file` needs `client_cert_file`"),
+        "{said}"
+    );
     let said = check("client_cert_file = \"c.pem\", client_key_file = \"o.key\"");
-    assert!(said.contains("gateway.toml:5:") && said.contains("does not match certificate"), "{said}");
+    assert!(
+        said.contains("gateway.toml:5:") && said.contains("does not match certificate"),
+        "{said}"
+    );
     let said = check("client_cert_file = \"junk.pem\", client_key_file = \"o.key\"");
-    assert!(said.contains("gateway.toml:5:") && said.contains("no PEM certificate found"), "{said}");
+    assert!(
+        said.contains("gateway.toml:5:") && said.contains("no PEM certificate found"),
+        "{said}"
+    );
     let said = check("client_cert_file = \"gone.pem\", client_key_file = \"o.key\"");
-    assert!(said.contains("client certificate file") && said.contains("does not exist"), "{said}");
+    assert!(
+        said.contains("client certificate file") && said.contains("does not exist"),
+        "{said}"
+    );
 }

@@ -265,6 +265,74 @@ include_paths = ["{}/proto"]
 }
 
 #[tokio::test]
+async fn reflection_and_transcoding_present_the_client_certificate_to_an_mtls_upstream() {
+    use common::pki::{mtls_front, Pki};
+
+    let up = start_upstream(Reflection::V1).await;
+    let pki = Pki::new();
+    let server = pki.issue("grpc-upstream", 1, None);
+    let client = pki.issue("tollgate-client", 2, None);
+    let front = mtls_front(up.addr, &pki, &server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).expect("ca");
+    std::fs::write(dir.path().join("client.pem"), &client.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("client.key"), &client.key_pem).expect("key");
+    let cfg = format!(
+        r#"
+[upstreams.mtls]
+targets = ["{front}"]
+protocol = "h2"
+tls = {{ ca_file = "ca.pem", sni = "localhost", client_cert_file = "client.pem", client_key_file = "client.key" }}
+
+[upstreams.no-cert]
+targets = ["{front}"]
+protocol = "h2"
+tls = {{ ca_file = "ca.pem", sni = "localhost" }}
+
+[routes.api]
+prefix = "/v1"
+upstream = "mtls"
+[routes.api.grpc]
+reflection = true
+
+[routes.no-cert]
+host = "no-cert.test"
+prefix = "/v1"
+upstream = "no-cert"
+[routes.no-cert.grpc]
+protos = ["tollgate/test/v1/test.proto"]
+include_paths = ["{}/proto"]
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    );
+    // The schema comes by reflection over mutual TLS before the route serves.
+    let gw = common::Gateway::start_in(dir, &cfg).await;
+    let c = common::client();
+    let resp = c
+        .get(gw.url("/v1/shelves/s1/books/b2"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["name"], "shelves/s1/books/b2", "{v}");
+
+    // Without the certificate the upstream's TLS refuses the connection: a 502, not a hang.
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        c.get(gw.url("/v1/shelves/s1/books/b2"))
+            .header("host", "no-cert.test")
+            .send(),
+    )
+    .await
+    .expect("answered in time")
+    .expect("request");
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 502, "{body}");
+}
+
+#[tokio::test]
 async fn grpc_web_browsers_reach_the_grpc_server_through_the_gateway() {
     use base64::Engine as _;
     use prost_reflect::{DescriptorPool, DynamicMessage};

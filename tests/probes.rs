@@ -32,7 +32,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 async fn run(kind: &ProbeKind, target: SocketAddr, timeout: Duration) -> Result<(), String> {
     tokio::time::timeout(
         timeout + Duration::from_secs(10),
-        probe(kind, target, timeout),
+        probe(kind, target, timeout, None),
     )
     .await
     .expect("probe must finish within its own timeout")

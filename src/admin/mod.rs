@@ -307,8 +307,7 @@ impl ServeHttp for AdminApp {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/brokers" | "/certificates"
-                | "/config"
-                | "/routes/explain" | "/reload",
+                | "/config" | "/routes/explain" | "/reload",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",

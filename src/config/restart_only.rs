@@ -3,8 +3,9 @@
 //! field does not compile until it is classified; docs/operations/admin-reload-upgrade.md holds
 //! the same table for users.
 //!
-//! Reloadable: everything the proxy reads from the snapshot per connection or request (routes,
-//! upstreams, plugins, limits, trusted proxies, the admin token), and what the reloader applies
+//! Reloadable: everything the proxy reads from the snapshot per connection, handshake or request
+//! (routes, upstreams, plugins, limits, trusted proxies, the admin token, a listener's
+//! certificate), and what the reloader applies
 //! itself: `server.watch_config` (starts or stops the file watcher), `log.level` (the filter is
 //! swapped), `[access_log]` (the writer is retargeted) and `[tracing]` (the exporter is swapped).
 //! Restart-only: what pingora or the sockets took at start.
@@ -271,8 +272,12 @@ mod tests {
         write_cert("b");
         let running = settings(&tls("a", true));
         write_cert("a");
-        assert!(running.restart_only_changes(&settings(&tls("a", true))).is_empty());
-        assert!(running.restart_only_changes(&settings(&tls("b", true))).is_empty());
+        assert!(running
+            .restart_only_changes(&settings(&tls("a", true)))
+            .is_empty());
+        assert!(running
+            .restart_only_changes(&settings(&tls("b", true)))
+            .is_empty());
         assert_eq!(
             running.restart_only_changes(&settings(&tls("b", false))),
             ["listeners.public.tls"]

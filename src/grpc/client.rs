@@ -1,5 +1,5 @@
 //! The HTTP/2 client towards gRPC upstreams: prior-knowledge h2c or h2 over TLS, one
-//! multiplexed connection per target (address and TLS name) shared by every route and config
+//! multiplexed connection per target (address, TLS name and TLS client settings) shared by every route and config
 //! snapshot of the process, re-opened when the upstream closes it.
 
 use std::collections::HashMap;
@@ -151,16 +151,16 @@ pub fn grpc_request(
     builder.body(payload).ok()
 }
 
-/// A connection's identity: the address, and the TLS server name if any (the same address may
-/// serve several names).
-type Key = (SocketAddr, Option<String>);
+/// A connection's identity: the address, and the TLS server name and client settings if any (the
+/// same address may serve several names, and be reached with or without a client certificate).
+type Key = (SocketAddr, Option<(String, u64)>);
 
 fn key(target: &Target) -> Key {
-    let name = target
+    let tls = target
         .tls
         .as_ref()
-        .map(|t| t.server_name.to_str().into_owned());
-    (target.addr, name)
+        .map(|t| (t.server_name.to_str().into_owned(), t.identity));
+    (target.addr, tls)
 }
 
 /// Connections by target.

@@ -49,6 +49,11 @@ fn addr_authority(addr: SocketAddr) -> http::uri::Authority {
 pub(crate) struct Tls {
     pub(crate) config: Arc<rustls::ClientConfig>,
     pub(crate) server_name: ServerName<'static>,
+    /// What distinguishes this TLS client from another's towards the same address and name
+    /// (trust, verification, client certificate), so that pooled connections are shared only
+    /// between identical ones: an upstream without a client certificate must not ride on a
+    /// connection another upstream authenticated.
+    pub(crate) identity: u64,
 }
 
 impl std::fmt::Debug for Tls {
@@ -92,8 +97,18 @@ impl Target {
             tls: Some(Tls {
                 config,
                 server_name: name,
+                identity: 0,
             }),
         })
+    }
+
+    /// Sets what tells this target's TLS client apart from others with the same address and
+    /// server name (see [`tls_identity`]); connections are pooled by it.
+    pub fn with_tls_identity(mut self, identity: u64) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.identity = identity;
+        }
+        self
     }
 
     /// Sends `authority` as `:authority` instead of the address.
@@ -172,13 +187,29 @@ pub fn client_config(
         builder.with_root_certificates(roots)
     };
     let mut config = match &tls.client_cert {
-        Some(c) => builder.with_client_cert_resolver(Arc::new(OneClientCert(
-            c.certified_key.clone(),
-        ))),
+        Some(c) => {
+            builder.with_client_cert_resolver(Arc::new(OneClientCert(c.certified_key.clone())))
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// A digest of what makes two TLS clients of [`client_config`] differ: trust roots,
+/// verification and client certificate. Equal settings of another config snapshot give the same
+/// value, so pooled connections survive a reload that does not touch them.
+pub fn tls_identity(tls: &crate::config::UpstreamTls) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tls.verify.hash(&mut h);
+    tls.ca_certs.hash(&mut h);
+    if let Some(c) = &tls.client_cert {
+        for cert in &c.certified_key.cert {
+            cert.as_ref().hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// `client_cert_file`: the one certificate offered whatever the server asks for (the server

@@ -147,6 +147,7 @@ impl Cluster {
                     .or_else(|| target.hostname.clone())
                     .unwrap_or_else(|| target.address.ip().to_string());
                 crate::grpc::Target::h2(target.address, config, &sni)?
+                    .with_tls_identity(crate::grpc::tls_identity(tls))
             }
         };
         let authority = self

@@ -47,8 +47,10 @@ pub enum FailureKind {
 
 /// Whether the cause of `e` is a TLS alert the upstream sent.
 fn tls_alert_received(e: &Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> =
-        e.cause.as_deref().map(|c| c as &(dyn std::error::Error + 'static));
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e
+        .cause
+        .as_deref()
+        .map(|c| c as &(dyn std::error::Error + 'static));
     while let Some(c) = cause {
         let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
             c.downcast_ref::<std::io::Error>()

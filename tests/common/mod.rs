@@ -1,6 +1,8 @@
 //! Test harness: the real `tollgate` binary on ephemeral ports, and real hyper upstreams.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -28,9 +28,9 @@ pub use broker::{
 };
 pub use route::{Rewrite, RewritePart, Route};
 pub use upstream::{
-    Algorithm, BalanceConfig, CircuitBreakerConfig, ClientCert, ConsulQuery, DiscoveryConfig, DiscoverySource,
-    HashOn, HealthCheckConfig, Nameservers, OutlierConfig, ProbeKind, Protocol, RetryConfig,
-    TargetConfig, Timeouts, UpstreamConfig, UpstreamTls,
+    Algorithm, BalanceConfig, CircuitBreakerConfig, ClientCert, ConsulQuery, DiscoveryConfig,
+    DiscoverySource, HashOn, HealthCheckConfig, Nameservers, OutlierConfig, ProbeKind, Protocol,
+    RetryConfig, TargetConfig, Timeouts, UpstreamConfig, UpstreamTls,
 };
 
 /// One complete, valid configuration. Its `Debug` shows no secret: every credential it holds is

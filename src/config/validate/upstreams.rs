@@ -11,7 +11,8 @@ use http::{HeaderName, HeaderValue};
 
 use super::super::file::{self, TargetEntry};
 use super::super::model::{
-    Algorithm, BalanceConfig, ClientCert, HashOn, Protocol, TargetConfig, Timeouts, UpstreamConfig, UpstreamTls,
+    Algorithm, BalanceConfig, ClientCert, HashOn, Protocol, TargetConfig, Timeouts, UpstreamConfig,
+    UpstreamTls,
 };
 use super::super::tls;
 use super::Validator;

@@ -126,8 +126,13 @@ async fn http_check(
     let tcp = connect(target).await?;
     match tls {
         None => {
-            let request =
-                build_request(check.method.clone(), check.path, &authority, h2c, Bytes::new())?;
+            let request = build_request(
+                check.method.clone(),
+                check.path,
+                &authority,
+                h2c,
+                Bytes::new(),
+            )?;
             exchange_over(TokioIo::new(tcp), h2c, request, read).await
         }
         Some(tls) => {
@@ -136,8 +141,13 @@ async fn http_check(
                 .await
                 .map_err(ProbeError::Tls)?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let mut request =
-                build_request(check.method.clone(), check.path, &authority, h2, Bytes::new())?;
+            let mut request = build_request(
+                check.method.clone(),
+                check.path,
+                &authority,
+                h2,
+                Bytes::new(),
+            )?;
             if h2 {
                 // `:scheme` follows the URI's.
                 let uri = format!("https://{authority}{}", check.path);

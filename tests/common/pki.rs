@@ -1,0 +1,121 @@
+//! A test certificate authority: rcgen certificates for TLS listeners, mutual-TLS upstreams and
+//! the gateway's client certificates, and a TLS front that requires a client certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+/// A test CA and the certificates it issues.
+pub struct Pki {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub ca_pem: String,
+    pub ca_der: CertificateDer<'static>,
+}
+
+/// A certificate and its key, as PEM and DER.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    /// A new CA with a fresh key.
+    pub fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tollgate test CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("ca");
+        Pki {
+            ca_pem: cert.pem(),
+            ca_der: cert.der().clone(),
+            ca: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1 named `cn`, with `key` (or a new one).
+    pub fn issue(&self, cn: &str, serial: u8, key: Option<&rcgen::KeyPair>) -> Leaf {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[serial]));
+        let fresh;
+        let key = match key {
+            Some(k) => k,
+            None => {
+                fresh = rcgen::KeyPair::generate().expect("key");
+                &fresh
+            }
+        };
+        let cert = params.signed_by(key, &self.ca).expect("leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).expect("root");
+        roots
+    }
+
+    /// A client trusting this CA, speaking HTTP/1.1.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        super::install_crypto();
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(self.roots())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// A TLS terminator in front of `backend` (ALPN h2 and http/1.1) that requires a client
+/// certificate issued by `pki`'s CA, serving `server`: a mutual-TLS upstream.
+pub async fn mtls_front(backend: SocketAddr, pki: &Pki, server: &Leaf) -> SocketAddr {
+    super::install_crypto();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(pki.roots()))
+        .build()
+        .expect("verifier");
+    let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("key");
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.der.clone()], key)
+        .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
