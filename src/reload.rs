@@ -290,9 +290,13 @@ impl Reloader {
                         // Deleted (or moved away mid-edit): nothing to read, so nothing
                         // changes; said once, so an operator who removed it by mistake knows
                         // the gateway noticed.
+                        (None, Some(Some(_))) if *path == self.path => {
+                            tracing::warn!(path = %path.display(),
+                                "config file is gone; the running config keeps serving until it is back");
+                        }
                         (None, Some(Some(_))) => {
                             tracing::warn!(path = %path.display(),
-                                "watched file is gone; the running config keeps serving until it is back");
+                                "certificate file is gone; the running certificate keeps serving until it is back");
                         }
                         (Some(p), Some(before)) if Some(p) != before.as_ref() => {
                             changed.get_or_insert(path.clone());
