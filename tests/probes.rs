@@ -6,6 +6,8 @@
 //! Every probe call is wrapped in a generous outer timeout that only catches hangs; no test
 //! asserts how fast anything is.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -636,4 +638,63 @@ async fn malformed_grpc_answers_are_unhealthy() {
         let (addr, _) = scripted_grpc_server(respond).await;
         assert_eq!(run(&grpc(""), addr, TIMEOUT).await, Err(reason.to_string()));
     }
+}
+
+/// An HTTP check of a TLS upstream goes over TLS and speaks HTTP/2 when the target picks `h2`
+/// by ALPN; a certificate for another name fails the check at the handshake.
+#[tokio::test]
+async fn an_http_check_of_a_tls_target_goes_over_tls() {
+    use rustls::pki_types::ServerName;
+    use tollgate::upstream::probe::ProbeTls;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let seen = versions.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    if let Ok(mut v) = seen.lock() {
+                        v.push(req.version());
+                    }
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let (front, der, _) = common::tls_front(backend).await;
+    let tls = |name: &str| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.clone()).expect("root");
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        ProbeTls {
+            config: Arc::new(config),
+            server_name: ServerName::try_from(name.to_string()).expect("name"),
+        }
+    };
+    let check = |tls: ProbeTls| async move {
+        tokio::time::timeout(
+            TIMEOUT + Duration::from_secs(10),
+            probe(&http("/health"), front, TIMEOUT, Some(&tls)),
+        )
+        .await
+        .expect("probe must finish within its own timeout")
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(check(tls("localhost")).await, Ok(()));
+    assert_eq!(
+        versions.lock().map(|v| v.clone()).unwrap_or_default(),
+        [Version::HTTP_2]
+    );
+    let wrong = check(tls("other.example")).await.expect_err("wrong name");
+    assert!(wrong.starts_with("TLS handshake failed"), "{wrong}");
 }

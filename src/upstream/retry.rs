@@ -222,6 +222,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_alert_on_the_first_read_is_a_tls_failure_and_other_read_errors_a_reset() {
+        let read_error = |cause: std::io::Error| {
+            // As pingora nests it: the proxy's error around the HTTP/1 reader's.
+            let inner = Error::because(
+                ErrorType::ReadError,
+                "while reading response headers",
+                cause,
+            );
+            let mut e = Error::because(ErrorType::ReadError, "peer", inner);
+            e.esource = ErrorSource::Upstream;
+            FailureKind::of(&e, true)
+        };
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        let refused = read_error(alert);
+        assert_eq!(refused, FailureKind::Tls);
+        assert_eq!(
+            refused.error(&Arc::from("svc")).map(|e| e.code()),
+            Some("upstream_tls_error")
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(read_error(reset), FailureKind::Reset);
+    }
+
+    #[test]
     fn causes_follow_the_policy() {
         let p = policy();
         assert!(FailureKind::Connect.retried_by(&p));
