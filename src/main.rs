@@ -45,7 +45,12 @@ enum Command {
     /// Run the gateway (the default).
     Run,
     /// Validate the config file and exit: 0 when valid, 1 with every error otherwise.
-    Check,
+    Check {
+        /// Print the effective config (TOML, every default filled in, secrets redacted) instead
+        /// of `FILE: ok`.
+        #[arg(long)]
+        print: bool,
+    },
     /// Print the JSON Schema of gateway.toml (draft 2020-12), plugin tables included, for
     /// editors and validators (docs/editor-support.md). Reads no config file.
     Schema,
@@ -80,7 +85,7 @@ fn main() -> ExitCode {
     }
     let stdin = cli.config.as_os_str() == "-";
     let loaded = match (&command, stdin) {
-        (Command::Check, true) => {
+        (Command::Check { .. }, true) => {
             // Errors name `<stdin>`; relative paths in it resolve from the working directory.
             let mut src = String::new();
             match std::io::Read::read_to_string(&mut std::io::stdin(), &mut src) {
@@ -110,7 +115,11 @@ fn main() -> ExitCode {
     match command {
         // Answered before any config is read.
         Command::Schema => ExitCode::SUCCESS,
-        Command::Check => {
+        Command::Check { print: true } => {
+            print!("{}", config::effective_text(&built.config, &registry));
+            ExitCode::SUCCESS
+        }
+        Command::Check { print: false } => {
             let shown = if stdin {
                 "<stdin>".into()
             } else {
