@@ -70,18 +70,7 @@ fn main() -> ExitCode {
     let registry = tollgate::plugins::builtin_registry();
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Schema = command {
-        // Written without `print!`, which panics when stdout is gone (`tollgate schema | head`).
-        let mut out = std::io::stdout().lock();
-        let written =
-            std::io::Write::write_all(&mut out, config::schema_text(&registry).as_bytes())
-                .and_then(|()| std::io::Write::flush(&mut out));
-        return match written {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tollgate schema: cannot write the schema: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return write_stdout(&config::schema_text(&registry), "tollgate schema");
     }
     let stdin = cli.config.as_os_str() == "-";
     let loaded = match (&command, stdin) {
@@ -115,10 +104,10 @@ fn main() -> ExitCode {
     match command {
         // Answered before any config is read.
         Command::Schema => ExitCode::SUCCESS,
-        Command::Check { print: true } => {
-            print!("{}", config::effective_text(&built.config, &registry));
-            ExitCode::SUCCESS
-        }
+        Command::Check { print: true } => write_stdout(
+            &config::effective_text(&built.config, &registry),
+            "tollgate check --print",
+        ),
         Command::Check { print: false } => {
             let shown = if stdin {
                 "<stdin>".into()
@@ -153,6 +142,21 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// Writes `text` to stdout without `print!`, which panics when stdout is gone
+/// (`tollgate schema | head`).
+fn write_stdout(text: &str, what: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let written = std::io::Write::write_all(&mut out, text.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut out));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: cannot write to standard output: {e}");
+            ExitCode::from(1)
         }
     }
 }
