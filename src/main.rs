@@ -45,7 +45,12 @@ enum Command {
     /// Run the gateway (the default).
     Run,
     /// Validate the config file and exit: 0 when valid, 1 with every error otherwise.
-    Check,
+    Check {
+        /// Print the effective config (TOML, every default filled in, secrets redacted) instead
+        /// of `FILE: ok`.
+        #[arg(long)]
+        print: bool,
+    },
     /// Print the JSON Schema of gateway.toml (draft 2020-12), plugin tables included, for
     /// editors and validators (docs/editor-support.md). Reads no config file.
     Schema,
@@ -65,22 +70,11 @@ fn main() -> ExitCode {
     let registry = tollgate::plugins::builtin_registry();
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Schema = command {
-        // Written without `print!`, which panics when stdout is gone (`tollgate schema | head`).
-        let mut out = std::io::stdout().lock();
-        let written =
-            std::io::Write::write_all(&mut out, config::schema_text(&registry).as_bytes())
-                .and_then(|()| std::io::Write::flush(&mut out));
-        return match written {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tollgate schema: cannot write the schema: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return write_stdout(&config::schema_text(&registry), "tollgate schema");
     }
     let stdin = cli.config.as_os_str() == "-";
     let loaded = match (&command, stdin) {
-        (Command::Check, true) => {
+        (Command::Check { .. }, true) => {
             // Errors name `<stdin>`; relative paths in it resolve from the working directory.
             let mut src = String::new();
             match std::io::Read::read_to_string(&mut std::io::stdin(), &mut src) {
@@ -110,7 +104,11 @@ fn main() -> ExitCode {
     match command {
         // Answered before any config is read.
         Command::Schema => ExitCode::SUCCESS,
-        Command::Check => {
+        Command::Check { print: true } => write_stdout(
+            &config::effective_text(&built.config, &registry),
+            "tollgate check --print",
+        ),
+        Command::Check { print: false } => {
             let shown = if stdin {
                 "<stdin>".into()
             } else {
@@ -144,6 +142,21 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// Writes `text` to stdout without `print!`, which panics when stdout is gone
+/// (`tollgate schema | head`).
+fn write_stdout(text: &str, what: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let written = std::io::Write::write_all(&mut out, text.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut out));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: cannot write to standard output: {e}");
+            ExitCode::from(1)
         }
     }
 }

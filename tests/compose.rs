@@ -31,36 +31,28 @@ enum Kind {
     Histogram,
 }
 
-/// Every metric tollgate's admin `/metrics` exports (name, kind): the only names the dashboard
-/// may query.
-const METRICS: &[(&str, Kind)] = &[
-    ("tollgate_requests_total", Kind::Counter),
-    ("tollgate_request_duration_seconds", Kind::Histogram),
-    (
-        "tollgate_upstream_attempt_duration_seconds",
-        Kind::Histogram,
-    ),
-    ("tollgate_requests_in_flight", Kind::Gauge),
-    ("tollgate_target_healthy", Kind::Gauge),
-    ("tollgate_target_ejections_total", Kind::Counter),
-    ("tollgate_retries_total", Kind::Counter),
-    ("tollgate_rate_limited_total", Kind::Counter),
-    ("tollgate_auth_failures_total", Kind::Counter),
-    ("tollgate_config_reloads_total", Kind::Counter),
-    ("tollgate_config_generation", Kind::Gauge),
-    ("tollgate_certificate_expiry_seconds", Kind::Gauge),
-    ("tollgate_broker_up", Kind::Gauge),
-    ("tollgate_messages_published_total", Kind::Counter),
-    ("tollgate_messages_failed_total", Kind::Counter),
-    ("tollgate_messages_deduplicated_total", Kind::Counter),
-    ("tollgate_publish_duration_seconds", Kind::Histogram),
-    ("tollgate_subscribers", Kind::Gauge),
-    ("tollgate_messages_delivered_total", Kind::Counter),
-    ("tollgate_subscriptions_ended_total", Kind::Counter),
-    ("tollgate_request_reply_total", Kind::Counter),
-    ("tollgate_reply_duration_seconds", Kind::Histogram),
-    ("tollgate_replies_unmatched_total", Kind::Counter),
-];
+/// Every metric family tollgate's admin `/metrics` exports (name, kind), as the gateway's own
+/// metrics registry lists them (a labelled family appears on `/metrics` with its first series):
+/// the only names the dashboard may query, and each needs a panel.
+fn exported_metrics() -> Vec<(String, Kind)> {
+    let families = tollgate::telemetry::metrics::families();
+    assert!(
+        families.iter().any(|(n, _)| n == "tollgate_requests_total"),
+        "the gateway lists its metric families: {families:?}"
+    );
+    families
+        .into_iter()
+        .map(|(name, kind)| {
+            let kind = match kind {
+                "counter" => Kind::Counter,
+                "gauge" => Kind::Gauge,
+                "histogram" => Kind::Histogram,
+                other => panic!("{name}: a {other} has no dashboard rule here yet"),
+            };
+            (name, kind)
+        })
+        .collect()
+}
 
 // ------------------------------------------------------------------------------------------------
 // Reading the files
@@ -687,13 +679,13 @@ fn dashboard_queries(dashboard: &serde_json::Value) -> DashboardQueries {
 
 /// Which listed metric a series name belongs to; histograms only through `_bucket`, `_sum` and
 /// `_count` (a histogram has no series under its bare name).
-fn listed_metric(series: &str) -> Option<&'static str> {
-    METRICS.iter().find_map(|&(name, kind)| {
+fn listed_metric(series: &str) -> Option<String> {
+    exported_metrics().into_iter().find_map(|(name, kind)| {
         let matches = match kind {
             Kind::Counter | Kind::Gauge => series == name,
             Kind::Histogram => ["_bucket", "_sum", "_count"]
                 .iter()
-                .any(|suffix| series.strip_prefix(name) == Some(suffix)),
+                .any(|suffix| series.strip_prefix(name.as_str()) == Some(suffix)),
         };
         matches.then_some(name)
     })
@@ -1453,9 +1445,9 @@ fn dashboard_has_a_panel_for_every_exported_metric() {
             );
         }
     }
-    let missing: Vec<&str> = METRICS
-        .iter()
-        .map(|(n, _)| *n)
+    let missing: Vec<String> = exported_metrics()
+        .into_iter()
+        .map(|(n, _)| n)
         .filter(|n| !seen.contains(n))
         .collect();
     assert!(missing.is_empty(), "no dashboard panel queries {missing:?}");

@@ -302,6 +302,18 @@ deny = ["10.0.0.0/8"]
             "{family} missing:\n{text}"
         );
     }
+    // What the dashboard test (tests/compose.rs) checks panels against is what a live /metrics
+    // shows: every family scraped here is in the gateway's list, with the same type.
+    let listed = tollgate::telemetry::metrics::families();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                listed.iter().any(|(n, k)| n == name && *k == kind),
+                "{name} ({kind}) is on /metrics but not in metrics::families(): {listed:?}"
+            );
+        }
+    }
     assert!(
         text.contains("tollgate_requests_total{method=\"GET\",route=\"a\",status_class=\"2xx\"} 1"),
         "{text}"

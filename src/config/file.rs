@@ -238,13 +238,13 @@ pub struct UpstreamSection {
     #[schemars(extend("default" = "5s"))]
     pub connect_timeout: Option<Duration>,
     /// Between reads of the response.
-    #[schemars(extend("default" = "60s"))]
+    #[schemars(extend("default" = "1m"))]
     pub read_timeout: Option<Duration>,
     /// Between writes of the request.
-    #[schemars(extend("default" = "60s"))]
+    #[schemars(extend("default" = "1m"))]
     pub write_timeout: Option<Duration>,
     /// A pooled idle connection is closed after this.
-    #[schemars(extend("default" = "60s"))]
+    #[schemars(extend("default" = "1m"))]
     pub idle_timeout: Option<Duration>,
     /// Concurrent HTTP/2 streams per upstream connection (h2/h2c).
     #[schemars(extend("default" = 100))]
@@ -385,7 +385,7 @@ pub struct OutlierSection {
     #[schemars(extend("default" = "30s"))]
     pub base_ejection_time: Option<Spanned<Duration>>,
     /// Ceiling of ejection lengths.
-    #[schemars(extend("default" = "300s"))]
+    #[schemars(extend("default" = "5m"))]
     pub max_ejection_time: Option<Spanned<Duration>>,
     /// Share of targets that may be ejected at once (0-100).
     #[schemars(extend("default" = 50))]
@@ -683,7 +683,7 @@ pub struct BrokerSection {
     #[schemars(extend("default" = "none"))]
     pub compression: Option<Spanned<Compression>>,
     /// Kafka: the largest message the broker takes.
-    #[schemars(extend("default" = "1MiB"))]
+    #[schemars(extend("default" = 1048576))]
     pub message_max_bytes: Option<Spanned<ByteSize>>,
     /// Kafka: SASL credentials.
     pub sasl: Option<Spanned<KafkaSasl>>,
@@ -694,7 +694,7 @@ pub struct BrokerSection {
     #[schemars(extend("default" = "10s"))]
     pub heartbeat: Option<Spanned<Duration>>,
     /// AMQP: the largest message the gateway sends.
-    #[schemars(extend("default" = "16MiB"))]
+    #[schemars(extend("default" = 16777216))]
     pub max_message_bytes: Option<Spanned<ByteSize>>,
     // NATS
     /// NATS: nats://HOST[:PORT] or tls://HOST[:PORT] urls; required.
@@ -804,7 +804,7 @@ pub struct PublishSection {
     #[serde(default)]
     pub headers: Vec<Spanned<String>>,
     /// Largest request body published (413 above); the broker's limit if smaller.
-    #[schemars(extend("default" = "1MiB"))]
+    #[schemars(extend("default" = 1048576))]
     pub max_body_bytes: Option<Spanned<ByteSize>>,
     /// Answer after the broker acknowledged the message, or as soon as the client library has it.
     #[schemars(extend("default" = "confirmed"))]
@@ -918,7 +918,7 @@ pub struct RequestReplySection {
     #[serde(default)]
     pub headers: Vec<Spanned<String>>,
     /// Largest request body sent (413 above); the broker's limit if smaller.
-    #[schemars(extend("default" = "1MiB"))]
+    #[schemars(extend("default" = 1048576))]
     pub max_body_bytes: Option<Spanned<ByteSize>>,
     /// Longest wait for the reply; past it 504 `reply_timeout`.
     #[schemars(extend("default" = "5s"))]

@@ -5,10 +5,11 @@
 //! Rooms: `file.rs` is the file format as serde reads it; `validate/` turns it into the model,
 //! one room per section; `model/` is the model, plain data; `built.rs` is what loading hands
 //! over (the model and the instances validation built); `error.rs` the errors and their
-//! positions; `view.rs` the admin `/config` view; `restart_only.rs` which keys a reload
-//! applies.
+//! positions; `view.rs` the admin `/config` view; `effective.rs` that view with the defaults
+//! filled in (`tollgate check --print`); `restart_only.rs` which keys a reload applies.
 
 mod built;
+mod effective;
 mod error;
 mod file;
 pub mod model;
@@ -46,6 +47,18 @@ pub fn log_filter(
     tracing_subscriber::EnvFilter::builder()
         .with_regex(false)
         .parse(level)
+}
+
+/// The effective config `config` runs on, as TOML (`tollgate check --print`): the file as
+/// written with every default filled in and every secret shown as `<redacted>`.
+pub fn effective_text(config: &GatewayConfig, registry: &PluginRegistry) -> String {
+    let filled = effective::fill_defaults(&config.view, &schema(registry));
+    let body = effective::to_toml(&filled).unwrap_or_default();
+    format!(
+        "# The effective config of {}: the file with every default filled in; secrets are \
+         shown as <redacted>.\n{body}",
+        config.source.display()
+    )
 }
 
 /// Default admin address when `[admin]` is absent.

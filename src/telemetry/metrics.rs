@@ -15,6 +15,8 @@ use tollgate_plugin_api::Count;
 /// Every metric family of the gateway.
 pub struct Metrics {
     registry: Registry,
+    /// What `families` answers.
+    families: Vec<(String, &'static str)>,
     /// Requests by route, method and status class (`2xx`...).
     pub requests: IntCounterVec,
     /// Request duration, from the request head to the end of the logging phase.
@@ -74,7 +76,7 @@ pub struct BrokerMetrics {
     pub replies_unmatched: IntCounterVec,
 }
 
-fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Error> {
+fn broker_metrics(registry: &Registering) -> Result<BrokerMetrics, prometheus::Error> {
     let up = IntGaugeVec::new(
         Opts::new(
             "tollgate_broker_up",
@@ -132,9 +134,9 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
         ),
         &["route", "broker", "reason"],
     )?;
-    registry.register(Box::new(subscribers.clone()))?;
-    registry.register(Box::new(delivered.clone()))?;
-    registry.register(Box::new(streams_ended.clone()))?;
+    registry.add(&subscribers)?;
+    registry.add(&delivered)?;
+    registry.add(&streams_ended)?;
     let requests = IntCounterVec::new(
         Opts::new(
             "tollgate_request_reply_total",
@@ -157,14 +159,14 @@ fn broker_metrics(registry: &Registry) -> Result<BrokerMetrics, prometheus::Erro
         ),
         &["broker"],
     )?;
-    registry.register(Box::new(requests.clone()))?;
-    registry.register(Box::new(reply_duration.clone()))?;
-    registry.register(Box::new(replies_unmatched.clone()))?;
-    registry.register(Box::new(up.clone()))?;
-    registry.register(Box::new(published.clone()))?;
-    registry.register(Box::new(failed.clone()))?;
-    registry.register(Box::new(deduplicated.clone()))?;
-    registry.register(Box::new(publish_duration.clone()))?;
+    registry.add(&requests)?;
+    registry.add(&reply_duration)?;
+    registry.add(&replies_unmatched)?;
+    registry.add(&up)?;
+    registry.add(&published)?;
+    registry.add(&failed)?;
+    registry.add(&deduplicated)?;
+    registry.add(&publish_duration)?;
     Ok(BrokerMetrics {
         up,
         published,
@@ -184,12 +186,62 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// A registry that also keeps the name and type of every family registered in it: `gather`
+/// leaves out a labelled family until its first series exists, and the families' list is what
+/// dashboards are checked against (`families`).
+struct Registering {
+    registry: Registry,
+    families: std::sync::Mutex<Vec<(String, &'static str)>>,
+}
+
+impl Registering {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        collector: &C,
+    ) -> Result<(), prometheus::Error> {
+        let described: Vec<_> = collector
+            .collect()
+            .iter()
+            .map(|family| {
+                (
+                    family.name().to_string(),
+                    type_name(family.get_field_type()),
+                )
+            })
+            .collect();
+        self.registry.register(Box::new(collector.clone()))?;
+        if let Ok(mut families) = self.families.lock() {
+            families.extend(described);
+        }
+        Ok(())
+    }
+}
+
+fn type_name(t: prometheus::proto::MetricType) -> &'static str {
+    use prometheus::proto::MetricType;
+    match t {
+        MetricType::COUNTER => "counter",
+        MetricType::GAUGE => "gauge",
+        MetricType::HISTOGRAM => "histogram",
+        MetricType::SUMMARY => "summary",
+        MetricType::UNTYPED => "untyped",
+    }
+}
+
+/// Every metric family the gateway exports, `(name, type)`, whether or not it has a series yet.
+pub fn families() -> Vec<(String, &'static str)> {
+    metrics().map(|m| m.families.clone()).unwrap_or_default()
+}
+
 fn build() -> Result<Metrics, prometheus::Error> {
-    let registry = Registry::new();
+    let registry = Registering {
+        registry: Registry::new(),
+        families: std::sync::Mutex::new(Vec::new()),
+    };
     let counter =
         |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
+            registry.add(&c)?;
             Ok(c)
         };
     let histogram =
@@ -198,12 +250,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
                 labels,
             )?;
-            registry.register(Box::new(h.clone()))?;
+            registry.add(&h)?;
             Ok(h)
         };
     let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
         let g = IntGauge::new(name, help)?;
-        registry.register(Box::new(g.clone()))?;
+        registry.add(&g)?;
         Ok(g)
     };
     let target_healthy = IntGaugeVec::new(
@@ -213,7 +265,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["upstream", "target"],
     )?;
-    registry.register(Box::new(target_healthy.clone()))?;
+    registry.add(&target_healthy)?;
     let certificate_expiry = IntGaugeVec::new(
         Opts::new(
             "tollgate_certificate_expiry_seconds",
@@ -221,7 +273,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["kind", "name", "serial"],
     )?;
-    registry.register(Box::new(certificate_expiry.clone()))?;
+    registry.add(&certificate_expiry)?;
     Ok(Metrics {
         requests: counter(
             "tollgate_requests_total",
@@ -278,7 +330,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         target_healthy,
         certificate_expiry,
         brokers: broker_metrics(&registry)?,
-        registry,
+        families: registry
+            .families
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        registry: registry.registry,
     })
 }
 

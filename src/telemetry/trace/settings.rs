@@ -33,7 +33,7 @@ pub struct TracingSection {
     /// (`https://user:password@host`) are secret.
     pub endpoint: Option<SecretUrl>,
     /// `"grpc"` or `"http/protobuf"`.
-    #[schemars(extend("enum" = ["grpc", "http/protobuf"], "default" = "grpc"))]
+    #[schemars(extend("enum" = ["grpc", "http/protobuf"], "default" = "http/protobuf"))]
     pub protocol: Option<String>,
     /// `service.name` of the exported resource.
     #[schemars(extend("default" = DEFAULT_SERVICE_NAME))]
