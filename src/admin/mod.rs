@@ -275,7 +275,14 @@ impl ServeHttp for AdminApp {
                         snap.generation,
                         snap.target_availability(),
                         snap.brokers.iter().map(|b| (b.name(), b.is_up())),
-                        &crate::certificates::in_use(&snap.config, std::time::SystemTime::now()),
+                        crate::certificates::in_use(&snap.config, std::time::SystemTime::now())
+                            .iter()
+                            .map(|c| crate::telemetry::metrics::CertificateExpiry {
+                                kind: c.kind.as_str(),
+                                name: &c.name,
+                                serial: &c.serial,
+                                expires_in_seconds: c.expires_in_seconds,
+                            }),
                     )
                     .into_bytes()
                 },

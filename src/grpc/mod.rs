@@ -44,7 +44,7 @@ pub use status::{
     encode_message, http_status_for_code, is_grpc_request, trailers_only_error,
     trailers_only_for_status, GrpcStatus,
 };
-pub use target::{client_config, tls_identity, Target, TargetError};
+pub use target::{client_config, Target, TargetError};
 
 /// The gRPC status codes by name.
 pub mod code {

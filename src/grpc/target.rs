@@ -103,7 +103,8 @@ impl Target {
     }
 
     /// Sets what tells this target's TLS client apart from others with the same address and
-    /// server name (see [`tls_identity`]); connections are pooled by it.
+    /// server name (a digest of its trust roots, verification and client certificate);
+    /// connections are pooled by it.
     pub fn with_tls_identity(mut self, identity: u64) -> Self {
         if let Some(tls) = &mut self.tls {
             tls.identity = identity;
@@ -155,20 +156,22 @@ impl From<SocketAddr> for Target {
 /// system roots, verification on or off, the client certificate if any, and `alpn`. Build it
 /// once per upstream: loading the system roots reads the filesystem.
 pub fn client_config(
-    tls: &crate::config::UpstreamTls,
+    ca_certs: Option<&[Vec<u8>]>,
+    verify: bool,
+    client_cert: Option<&Arc<rustls::sign::CertifiedKey>>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TargetError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(TargetError::Setup)?;
-    let builder = if !tls.verify {
+    let builder = if !verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match &tls.ca_certs {
+        match ca_certs {
             Some(cas) => {
                 for der in cas {
                     roots
@@ -186,30 +189,12 @@ pub fn client_config(
         }
         builder.with_root_certificates(roots)
     };
-    let mut config = match &tls.client_cert {
-        Some(c) => {
-            builder.with_client_cert_resolver(Arc::new(OneClientCert(c.certified_key.clone())))
-        }
+    let mut config = match client_cert {
+        Some(c) => builder.with_client_cert_resolver(Arc::new(OneClientCert(c.clone()))),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
-}
-
-/// A digest of what makes two TLS clients of [`client_config`] differ: trust roots,
-/// verification and client certificate. Equal settings of another config snapshot give the same
-/// value, so pooled connections survive a reload that does not touch them.
-pub fn tls_identity(tls: &crate::config::UpstreamTls) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    tls.verify.hash(&mut h);
-    tls.ca_certs.hash(&mut h);
-    if let Some(c) = &tls.client_cert {
-        for cert in &c.certified_key.cert {
-            cert.as_ref().hash(&mut h);
-        }
-    }
-    h.finish()
 }
 
 /// `client_cert_file`: the one certificate offered whatever the server asks for (the server

@@ -473,13 +473,25 @@ pub fn method_label(m: &http::Method) -> &'static str {
     METHODS[method_index(m)]
 }
 
+/// One series of `tollgate_certificate_expiry_seconds`.
+pub struct CertificateExpiry<'a> {
+    /// `listener` or `upstream`.
+    pub kind: &'a str,
+    /// The listener's or upstream's name.
+    pub name: &'a str,
+    /// The certificate's serial, hex.
+    pub serial: &'a str,
+    /// Seconds left at the scrape; negative once expired.
+    pub expires_in_seconds: i64,
+}
+
 /// The text exposition of every metric, with the live config's generation, the health of
 /// its targets, given as `(upstream, address, available)`, and its certificates.
 pub fn render<'a>(
     generation: u64,
     targets: impl IntoIterator<Item = (&'a str, SocketAddr, bool)>,
     brokers: impl IntoIterator<Item = (&'a str, bool)>,
-    certificates: &[crate::certificates::CertificateInfo],
+    certificates: impl IntoIterator<Item = CertificateExpiry<'a>>,
 ) -> String {
     let Some(m) = metrics() else {
         return String::new();
@@ -500,7 +512,7 @@ pub fn render<'a>(
     m.certificate_expiry.reset();
     for c in certificates {
         m.certificate_expiry
-            .with_label_values(&[c.kind.as_str(), &c.name, &c.serial])
+            .with_label_values(&[c.kind, c.name, c.serial])
             .set(c.expires_in_seconds);
     }
     m.generation

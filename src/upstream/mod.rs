@@ -66,6 +66,31 @@ pub struct Counters {
     pub retries: AtomicUsize,
 }
 
+/// The rustls client of an upstream's `tls` settings for connections the gateway makes itself.
+fn tls_client_config(
+    tls: &crate::config::UpstreamTls,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, crate::grpc::TargetError> {
+    let client_cert = tls.client_cert.as_ref().map(|c| &c.certified_key);
+    crate::grpc::client_config(tls.ca_certs.as_deref(), tls.verify, client_cert, alpn)
+}
+
+/// A digest of what makes two upstreams' TLS clients differ: trust roots, verification and
+/// client certificate. Equal settings in another config snapshot give the same value, so pooled
+/// gRPC connections survive a reload that does not touch them.
+fn tls_identity(tls: &crate::config::UpstreamTls) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tls.verify.hash(&mut h);
+    tls.ca_certs.hash(&mut h);
+    if let Some(c) = &tls.client_cert {
+        for cert in &c.certified_key.cert {
+            cert.as_ref().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 /// Runtime state of one upstream, shared by all worker threads of a snapshot.
 #[derive(Debug)]
 pub struct Cluster {
@@ -115,7 +140,7 @@ impl Cluster {
         };
         let config = self
             .probe_tls
-            .get_or_init(|| crate::grpc::client_config(tls, alpn))
+            .get_or_init(|| tls_client_config(tls, alpn))
             .clone()?;
         let sni = tls
             .sni
@@ -139,7 +164,7 @@ impl Cluster {
             Some(tls) => {
                 let config = self
                     .grpc_tls
-                    .get_or_init(|| crate::grpc::client_config(tls, &[b"h2"]))
+                    .get_or_init(|| tls_client_config(tls, &[b"h2"]))
                     .clone()?;
                 let sni = tls
                     .sni
@@ -147,7 +172,7 @@ impl Cluster {
                     .or_else(|| target.hostname.clone())
                     .unwrap_or_else(|| target.address.ip().to_string());
                 crate::grpc::Target::h2(target.address, config, &sni)?
-                    .with_tls_identity(crate::grpc::tls_identity(tls))
+                    .with_tls_identity(tls_identity(tls))
             }
         };
         let authority = self
