@@ -338,6 +338,49 @@ mod tests {
     use super::super::testing::{errors, valid};
 
     #[test]
+    fn a_client_certificate_needs_its_key_and_the_key_its_certificate() {
+        assert_eq!(
+            errors(
+                "[upstreams.a]\ntargets = [\"127.0.0.1:3000\"]\n\
+                 tls = { client_cert_file = \"c.pem\" }\n\
+                 [upstreams.b]\ntargets = [\"127.0.0.1:3000\"]\n\
+                 tls = { client_key_file = \"c.key\" }\n"
+            ),
+            [
+                "gateway.toml:3:28: `client_cert_file` needs `client_key_file` (the certificate's private key) too",
+                "gateway.toml:6:27: `client_key_file` needs `client_cert_file` (the certificate it belongs to) too",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_is_loaded_with_its_key_for_every_tls_client() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = rcgen::generate_simple_self_signed(vec!["gw".to_string()]).expect("cert");
+        std::fs::write(dir.path().join("c.pem"), cert.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("c.key"), cert.signing_key.serialize_pem()).expect("write");
+        let built = valid(&format!(
+            "[upstreams.a]\ntargets = [\"127.0.0.1:3000\"]\n\
+             tls = {{ client_cert_file = \"{0}/c.pem\", client_key_file = \"{0}/c.key\" }}\n",
+            dir.path().display()
+        ));
+        let tls = built.config.upstreams[0].tls.as_ref().expect("tls");
+        let client = tls.client_cert.as_ref().expect("client certificate");
+        assert_eq!(
+            client.certified_key.cert[0].as_ref(),
+            cert.cert.der().as_ref()
+        );
+        assert_eq!(
+            client.pingora.leaf().borrow_raw_cert().as_slice(),
+            cert.cert.der().as_ref()
+        );
+        assert_eq!(
+            built.config.certificate_files().collect::<Vec<_>>(),
+            [dir.path().join("c.pem"), dir.path().join("c.key")]
+        );
+    }
+
+    #[test]
     fn target_without_port_is_reported_at_the_target() {
         assert_eq!(
             errors("[upstreams.u]\ntargets = [\"127.0.0.1:3000\", \"127.0.0.1\"]\n"),
