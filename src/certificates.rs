@@ -61,24 +61,20 @@ pub fn in_use(config: &GatewayConfig, now: SystemTime) -> Vec<CertificateInfo> {
         let tls = l.tls.as_ref()?;
         Some((
             Use::Listener,
-            &l.name,
+            l.name.as_str(),
             &tls.cert_file,
-            tls.certified_key.end_entity_cert().ok()?,
+            &tls.certified_key,
         ))
     });
     let upstreams = config.upstreams.iter().filter_map(|u| {
         let c = u.tls.as_ref()?.client_cert.as_ref()?;
-        Some((
-            Use::Upstream,
-            &*u.name,
-            &c.cert_file,
-            c.certified_key.end_entity_cert().ok()?,
-        ))
+        Some((Use::Upstream, &*u.name, &c.cert_file, &c.certified_key))
     });
-    let listeners = listeners.map(|(k, n, f, c)| (k, n.as_str(), f, c));
     listeners
         .chain(upstreams)
-        .filter_map(|(kind, name, file, der)| describe(kind, name, file, der.as_ref(), now))
+        .filter_map(|(kind, name, file, key)| {
+            describe(kind, name, file, key.end_entity_cert().ok()?.as_ref(), now)
+        })
         .collect()
 }
 
