@@ -78,6 +78,18 @@ pub fn in_use(config: &GatewayConfig, now: SystemTime) -> Vec<CertificateInfo> {
         .collect()
 }
 
+/// Logs every certificate of `config` that has expired. It is used anyway — a late renewal is
+/// no reason to keep serving an equally expired predecessor — so the log says why clients
+/// refuse it.
+pub fn warn_expired(config: &GatewayConfig) {
+    for c in in_use(config, SystemTime::now()) {
+        if c.expires_in_seconds <= 0 {
+            tracing::warn!(kind = c.kind.as_str(), name = %c.name, cert_file = %c.cert_file,
+                not_after = %c.not_after, "certificate has expired; it is used anyway until replaced");
+        }
+    }
+}
+
 /// `None` only for DER that does not parse, which config loading already refused.
 fn describe(
     kind: Use,

@@ -194,6 +194,7 @@ impl Reloader {
             tracing::warn!(key = %key, "config change not applied: it needs a restart or a binary upgrade (docs/operations/admin-reload-upgrade.md)");
         }
         tracing::info!(trigger, generation, "config reloaded");
+        crate::certificates::warn_expired(&self.snapshot.load().config);
         Ok(generation)
     }
 

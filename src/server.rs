@@ -139,6 +139,7 @@ pub fn build(
     let admin = config.admin.clone();
     crate::telemetry::access_log::configure(config.access_log.sink.as_ref())?;
     let tracing_settings = config.tracing.clone();
+    crate::certificates::warn_expired(&built.config);
     let first = Snapshot::new(built, 1);
     prime(&first)?;
     let snapshot = Arc::new(ArcSwap::from_pointee(first));

@@ -258,6 +258,29 @@ async fn a_broken_renewal_keeps_the_old_certificate_and_fails_like_a_broken_relo
 }
 
 #[tokio::test]
+async fn an_expired_certificate_is_served_but_logged_and_counted_below_zero() {
+    let pki = Pki::new();
+    let expired = pki.issue_expired("gw-old", 7);
+    let (gw, _addr) = tls_gateway(&expired).await;
+    assert!(
+        gw.logs().contains("certificate has expired"),
+        "{}",
+        gw.logs()
+    );
+    let listed = admin_json(&gw, "/certificates").await;
+    assert_eq!(
+        listed["certificates"][0]["not_after"], "2001-01-01T00:00:00Z",
+        "{listed}"
+    );
+    assert!(
+        listed["certificates"][0]["expires_in_seconds"]
+            .as_i64()
+            .is_some_and(|s| s < 0),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
 async fn a_second_handshake_with_the_same_client_resumes_the_session() {
     let pki = Pki::new();
     let a = pki.issue("gw-a", 1, None);

@@ -47,6 +47,21 @@ impl Pki {
 
     /// A certificate for `localhost` and 127.0.0.1 named `cn`, with `key` (or a new one).
     pub fn issue(&self, cn: &str, serial: u8, key: Option<&rcgen::KeyPair>) -> Leaf {
+        self.issue_until(cn, serial, key, None)
+    }
+
+    /// Like `issue`, valid in 2000 only: long expired.
+    pub fn issue_expired(&self, cn: &str, serial: u8) -> Leaf {
+        self.issue_until(cn, serial, None, Some((2000, 2001)))
+    }
+
+    fn issue_until(
+        &self,
+        cn: &str,
+        serial: u8,
+        key: Option<&rcgen::KeyPair>,
+        years: Option<(i32, i32)>,
+    ) -> Leaf {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                 .expect("params");
@@ -54,6 +69,10 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[serial]));
+        if let Some((from, to)) = years {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        }
         let fresh;
         let key = match key {
             Some(k) => k,
