@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use super::model::{
-    AdminSettings, GatewayConfig, Listener, ListenerTls, LogSettings, ServerSettings,
+    AdminSettings, ClientAuth, GatewayConfig, Listener, ListenerTls, LogSettings, ServerSettings,
 };
 
 /// The process-wide part of a config: the sections holding restart-only keys.
@@ -171,11 +171,40 @@ fn same_tls(a: Option<&ListenerTls>, b: Option<&ListenerTls>) -> bool {
                 key_file,
                 h2,
                 certified_key,
+                client_auth,
+                handshake_timeout,
             } = b;
             a.cert_file == *cert_file
                 && a.key_file == *key_file
                 && a.h2 == *h2
                 && a.certified_key.cert == certified_key.cert
+                && same_client_auth(&a.client_auth, client_auth)
+                && a.handshake_timeout == *handshake_timeout
+        }
+        _ => false,
+    }
+}
+
+/// Whether two listeners verify clients alike: the verifier is built into the listener's
+/// acceptor at start, so new CA or CRL contents at the same paths are a change too.
+fn same_client_auth(a: &ClientAuth, b: &ClientAuth) -> bool {
+    match (a, b) {
+        (ClientAuth::None, ClientAuth::None) => true,
+        (
+            ClientAuth::Verify {
+                required: ra,
+                trust: ta,
+            },
+            ClientAuth::Verify {
+                required: rb,
+                trust: tb,
+            },
+        ) => {
+            ra == rb
+                && ta.ca_file == tb.ca_file
+                && ta.crl_files == tb.crl_files
+                && ta.ca_der == tb.ca_der
+                && ta.crl_der == tb.crl_der
         }
         _ => false,
     }
