@@ -115,7 +115,10 @@ pub fn client_verifier(
             .map_err(|e| VerifierError::Ca(format!("a certificate is not a usable CA: {e}")))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A CA without a listed CRL is not checked for revocation (webpki would refuse every
+    // certificate it issued), so CRLs can be given for some CAs of a bundle and not others.
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+        .allow_unknown_revocation_status()
         .with_crls(
             crls.iter()
                 .map(|c| CertificateRevocationListDer::from(c.clone())),

@@ -22,7 +22,6 @@ use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::TlsRef;
 use pingora_core::protocols::Stream;
-use rustls::{CertificateError, Error as TlsError, InvalidMessage};
 use sha2::{Digest, Sha256};
 use tollgate_plugin_api::ClientCert;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
@@ -117,36 +116,34 @@ impl TlsEndpoint {
     }
 }
 
-/// Why a handshake failed, as the metric's `reason` label: a small fixed set.
+/// Why a handshake failed, as the metric's `reason` label: a small fixed set. pingora keeps
+/// only the text of rustls' error (its `explain_err` drops the cause), so the text is what is
+/// read; the tests below build it from rustls' own errors, so a change of wording shows.
 fn failure_reason(e: &pingora_error::Error) -> &'static str {
-    let io = e.root_cause().downcast_ref::<std::io::Error>();
-    let Some(io) = io else {
-        return "other";
-    };
-    let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<TlsError>()) else {
-        return match io.kind() {
-            std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::BrokenPipe => "closed",
-            _ => "other",
-        };
-    };
-    match tls {
-        TlsError::NoCertificatesPresented => "no_certificate",
-        TlsError::InvalidCertificate(c) => match c {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::Revoked => "revoked",
-            CertificateError::UnknownIssuer => "unknown_ca",
-            _ => "bad_certificate",
-        },
-        TlsError::InvalidMessage(InvalidMessage::InvalidContentType) => "not_tls",
-        TlsError::InvalidMessage(_)
-        | TlsError::InappropriateMessage { .. }
-        | TlsError::InappropriateHandshakeMessage { .. } => "malformed",
-        TlsError::PeerIncompatible(_) => "incompatible",
-        TlsError::AlertReceived(_) => "alert_received",
-        _ => "other",
-    }
+    reason_of(&e.to_string())
+}
+
+fn reason_of(text: &str) -> &'static str {
+    const REASONS: &[(&str, &str)] = &[
+        ("peer sent no certificates", "no_certificate"),
+        ("invalid peer certificate: certificate expired", "expired"),
+        ("invalid peer certificate: Expired", "expired"),
+        ("invalid peer certificate: Revoked", "revoked"),
+        ("invalid peer certificate: UnknownIssuer", "unknown_ca"),
+        ("invalid peer certificate", "bad_certificate"),
+        ("corrupt message of type InvalidContentType", "not_tls"),
+        ("received corrupt message", "malformed"),
+        ("received unexpected", "malformed"),
+        ("peer is incompatible", "incompatible"),
+        ("received fatal alert", "alert_received"),
+        ("unexpected end of file", "closed"),
+        ("Connection reset", "closed"),
+        ("Broken pipe", "closed"),
+    ];
+    REASONS
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map_or("other", |(_, reason)| reason)
 }
 
 /// pingora's post-handshake hook: the peer's verified leaf, parsed once for the connection.
@@ -280,6 +277,44 @@ mod tests {
     fn garbage_is_no_certificate() {
         assert!(parse_client_cert(b"not a certificate").is_none());
         assert!(parse_client_cert(&[]).is_none());
+    }
+
+    #[test]
+    fn failures_are_told_apart_by_rustls_wording() {
+        use rustls::{CertificateError as C, Error as E, InvalidMessage};
+        let reason = |e: E| reason_of(&format!("tls connect error: {e}"));
+        assert_eq!(reason(E::NoCertificatesPresented), "no_certificate");
+        assert_eq!(reason(E::InvalidCertificate(C::Expired)), "expired");
+        let now = rustls::pki_types::UnixTime::now();
+        let expired = C::ExpiredContext {
+            time: now,
+            not_after: rustls::pki_types::UnixTime::since_unix_epoch(
+                std::time::Duration::from_secs(1),
+            ),
+        };
+        assert_eq!(reason(E::InvalidCertificate(expired)), "expired");
+        assert_eq!(reason(E::InvalidCertificate(C::Revoked)), "revoked");
+        assert_eq!(
+            reason(E::InvalidCertificate(C::UnknownIssuer)),
+            "unknown_ca"
+        );
+        assert_eq!(
+            reason(E::InvalidCertificate(C::BadSignature)),
+            "bad_certificate"
+        );
+        assert_eq!(
+            reason(E::InvalidMessage(InvalidMessage::InvalidContentType)),
+            "not_tls"
+        );
+        assert_eq!(
+            reason(E::InvalidMessage(InvalidMessage::MissingData("x"))),
+            "malformed"
+        );
+        assert_eq!(
+            reason_of("tls connect error: unexpected end of file"),
+            "closed"
+        );
+        assert_eq!(reason_of("something new"), "other");
     }
 
     #[test]
