@@ -303,6 +303,48 @@ mod tests {
     }
 
     #[test]
+    fn client_auth_its_ca_contents_and_the_handshake_timeout_need_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).expect("key");
+        let write_ca = || {
+            let ca = rcgen::generate_simple_self_signed(vec!["ca".to_string()]).expect("ca");
+            std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).expect("ca");
+        };
+        write_ca();
+        let tls = |extra: &str| {
+            format!(
+                "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8443\"\n\
+                 [listeners.tls]\ncert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"\n{extra}",
+                dir.path().display()
+            )
+        };
+        let mtls = tls(&format!(
+            "client_auth = \"required\"\nclient_ca_file = \"{}/ca.pem\"\n",
+            dir.path().display()
+        ));
+        let running = settings(&mtls);
+        assert!(running.restart_only_changes(&settings(&mtls)).is_empty());
+        for next in [
+            tls(""),
+            mtls.replace("required", "optional"),
+            format!("{mtls}handshake_timeout = \"2s\"\n"),
+        ] {
+            assert_eq!(
+                running.restart_only_changes(&settings(&next)),
+                ["listeners.public.tls"],
+                "{next}"
+            );
+        }
+        write_ca();
+        assert_eq!(
+            running.restart_only_changes(&settings(&mtls)),
+            ["listeners.public.tls"]
+        );
+    }
+
+    #[test]
     fn reverting_a_change_clears_it() {
         let running = settings(BASE);
         let changed = settings("[server]\nthreads = 5\n[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8080\"\n");
