@@ -386,6 +386,7 @@ async fn optional_listener_with_cert_auth_answers_401_403_and_forwards_the_certi
         .await
         .expect("web");
     assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2, "h2 by ALPN");
     let v: serde_json::Value = resp.json().await.expect("json");
     let fingerprint = {
         use sha2::Digest;
@@ -397,6 +398,11 @@ async fn optional_listener_with_cert_auth_answers_401_403_and_forwards_the_certi
         "{v}"
     );
     assert_eq!(v["headers"]["x-consumer"], WEB_ID);
+    // HTTP/1.1 over TLS (the gateway's own connection loop) reads the same certificate.
+    let h1 = tls_get(addr, tls_config(&pki, Some(&pki.web)), "/secure").await;
+    let h1 = h1.expect("HTTP/1.1 over TLS");
+    assert!(h1.starts_with("HTTP/1.1 200"), "{h1}");
+    assert!(h1.contains(&format!("Hash={fingerprint};")), "{h1}");
 
     // A forged XFCC never passes a route without the plugin either.
     let resp = web
