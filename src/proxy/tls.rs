@@ -49,6 +49,8 @@ impl TlsEndpoints {
     ) {
         let endpoint = TlsEndpoint {
             listener: Arc::from(name),
+            // pingora's build panics only without a certificate resolver; server.rs always
+            // sets one (the certificate checked at load).
             acceptor: settings.build(),
             timeout,
         };
@@ -89,7 +91,7 @@ impl TlsEndpoint {
     pub async fn handshake(&self, stream: Stream) -> Option<Stream> {
         let peer = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().cloned());
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         // TLS listeners are bound as TCP listeners, which make L4 streams.
         let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
         let reason =
