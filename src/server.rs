@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -17,7 +16,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::admin::AdminApp;
-use crate::config::{Built, Listener, ServerSettings};
+use crate::config::{Built, ClientAuth, Listener, ServerSettings};
+use crate::proxy::tls::TlsEndpoints;
 use crate::proxy::{BoundListeners, Front, Gateway};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
@@ -217,10 +217,8 @@ fn proxy_service(
     proxy.server_options = Some(options);
     proxy.handle_init_modules();
     let name = if h2c { "tollgate" } else { "tollgate-h1" };
-    let mut service = Service::new(
-        name.to_string(),
-        Front::new(proxy, snapshot.clone(), bound.clone()),
-    );
+    let mut tls_endpoints = TlsEndpoints::default();
+    let mut bindings = Vec::new();
     for l in group {
         let addr = l.address.to_string();
         match &l.tls {
@@ -229,12 +227,14 @@ fn proxy_service(
             // syscall (same instructions per request) and costs ~4 KiB of RSS per idle
             // keep-alive connection (BENCHMARKS.md, optimisation log). TLS keeps it: records
             // arrive in 16 KiB pieces and the buffer batches their reads.
-            None => service.add_listener(
-                ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
-            ),
+            None => bindings
+                .push(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0))),
+            // Bound as TCP: the connection loop handshakes, under the listener's
+            // handshake_timeout and without pingora's error line per failed handshake
+            // (src/proxy/tls.rs).
             Some(tls) => {
                 let mut settings =
-                    TlsSettings::intermediate("", "").map_err(|error| StartError::Tls {
+                    crate::proxy::tls::settings().map_err(|error| StartError::Tls {
                         listener: l.name.to_string(),
                         error,
                     })?;
@@ -243,12 +243,21 @@ fn proxy_service(
                     listener: l.name.to_string(),
                     started_with: tls.certified_key.clone(),
                 }));
+                if let ClientAuth::Verify { trust, .. } = &tls.client_auth {
+                    settings.set_client_cert_verifier(trust.verifier.clone());
+                }
                 if tls.h2 {
                     settings.enable_h2();
                 }
-                service.add_tls_with_settings(&addr, None, settings);
+                tls_endpoints.add(&l.name, l.address, settings, tls.handshake_timeout);
+                bindings.push(ListenerConfig::tcp(addr));
             }
         }
+    }
+    let front = Front::new(proxy, snapshot.clone(), bound.clone()).with_tls(tls_endpoints);
+    let mut service = Service::new(name.to_string(), front);
+    for binding in bindings {
+        service.add_listener(binding);
     }
     Ok(service)
 }

@@ -366,6 +366,27 @@ fn doc_files(root: &Path) -> Vec<String> {
 /// a certificate and its key, CA files, an API keys file and a JWT secret, the repo's `proto/`,
 /// and a descriptor set of a small books API (`api/books.pb`, from
 /// tests/fixtures/docs/books.proto). Certificates are made here, so none can expire.
+/// A CRL revoking nothing, for the examples' `client_crl_files` (its issuer is a CA of its own:
+/// the examples' files are checked for their form, not for who signed them).
+fn empty_crl() -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca, key);
+    rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2026, 1, 1),
+        next_update: rcgen::date_time_ymd(2036, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .expect("crl")
+    .pem()
+    .expect("crl pem")
+}
+
 fn example_files(root: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -383,6 +404,7 @@ fn example_files(root: &Path) -> tempfile::TempDir {
     );
     write("certs/internal-ca.pem", pem.as_bytes());
     write("certs/partner-ca.pem", pem.as_bytes());
+    write("certs/partner-ca.crl", empty_crl().as_bytes());
     let client = rcgen::generate_simple_self_signed(vec!["tollgate.example.com".to_owned()])
         .expect("client certificate");
     write("certs/tollgate-client.pem", client.cert.pem().as_bytes());

@@ -4,7 +4,8 @@ connection has been through a full request/response and sits idle in keep-alive)
 "READY <open> <failed>", then hold them until a line arrives on stdin (or --hold seconds pass),
 and close them all.
 
-Used by bench.py to measure a proxy's RSS with 10,000 idle keep-alive connections.
+Used by bench.py to measure a proxy's RSS with 10,000 idle keep-alive connections, and with
+--tls by tls.py for idle TLS connections (TLS 1.3, no certificate check: loopback bench only).
 Bounded: connects with a 10 s timeout each, reads with a 10 s timeout, holds at most --hold s.
 """
 
@@ -14,11 +15,11 @@ import resource
 import sys
 
 
-async def one(port, path, host, sem, timeout):
+async def one(port, path, host, sem, timeout, tls=None):
     async with sem:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port), timeout
+                asyncio.open_connection("127.0.0.1", port, ssl=tls), timeout
             )
         except Exception:
             return None
@@ -48,7 +49,17 @@ async def main():
     ap.add_argument("--path", default="/")
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--hold", type=float, default=120.0)
+    ap.add_argument("--tls", action="store_true", help="connect with TLS 1.3 (HTTP/1.1 by ALPN)")
     args = ap.parse_args()
+    tls = None
+    if args.tls:
+        import ssl
+
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.minimum_version = ssl.TLSVersion.TLSv1_3
+        tls.set_alpn_protocols(["http/1.1"])
 
     want = args.n + 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -58,7 +69,7 @@ async def main():
     sem = asyncio.Semaphore(args.concurrency)
     host = f"127.0.0.1:{args.port}"
     results = await asyncio.gather(
-        *(one(args.port, args.path, host, sem, 10.0) for _ in range(args.n))
+        *(one(args.port, args.path, host, sem, 10.0, tls) for _ in range(args.n))
     )
     writers = [w for w in results if w is not None]
     print(f"READY {len(writers)} {args.n - len(writers)}", flush=True)

@@ -198,6 +198,31 @@ pub struct ListenerTls {
     /// Offer h2 by ALPN (HTTP/2 and HTTP/1.1); `false` offers HTTP/1.1 only.
     #[schemars(extend("default" = true))]
     pub h2: Option<bool>,
+    /// Whether clients present a certificate (mutual TLS).
+    #[schemars(extend("default" = "none"))]
+    pub client_auth: Option<Spanned<ClientAuthMode>>,
+    /// PEM bundle of the CAs client certificates must chain to, relative to the config file;
+    /// required with `client_auth` `optional` or `required`.
+    pub client_ca_file: Option<Spanned<String>>,
+    /// Certificate revocation lists (PEM or DER) of those CAs, relative to the config file.
+    pub client_crl_files: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Longest time a client may take to complete the TLS handshake.
+    #[schemars(extend("default" = "10s"))]
+    pub handshake_timeout: Option<Spanned<Duration>>,
+}
+
+/// `client_auth = "..."` of a listener's `tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for; without one the connection goes on and routes decide (a
+    /// presented certificate that does not verify still fails the handshake).
+    Optional,
+    /// The handshake fails without a certificate that verifies.
+    Required,
 }
 
 /// `[admin]`

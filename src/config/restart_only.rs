@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::model::{
-    AdminSettings, GatewayConfig, Listener, ListenerTls, LogSettings, ServerSettings,
+    AdminSettings, ClientAuth, GatewayConfig, Listener, ListenerTls, LogSettings, ServerSettings,
 };
 
 /// The process-wide part of a config: the sections holding restart-only keys.
@@ -163,7 +163,8 @@ impl Changes {
 
 /// Whether two TLS settings differ only in what a reload applies: the certificate resolver reads
 /// the live snapshot on every handshake, so the certificate, its key and their paths are
-/// reloadable; turning TLS on or off and the ALPN offer were given to pingora at start.
+/// reloadable; turning TLS on or off, the ALPN offer, client verification and the handshake
+/// timeout were given to pingora at start.
 fn same_tls(a: Option<&ListenerTls>, b: Option<&ListenerTls>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -174,8 +175,38 @@ fn same_tls(a: Option<&ListenerTls>, b: Option<&ListenerTls>) -> bool {
                 cert_file: _,
                 key_file: _,
                 certified_key: _,
+                // Built into the listener's acceptor at start.
+                client_auth,
+                handshake_timeout,
             } = b;
             a.h2 == *h2
+                && same_client_auth(&a.client_auth, client_auth)
+                && a.handshake_timeout == *handshake_timeout
+        }
+        _ => false,
+    }
+}
+
+/// Whether two listeners verify clients alike: the verifier is built into the listener's
+/// acceptor at start, so new CA or CRL contents at the same paths are a change too.
+fn same_client_auth(a: &ClientAuth, b: &ClientAuth) -> bool {
+    match (a, b) {
+        (ClientAuth::None, ClientAuth::None) => true,
+        (
+            ClientAuth::Verify {
+                required: ra,
+                trust: ta,
+            },
+            ClientAuth::Verify {
+                required: rb,
+                trust: tb,
+            },
+        ) => {
+            ra == rb
+                && ta.ca_file == tb.ca_file
+                && ta.crl_files == tb.crl_files
+                && ta.ca_der == tb.ca_der
+                && ta.crl_der == tb.crl_der
         }
         _ => false,
     }
@@ -286,6 +317,48 @@ mod tests {
             running.restart_only_changes(&settings(
                 "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8443\"\nh2c = false\n"
             )),
+            ["listeners.public.tls"]
+        );
+    }
+
+    #[test]
+    fn client_auth_its_ca_contents_and_the_handshake_timeout_need_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).expect("key");
+        let write_ca = || {
+            let ca = rcgen::generate_simple_self_signed(vec!["ca".to_string()]).expect("ca");
+            std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).expect("ca");
+        };
+        write_ca();
+        let tls = |extra: &str| {
+            format!(
+                "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8443\"\n\
+                 [listeners.tls]\ncert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"\n{extra}",
+                dir.path().display()
+            )
+        };
+        let mtls = tls(&format!(
+            "client_auth = \"required\"\nclient_ca_file = \"{}/ca.pem\"\n",
+            dir.path().display()
+        ));
+        let running = settings(&mtls);
+        assert!(running.restart_only_changes(&settings(&mtls)).is_empty());
+        for next in [
+            tls(""),
+            mtls.replace("required", "optional"),
+            format!("{mtls}handshake_timeout = \"2s\"\n"),
+        ] {
+            assert_eq!(
+                running.restart_only_changes(&settings(&next)),
+                ["listeners.public.tls"],
+                "{next}"
+            );
+        }
+        write_ca();
+        assert_eq!(
+            running.restart_only_changes(&settings(&mtls)),
             ["listeners.public.tls"]
         );
     }

@@ -4,9 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// Which of the two files is wrong.
 pub enum KeyError {
@@ -95,4 +98,75 @@ fn load_pair(
         ))
     })?;
     Ok((Arc::new(certified), key_der))
+}
+
+/// Reads certificate revocation lists from a PEM file (any number of `X509 CRL` blocks) or a
+/// DER file (one), rejecting files with none.
+pub fn read_crls(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read CRL file `{}`: {e}", path.display()))?;
+    let crls: Vec<Vec<u8>> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let crls: Result<Vec<_>, _> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .map(|c| c.map(|c| c.as_ref().to_vec()))
+            .collect();
+        crls.map_err(|e| format!("invalid PEM CRL in `{}`: {e}", path.display()))?
+    } else if bytes.is_empty() {
+        Vec::new()
+    } else {
+        vec![bytes]
+    };
+    if crls.is_empty() {
+        return Err(format!("no CRL found in `{}`", path.display()));
+    }
+    for crl in &crls {
+        if !matches!(x509_parser::parse_x509_crl(crl), Ok((rest, _)) if rest.is_empty()) {
+            return Err(format!(
+                "`{}` is not a certificate revocation list (PEM `X509 CRL` blocks, or one DER \
+                 CRL)",
+                path.display()
+            ));
+        }
+    }
+    Ok(crls)
+}
+
+/// rustls' verifier of client certificates: chains to one of `roots`, not revoked by `crls`;
+/// unless `required`, a client may also present none. The crypto provider is ring, as for the
+/// listeners' own keys.
+pub fn client_verifier(
+    roots: &[Vec<u8>],
+    crls: &[Vec<u8>],
+    required: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, VerifierError> {
+    let mut store = RootCertStore::empty();
+    for der in roots {
+        store
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| VerifierError::Ca(format!("a certificate is not a usable CA: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A CA without a listed CRL is not checked for revocation (webpki would refuse every
+    // certificate it issued), so CRLs can be given for some CAs of a bundle and not others.
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+        .allow_unknown_revocation_status()
+        .with_crls(
+            crls.iter()
+                .map(|c| CertificateRevocationListDer::from(c.clone())),
+        );
+    if !required {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| match e {
+        VerifierBuilderError::InvalidCrl(e) => VerifierError::Crl(format!("invalid CRL: {e:?}")),
+        other => VerifierError::Ca(other.to_string()),
+    })
+}
+
+/// Which input of [`client_verifier`] is wrong.
+#[derive(Debug)]
+pub enum VerifierError {
+    /// The CA bundle.
+    Ca(String),
+    /// A revocation list.
+    Crl(String),
 }

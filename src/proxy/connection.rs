@@ -33,6 +33,7 @@ use tokio::io::{AsyncWriteExt, ReadBuf};
 
 use super::head::{self, HeadCheck, Refusal};
 use super::respond::{self, ErrorWire};
+use super::tls::TlsEndpoints;
 use super::{log, Gateway};
 use crate::config::{ClientLimits, GatewayConfig, Listener};
 use crate::snapshot::Snapshot;
@@ -105,6 +106,7 @@ pub struct Front {
     h2c: bool,
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: Arc<BoundListeners>,
+    tls: TlsEndpoints,
 }
 
 impl Front {
@@ -120,7 +122,14 @@ impl Front {
             h2c,
             snapshot,
             listeners,
+            tls: TlsEndpoints::default(),
         }
+    }
+
+    /// The TLS listeners among this app's, whose connections it handshakes (src/proxy/tls.rs).
+    pub fn with_tls(mut self, tls: TlsEndpoints) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The limits of the listener at `local` now (a reload may change them), and the largest
@@ -144,6 +153,14 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if !self.tls.is_empty() {
+            let local = stream
+                .get_socket_digest()
+                .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+            if let Some(endpoint) = self.tls.find(local) {
+                stream = endpoint.handshake(stream).await?;
+            }
+        }
         let tls = stream.get_ssl_digest().is_some();
         if tls && matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;

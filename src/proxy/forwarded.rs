@@ -16,6 +16,19 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The client certificate as the gateway saw it (Envoy's format), set by the `cert-auth`
+/// plugin; only the gateway may set it.
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Removes from a client's request the headers only the gateway may set, whoever sent them (a
+/// trusted proxy's `x-forwarded-client-cert` describes its own client, whom this gateway has not
+/// verified).
+pub fn remove_gateway_only(req: &mut RequestHeader) {
+    if req.headers.contains_key(&X_FORWARDED_CLIENT_CERT) {
+        req.remove_header(&X_FORWARDED_CLIENT_CERT);
+    }
+}
+
 /// An address as a header value. IPv4 is written by hand: `Display` for `Ipv4Addr` goes through
 /// the formatting machinery and was ~1,300 instructions of every proxied request.
 pub fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {

@@ -26,6 +26,7 @@ mod respond;
 mod rewrite;
 mod serve;
 mod target;
+pub mod tls;
 mod upstream;
 
 pub use rewrite::upstream_path;

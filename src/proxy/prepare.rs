@@ -37,6 +37,9 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let snap = self.snapshot.load_full();
         self.identify(session, st, &snap);
+        // Before any plugin or handler sees the request, so that nothing downstream can take a
+        // client's copy for the gateway's.
+        forwarded::remove_gateway_only(session.req_header_mut());
         let req = session.req_header();
         // The span starts before the host is judged, so that a refused host is traced too.
         let host = host::request_host(req);
@@ -85,7 +88,9 @@ impl Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
+        let tls = ssl.is_some();
+        st.ctx.client_cert = ssl.and_then(super::tls::client_cert);
         let req = session.req_header();
         st.ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
             Some(v) if is_sane_request_id(v.as_bytes()) => {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Authentication / authorization failures by route and reason (the error code).
     pub auth_failures: IntCounterVec,
+    /// TLS handshakes that failed on a listener, by listener and reason.
+    pub tls_handshake_failures: IntCounterVec,
     /// Config reloads by result (`ok`, `failed`).
     pub reloads: IntCounterVec,
     /// Generation of the live config.
@@ -310,6 +312,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tollgate_auth_failures_total",
             "Requests refused by authentication or authorization, by reason",
             &["route", "reason"],
+        )?,
+        tls_handshake_failures: counter(
+            "tollgate_tls_handshake_failures_total",
+            "TLS handshakes that failed, by listener and reason",
+            &["listener", "reason"],
         )?,
         reloads: {
             let reloads = counter(

@@ -38,6 +38,9 @@ pub struct RequestContext {
     pub peer_ip: Option<IpAddr>,
     /// The scheme of the client connection.
     pub scheme: Scheme,
+    /// The client's verified certificate, on a TLS listener with `client_auth` when the client
+    /// presented one; shared by every request of the connection.
+    pub client_cert: Option<Arc<crate::ClientCert>>,
     /// The host the client asked for, lower-case and without port.
     pub host: Option<String>,
     /// Name of the matched route.
@@ -65,6 +68,7 @@ impl RequestContext {
             client_ip: None,
             peer_ip: None,
             scheme,
+            client_cert: None,
             host: None,
             route,
             upstream,

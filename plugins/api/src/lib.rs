@@ -48,6 +48,7 @@
 
 pub mod body;
 mod byte_size;
+mod client_cert;
 mod context;
 mod count;
 mod error;
@@ -62,6 +63,7 @@ pub use async_trait::async_trait;
 pub use body::{BodyAccess, BodyPlan};
 pub use byte_size::ByteSize;
 pub use bytes::Bytes;
+pub use client_cert::ClientCert;
 pub use context::{RequestContext, Scheme, VarSet, Vars};
 pub use count::Count;
 pub use error::{ErrorBody, PluginError};

@@ -187,6 +187,39 @@ pub struct ListenerTls {
     /// The certificate chain and key, read and checked to belong together when the file was
     /// validated (a key that does not match is a config error, not a failed start).
     pub certified_key: Arc<rustls::sign::CertifiedKey>,
+    /// Whether and how clients present certificates.
+    pub client_auth: ClientAuth,
+    /// Longest time a client may take to complete the handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// Mutual TLS of a listener.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// Client certificates are verified against `trust`.
+    Verify {
+        /// Whether a client without a certificate is refused in the handshake.
+        required: bool,
+        /// The CAs and revocation lists, read and checked at load.
+        trust: ClientTrust,
+    },
+}
+
+/// What client certificates are verified against, as read at load.
+#[derive(Debug, Clone)]
+pub struct ClientTrust {
+    /// The `client_ca_file`.
+    pub ca_file: PathBuf,
+    /// The `client_crl_files`.
+    pub crl_files: Vec<PathBuf>,
+    /// DER of the CA certificates (a reload compares contents, not only paths).
+    pub ca_der: Vec<Vec<u8>>,
+    /// DER of the revocation lists.
+    pub crl_der: Vec<Vec<u8>>,
+    /// rustls' verifier over them; the listener's acceptor is built with it.
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 /// The admin listener.

@@ -7,10 +7,16 @@ use super::super::spanned::Spanned;
 use tollgate_plugin_api::Secret;
 
 use super::super::file;
-use super::super::model::{AdminSettings, ClientLimits, Listener, ListenerTls};
+use super::super::file::ClientAuthMode;
+use super::super::model::{
+    AdminSettings, ClientAuth, ClientLimits, ClientTrust, Listener, ListenerTls,
+};
 use super::super::{tls, DEFAULT_ADMIN_ADDRESS};
 use super::server::ClientLimitKeys;
 use super::Validator;
+
+/// How long a client may take over the TLS handshake unless its listener says otherwise.
+const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Validator<'_, '_> {
     /// `[[listeners]]`, each with the server's client limits under its own.
@@ -97,11 +103,119 @@ impl Validator<'_, '_> {
                 return None;
             }
         };
+        let client_auth = self.client_auth(t)?;
+        let handshake_timeout = self.nonzero_duration(
+            t.handshake_timeout.as_ref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            || "`handshake_timeout` must be more than 0s".into(),
+        );
         Some(ListenerTls {
             cert_file,
             key_file,
             h2: t.h2.unwrap_or(true),
             certified_key,
+            client_auth,
+            handshake_timeout,
+        })
+    }
+
+    /// `client_auth` with its CA bundle and revocation lists, read and checked now so that a
+    /// bad file is reported at its key rather than failing handshakes later.
+    fn client_auth(&mut self, t: &file::ListenerTls) -> Option<ClientAuth> {
+        let mode = t.client_auth.as_ref().map(|m| *m.get_ref());
+        let required = match mode.unwrap_or_default() {
+            ClientAuthMode::None => {
+                let stray = t
+                    .client_ca_file
+                    .as_ref()
+                    .map(|f| (f.span(), "client_ca_file"))
+                    .or(t
+                        .client_crl_files
+                        .as_ref()
+                        .map(|f| (f.span(), "client_crl_files")));
+                if let Some((span, key)) = stray {
+                    self.c.at(
+                        span,
+                        format!(
+                            "`{key}` is set but `client_auth` is \"none\", so no client \
+                             certificate is asked for; set `client_auth = \"optional\"` or \
+                             `\"required\"`, or remove `{key}`"
+                        ),
+                    );
+                    return None;
+                }
+                return Some(ClientAuth::None);
+            }
+            ClientAuthMode::Optional => false,
+            ClientAuthMode::Required => true,
+        };
+        let Some(ca) = t.client_ca_file.as_ref() else {
+            let span = t.client_auth.as_ref().map_or(0..0, |m| m.span());
+            self.c.at(
+                span,
+                "`client_auth` asks for client certificates but no `client_ca_file` says which \
+                 CAs may issue them; add `client_ca_file = \"PATH\"` (a PEM bundle)",
+            );
+            return None;
+        };
+        let ca_file = self.existing_file(ca, "client CA")?;
+        let ca_der = match tls::read_pem_certs(&ca_file) {
+            Ok(c) => c,
+            Err(m) => {
+                self.c.at(ca.span(), format!("`client_ca_file`: {m}"));
+                return None;
+            }
+        };
+        let mut crl_files = Vec::new();
+        let mut crl_der = Vec::new();
+        let mut crls_ok = true;
+        for f in t.client_crl_files.iter().flat_map(|f| f.get_ref()) {
+            let Some(path) = self.existing_file(f, "CRL") else {
+                crls_ok = false;
+                continue;
+            };
+            // Each file is checked alone, so that a bad one is reported at its own position.
+            let checked = tls::read_crls(&path).and_then(|crls| {
+                tls::client_verifier(&ca_der, &crls, required)
+                    .map(|_| crls)
+                    .map_err(|e| match e {
+                        tls::VerifierError::Crl(m) => format!("`{}`: {m}", path.display()),
+                        tls::VerifierError::Ca(m) => m,
+                    })
+            });
+            match checked {
+                Ok(crls) => {
+                    crl_der.extend(crls);
+                    crl_files.push(path);
+                }
+                Err(m) => {
+                    self.c.at(f.span(), m);
+                    crls_ok = false;
+                }
+            }
+        }
+        if !crls_ok {
+            return None;
+        }
+        let verifier = match tls::client_verifier(&ca_der, &crl_der, required) {
+            Ok(v) => v,
+            Err(tls::VerifierError::Ca(m) | tls::VerifierError::Crl(m)) => {
+                self.c.at(
+                    ca.span(),
+                    format!("`client_ca_file` `{}`: {m}", ca_file.display()),
+                );
+                return None;
+            }
+        };
+        Some(ClientAuth::Verify {
+            required,
+            trust: ClientTrust {
+                ca_file,
+                crl_files,
+                ca_der,
+                crl_der,
+                verifier,
+            },
         })
     }
 
@@ -243,6 +357,128 @@ mod tests {
                 key.display(),
                 cert.display()
             )]
+        );
+    }
+
+    /// A directory with a server certificate and key, a client CA and a CRL of that CA, and
+    /// the start of a config whose listener's `[listeners.tls]` table uses the first two.
+    fn mtls_files() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(dir.path().join("cert.pem"), server.cert.pem()).expect("cert");
+        std::fs::write(
+            dir.path().join("key.pem"),
+            server.signing_key.serialize_pem(),
+        )
+        .expect("key");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).expect("ca");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let now = rcgen::date_time_ymd(2026, 1, 1);
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2030, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .expect("crl");
+        std::fs::write(dir.path().join("ca.crl"), crl.pem().expect("pem")).expect("crl");
+        std::fs::write(dir.path().join("ca.der.crl"), crl.der()).expect("crl");
+        std::fs::write(dir.path().join("empty"), "").expect("empty");
+        std::fs::write(dir.path().join("junk.crl"), "not a crl at all").expect("junk");
+        let head = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:8443\"\n[listeners.tls]\n\
+             cert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"\n",
+            dir.path().display()
+        );
+        (dir, head)
+    }
+
+    #[test]
+    fn client_auth_loads_its_ca_and_crls_in_pem_and_der() {
+        let (dir, head) = mtls_files();
+        let d = dir.path().display();
+        let built = valid(&format!(
+            "{head}client_auth = \"optional\"\nclient_ca_file = \"{d}/ca.pem\"\n\
+             client_crl_files = [\"{d}/ca.crl\", \"{d}/ca.der.crl\"]\nhandshake_timeout = \"3s\"\n"
+        ));
+        let tls = built.config.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.handshake_timeout, std::time::Duration::from_secs(3));
+        let super::ClientAuth::Verify { required, trust } = &tls.client_auth else {
+            panic!("client auth");
+        };
+        assert!(!required);
+        assert_eq!((trust.ca_der.len(), trust.crl_der.len()), (1, 2));
+        let built = valid(&head);
+        let tls = built.config.listeners[0].tls.as_ref().expect("tls");
+        assert!(matches!(tls.client_auth, super::ClientAuth::None));
+        assert_eq!(tls.handshake_timeout, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn client_auth_mistakes_are_reported_at_their_keys() {
+        let (dir, head) = mtls_files();
+        let d = dir.path().display();
+        let err = |tail: &str| errors(&format!("{head}{tail}"));
+        assert_eq!(
+            err(&format!("client_ca_file = \"{d}/ca.pem\"\n")),
+            [
+                "gateway.toml:6:18: `client_ca_file` is set but `client_auth` is \"none\", so no \
+              client certificate is asked for; set `client_auth = \"optional\"` or \
+              `\"required\"`, or remove `client_ca_file`"
+            ]
+        );
+        assert_eq!(
+            err("client_auth = \"required\"\n"),
+            [
+                "gateway.toml:6:15: `client_auth` asks for client certificates but no \
+              `client_ca_file` says which CAs may issue them; add `client_ca_file = \"PATH\"` \
+              (a PEM bundle)"
+            ]
+        );
+        assert_eq!(
+            err("client_auth = \"required\"\nclient_ca_file = \"nope.pem\"\n"),
+            ["gateway.toml:7:18: client CA file `nope.pem` does not exist"]
+        );
+        assert_eq!(
+            err(&format!(
+                "client_auth = \"required\"\nclient_ca_file = \"{d}/empty\"\n"
+            )),
+            [format!(
+                "gateway.toml:7:18: `client_ca_file`: no PEM certificate found in `{d}/empty`"
+            )]
+        );
+        let crl = |file: &str| {
+            err(&format!(
+                "client_auth = \"required\"\nclient_ca_file = \"{d}/ca.pem\"\n\
+                 client_crl_files = [\"{d}/ca.crl\", \"{d}/{file}\"]\n"
+            ))
+        };
+        let col = 25 + format!("{d}/ca.crl").len();
+        assert_eq!(
+            crl("junk.crl"),
+            [format!(
+                "gateway.toml:8:{col}: `{d}/junk.crl` is not a certificate revocation list \
+                 (PEM `X509 CRL` blocks, or one DER CRL)"
+            )]
+        );
+        assert_eq!(
+            crl("empty"),
+            [format!("gateway.toml:8:{col}: no CRL found in `{d}/empty`")]
+        );
+        assert_eq!(
+            err("handshake_timeout = \"0s\"\n"),
+            ["gateway.toml:6:21: `handshake_timeout` must be more than 0s"]
+        );
+        assert_eq!(
+            err("client_auth = \"sometimes\"\n")[0],
+            "gateway.toml:6:15: unknown variant `sometimes`, expected one of `none`, `optional`, `required`"
         );
     }
 
