@@ -1453,6 +1453,37 @@ fn dashboard_has_a_panel_for_every_exported_metric() {
     assert!(missing.is_empty(), "no dashboard panel queries {missing:?}");
 }
 
+/// Two panels merged in from separate branches once got the same id and the same place: Grafana
+/// links, repeats and saved edits go by the id, and overlapping panels hide each other.
+#[test]
+fn dashboard_panels_have_distinct_ids_and_do_not_overlap() {
+    for (rel, dashboard) in dashboards() {
+        let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+        let mut ids = BTreeSet::new();
+        let mut placed: Vec<(String, [i64; 4])> = Vec::new();
+        for p in &panels {
+            let title = p["title"].as_str().unwrap_or("?").to_string();
+            let id = p["id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{rel}: `{title}` has no id"));
+            assert!(
+                ids.insert(id),
+                "{rel}: panel id {id} is used twice (`{title}`)"
+            );
+            let g = &p["gridPos"];
+            let at = ["x", "y", "w", "h"].map(|k| g[k].as_i64().unwrap_or(0));
+            for (other, o) in &placed {
+                let apart = at[0] + at[2] <= o[0]
+                    || o[0] + o[2] <= at[0]
+                    || at[1] + at[3] <= o[1]
+                    || o[1] + o[3] <= at[1];
+                assert!(apart, "{rel}: `{title}` overlaps `{other}`");
+            }
+            placed.push((title, at));
+        }
+    }
+}
+
 #[test]
 fn dashboard_panels_use_the_provisioned_data_sources() {
     let provisioned: BTreeSet<String> = yaml(GRAFANA_DATASOURCES)["datasources"]
