@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS crypto provider for the whole process (listeners, upstream checks, plugins that
     // fetch over HTTPS); installing fails only if one is already installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = std::sync::Arc::unwrap_or_clone(config::crypto_provider()).install_default();
     let registry = tollgate::plugins::builtin_registry();
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Schema = command {

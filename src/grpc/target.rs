@@ -161,7 +161,7 @@ pub fn client_config(
     client_cert: Option<&Arc<rustls::sign::CertifiedKey>>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, TargetError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::config::crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(TargetError::Setup)?;

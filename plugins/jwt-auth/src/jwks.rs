@@ -306,9 +306,10 @@ impl RemoteJwks {
 /// it), at most 3 redirects, and never from `https` down to `http`.
 fn http_client(settings: &JwksSettings) -> Result<reqwest::Client, String> {
     // reqwest built without a crypto provider panics when none is installed; the binary installs
-    // ring at startup, and this covers embedders and tests that do not.
+    // aws-lc-rs (the gateway's one provider) at startup, and this covers embedders and tests
+    // that do not.
     if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
     reqwest::Client::builder()
         .timeout(settings.timeout)
