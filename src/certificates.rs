@@ -116,10 +116,13 @@ fn describe(
         kind,
         name: name.to_string(),
         cert_file: file.display().to_string(),
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
+        // The form cert-auth's `subjects` and x-forwarded-client-cert use, so that a subject
+        // copied from here matches there.
+        subject: crate::proxy::tls::rfc4514(cert.subject()),
+        issuer: crate::proxy::tls::rfc4514(cert.issuer()),
         sans,
-        serial: cert.raw_serial_as_string().replace(':', ""),
+        // As `openssl x509 -serial` prints it.
+        serial: cert.raw_serial_as_string().replace(':', "").to_uppercase(),
         not_before: rfc3339(not_before),
         not_after: rfc3339(not_after),
         expires_in_seconds: not_after.saturating_sub(now_secs),
@@ -191,7 +194,7 @@ mod tests {
         assert_eq!((c.kind, c.name.as_str()), (Use::Listener, "public"));
         assert_eq!(c.subject, "CN=gw.example.com");
         assert_eq!(c.sans, ["gw.example.com", "127.0.0.1"]);
-        assert_eq!(c.serial, "0abc");
+        assert_eq!(c.serial, "0ABC");
         assert_eq!(c.not_after, "2030-01-01T00:00:00Z");
         assert_eq!(c.expires_in_seconds, 3600);
     }

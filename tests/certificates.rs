@@ -439,7 +439,7 @@ async fn upstream_mutual_tls_presents_the_client_certificate_to_requests_and_hea
     assert_eq!(upstream_cert["subject"], "CN=tollgate-client", "{listed}");
     assert!(
         metrics(&gw).await.contains(
-            "tollgate_certificate_expiry_seconds{kind=\"upstream\",name=\"with-cert\",serial=\"0b\"}"
+            "tollgate_certificate_expiry_seconds{kind=\"upstream\",name=\"with-cert\",serial=\"0B\"}"
         ),
         "the gauge has the client certificate"
     );

@@ -198,7 +198,16 @@ const ONLY_WITH: &[(&str, &str, Option<&str>)] = &[
 /// Whether a default holds for this table: the schema starts the description of a default that
 /// holds only for one broker kind with that kind (`Kafka: ...`), and of one read only beside
 /// another key with `With KEY: ...`; `ONLY_WITH` lists the others.
+/// Defaults that mean nothing beside another key (a listener's `h2c` once it has `tls`).
+const NOT_WITH: &[(&str, &str)] = &[("h2c", "tls")];
+
 fn applies(key: &str, prop: &Value, fields: &Map<String, Value>, cx: Context) -> bool {
+    if NOT_WITH
+        .iter()
+        .any(|(only, not_with)| key == *only && fields.contains_key(*not_with))
+    {
+        return false;
+    }
     for (only, with, value) in ONLY_WITH {
         if key == *only {
             return fields

@@ -92,10 +92,17 @@ fn load_pair(
         .map(CertificateDer::from)
         .collect();
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        KeyError::Key(format!(
-            "no usable PEM private key in `{}`: {e}",
-            key.display()
-        ))
+        let encrypted =
+            std::fs::read(key).is_ok_and(|b| b.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY"));
+        KeyError::Key(if encrypted {
+            format!(
+                "private key `{}` is encrypted; the gateway reads unencrypted keys only (decrypt \
+                 it with `openssl pkey -in KEY -out PLAIN.key` and protect the file instead)",
+                key.display()
+            )
+        } else {
+            format!("no usable PEM private key in `{}`: {e}", key.display())
+        })
     })?;
     let signing_key = crypto_provider()
         .key_provider
@@ -108,8 +115,13 @@ fn load_pair(
         })?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(|e| {
+        let why = match e {
+            // The message says it all; rustls' own words add only its enum's name.
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => String::new(),
+            other => format!(": {other}"),
+        };
         KeyError::Key(format!(
-            "private key `{}` does not match certificate `{}`: {e}",
+            "private key `{}` does not match certificate `{}`{why}",
             key.display(),
             cert.display()
         ))

@@ -139,6 +139,9 @@ fn reason_of(text: &str) -> &'static str {
         ("peer is incompatible", "incompatible"),
         ("received fatal alert", "alert_received"),
         ("unexpected end of file", "closed"),
+        // tokio-rustls' words for a peer that closed before its ClientHello was complete (a
+        // TCP health check, a port scan).
+        ("tls handshake eof", "closed"),
         ("Connection reset", "closed"),
         ("Broken pipe", "closed"),
     ];
@@ -197,7 +200,7 @@ pub fn parse_client_cert(der: &[u8]) -> Option<ClientCert> {
 /// A distinguished name in RFC 4514 form: the last RDN first, `,` between RDNs, `+` inside one,
 /// attribute short names where known (else the dotted OID), special characters escaped, and
 /// values that are not strings as `#` and hex.
-fn rfc4514(name: &X509Name<'_>) -> String {
+pub fn rfc4514(name: &X509Name<'_>) -> String {
     let registry = x509_parser::objects::oid_registry();
     let mut out = String::new();
     for (i, rdn) in name
@@ -314,6 +317,10 @@ mod tests {
         );
         assert_eq!(
             reason_of("tls connect error: unexpected end of file"),
+            "closed"
+        );
+        assert_eq!(
+            reason_of("TLS handshake error: tls handshake eof"),
             "closed"
         );
         assert_eq!(reason_of("something new"), "other");

@@ -93,6 +93,33 @@ impl PluginFactory for CertAuthPlugin {
                     config.consumer_header
                 )
             })?;
+        // The gateway sets or removes these itself; a consumer written there would never
+        // reach the upstream (or would break the request's framing).
+        const RESERVED: &[&str] = &[
+            "host",
+            "x-forwarded-client-cert",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+        ];
+        if RESERVED.contains(&consumer_header.as_str()) {
+            return Err(format!(
+                "`consumer_header` `{}` is a header the gateway sets or removes itself; pick \
+                 another name (default `x-consumer`)",
+                config.consumer_header
+            ));
+        }
+        if let Some(d) = config.san_dns.iter().find(|d| d.contains('*')) {
+            return Err(format!(
+                "`san_dns`: `{d}`: names are matched exactly (any letter case), without \
+                 wildcards; list each name"
+            ));
+        }
         let non_empty = |key: &str, values: &[String]| -> Result<(), String> {
             if values.iter().any(|v| v.trim().is_empty()) {
                 return Err(format!("`{key}` holds an empty entry"));
@@ -120,6 +147,12 @@ impl PluginFactory for CertAuthPlugin {
             match u.strip_suffix('*') {
                 Some(prefix) if prefix.ends_with('/') => uri_prefixes.push(prefix.to_string()),
                 Some(_) => {
+                    return Err(format!(
+                        "`san_uris`: `{u}`: a `*` is allowed only as a whole last segment \
+                         (`spiffe://cluster.local/ns/x/*`)"
+                    ))
+                }
+                None if u.contains('*') => {
                     return Err(format!(
                         "`san_uris`: `{u}`: a `*` is allowed only as a whole last segment \
                          (`spiffe://cluster.local/ns/x/*`)"
@@ -369,6 +402,20 @@ mod tests {
             .err()
             .unwrap()
             .contains("whole last segment"));
+        assert!(build("san_uris = [\"spiffe://c/*/a/sa/b\"]")
+            .err()
+            .unwrap()
+            .contains("whole last segment"));
+        assert!(build("san_dns = [\"*.example.com\"]")
+            .err()
+            .unwrap()
+            .contains("without wildcards"));
+        assert!(
+            build("san_dns = [\"a\"]\nconsumer_header = \"X-Forwarded-Client-Cert\"")
+                .err()
+                .unwrap()
+                .contains("sets or removes itself")
+        );
         assert!(build("san_dns = [\"\"]").err().unwrap().contains("empty"));
         assert!(build("san_dns = [\"a\"]\nconsumer_header = \"bad header\"").is_err());
         assert!(

@@ -91,24 +91,30 @@ impl Validator<'_, '_> {
     fn listener_tls(&mut self, t: &file::ListenerTls) -> Option<ListenerTls> {
         let cert_file = self.existing_file(&t.cert_file, "certificate");
         let key_file = self.existing_file(&t.key_file, "private key");
-        let (cert_file, key_file) = (cert_file?, key_file?);
-        let certified_key = match tls::load_certified_key(&cert_file, &key_file) {
-            Ok(k) => k,
-            Err(tls::KeyError::Cert(m)) => {
-                self.c.at(t.cert_file.span(), m);
-                return None;
-            }
-            Err(tls::KeyError::Key(m)) => {
-                self.c.at(t.key_file.span(), m);
-                return None;
-            }
+        // Every key of the table is checked before any result is used, so that one `check`
+        // reports all of its mistakes.
+        let certified_key = match (&cert_file, &key_file) {
+            (Some(cert), Some(key)) => match tls::load_certified_key(cert, key) {
+                Ok(k) => Some(k),
+                Err(tls::KeyError::Cert(m)) => {
+                    self.c.at(t.cert_file.span(), m);
+                    None
+                }
+                Err(tls::KeyError::Key(m)) => {
+                    self.c.at(t.key_file.span(), m);
+                    None
+                }
+            },
+            _ => None,
         };
-        let client_auth = self.client_auth(t)?;
+        let client_auth = self.client_auth(t);
         let handshake_timeout = self.nonzero_duration(
             t.handshake_timeout.as_ref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
             || "`handshake_timeout` must be more than 0s".into(),
         );
+        let (cert_file, key_file, certified_key, client_auth) =
+            (cert_file?, key_file?, certified_key?, client_auth?);
         Some(ListenerTls {
             cert_file,
             key_file,
@@ -158,13 +164,22 @@ impl Validator<'_, '_> {
             );
             return None;
         };
-        let ca_file = self.existing_file(ca, "client CA")?;
-        let ca_der = match tls::read_pem_certs(&ca_file) {
-            Ok(c) => c,
-            Err(m) => {
-                self.c.at(ca.span(), format!("`client_ca_file`: {m}"));
-                return None;
+        let ca_der = match self.existing_file(ca, "client CA") {
+            Some(ca_file) => match tls::read_pem_certs(&ca_file) {
+                Ok(c) => Some((ca_file, c)),
+                Err(m) => {
+                    self.c.at(ca.span(), format!("`client_ca_file`: {m}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let Some((ca_file, ca_der)) = ca_der else {
+            // The CRLs cannot be checked against a CA that did not load; their files can.
+            for f in t.client_crl_files.iter().flat_map(|f| f.get_ref()) {
+                self.existing_file(f, "CRL");
             }
+            return None;
         };
         let mut crl_files = Vec::new();
         let mut crl_der = Vec::new();
@@ -352,8 +367,7 @@ mod tests {
         assert_eq!(
             errors(&text),
             [format!(
-                "gateway.toml:3:{key_col}: private key `{}` does not match certificate `{}`: \
-                 keys may not be consistent: KeyMismatch",
+                "gateway.toml:3:{key_col}: private key `{}` does not match certificate `{}`",
                 key.display(),
                 cert.display()
             )]
@@ -419,6 +433,26 @@ mod tests {
         let tls = built.config.listeners[0].tls.as_ref().expect("tls");
         assert!(matches!(tls.client_auth, super::ClientAuth::None));
         assert_eq!(tls.handshake_timeout, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_mistake_of_a_tls_table_is_reported_at_once() {
+        let (dir, _) = mtls_files();
+        let d = dir.path().display();
+        assert_eq!(
+            errors(&format!(
+                "[[listeners]]\naddress = \"127.0.0.1:8443\"\n[listeners.tls]\n\
+                 cert_file = \"nope.pem\"\nkey_file = \"{d}/key.pem\"\n\
+                 client_auth = \"required\"\nclient_ca_file = \"{d}\"\n\
+                 client_crl_files = [\"nope.crl\"]\nhandshake_timeout = \"0s\"\n"
+            )),
+            [
+                "gateway.toml:4:13: certificate file `nope.pem` does not exist".to_string(),
+                format!("gateway.toml:7:18: client CA file `{d}` is a directory (name a file)"),
+                "gateway.toml:8:21: CRL file `nope.crl` does not exist".to_string(),
+                "gateway.toml:9:21: `handshake_timeout` must be more than 0s".to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -180,9 +180,14 @@ impl Validator<'_, '_> {
         if path.is_file() {
             Some(path)
         } else {
+            let problem = if path.is_dir() {
+                "is a directory (name a file)"
+            } else {
+                "does not exist"
+            };
             self.c.at(
                 p.span(),
-                format!("{what} file `{}` does not exist", path.display()),
+                format!("{what} file `{}` {problem}", path.display()),
             );
             None
         }
