@@ -142,11 +142,7 @@ impl Cluster {
             .probe_tls
             .get_or_init(|| tls_client_config(tls, alpn))
             .clone()?;
-        let sni = tls
-            .sni
-            .clone()
-            .or_else(|| target.hostname.clone())
-            .unwrap_or_else(|| target.address.ip().to_string());
+        let sni = server_name(tls, target);
         let server_name = rustls::pki_types::ServerName::try_from(sni.clone())
             .map_err(|_| crate::grpc::TargetError::ServerName(sni))?;
         Ok(Some(crate::upstream::probe::ProbeTls {
@@ -166,12 +162,7 @@ impl Cluster {
                     .grpc_tls
                     .get_or_init(|| tls_client_config(tls, &[b"h2"]))
                     .clone()?;
-                let sni = tls
-                    .sni
-                    .clone()
-                    .or_else(|| target.hostname.clone())
-                    .unwrap_or_else(|| target.address.ip().to_string());
-                crate::grpc::Target::h2(target.address, config, &sni)?
+                crate::grpc::Target::h2(target.address, config, &server_name(tls, target))?
                     .with_tls_identity(tls_identity(tls))
             }
         };
@@ -457,4 +448,13 @@ impl Drop for TargetLoad {
     fn drop(&mut self) {
         self.0.health.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The name a TLS client of the gateway's own sends to `target` and checks its certificate
+/// against: the upstream's `sni`, else the target's host name, else its IP address.
+fn server_name(tls: &crate::config::UpstreamTls, target: &Target) -> String {
+    tls.sni
+        .clone()
+        .or_else(|| target.hostname.clone())
+        .unwrap_or_else(|| target.address.ip().to_string())
 }

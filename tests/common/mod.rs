@@ -508,6 +508,13 @@ pub async fn tls_front(
         .with_single_cert(vec![der.clone()], key)
         .expect("server config");
     server.alpn_protocols = vec![b"h2".to_vec()];
+    let addr = terminate_tls(server, backend).await;
+    (addr, der, cert.cert.pem())
+}
+
+/// Serves `server`'s TLS on an ephemeral port, each connection relayed in plaintext to
+/// `backend`: its address.
+pub async fn terminate_tls(server: rustls::ServerConfig, backend: SocketAddr) -> SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -525,7 +532,7 @@ pub async fn tls_front(
             });
         }
     });
-    (addr, der, cert.cert.pem())
+    addr
 }
 
 /// Reads one HTTP/1.x response off a raw socket: its status and body (by `Content-Length`, or to
