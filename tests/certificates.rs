@@ -103,17 +103,6 @@ async fn admin_json(gw: &Gateway, path: &str) -> serde_json::Value {
         .expect("json")
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    common::client()
-        .get(format!("http://{}/metrics", gw.admin))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 /// Polls `check` until it holds, failing after `PATIENCE`.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -179,7 +168,7 @@ async fn a_renewed_listener_certificate_serves_new_handshakes_and_open_connectio
         "{listed}"
     );
     assert!(
-        metrics(&gw).await.contains(
+        gw.metrics().await.contains(
             "tollgate_certificate_expiry_seconds{kind=\"listener\",name=\"public-tls\",serial=\"01\"}"
         ),
         "the gauge has the listener's certificate"
@@ -195,7 +184,7 @@ async fn a_renewed_listener_certificate_serves_new_handshakes_and_open_connectio
     assert_eq!(get_status(&mut open).await, 200);
     let listed = admin_json(&gw, "/certificates").await;
     assert_eq!(listed["certificates"][0]["serial"], "02", "{listed}");
-    let text = metrics(&gw).await;
+    let text = gw.metrics().await;
     assert!(text.contains("serial=\"02\""), "{text}");
     assert!(
         !text.contains("serial=\"01\""),
@@ -233,7 +222,7 @@ async fn a_broken_renewal_keeps_the_old_certificate_and_fails_like_a_broken_relo
     {
         replace(gw.dir.path(), "listener.pem", broken);
         eventually("the failed reload is counted", || async {
-            failed_reloads(&metrics(&gw).await) > n as u64
+            failed_reloads(&gw.metrics().await) > n as u64
         })
         .await;
         let ready = admin_json(&gw, "/readyz").await;
@@ -438,7 +427,7 @@ async fn upstream_mutual_tls_presents_the_client_certificate_to_requests_and_hea
     assert_eq!(upstream_cert["name"], "with-cert", "{listed}");
     assert_eq!(upstream_cert["subject"], "CN=tollgate-client", "{listed}");
     assert!(
-        metrics(&gw).await.contains(
+        gw.metrics().await.contains(
             "tollgate_certificate_expiry_seconds{kind=\"upstream\",name=\"with-cert\",serial=\"0B\"}"
         ),
         "the gauge has the client certificate"

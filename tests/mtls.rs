@@ -258,14 +258,7 @@ async fn tls_get(
 
 /// The value of `tollgate_tls_handshake_failures_total{listener="mtls",reason}` now.
 async fn failures(gw: &Gateway, reason: &str) -> u64 {
-    let text = common::client()
-        .get(format!("http://{}/metrics", gw.admin))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = gw.metrics().await;
     let series =
         format!("tollgate_tls_handshake_failures_total{{listener=\"mtls\",reason=\"{reason}\"}} ");
     text.lines()
